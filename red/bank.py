@@ -68,6 +68,7 @@ class EditBank(nn.Module):
         device = next(model.parameters()).device
         self.to(device)
         self._ids: torch.Tensor | None = None
+        self._in_head = False
         self._handles = []
         modules = dict(model.named_modules())
         for t in self.targets:
@@ -110,16 +111,22 @@ class EditBank(nn.Module):
 
     def _head_hook(self, head_name: str):
         def hook(module, args, kwargs, output):
+            if self._in_head:  # functional_call below re-enters this hook
+                return None
             x = args[0] if args else next(iter(kwargs.values()))
             ids = self._row_ids(x.shape[0])
             out = None
-            for task in ids.unique().tolist():
-                rows = (ids == task).nonzero(as_tuple=True)[0]
-                params = {k: v.to(x.device, x.dtype) for k, v in self.heads[head_name][task].items()}
-                y = torch.func.functional_call(module, params, (x[rows],) + tuple(args[1:]), kwargs)
-                if out is None:
-                    out = y.new_empty((x.shape[0],) + tuple(y.shape[1:]))
-                out[rows] = y
+            self._in_head = True
+            try:
+                for task in ids.unique().tolist():
+                    rows = (ids == task).nonzero(as_tuple=True)[0]
+                    params = {k: v.to(x.device, x.dtype) for k, v in self.heads[head_name][task].items()}
+                    y = torch.func.functional_call(module, params, (x[rows],) + tuple(args[1:]), kwargs)
+                    if out is None:
+                        out = y.new_empty((x.shape[0],) + tuple(y.shape[1:]))
+                    out[rows] = y
+            finally:
+                self._in_head = False
             return out
         return hook
 

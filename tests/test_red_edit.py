@@ -190,3 +190,24 @@ def test_generate_with_edits_matches_merged(make_tiny, kind):
     torch.testing.assert_close(torch.stack(out.scores), torch.stack(merged.scores), atol=1e-5, rtol=0)
     # the edit is really applied at every decoding step
     assert not torch.allclose(torch.stack(out.scores), torch.stack(base.scores), atol=1e-3)
+
+
+def test_training_a_few_steps_lowers_the_loss(make_tiny):
+    """A generated task (label = whether token 7 occurs) is learnable through edits and head alone."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 90, (64, 8), generator=g)
+    labels = torch.randint(0, 2, (64,), generator=g)
+    ids[labels == 1, 3] = 7
+    edited = attach(make_tiny("roberta", head="cls"))
+    edited.train()
+    optim = torch.optim.AdamW([p for p in edited.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for step in range(30):
+        loss = edited(input_ids=ids, labels=labels).loss
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    frozen = [p for n, p in edited.base_model.named_parameters() if not n.startswith("classifier")]
+    assert all(p.grad is None for p in frozen)
