@@ -1,0 +1,110 @@
+"""The retraining config: which tasks, on which base model, with which method, and how to promote.
+
+Validated with pydantic so a bad YAML fails before anything runs, with the
+field's path in the message (``tasks.1.train.learning_rate: Input should be a valid number``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.data import DataSpec
+from tasks.train import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A retrain config that cannot be used; the message names the field and the fix."""
+
+
+class Promotion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: str | None = Field(default=None, description="Defaults to the task's primary metric.")
+    margin: float = Field(default=0.0, ge=0.0, description="How much a candidate must beat production by.")
+    minimum: float | None = Field(default=None, description="What a first version must reach to go to production.")
+    higher_is_better: bool = True
+
+
+class TaskSpec(BaseModel):
+    """One task of a retrain: its data, training overrides, evaluation suites and promotion policy."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataSpec
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields overriding the defaults.")
+    evaluate: list[str] = Field(default_factory=lambda: ["test"])
+    promotion: Promotion | None = None
+    model_name: str | None = Field(default=None, description="Registered model name (default red-<task>).")
+
+
+class RetrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "retrain"
+    base_model: str = Field(description="Hub name, local folder, or 'minilm' for the packaged MiniLM.")
+    revision: str | None = None
+    runs_dir: Path = Path("runs")
+    tracking_uri: str | None = Field(default=None, description="Default: sqlite:///<runs_dir>/mlflow.db")
+    experiment: str = "redflow"
+    task_runner: Literal["threads", "dask", "ray"] = "threads"
+    max_workers: int = Field(default=2, ge=1)
+    defaults: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for every task.")
+    promotion: Promotion = Field(default_factory=Promotion)
+    tasks: list[TaskSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RetrainConfig":
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task names must be unique; repeated: {dupes}")
+        for t in self.tasks:
+            self.train_config(t)  # validate the merged training config now, not mid-run
+        return self
+
+    def train_config(self, task: TaskSpec) -> TrainConfig:
+        from tasks.models import resolve_model
+
+        merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
+        merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
+        try:
+            return TrainConfig(**merged)
+        except ValidationError as exc:
+            raise ValueError(f"task {task.name!r}: {_first_error(exc, prefix='train')}") from exc
+
+    def promotion_for(self, task: TaskSpec) -> Promotion:
+        if task.promotion is None:
+            return self.promotion
+        return self.promotion.model_copy(update=task.promotion.model_dump(exclude_unset=True))
+
+    def model_name(self, task: TaskSpec) -> str:
+        return task.model_name or f"red-{task.name}"
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> str:
+    errors = exc.errors()
+    parts = []
+    for e in errors[:3]:
+        loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        parts.append(f"{loc}: {e['msg']}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RetrainConfig:
+    """Read and validate a retrain YAML; relative paths in it are taken relative to the current directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with base_model and tasks")
+    raw.update(overrides or {})
+    try:
+        return RetrainConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from exc
