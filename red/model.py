@@ -44,6 +44,10 @@ class EditedModel(nn.Module):
         self.base_model = base_model
         self.edit_config = config
         self.targets: list[Target] = find_targets(base_model, config)
+        if config.is_reft:  # an encoder-decoder's prompt is seen by its encoder blocks only
+            from .reft import prompt_targets
+
+            self.targets = prompt_targets(base_model, self.targets)
         self.head_names: list[str] = find_head(base_model, config)
         # Fingerprint the weights before anything can change them (merge, training of a head).
         self.base_fingerprint = fingerprint(base_model, [t.name for t in self.targets])
@@ -74,6 +78,11 @@ class EditedModel(nn.Module):
         return self.base_model(*args, **kwargs)
 
     def generate(self, *args, **kwargs):
+        if self.edit_config.is_reft:  # edit the prompt's positions only, never generated tokens
+            from .reft import prompt_generation
+
+            with prompt_generation(self, kwargs.get("attention_mask")):
+                return self.base_model.generate(*args, **kwargs)
         return self.base_model.generate(*args, **kwargs)
 
     # ---- parameters -------------------------------------------------------------------
@@ -189,7 +198,11 @@ class EditedModel(nn.Module):
 
 
 def attach(model: nn.Module, config: EditConfig | dict | None = None, **overrides) -> EditedModel:
-    """Freeze ``model`` and attach edits to it. At init the outputs equal the base model's exactly."""
+    """Freeze ``model`` and attach edits to it.
+
+    RED starts as the identity (outputs equal the base model's exactly). ReFT starts
+    like pyreft, from a random intervention (``LoReFT.set_identity()`` gives the identity).
+    """
     if isinstance(config, dict):
         config = EditConfig(**config)
     if overrides:

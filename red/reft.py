@@ -1,0 +1,267 @@
+"""The ReFT family beside RED: LoReFT and DiReFT interventions on the residual stream.
+
+LoReFT (Wu et al., 2024) edits a hidden state inside a rank-r subspace:
+
+    Φ(h) = h + Rᵀ(W h + b − R h),   R ∈ ℝ^{r×d} with orthonormal rows
+
+R is kept orthonormal during training by ``torch.nn.utils.parametrizations.orthogonal``
+(Householder map, no trivialization: the parameter alone determines R, so the
+edit file, which stores parameters only, restores it exactly; see
+``orthonormal_rows`` for why its diagonal is snapped to ±1). DiReFT drops the
+constraint and the subtraction, like pyreft's ``DireftIntervention``:
+
+    Φ(h) = h + Pᵀ(W h + b),   P ∈ ℝ^{r×d} a plain learned projection
+
+Both act on a transformer block's output (the residual stream) at the first f
+and last l prompt tokens only (red/positions.py), so unlike RED they cannot be
+folded into weights. With ``share_weights=False`` the prefix and suffix
+positions get separate interventions (pyreft's default for ``f7+l7``).
+
+Deviation from pyreft: dropout is applied to the r-dimensional edit signal, not
+to the whole output h, so it never zeroes the frozen model's own residual stream.
+Parameters stay fp32; the gathered hidden states are computed on in fp32 and the
+edit is cast back to the base dtype where it is added.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import orthogonal
+from torch.nn.utils.parametrize import register_parametrization
+
+from .config import EditConfig, parse_positions
+from .errors import EditConfigError
+from .positions import PromptPositions, Window
+from .targets import Target, find_targets
+
+
+class _UnitDiagonal(nn.Module):
+    """Snap the diagonal of the Householder factors to ±1 before ``orthogonal`` reads it.
+
+    torch's Householder map takes the signs of R's columns from the factors' diagonal
+    through ``.int()``, so AdamW's weight decay (1 → 0.9997 → int 0) would silently turn
+    R into 0 after one step. Snapping to the sign makes the map immune to any
+    shrinkage; the diagonal gets no gradient either way.
+    """
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        diagonal = torch.eye(X.shape[-2], X.shape[-1], dtype=torch.bool, device=X.device)
+        return torch.where(diagonal, torch.where(X >= 0, 1.0, -1.0).to(X.dtype), X)
+
+    def right_inverse(self, X: torch.Tensor) -> torch.Tensor:
+        return X
+
+
+def orthonormal_rows(linear: nn.Linear) -> nn.Linear:
+    """Parametrize ``linear.weight`` (r×d, r ≤ d) to have orthonormal rows for good.
+
+    Householder map without trivialization: the parameter alone determines R (no
+    d×d ``base`` buffer), so the parameter-only edit file restores R exactly.
+    """
+    start = linear.weight.detach().clone()
+    nn.init.orthogonal_(start)
+    register_parametrization(linear, "weight", _UnitDiagonal())
+    orthogonal(linear, orthogonal_map="householder", use_trivialization=False)
+    with torch.no_grad():
+        linear.weight = start  # right_inverse through the chain: Householder factors with a ±1 diagonal
+    return linear
+
+
+class LoReFT(nn.Module):
+    """One LoReFT intervention: maps fp32 hidden states (..., d) to their edit Rᵀ(Wh + b − Rh)."""
+
+    def __init__(self, hidden: int, rank: int, dropout: float = 0.0):
+        super().__init__()
+        self.rotate = orthonormal_rows(nn.Linear(hidden, rank, bias=False))
+        self.source = nn.Linear(hidden, rank)
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def R(self) -> torch.Tensor:
+        """The (r, d) projection with orthonormal rows."""
+        return self.rotate.weight
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        R = self.R
+        # (W − R)h + b is Wh + b − Rh in one matmul, and exactly 0 when W = R and b = 0.
+        return self.dropout(F.linear(h, self.source.weight - R, self.source.bias)) @ R
+
+    @torch.no_grad()
+    def set_identity(self) -> None:
+        """W = R, b = 0: the learned source equals Rh, so Φ(h) = h (useful as a start or a check)."""
+        self.source.weight.copy_(self.R)
+        self.source.bias.zero_()
+
+
+class DiReFT(nn.Module):
+    """One DiReFT intervention: (..., d) -> Pᵀ(Wh + b), no orthogonality, no subtraction."""
+
+    def __init__(self, hidden: int, rank: int, dropout: float = 0.0):
+        super().__init__()
+        self.proj = nn.Linear(hidden, rank, bias=False)  # only its (r, d) weight is used, as in pyreft
+        self.source = nn.Linear(hidden, rank)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.source(h)) @ self.proj.weight
+
+
+UNITS: dict[str, type[nn.Module]] = {"loreft": LoReFT, "direft": DiReFT}
+
+
+def _edit_at(out: torch.Tensor, h: torch.Tensor, unit: nn.Module, index: torch.Tensor,
+             valid: torch.Tensor) -> torch.Tensor:
+    """``out`` plus ``unit``'s edit of ``h`` at (row, index) where ``valid``; out-of-place for autograd.
+
+    Invalid slots point at arbitrary positions (maybe padding): their inputs are zeroed
+    before the unit so no NaN/inf from padding can leak into gradients, and their edits
+    are zeroed so the scatter adds exactly 0 there.
+    """
+    idx = index.unsqueeze(-1).expand(-1, -1, h.shape[-1])
+    keep = valid.unsqueeze(-1)
+    gathered = torch.where(keep, h.gather(1, idx).float(), 0.0)
+    delta = torch.where(keep, unit(gathered), 0.0)
+    return out.scatter_add(1, idx, delta.to(h.dtype))
+
+
+class ReftEdit(nn.Module):
+    """The ReFT intervention(s) of one block: a forward hook editing the block's output at prompt positions.
+
+    ``units`` holds ``first`` and ``last`` (separate prefix/suffix weights) or ``all``
+    (shared weights, or only one side selected by ``positions``).
+    """
+
+    def __init__(self, target: Target, config: EditConfig):
+        super().__init__()
+        if config.rank > target.hidden:
+            raise EditConfigError(f"rank {config.rank} exceeds the hidden size {target.hidden} of {target.name}")
+        self.target = target
+        self.method = config.method
+        first, last = parse_positions(config.positions)
+        unit = UNITS[config.method]
+        names = ("all",) if config.share_weights or not (first and last) else ("first", "last")
+        self.units = nn.ModuleDict({n: unit(target.hidden, config.rank, config.dropout) for n in names})
+        self.positions: PromptPositions | None = None  # shared state, set by install_position_hook
+        self._handle = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.positions is None:
+            raise RuntimeError("ReFT layer used without install_position_hook(); attach it with red.attach()")
+        window = self.positions.window(h, self.target.name)
+        out = h
+        for unit, index, valid in self._groups(window):
+            out = _edit_at(out, h, unit, index, valid)
+        return out
+
+    def _groups(self, w: Window) -> Iterator[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+        if "all" in self.units:
+            if w.any_first or w.any_last:
+                yield (self.units["all"], torch.cat([w.first, w.last], 1), torch.cat([w.first_valid, w.last_valid], 1))
+            return
+        if w.any_first:
+            yield self.units["first"], w.first, w.first_valid
+        if w.any_last:
+            yield self.units["last"], w.last, w.last_valid
+
+    def _hook(self, module: nn.Module, args, output):
+        if isinstance(output, tuple):  # e.g. T5Block returns (hidden, position_bias, ...)
+            return (self(output[0]),) + tuple(output[1:])
+        return self(output)
+
+    def attach(self, module: nn.Module) -> None:
+        self.detach()
+        self._handle = module.register_forward_hook(self._hook)
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def extra_repr(self) -> str:
+        return f"{self.target.name}, method={self.method}, hidden={self.target.hidden}"
+
+
+def make_intervention(target: Target, config: EditConfig) -> ReftEdit:
+    """The ReFT edit for one block target (called by EditedModel for method loreft/direft)."""
+    if config.method not in UNITS:
+        raise EditConfigError(f"method {config.method!r} is not a ReFT method ({sorted(UNITS)})")
+    return ReftEdit(target, config)
+
+
+# ---- integration with EditedModel ------------------------------------------------------
+def prompt_module(model: nn.Module) -> nn.Module:
+    """The module that receives the prompt: the encoder of an encoder-decoder, else the model."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return model.get_encoder()
+    return model
+
+
+def prompt_targets(model: nn.Module, targets: list[Target]) -> list[Target]:
+    """Keep the blocks that see the prompt: an encoder-decoder's decoder blocks see only output tokens."""
+    encoder = prompt_module(model)
+    if encoder is model:
+        return targets
+    prefix = next(name for name, module in model.named_modules() if module is encoder)
+    kept = [t for t in targets if t.name.startswith(prefix + ".")]
+    if not kept:
+        raise EditConfigError(
+            f"ReFT edits the prompt, which only the encoder ({prefix!r}) sees, but no selected target is in it: "
+            f"{[t.name for t in targets][:4]}"
+        )
+    return kept
+
+
+def count_reft_parameters(model: nn.Module, config: EditConfig) -> int:
+    """ReFT's edit parameters from the architecture alone (a meta-device model will do; see red/params.py).
+
+    Per intervention 2·r·d + r (R or P, W and b); two per block with separate prefix/suffix weights.
+    """
+    first, last = parse_positions(config.positions)
+    per_block = 1 if config.share_weights or not (first and last) else 2
+    targets = prompt_targets(model, find_targets(model, config))
+    return sum(per_block * (2 * config.rank * t.hidden + config.rank) for t in targets)
+
+
+def _labels_mark_prompt(model: nn.Module) -> bool:
+    """Causal LMs train on prompt+response with prompt labels -100; other heads' labels say nothing about it."""
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    can_generate = getattr(model, "can_generate", None)
+    return bool(can_generate()) if callable(can_generate) else False
+
+
+def install_position_hook(edited) -> PromptPositions:
+    """Give every ReFT edit of ``edited`` one shared PromptPositions, fed by a pre-hook on the prompt module."""
+    first, last = parse_positions(edited.edit_config.positions)
+    state = PromptPositions(first, last, labels_mark_prompt=_labels_mark_prompt(edited.base_model))
+    state.install(prompt_module(edited.base_model))
+    for edit in edited.edits.values():
+        edit.positions = state
+    edited.prompt_positions = state
+    return state
+
+
+def remove_position_hook(edited) -> None:
+    state = getattr(edited, "prompt_positions", None)
+    if state is not None:
+        state.remove()
+    for edit in edited.edits.values():
+        if isinstance(edit, ReftEdit):
+            edit.positions = None
+    edited.__dict__.pop("prompt_positions", None)
+
+
+@contextmanager
+def prompt_generation(edited, attention_mask: torch.Tensor | None = None) -> Iterator[None]:
+    """Used by EditedModel.generate: edit the prompt positions of the first pass, never generated tokens."""
+    state = getattr(edited, "prompt_positions", None)
+    if state is None:
+        yield
+        return
+    with state.generating(attention_mask):
+        yield
