@@ -1,0 +1,318 @@
+"""lm-eval-harness suites for (edited) language models.
+
+``evaluate_lm`` wraps the model instance in lm-eval's ``HFLM`` (a
+``red.EditedModel`` is unwrapped to its hooked base model: the same forward),
+runs ``lm_eval.simple_evaluate`` once per few-shot setting, checks the scores
+are not degenerate, and returns one ``EvalReport`` with per-task metrics and
+the average of each task's headline metric.
+
+``openllm-v1`` is the Open LLM Leaderboard (v1) suite with its shots and
+metrics. Its data sets live on the Hugging Face hub: offline, the run stops
+before loading anything and names the data sets to pre-fetch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import EvalUnavailableError
+from .guards import check_degenerate, check_generative, describe_model, prepare_tokenizer, unwrap_model
+from .report import EvalReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """One lm-eval task (or group) of a suite: its shots and the metric it is ranked by."""
+
+    task: str
+    num_fewshot: int | None = None
+    metric: str | None = None        # lm-eval metric name, e.g. "acc_norm"; None: pick acc_norm > acc > ...
+    filter: str = "none"             # lm-eval filter name, e.g. "strict-match" for gsm8k
+    dataset: str | None = None       # hub data set it reads (for the offline pre-flight check)
+
+
+SUITES: dict[str, tuple[SuiteTask, ...]] = {
+    # Open LLM Leaderboard v1 (HuggingFaceH4, 2023-2024): tasks, shots and the metric each column showed.
+    "openllm-v1": (
+        SuiteTask("arc_challenge", 25, "acc_norm", dataset="allenai/ai2_arc"),
+        SuiteTask("hellaswag", 10, "acc_norm", dataset="Rowan/hellaswag"),
+        SuiteTask("truthfulqa_mc2", 0, "acc", dataset="truthfulqa/truthful_qa"),
+        SuiteTask("mmlu", 5, "acc", dataset="cais/mmlu"),
+        SuiteTask("winogrande", 5, "acc", dataset="allenai/winogrande"),
+        SuiteTask("gsm8k", 5, "exact_match", filter="strict-match", dataset="openai/gsm8k"),
+    ),
+}
+_METRIC_PREFERENCE = ("acc_norm", "acc", "exact_match", "f1", "mcc", "em", "bleu")
+
+
+def resolve_tasks(tasks: str | SuiteTask | Sequence[str | SuiteTask]) -> tuple[str, list[SuiteTask]]:
+    """A suite name, a task name, ``"task:shots"``, or a list of these -> (report name, SuiteTasks)."""
+    items = [tasks] if isinstance(tasks, (str, SuiteTask)) else list(tasks)
+    if not items:
+        raise ValueError("no lm-eval tasks given")
+    out: list[SuiteTask] = []
+    for item in items:
+        if isinstance(item, SuiteTask):
+            out.append(item)
+        elif item in SUITES:
+            out.extend(SUITES[item])
+        else:
+            name, _, shots = item.partition(":")
+            out.append(SuiteTask(name, int(shots) if shots else None))
+    if isinstance(tasks, str):
+        label = tasks
+    elif isinstance(tasks, SuiteTask):
+        label = tasks.task
+    else:
+        label = "+".join(t if isinstance(t, str) else t.task for t in items)
+    return label, out
+
+
+TaskSpec = str | SuiteTask | Sequence[str | SuiteTask]
+
+
+def evaluate_lm(model: torch.nn.Module, tokenizer: Any, tasks: TaskSpec = "openllm-v1", *,
+                limit: int | float | None = None, include_path: str | Path | Sequence[str | Path] | None = None,
+                builtin_tasks: bool = True, batch_size: int = 8, max_length: int | None = None,
+                add_bos_token: bool | None = None,
+                on_degenerate: str = "raise", degenerate_threshold: float = 0.5, bootstrap_iters: int = 1000,
+                name: str | None = None, seed: int = 1234) -> EvalReport:
+    """Evaluate ``model`` (plain, ``red.EditedModel`` attached or merged) on lm-eval tasks.
+
+    ``tasks``: a suite name (``"openllm-v1"``), a task/group name, ``"task:shots"``,
+    a ``SuiteTask``, or a list of these. ``include_path``: folders of local task
+    YAMLs (e.g. from ``write_arc_task``); when every task is found there, lm-eval's
+    ~15k built-in tasks are not indexed at all (seconds saved per call);
+    ``builtin_tasks=False`` never indexes them (unknown names fail at once).
+    ``limit``: questions per task (int) or fraction, for quick runs only.
+    ``add_bos_token``: None lets the guards decide (False for tokenizers that
+    append a suffix token such as BERT's [SEP]); True with such a tokenizer is
+    refused. ``on_degenerate``: "raise" | "warn" | "ignore" when at least
+    ``degenerate_threshold`` of the questions score all choices identically.
+
+    Metrics: ``<task>/<metric>`` (``/<filter>`` appended when not "none") for
+    every task and group lm-eval reports, and ``average`` over the requested
+    tasks' headline metrics (the primary metric).
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    label, suite = resolve_tasks(tasks)
+    check_generative(model)
+    _preflight_hub_datasets(suite, include_path)
+    base = unwrap_model(model)
+    backend = "seq2seq" if getattr(getattr(base, "config", None), "is_encoder_decoder", False) else "causal"
+    tok, add_bos, tok_report = prepare_tokenizer(tokenizer, model, backend=backend, add_bos_token=add_bos_token)
+    task_manager = _task_manager([t.task for t in suite], include_path, builtin_tasks)
+
+    was_training = base.training
+    lm = HFLM(pretrained=base, tokenizer=tok, backend=backend, batch_size=batch_size, max_length=max_length,
+              add_bos_token=add_bos, logits_cache=True)
+    results: dict[str, dict[str, Any]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    n_samples: dict[str, Any] = {}
+    configs: dict[str, Any] = {}
+    try:
+        for shots, group in _by_fewshot(suite):
+            try:
+                out = lm_eval.simple_evaluate(
+                    model=lm, tasks=[t.task for t in group], num_fewshot=shots, limit=limit,
+                    task_manager=task_manager, bootstrap_iters=bootstrap_iters, log_samples=True,
+                    random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                )
+            except Exception as exc:
+                if _is_offline_error(exc):
+                    raise EvalUnavailableError(
+                        f"lm-eval tasks {[t.task for t in group]} could not load their data: {exc}. The Hugging Face "
+                        "hub is unreachable or offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE). Pre-fetch "
+                        "the data sets into the HF cache on a machine with access, or use local task folders "
+                        "(tasks.evaluate.write_arc_task + include_path)."
+                    ) from exc
+                raise
+            if out is None:  # non-zero rank in distributed runs
+                continue
+            results.update(out.get("results", {}))
+            samples.update(out.get("samples", {}))
+            n_samples.update(out.get("n-samples", {}))
+            configs.update({k: _small_config(v) for k, v in out.get("configs", {}).items()})
+    finally:
+        base.train(was_training)
+
+    degenerate = check_degenerate(samples, policy=on_degenerate, threshold=degenerate_threshold)
+    metrics, stderr = _flatten(results)
+    headline: dict[str, float] = {}
+    for t in suite:
+        key = _headline_key(t, results)
+        if key is None:
+            raise KeyError(f"lm-eval returned no results for task {t.task!r} (got {sorted(results)})")
+        headline[t.task] = key
+    primary_values = [metrics[k] for k in headline.values()]
+    metrics["average"] = float(sum(primary_values) / len(primary_values))
+    errs = [stderr.get(k) for k in headline.values()]
+    if all(e is not None and math.isfinite(e) for e in errs):
+        stderr["average"] = math.sqrt(sum(e * e for e in errs)) / len(errs)
+    return EvalReport(
+        name=name or f"lm-eval/{label}", kind="lm-eval", metrics=metrics, primary="average", stderr=stderr,
+        model=describe_model(model),
+        details={
+            "tasks": [{"task": t.task, "num_fewshot": t.num_fewshot, "headline": headline[t.task]} for t in suite],
+            "limit": limit, "n_samples": n_samples, "tokenizer": tok_report.to_dict(),
+            "identical_choice_fraction": degenerate, "lm_eval_version": _version("lm_eval"),
+            "include_path": [str(p) for p in _as_list(include_path)], "configs": configs,
+        },
+    )
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _as_list(paths: Any) -> list[Any]:
+    if paths is None:
+        return []
+    return list(paths) if isinstance(paths, (list, tuple)) else [paths]
+
+
+def _task_manager(names: Sequence[str], include_path: Any, builtin_tasks: bool = True):
+    """Index only the local folders when they hold every task; lm-eval's full index takes seconds."""
+    from lm_eval.tasks import TaskManager
+
+    local = [str(p) for p in _as_list(include_path)]
+    for p in local:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"include_path {p} does not exist")
+    if local:
+        tm = TaskManager(include_path=local, include_defaults=False)
+        if all(n in tm.all_tasks for n in names) or not builtin_tasks:
+            _check_names(names, tm, local)
+            return tm
+    elif not builtin_tasks:
+        raise ValueError("builtin_tasks=False needs an include_path with the task folders")
+    tm = TaskManager(include_path=local or None)
+    _check_names(names, tm, local)
+    return tm
+
+
+def _check_names(names: Sequence[str], tm: Any, local: Sequence[str]) -> None:
+    missing = [n for n in names if n not in tm.all_tasks]
+    if missing:
+        import difflib
+
+        hints = {n: difflib.get_close_matches(n, tm.all_tasks, n=3) for n in missing}
+        raise ValueError(f"unknown lm-eval task(s): {hints} (name -> close matches); local folders: {list(local)}")
+
+
+def _by_fewshot(suite: Sequence[SuiteTask]) -> list[tuple[int | None, list[SuiteTask]]]:
+    groups: dict[int | None, list[SuiteTask]] = {}
+    for t in suite:
+        groups.setdefault(t.num_fewshot, []).append(t)
+    return list(groups.items())
+
+
+def _metric_key(task: str, metric: str, filt: str) -> str:
+    return f"{task}/{metric}" if filt == "none" else f"{task}/{metric}/{filt}"
+
+
+def _flatten(results: dict[str, dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    metrics: dict[str, float] = {}
+    stderr: dict[str, float] = {}
+    for task, values in results.items():
+        for key, value in values.items():
+            if "," not in key or isinstance(value, str) or value is None:
+                continue
+            metric, filt = key.split(",", 1)
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+            if metric.endswith("_stderr"):
+                stderr[_metric_key(task, metric[: -len("_stderr")], filt)] = value
+            else:
+                metrics[_metric_key(task, metric, filt)] = value
+    return metrics, stderr
+
+
+def _headline_key(t: SuiteTask, results: dict[str, dict[str, Any]]) -> str | None:
+    values = results.get(t.task)
+    if not values:
+        return None
+    if t.metric:
+        return _metric_key(t.task, t.metric, t.filter) if f"{t.metric},{t.filter}" in values else None
+    available = [k.split(",", 1) for k in values if "," in k and "_stderr" not in k]
+    for preferred in _METRIC_PREFERENCE:
+        for metric, filt in available:
+            if metric == preferred:
+                return _metric_key(t.task, metric, filt)
+    return _metric_key(t.task, *available[0]) if available else None
+
+
+def _small_config(config: Any) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {}
+    keep = ("task", "dataset_path", "dataset_name", "num_fewshot", "output_type", "test_split", "validation_split",
+            "fewshot_split", "metadata")
+    return {k: config.get(k) for k in keep if k in config}
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_dataset_cached(dataset: str) -> bool:
+    """Whether a hub data set has anything in the local HF caches (hub snapshots or datasets' own cache)."""
+    from huggingface_hub import constants as hub_constants
+
+    roots = [Path(hub_constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}"]
+    try:
+        import datasets
+
+        roots.append(Path(datasets.config.HF_DATASETS_CACHE) / dataset.replace("/", "___"))
+    except Exception:  # pragma: no cover
+        pass
+    return any(r.exists() and any(r.iterdir()) for r in roots)
+
+
+def _preflight_hub_datasets(suite: Sequence[SuiteTask], include_path: Any) -> None:
+    """Fail in milliseconds, naming every data set, instead of minutes into a suite."""
+    if not _offline():
+        return
+    missing = [(t.task, t.dataset) for t in suite if t.dataset and not hub_dataset_cached(t.dataset)]
+    if missing:
+        listing = ", ".join(f"{task} <- {ds}" for task, ds in missing)
+        raise EvalUnavailableError(
+            f"offline mode is on (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE) and these lm-eval tasks need hub data sets "
+            f"that are not in the local cache: {listing}. Run once with network access (or copy a populated "
+            f"HF_HOME), or evaluate local task folders instead (include_path={include_path!r})."
+        )
+
+
+def _is_offline_error(exc: BaseException) -> bool:
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 10:
+        name = type(cur).__name__
+        text = str(cur)
+        if isinstance(cur, ConnectionError) or name in ("OfflineModeIsEnabled", "LocalEntryNotFoundError",
+                                                         "ConnectError", "DatasetNotFoundError"):
+            return True
+        if "Couldn't reach" in text or "offline" in text.lower():
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
+
+
+def _version(package: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:  # pragma: no cover
+        return "unknown"
