@@ -132,6 +132,32 @@ def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="The demo c
     print_next_steps(cfg)
 
 
+@bench_app.command("glue")
+def bench_glue(glue_dir: Path = typer.Option(..., help="Folder in the GLUE TSV layout (SST-2/, MRPC/, RTE/ ...)."),
+               tasks: str = typer.Option("sst2,mrpc,rte", help="Comma-separated GLUE tasks."),
+               methods: str = typer.Option("red,lora,bitfit,full", help="Comma-separated methods."),
+               model: str = typer.Option("minilm", help="Base model (hub name, folder, or 'minilm')."),
+               seeds: str = typer.Option("42,43,44", help="Comma-separated seeds."),
+               epochs: Optional[float] = typer.Option(None, help="Override the preset's epochs."),
+               max_train_samples: Optional[int] = typer.Option(None, help="Subsample training rows (seeded)."),
+               max_length: int = typer.Option(128, help="Maximum tokens per example."),
+               preset: str = typer.Option("roberta-base-glue", help="Hyperparameter preset (paper appendix)."),
+               work_dir: Path = typer.Option(Path("runs/bench-glue"), help="Checkpoints and per-cell results."),
+               out: Path = typer.Option(Path("results.json"), help="Where to write the table as JSON.")) -> None:
+    """Rerun the paper's Table 1 comparison on a local GLUE folder and print it in the paper's format."""
+    from tasks.glue_bench import run_glue_benchmark, to_markdown
+    from tasks.models import resolve_model
+
+    result = run_glue_benchmark(glue_dir, _split(tasks), _split(methods), resolve_model(model),
+                                [int(s) for s in _split(seeds)], work_dir, epochs=epochs,
+                                max_train_samples=max_train_samples, preset=preset, max_length=max_length)
+    result["command"] = {"glue_dir": str(glue_dir), "tasks": tasks, "methods": methods, "model": model,
+                         "seeds": seeds, "epochs": epochs, "max_train_samples": max_train_samples,
+                         "max_length": max_length, "preset": preset}
+    out.write_text(json.dumps(result, indent=2))
+    console.print(to_markdown(result["table"]))
+
+
 def main() -> None:
     app()
 

@@ -219,10 +219,12 @@ def _last_checkpoint(folder: Path) -> str | None:
     return last if last and (Path(last) / "trainable.safetensors").is_file() else None
 
 
-def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, model=None) -> TrainResult:
+def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, model=None,
+          callbacks: list | None = None) -> TrainResult:
     """Train ``config.method`` on prepared ``data`` (tasks.data.TaskData); write artifacts under ``out_dir``.
 
     ``model``/``tokenizer`` may be passed in (already loaded); otherwise they are loaded from ``config.model``.
+    ``callbacks`` are transformers ``TrainerCallback``s (progress reporting, early stopping...).
     """
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments, set_seed
 
@@ -273,6 +275,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=not bool(os.environ.get("REDFLOW_PROGRESS", "1") == "1"),
         **precision,
     )
@@ -283,6 +286,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=encoded.train, eval_dataset=encoded.validation,
         data_collator=collator, compute_metrics=_compute_metrics_fn(data) if classification else None,
+        callbacks=callbacks,
     )
     resume = _last_checkpoint(out_dir / "checkpoints") if config.resume else None
     if resume:
@@ -291,10 +295,8 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
 
     history = trainer.state.log_history
     epochs = _epoch_table(history, metric)
-    validation = {k[len("eval_"):]: float(v) for k, v in trainer.evaluate(encoded.validation).items()
-                  if k.startswith("eval_") and isinstance(v, (int, float))}
-    test_raw = trainer.evaluate(encoded.test, metric_key_prefix="test")
-    test = {k[len("test_"):]: float(v) for k, v in test_raw.items() if k.startswith("test_") and isinstance(v, (int, float))}
+    validation = _metrics(trainer.evaluate(encoded.validation), "eval_")
+    test = _metrics(trainer.evaluate(encoded.test, metric_key_prefix="test"), "test_")
     best_epoch = _best_epoch(epochs, metric, greater)
     model.eval()
     edit_path = _save_final(model, config, data, out_dir, tokenizer, validation, test)
@@ -316,6 +318,12 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     )
     result.save(out_dir / "result.json")
     return result
+
+
+def _metrics(raw: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Quality metrics only (Trainer adds runtime and throughput to every evaluation)."""
+    return {k[len(prefix):]: float(v) for k, v in raw.items() if k.startswith(prefix) and isinstance(v, (int, float))
+            and not any(s in k for s in ("runtime", "per_second", "epoch"))}
 
 
 def _epoch_table(history: list[dict], metric: str) -> list[dict[str, float]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tiny models: one thread beats two, and tests share the machine
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -90,3 +90,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not next to the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, minilm_path) -> dict[str, str]:
+    """Tiny random BERT and GPT-2 checkpoints saved with MiniLM's real tokenizer, loadable by path.
+
+    They exercise the same from_pretrained/tokenizer code as a hub model, in a fraction of a second.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=37,
+                                                    max_position_embeddings=128))
+    bert.save_pretrained(root / "bert")
+    tok.save_pretrained(root / "bert")
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                                      bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                                      pad_token_id=tok.pad_token_id))
+    gpt2.save_pretrained(root / "gpt2")
+    tok.save_pretrained(root / "gpt2")
+    return {"bert": str(root / "bert"), "gpt2": str(root / "gpt2")}

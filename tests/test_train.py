@@ -1,0 +1,123 @@
+"""tasks/train: every method through one Trainer-based pipeline, with the paper's protocol."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, TrainerCallback
+
+import red
+from tasks.data import DataSpec, prepare_data
+from tasks.presets import preset_values
+from tasks.result import TrainResult
+from tasks.train import TrainConfig, TrainingError, train
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sentiment")
+    spec = DataSpec(name="sentiment", source="synthetic", task="sentiment", path=root / "files",
+                    synthetic={"n_train": 64, "n_dev": 40})
+    return prepare_data(spec, seed=42, cache_dir=root / "cache")
+
+
+def _config(path, **kw):
+    base = dict(model=path, epochs=2, batch_size=16, learning_rate=1e-2, max_length=32, logging_steps=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def test_red_training_follows_the_paper_protocol(sentiment, tiny_checkpoints, tmp_path):
+    result = train(sentiment, _config(tiny_checkpoints["bert"]), tmp_path)
+    assert result.method == "red" and result.primary_metric == "accuracy"
+    assert [e["epoch"] for e in result.epochs] == [1, 2]
+    # the best epoch is chosen on validation and the reported test score comes from it
+    best = max(result.epochs, key=lambda e: e["validation_accuracy"])
+    assert result.best_epoch == best["epoch"]
+    assert result.validation["accuracy"] == pytest.approx(best["validation_accuracy"])
+    assert 0.0 <= result.test["accuracy"] <= 1.0 and "runtime" not in " ".join(result.test)
+    assert result.edit_parameters == 2 * 32 * 2
+    assert result.trainable_parameters == result.edit_parameters + 32 * 2 + 2  # + the classifier head
+    assert result.steps and all(math.isfinite(s["loss"]) for s in result.steps)
+    # checkpoints every epoch hold only trainable tensors: kilobytes, not the base model
+    ckpts = sorted((tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert len(ckpts) == 2
+    state = load_file(str(ckpts[0] / "trainable.safetensors"))
+    assert sum(t.numel() for t in state.values()) == result.trainable_parameters
+    # the saved edit reproduces the trained model on a fresh base
+    tensors, meta = red.read_edit(result.edit_path)
+    assert meta["extra"]["label_list"] == sentiment.label_list
+    assert TrainResult.load(tmp_path / "result.json").to_dict() == result.to_dict()
+
+
+def test_resume_after_a_crash_continues_from_the_last_epoch(sentiment, tiny_checkpoints, tmp_path):
+    first = CountSteps()
+    train(sentiment, _config(tiny_checkpoints["bert"], epochs=1), tmp_path, callbacks=[first])
+    second = CountSteps()
+    result = train(sentiment, _config(tiny_checkpoints["bert"], epochs=2), tmp_path, callbacks=[second])
+    assert first.steps == 4 and second.steps == 4  # the second run did only epoch 2
+    assert [e["epoch"] for e in result.epochs] == [1, 2]
+    fresh = CountSteps()
+    train(sentiment, _config(tiny_checkpoints["bert"], epochs=2, resume=False), tmp_path / "again", callbacks=[fresh])
+    assert fresh.steps == 8
+
+
+def test_nan_loss_stops_with_a_clear_error(sentiment, tiny_checkpoints, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoints["bert"], num_labels=2)
+    with torch.no_grad():
+        model.bert.embeddings.LayerNorm.weight[0] = float("nan")
+    with pytest.raises(TrainingError, match="loss became nan at step 1.*learning rate"):
+        train(sentiment, _config(tiny_checkpoints["bert"]), tmp_path, model=model)
+
+
+def test_training_is_seeded_and_reproducible(sentiment, tiny_checkpoints, tmp_path):
+    a = train(sentiment, _config(tiny_checkpoints["bert"], epochs=1), tmp_path / "a")
+    b = train(sentiment, _config(tiny_checkpoints["bert"], epochs=1), tmp_path / "b")
+    assert a.steps == b.steps and a.test == b.test
+
+
+@pytest.mark.parametrize("method", ["lora", "bitfit", "full", "loreft"])
+def test_baselines_run_through_the_same_pipeline(sentiment, tiny_checkpoints, tmp_path, method):
+    result = train(sentiment, _config(tiny_checkpoints["bert"], method=method, epochs=1, lora_r=4,
+                                      edit={"rank": 2, "positions": "f1+l1"} if method == "loreft" else {}),
+                   tmp_path)
+    red_params = 2 * 32 * 2
+    expected = {"lora": lambda n: n == 2 * 2 * 4 * (32 + 32),  # r * (in + out) on query and value in 2 layers
+                "bitfit": lambda n: n > red_params, "full": lambda n: n > 900_000,
+                "loreft": lambda n: n == 2 * 2 * (2 * 2 * 32 + 2)}[method]
+    assert expected(result.edit_parameters), result.edit_parameters
+    assert "accuracy" in result.test
+    if method == "loreft":
+        assert red.read_edit(result.edit_path)[1]["method"] == "loreft"
+
+
+def test_causal_lm_instruction_tuning_masks_the_prompt(tmp_path, tiny_checkpoints):
+    spec = DataSpec(name="instructions", source="synthetic", task="instructions", path=tmp_path / "files",
+                    synthetic={"n_train": 24, "n_dev": 8})
+    data = prepare_data(spec, seed=0)
+    result = train(data, _config(tiny_checkpoints["gpt2"], epochs=1, batch_size=8, max_length=64), tmp_path / "out")
+    assert result.task_type == "causal_lm" and result.primary_metric == "loss"
+    assert math.isfinite(result.test["loss"])
+    assert red.read_edit(result.edit_path)[1]["base_model"]["model_type"] == "gpt2"
+
+
+def test_presets_come_from_the_paper_and_explicit_fields_win():
+    assert preset_values("roberta-base-glue", "red", "rte")["learning_rate"] == 8e-3
+    assert preset_values("roberta-base-glue", "red", "SST-2")["epochs"] == 40
+    assert preset_values("roberta-large-glue", "red", "mrpc")["warmup_ratio"] == 0.0
+    cfg = TrainConfig(model="x", preset="roberta-base-glue", learning_rate=1e-4)
+    assert cfg.resolved("mrpc")["learning_rate"] == 1e-4 and cfg.resolved("mrpc")["epochs"] == 40
+    with pytest.raises(ValueError, match="no values for method 'lora'"):
+        preset_values("t5-base-glue", "lora", "mrpc")
+    with pytest.raises(ValueError, match="learning_rat"):
+        TrainConfig(model="x", learning_rat=1)
