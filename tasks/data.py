@@ -1,0 +1,434 @@
+"""Data preparation: one spec in, three checked, seeded, cached splits out.
+
+``prepare_data(spec)`` reads a source (a local GLUE folder, a hub dataset,
+CSV/TSV/JSON/JSONL files, Alpaca or UltraFeedback instruction data, or a
+generated synthetic task), checks it before anything trains on it, splits it
+by the RED paper's protocol, and caches the result under a content hash, so a
+scheduled flow that runs every night re-reads nothing that has not changed and
+tags its MLflow runs with exactly which data they saw (``data.data_hash``).
+
+``encode(data, tokenizer, max_length)`` (see :mod:`tasks.encoding`) turns the
+splits into model inputs and reports truncation.
+
+The readers live in :mod:`tasks.sources` and :mod:`tasks.glue`, their use per
+source in :mod:`tasks.loading`, the checks in :mod:`tasks.checks`, the split
+protocol in :mod:`tasks.splits`, the generated tasks in :mod:`tasks.synthetic`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from . import glue, splits
+from .encoding import EncodedData, encode
+from .loading import Loaded, load
+from .sources import DataError
+from .synthetic import SYNTHETIC_TASKS, write_synthetic
+
+__all__ = ["DataError", "DataSpec", "EncodedData", "SyntheticOptions", "TaskData", "data_hash", "encode",
+           "prepare_data"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from datasets import Dataset
+
+log = logging.getLogger(__name__)
+
+PREPARE_VERSION = 1  # bump when the prepared output of the same inputs changes: invalidates caches
+
+Source = Literal["glue", "hub", "csv", "tsv", "json", "jsonl", "alpaca", "ultrafeedback", "synthetic"]
+TaskType = Literal["classification", "regression", "causal_lm", "seq2seq"]
+Metric = Literal["accuracy", "f1", "mcc", "pearson", "loss"]
+
+_EXTENSIONS = {"csv": ["csv"], "tsv": ["tsv"], "json": ["json", "jsonl"], "jsonl": ["jsonl", "json"],
+               "alpaca": ["json", "jsonl"], "ultrafeedback": ["jsonl", "json"]}
+_ROLE_FILES = {"train": ["train"], "dev": ["dev"], "validation": ["validation", "valid", "val"], "test": ["test"]}
+
+
+class SyntheticOptions(BaseModel):
+    """Size and seed of a generated task (``source: synthetic``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_train: int = Field(default=300, ge=1)
+    n_dev: int = Field(default=200, ge=2, description="Split into validation/test like a GLUE dev set.")
+    seed: int = Field(default=0, description="Generation seed (the split seed is prepare_data's).")
+
+
+class DataSpec(BaseModel):
+    """What to train on. Unknown fields fail (``extra="forbid"``) so a typo names itself.
+
+    Splits: GLUE (local or hub) keeps the official train split and splits the official dev
+    set into validation and test by the paper's protocol (:mod:`tasks.splits`). Local files:
+    ``path`` is one file (train) or a folder with ``train.<ext>`` and either ``dev.<ext>``
+    (split like GLUE's dev) or any of ``validation.<ext>`` / ``test.<ext>``; what is missing
+    is carved, seeded, from train (``test_size``, then ``validation_size``).
+
+    Examples::
+
+        DataSpec(source="glue", path="../shared/data/glue", task="SST-2")
+        DataSpec(source="hub", hub_name="nyu-mll/glue", hub_config="rte", task="rte")
+        DataSpec(source="csv", path="reviews.csv", text_columns=["review"], label_column="stars")
+        DataSpec(source="alpaca", path="alpaca_data.json", max_train_samples=10_000)
+        DataSpec(source="synthetic", task="sentiment", path="data/synthetic")
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="Task name in runs and registries (default: task or file).")
+    source: Source
+    path: Path | None = Field(default=None, description="File or folder (GLUE: the root or the task folder).")
+    task: str | None = Field(default=None, description="GLUE task (sst2, SST-2, ...) or synthetic task name.")
+    hub_name: str | None = None
+    hub_config: str | None = None
+    hub_revision: str | None = Field(default=None, description="Pin it: the cache key only sees the name.")
+    columns: dict[str, str] | None = Field(default=None, description="Rename file columns first: {old: new}.")
+    text_columns: list[str] | None = Field(default=None, description="One or two input columns (a pair).")
+    label_column: str | None = Field(default=None, description="Label column (default 'label').")
+    response_column: str | None = Field(default=None, description="Answer column of instruction data in a table.")
+    label_list: list[str] | None = Field(default=None, description="Class names, in index order.")
+    task_type: TaskType | None = None
+    metric: Metric | None = None
+    prompt_template: Literal["alpaca", "none"] = "alpaca"
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1, description="Applies to validation and test each.")
+    validation_size: float = Field(default=0.1, gt=0, description="Carved from train when no validation is "
+                                   "given: a fraction (< 1) or a row count.")
+    test_size: float = Field(default=0.1, gt=0, description="Carved from train when no test is given.")
+    synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions)
+
+    @field_validator("text_columns")
+    @classmethod
+    def _one_or_two(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not 1 <= len(value) <= 2:
+            raise ValueError(f"text_columns takes one column or a pair, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataSpec":
+        source = self.source
+        if source in ("glue", "hub") and self.task is not None:
+            if source == "glue" or _is_glue_name(self.task):
+                self.task = glue.canonical_task(self.task)
+        if source == "glue":
+            _need(self.path is not None and self.task is not None, "source 'glue' needs `path` (the GLUE folder) "
+                  f"and `task` (one of {sorted(glue.GLUE_TASKS)})")
+        elif source == "hub":
+            _need(self.hub_name is not None, "source 'hub' needs `hub_name` (e.g. 'nyu-mll/glue') and usually "
+                  "`hub_config` (e.g. 'sst2')")
+        elif source == "synthetic":
+            _need(self.task in SYNTHETIC_TASKS, f"source 'synthetic' needs `task`, one of {sorted(SYNTHETIC_TASKS)}"
+                  f" (got {self.task!r})")
+        else:
+            _need(self.path is not None, f"source {source!r} needs `path` (a file, or a folder with train/dev/"
+                  f"validation/test files)")
+        if source in ("csv", "tsv", "json", "jsonl") or (source == "hub" and self.task not in glue.GLUE_TASKS):
+            _need(self.text_columns is not None, f"source {source!r} needs `text_columns` (the input column, "
+                  "or two for sentence pairs)")
+        if self.task_type is not None:
+            allowed = _allowed_types(self)
+            _need(self.task_type in allowed, f"task_type {self.task_type!r} does not fit this source/task; "
+                  f"use one of {sorted(allowed)}")
+        return self
+
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.task:
+            return self.task
+        if self.hub_name:
+            return self.hub_name.split("/")[-1] + (f"_{self.hub_config}" if self.hub_config else "")
+        return Path(self.path).stem if self.path else self.source  # type: ignore[arg-type]
+
+
+def _need(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _is_glue_name(task: str) -> bool:
+    try:
+        glue.canonical_task(task)
+        return True
+    except ValueError:
+        return False
+
+
+def _allowed_types(spec: DataSpec) -> set[str]:
+    if spec.task in glue.GLUE_TASKS and spec.source in ("glue", "hub"):
+        return {glue.GLUE_TASKS[spec.task].task_type, "seq2seq"}
+    if spec.source == "synthetic":
+        return {SYNTHETIC_TASKS[spec.task].task_type, "seq2seq"}  # type: ignore[index]
+    if spec.source in ("alpaca", "ultrafeedback"):
+        return {"causal_lm", "seq2seq"}
+    return {"classification", "regression", "causal_lm", "seq2seq"}
+
+
+@dataclass
+class TaskData:
+    """Prepared, checked splits of one task and what a trainer needs to know about them.
+
+    Classification rows hold the text columns and ``label`` (class index into ``label_list``);
+    regression rows a float ``label``; instruction rows ``prompt`` and ``response``.
+    """
+
+    name: str
+    task_type: str
+    train: Dataset
+    validation: Dataset
+    test: Dataset
+    text_columns: tuple[str, ...]
+    label_list: list[str] | None
+    metric: str
+    data_hash: str
+    label_column: str = "label"          # "response" for instruction data
+    task: str | None = None               # canonical GLUE / synthetic task name (T5 prefixes use it)
+    source: str = ""
+    seed: int = 42
+    cache_path: Path | None = None
+    from_cache: bool = False
+    origin: dict[str, str] = field(default_factory=dict)  # split -> where its rows came from
+
+    @property
+    def num_labels(self) -> int | None:
+        if self.task_type == "regression":
+            return 1
+        return len(self.label_list) if self.label_list is not None else None
+
+    @property
+    def is_instruction(self) -> bool:
+        return self.label_column == "response"
+
+    def splits(self) -> dict[str, Any]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.splits().items()}
+
+    def describe(self) -> dict[str, Any]:
+        """Flat metadata (for logs, MLflow params and the cache's meta.json)."""
+        return {"name": self.name, "task_type": self.task_type, "text_columns": list(self.text_columns),
+                "label_list": self.label_list, "metric": self.metric, "data_hash": self.data_hash,
+                "label_column": self.label_column, "task": self.task, "source": self.source, "seed": self.seed,
+                "sizes": self.sizes(), "origin": self.origin}
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def prepare_data(spec: DataSpec | dict, seed: int = 42, cache_dir: str | Path | None = None) -> TaskData:
+    """Read, check, split and (with ``cache_dir``) cache the data named by ``spec``.
+
+    With ``cache_dir`` the prepared splits are stored in ``cache_dir/<data_hash>`` and
+    reused on the next call with the same inputs (same file bytes or hub revision, same
+    spec, same seed): ``data.from_cache`` says which happened. Synthetic tasks without a
+    ``path`` are generated under ``cache_dir/synthetic``.
+
+    Raises :class:`DataError` for anything wrong with the data itself.
+    """
+    spec = spec if isinstance(spec, DataSpec) else DataSpec.model_validate(spec)
+    files, identity = _inputs(spec, cache_dir)
+    key = _hash(spec, seed, files, identity)
+    entry = Path(cache_dir) / key if cache_dir is not None else None
+    if entry is not None:
+        cached = _read_cache(entry)
+        if cached is not None:
+            log.info("%s: reusing prepared data %s (%s)", cached.name, entry, cached.sizes())
+            return cached
+    data = _build(spec, seed, files, key)
+    if entry is not None:
+        _write_cache(entry, data, spec)
+        data.cache_path, data.from_cache = entry, False
+    log.info("%s: prepared %s (data_hash %s)", data.name, data.sizes(), key)
+    return data
+
+
+def data_hash(spec: DataSpec | dict, seed: int = 42, cache_dir: str | Path | None = None) -> str:
+    """The content hash ``prepare_data`` would file its result under (reads the source files)."""
+    spec = spec if isinstance(spec, DataSpec) else DataSpec.model_validate(spec)
+    files, identity = _inputs(spec, cache_dir)
+    return _hash(spec, seed, files, identity)
+
+
+# --------------------------------------------------------------------------- inputs and hash
+
+
+def _inputs(spec: DataSpec, cache_dir: str | Path | None) -> tuple[dict[str, Path], str]:
+    """The files a spec reads, by role (train/dev/validation/test), or the hub identity."""
+    if spec.source == "hub":
+        identity = f"hub:{spec.hub_name}:{spec.hub_config}:{spec.hub_revision}"
+        local = Path(spec.hub_name)  # type: ignore[arg-type]
+        if local.is_dir():  # load_dataset also reads local folders: address those by content too
+            files = {str(p.relative_to(local)): p for p in sorted(local.rglob("*"))
+                     if p.is_file() and not any(part.startswith(".") for part in p.relative_to(local).parts)}
+            return files, identity.replace(str(local), local.name)
+        return {}, identity
+    if spec.source == "glue":
+        task = glue.GLUE_TASKS[spec.task]  # type: ignore[index]
+        return glue.glue_files(Path(spec.path), task), ""  # type: ignore[arg-type]
+    if spec.source == "synthetic":
+        base = spec.path if spec.path is not None else (Path(cache_dir) / "synthetic" if cache_dir else None)
+        if base is None:
+            raise DataError("source 'synthetic' needs `path` (a folder to write the task to) or a cache_dir.")
+        task, options = str(spec.task), spec.synthetic
+        folder = write_synthetic(task, base, n_train=options.n_train, n_dev=options.n_dev, seed=options.seed)
+        ext = "json" if SYNTHETIC_TASKS[task].file_format == "alpaca" else "csv"
+        return _local_files(folder, [ext]), ""
+    return _local_files(Path(spec.path), _EXTENSIONS[spec.source]), ""  # type: ignore[arg-type]
+
+
+def _local_files(path: Path, extensions: list[str]) -> dict[str, Path]:
+    """A file is the train split; a folder holds train.<ext> and any of dev/validation/test.<ext>."""
+    if path.is_file():
+        return {"train": path}
+    if not path.is_dir():
+        raise DataError(f"cannot read {path}: no such file or folder. Fix: check `path` in the data spec.")
+    found: dict[str, Path] = {}
+    for role, stems in _ROLE_FILES.items():
+        for candidate in (path / f"{stem}.{ext}" for stem in stems for ext in extensions):
+            if candidate.is_file():
+                found[role] = candidate
+                break
+    if "train" not in found:
+        names = sorted(p.name for p in path.iterdir())[:20]
+        raise DataError(f"{path}: no train.{extensions[0]} in this folder (found: {names}). Fix: name the "
+                        f"files train/dev (or validation, test).{extensions[0]}, or point `path` at one file.")
+    if "dev" in found and ({"validation", "test"} & set(found)):
+        raise DataError(f"{path}: has both dev and validation/test files; keep one scheme: dev (split into "
+                        "validation and test) or validation + test.")
+    return found
+
+
+def _hash(spec: DataSpec, seed: int, files: dict[str, Path], identity: str) -> str:
+    """sha256 over the prepare version, the spec (less its path: data is addressed by content), seed, bytes."""
+    digest = hashlib.sha256()
+    spec_json = spec.model_dump(mode="json", exclude={"path"})
+    digest.update(json.dumps({"version": PREPARE_VERSION, "spec": spec_json, "seed": seed, "hub": identity},
+                             sort_keys=True).encode())
+    for role in sorted(files):
+        digest.update(f"\0{role}\0".encode())
+        try:
+            with open(files[role], "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            reason = "file not found" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
+            raise DataError(f"cannot read {files[role]}: {reason}. Fix: check `path` in the data spec and the "
+                            f"file's permissions.") from exc
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- splitting, building
+
+
+def _subseed(seed: int, stream: int) -> int:
+    """Independent seeds per purpose, so carving test does not mirror carving validation."""
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def _split(loaded: Loaded, spec: DataSpec, seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    frames = dict(loaded.frames)
+    origin = {role: o.name for role, o in loaded.origins.items()}
+    notes = {"train": origin["train"]}
+    if "dev" in frames:
+        frames["validation"], frames["test"] = splits.split_dev(frames.pop("dev"), seed)
+        n_val, n_test = len(frames["validation"]), len(frames["test"])
+        notes["validation"] = f"{origin['dev']} (seeded split of dev: {n_val} rows)"
+        notes["test"] = f"{origin['dev']} (seeded split of dev: {n_test} rows)"
+    if "test" not in frames:
+        frames["train"], frames["test"] = splits.carve(frames["train"], spec.test_size, _subseed(seed, 1))
+        notes["test"] = f"{origin['train']} (carved: test_size={spec.test_size})"
+    elif "test" not in notes:
+        notes["test"] = origin["test"]
+    if "validation" not in frames:
+        frames["train"], frames["validation"] = splits.carve(frames["train"], spec.validation_size,
+                                                             _subseed(seed, 2))
+        notes["validation"] = f"{origin['train']} (carved: validation_size={spec.validation_size})"
+    elif "validation" not in notes:
+        notes["validation"] = origin["validation"]
+    frames["train"] = splits.subsample(frames["train"], spec.max_train_samples, _subseed(seed, 3))
+    for stream, role in ((4, "validation"), (5, "test")):
+        frames[role] = splits.subsample(frames[role], spec.max_eval_samples, _subseed(seed, stream))
+    for role in ("train", "validation", "test"):
+        if len(frames[role]) == 0:
+            raise DataError(f"{spec.display_name()}: the {role} split is empty (from {notes[role]}). Fix: provide "
+                            f"more rows, or a {role} file, or adjust validation_size/test_size.")
+    return frames, notes
+
+
+def _build(spec: DataSpec, seed: int, files: dict[str, Path], key: str) -> TaskData:
+    loaded = load(spec, files)
+    frames, notes = _split(loaded, spec, seed)
+    datasets_ = {role: _to_dataset(frames[role], loaded) for role in ("train", "validation", "test")}
+    return TaskData(name=spec.display_name(), task_type=loaded.task_type, text_columns=loaded.text_columns,
+                    label_list=loaded.label_list, metric=loaded.metric, data_hash=key,
+                    label_column=loaded.label_column, task=loaded.task, source=spec.source, seed=seed,
+                    origin=notes, **datasets_)
+
+
+def _to_dataset(frame: pd.DataFrame, loaded: Loaded):
+    import datasets
+
+    features: dict[str, Any] = {c: datasets.Value("string") for c in frame.columns if c != "label"}
+    if "label" in frame.columns:
+        if loaded.label_list is not None:
+            features["label"] = datasets.ClassLabel(names=list(loaded.label_list))
+        else:
+            features["label"] = datasets.Value("float64")
+    return datasets.Dataset.from_pandas(frame, features=datasets.Features(features), preserve_index=False)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _write_cache(entry: Path, data: TaskData, spec: DataSpec) -> None:
+    """Write splits + meta.json to a temporary folder, then rename it into place (atomic)."""
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    bars_were_on = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()  # one "Saving the dataset" bar per split is noise in flow logs
+    try:
+        datasets.DatasetDict(data.splits()).save_to_disk(str(tmp / "splits"))
+        meta = data.describe() | {"spec": spec.model_dump(mode="json"), "prepare_version": PREPARE_VERSION}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp, entry)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (entry / "meta.json").exists():  # not merely a concurrent job that finished first
+            log.warning("could not cache prepared data at %s: %s", entry, exc)
+    finally:
+        if bars_were_on:
+            ds_logging.enable_progress_bar()
+
+
+def _read_cache(entry: Path) -> TaskData | None:
+    import datasets
+
+    meta_path = entry / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        loaded = datasets.load_from_disk(str(entry / "splits"))
+    except Exception as exc:  # a damaged entry is rebuilt, not fatal
+        log.warning("ignoring damaged data cache %s: %s", entry, exc)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    return TaskData(name=meta["name"], task_type=meta["task_type"], train=loaded["train"],
+                    validation=loaded["validation"], test=loaded["test"], text_columns=tuple(meta["text_columns"]),
+                    label_list=meta["label_list"], metric=meta["metric"], data_hash=meta["data_hash"],
+                    label_column=meta["label_column"], task=meta["task"], source=meta["source"], seed=meta["seed"],
+                    cache_path=entry, from_cache=True, origin=meta.get("origin", {}))
