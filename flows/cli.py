@@ -64,17 +64,23 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]]):
 
 
 def print_summary(summary: dict) -> None:
+    """One row per task, then the gate's reasoning, which is too long for a table cell."""
     table = Table(title="retrain summary")
-    for col in ("task", "status", "metric", "validation", "test", "edit params", "version", "production", "why"):
+    for col in ("task", "status", "metric", "val", "test", "edit params", "version", "production"):
         table.add_column(col)
+    notes = []
     for row in summary.values():
         if row["status"] != "ok":
-            table.add_row(row["task"], "[red]failed[/]", "", "", "", "", "", "", row.get("error", "")[:80])
+            table.add_row(row["task"], "[red]failed[/]", "", "", "", "", "", "")
+            notes.append(f"[red]{row['task']}[/]: {row.get('error', '')}")
             continue
         table.add_row(row["task"], "ok", row["metric"], f"{row['validation']:.3f}", f"{row['test']:.3f}",
                       f"{row['edit_parameters']:,}", str(row["version"]),
-                      "[green]yes[/]" if row["promoted"] else "no", row["reason"])
+                      "[green]promoted[/]" if row["promoted"] else "kept")
+        notes.append(f"{row['task']}: {row['reason']}")
     console.print(table)
+    for note in notes:
+        console.print("  " + note)
 
 
 def print_next_steps(cfg) -> None:
@@ -90,6 +96,57 @@ def print_next_steps(cfg) -> None:
         "  Serve a task:  mlflow models serve -m models:/red-<task>@production --env-manager local --port 5001\n"
         "  Promote / roll back:  redflow promote red-<task> <version>   ·   redflow rollback red-<task>"
     )
+
+
+@app.command()
+def evaluate(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+             version: str = typer.Option("production", help="Version number or alias."),
+             suite: list[str] = typer.Option(["test"], help="Suites: test, openllm-v1, lm-eval:<tasks> (repeatable)."),
+             config: Optional[Path] = typer.Option(None, help="Retrain config (needed for the 'test' suite's data)."),
+             task: Optional[str] = typer.Option(None, help="Task name in the config (default: model name minus red-)."),
+             tracking_uri: Optional[str] = typer.Option(None)) -> None:
+    """Re-evaluate a version or alias on suites and record the result on that version."""
+    from .manage import evaluate as evaluate_flow
+
+    if task is None and model_name.startswith("red-"):
+        task = model_name[len("red-"):]
+    try:
+        metrics = evaluate_flow(model_name, version, list(suite), str(config) if config else None, task, tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - a CLI shows the reason, not a traceback
+        _fail(f"{type(exc).__name__}: {exc}")
+    console.print_json(data=metrics)
+
+
+@app.command()
+def promote(model_name: str = typer.Argument(...), version: int = typer.Argument(...),
+            force: bool = typer.Option(False, help="Skip the quality gate (recorded as a forced promotion)."),
+            margin: float = typer.Option(0.0, help="Required improvement over the current production."),
+            minimum: Optional[float] = typer.Option(None, help="Floor for a first production version."),
+            metric: Optional[str] = typer.Option(None, help="Metric to compare (default: the primary test metric)."),
+            tracking_uri: Optional[str] = typer.Option(None), runs_dir: str = typer.Option("runs")) -> None:
+    """Move 'production' to VERSION if it passes the gate (compare-and-set; recorded on the model)."""
+    from .manage import promote as promote_flow
+
+    try:
+        decision = promote_flow(model_name, version, force, margin, minimum, metric, tracking_uri, runs_dir)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"{type(exc).__name__}: {exc}")
+    console.print_json(data=decision)
+
+
+@app.command()
+def rollback(model_name: str = typer.Argument(...),
+             to_version: Optional[int] = typer.Option(None, help="Default: the version production replaced."),
+             reason: str = typer.Option("", help="Why (recorded in the alias history)."),
+             tracking_uri: Optional[str] = typer.Option(None), runs_dir: str = typer.Option("runs")) -> None:
+    """Move 'production' back to the previous production version."""
+    from .manage import rollback as rollback_flow
+
+    try:
+        move = rollback_flow(model_name, to_version, reason, tracking_uri, runs_dir)
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"{type(exc).__name__}: {exc}")
+    console.print_json(data=move)
 
 
 @app.command()

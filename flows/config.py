@@ -34,7 +34,8 @@ class TaskSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     data: DataSpec
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields overriding the defaults.")
-    evaluate: list[str] = Field(default_factory=lambda: ["test"])
+    evaluate: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: ["test"], description="Evaluation suites (see tasks/evaluate/suites.py).")
     promotion: Promotion | None = None
     model_name: str | None = Field(default=None, description="Registered model name (default red-<task>).")
 

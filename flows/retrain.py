@@ -19,7 +19,8 @@ from .config import RetrainConfig, TaskSpec, load_config
 from .runners import make_task_runner
 
 
-@task(name="prepare-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="prepare-{task.name}")
+@task(name="prepare-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="prepare-{task.name}",
+      retry_condition_fn=lambda t, r, s: _transient(s))
 def prepare_data_task(cfg: RetrainConfig, task: TaskSpec):
     return steps.prepare_step(cfg, task)
 
@@ -46,7 +47,7 @@ def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result):
 
 
 def _transient(state) -> bool:
-    """Retry training only on errors that may pass (I/O, OOM from a neighbour), never on bad data or NaN loss."""
+    """Retry only errors that may pass (I/O, a busy database), never bad data, bad config or a NaN loss."""
     try:
         state.result()
     except (OSError, TimeoutError, ConnectionError) as exc:
@@ -76,25 +77,29 @@ def run_tasks(cfg: RetrainConfig) -> dict[str, Any]:
         reports = evaluate_task.submit(cfg, t, result, data)
         registered = register_task.submit(cfg, t, result, reports)
         decision = promote_task.submit(cfg, t, registered, result)
-        chains[t.name] = (result, reports, registered, decision)
+        chains[t.name] = {"prepare": data, "train": result, "evaluate": reports, "register": registered,
+                          "promote": decision}
     summary: dict[str, Any] = {}
-    for name, (result, reports, registered, decision) in chains.items():
-        decision.wait()
+    for name, chain in chains.items():
+        for future in chain.values():
+            future.wait()
         row: dict[str, Any] = {"task": name}
-        try:
-            r = result.result()
-            row.update(method=r.method, metric=r.primary_metric, validation=r.validation.get(r.primary_metric),
-                       test=r.test.get(r.primary_metric), best_epoch=r.best_epoch,
-                       edit_parameters=r.edit_parameters, seconds=r.seconds)
-            reg = registered.result()
-            row.update(model_name=reg["model_name"], version=reg["version"], run_id=reg["run_id"])
-            d = decision.result()
-            row.update(promoted=d.promoted, reason=d.reason)
-            row["status"] = "ok"
-        except Exception as exc:  # the failure of one task is reported, never lost
-            row["status"] = "failed"
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            logger.error("task %s failed: %s", name, row["error"])
+        failed = next(((step, f) for step, f in chain.items() if not f.state.is_completed()), None)
+        if failed is not None:  # the first step that did not complete is the cause; the rest never ran
+            step, future = failed
+            exc = future.state.result(raise_on_failure=False)
+            row.update(status="failed", step=step, error=f"{step}: {type(exc).__name__}: {exc}")
+            logger.error("task %s failed at %s: %s", name, step, exc)
+            summary[name] = row
+            continue
+        r = chain["train"].result()
+        reg = chain["register"].result()
+        d = chain["promote"].result()
+        row.update(status="ok", method=r.method, metric=r.primary_metric,
+                   validation=r.validation.get(r.primary_metric), test=r.test.get(r.primary_metric),
+                   best_epoch=r.best_epoch, edit_parameters=r.edit_parameters, seconds=r.seconds,
+                   model_name=reg["model_name"], version=reg["version"], run_id=reg["run_id"],
+                   promoted=d.promoted, reason=d.reason)
         summary[name] = row
     return summary
 
@@ -121,7 +126,7 @@ def _f(x) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = None) -> dict[str, Any]:
     """Retrain every task in ``config`` (a YAML path); ``only`` restricts to some task names."""
     cfg = load_config(config)

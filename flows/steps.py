@@ -42,13 +42,14 @@ def evaluate_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult, data=
 
     reports = []
     for suite in task.evaluate:
-        if suite == "test":
+        if suite == "test":  # scored by the training run on the best epoch: no need to load the model again
             reports.append(EvalReport(name=f"{task.name}/test", kind="classification" if result.task_type in (
                 "classification", "regression") else result.task_type, metrics=dict(result.test),
                 primary=result.primary_metric if result.primary_metric in result.test else None,
                 model=result.edit_path or ""))
         else:
-            reports.append(run_suite(suite, result, data=data, out_dir=task_dir(cfg, task) / "eval"))
+            reports.append(run_suite(suite, result.edit_path, data=data, out_dir=task_dir(cfg, task) / "eval",
+                                     max_length=int(result.params.get("max_length", 256))))
     out = task_dir(cfg, task) / "eval"
     for r in reports:
         r.to_json(out / f"{r.name.replace('/', '_')}.json")

@@ -79,7 +79,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     # Small and quick, for the offline demo with the packaged MiniLM on CPU.
     "demo": {
         "red": {"*": dict(batch_size=16, lr_scheduler="linear", warmup_ratio=0.06, max_length=64,
-                          learning_rate=5e-3, epochs=3)},
+                          learning_rate=2e-2, epochs=3)},
         "lora": {"*": dict(batch_size=16, lr_scheduler="linear", warmup_ratio=0.06, max_length=64,
                            learning_rate=5e-4, epochs=3, lora_r=8, lora_alpha=8)},
         "bitfit": {"*": dict(batch_size=16, lr_scheduler="linear", warmup_ratio=0.06, max_length=64,

@@ -94,6 +94,7 @@ def load_base_model(model: str, task_type: str, *, revision: str | None = None, 
     if task_type in ("classification", "regression"):
         cls = tf.AutoModelForSequenceClassification
         kwargs["num_labels"] = 1 if task_type == "regression" else num_labels
+        kwargs["ignore_mismatched_sizes"] = True  # a checkpoint's own head may have another label count
         if task_type == "regression":
             kwargs["problem_type"] = "regression"
         if label_list:

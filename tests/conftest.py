@@ -114,3 +114,34 @@ def tiny_checkpoints(tmp_path_factory, minilm_path) -> dict[str, str]:
     gpt2.save_pretrained(root / "gpt2")
     tok.save_pretrained(root / "gpt2")
     return {"bert": str(root / "bert"), "gpt2": str(root / "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_retrain_config(path: Path, base_model: str, runs_dir: Path, tasks: list[dict], **extra) -> Path:
+    """A small retrain YAML for flow tests: one quick epoch per task on a tiny model."""
+    import yaml
+
+    config = {
+        "name": "test", "base_model": base_model, "runs_dir": str(runs_dir), "experiment": "redflow-test",
+        "tracking_uri": f"sqlite:///{runs_dir}/mlflow.db", "max_workers": 2,
+        "defaults": {"method": "red", "epochs": 1, "batch_size": 16, "max_length": 32, "learning_rate": 1e-2,
+                     "logging_steps": 1},
+        "promotion": {"margin": 0.0, "minimum": 0.0},
+        "tasks": tasks,
+    }
+    config.update(extra)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def synthetic_task(name: str, task: str, root: Path, n_train: int = 48, n_dev: int = 24) -> dict:
+    return {"name": name, "data": {"source": "synthetic", "task": task, "path": str(root / "data" / name),
+                                   "synthetic": {"n_train": n_train, "n_dev": n_dev}}}
