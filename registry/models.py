@@ -1,0 +1,350 @@
+"""Registered models: one per task (``red-<task>``), one version per registered edit.
+
+``register_edit`` logs the edit as an MLflow pyfunc (``registry.pyfunc.RedEditModel``) into the
+training run, creates a model version, tags it (base model id/revision/fingerprint, method,
+data hash, metrics, code version) and points ``candidate`` at it. ``record_evaluation`` stores
+a later evaluation on a version (tags + its own run).
+
+Failure safety: the edit is checked (read, checksum, loaded and run on the input example) before
+anything is written. A version is created together with all its tags and
+``redflow.status=registering`` in one call, then marked ``ready``, and only then gets the
+``candidate`` alias. If anything fails after creation the version is deleted; if even that fails
+it is tagged ``redflow.status=failed`` and stripped of aliases. The gate (``registry.aliases``)
+never promotes a version that is not ``ready``, so a crash at any point (even a killed process,
+which leaves ``registering``) leaves no half-registered version in use.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from .aliases import CANDIDATE, READY, STATUS_TAG, _move_locked, alias_version
+from .locks import DEFAULT_TIMEOUT, registry_lock
+from .tracking import (_log_batches, as_dict, code_version, final_metric_key, get_or_create_experiment,
+                       is_finite, report_markdown, report_metrics, report_name)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tasks.result import TrainResult
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RED_DIR = REPO_ROOT / "red"
+REGISTRY_DIR = Path(__file__).resolve().parent
+MODEL_ARTIFACT = "model"
+_MAX_VERSION_TAG = 5000
+
+
+class RegistrationError(RuntimeError):
+    """Registering an edit failed; no usable version was left behind."""
+
+
+def model_name_for(task: str) -> str:
+    """The registered model of a task: ``red-<task>`` (characters MLflow refuses become '-')."""
+    return "red-" + (re.sub(r"[/:\s]+", "-", task).strip("-") or "task")
+
+
+def resolve_version(name: str, version_or_alias: int | str, client: MlflowClient | None = None) -> int:
+    """A version number from a number, ``"3"``, ``"v3"`` or an alias (``"production"``)."""
+    client = client or MlflowClient()
+    if isinstance(version_or_alias, int) or re.fullmatch(r"v?\d+", str(version_or_alias)):
+        return int(str(version_or_alias).lstrip("v"))
+    mv = alias_version(name, str(version_or_alias), client)
+    if mv is None:
+        raise ValueError(f"registered model {name!r} has no alias {version_or_alias!r}")
+    return int(mv.version)
+
+
+def download_edit(name: str, version_or_alias: int | str, out_dir: str | Path) -> Path:
+    """Download a version's edit file (with its metadata JSON) into ``out_dir`` and return its path.
+
+    The file is checked against the ``edit_sha256`` the version was registered with.
+    """
+    from red import read_edit
+
+    client = MlflowClient()
+    version = resolve_version(name, version_or_alias, client)
+    mv = client.get_model_version(name, str(version))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(out)))
+    found = sorted(local.rglob("artifacts/*.safetensors"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{name} version {version}: expected one edit file in the model's artifacts, "
+                                f"found {[str(p) for p in found]}")
+    _, meta = read_edit(found[0])
+    expected = mv.tags.get("edit_sha256")
+    if expected and meta.get("tensors_sha256") != expected:
+        raise ValueError(f"{name} version {version}: the downloaded edit's checksum {meta.get('tensors_sha256')} "
+                         f"differs from the registered {expected}")
+    return found[0]
+
+
+def _requirements() -> list[str]:
+    """Pinned pip requirements of the pyfunc (explicit: MLflow's inference would load the model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pydantic", "pandas", "numpy"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+@contextmanager
+def _resumed_run(run_id: str) -> Iterator[None]:
+    """Make ``run_id`` the active run (so fluent logging and the LoggedModel land in its experiment),
+    restoring its previous status afterwards - a failed registration does not fail the training run."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    status = MlflowClient().get_run(run_id).info.status
+    mlflow.start_run(run_id=run_id, nested=active is not None)
+    try:
+        yield
+    finally:
+        mlflow.end_run(status=status if status in ("FINISHED", "FAILED", "KILLED") else "FINISHED")
+
+
+def _str(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:_MAX_VERSION_TAG]
+
+
+def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) -> dict[str, str]:
+    """Tags identifying what a version is and how good it was."""
+    base = meta.get("base_model") or {}
+    tags: dict[str, Any] = {
+        "task": result.task,
+        "method": result.method,
+        "task_type": result.task_type,
+        "base_model": result.base_model or base.get("name"),
+        "base_revision": result.base_revision or base.get("revision") or "",
+        "base_fingerprint": result.base_fingerprint or base.get("fingerprint") or "",
+        "data_hash": result.data_hash,
+        "primary_metric": result.primary_metric,
+        "score": result.score,
+        "code_version": code_version(),
+        "edit_sha256": meta.get("tensors_sha256", ""),
+        "edit_parameters": result.edit_parameters or meta.get("edit_parameters", 0),
+        "trainable_parameters": result.trainable_parameters,
+        "best_epoch": result.best_epoch,
+        "redflow.run_id": run_id,
+    }
+    for split, values in (("validation", result.validation), ("test", result.test)):
+        for k, v in (values or {}).items():
+            tags[f"metric.{final_metric_key(split, k)}"] = v
+    return {k: _str(v) for k, v in tags.items() if v is not None}
+
+
+def _ensure_registered_model(client: MlflowClient, name: str, result: "TrainResult") -> None:
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            raise
+    try:
+        client.create_registered_model(
+            name,
+            tags={"task": result.task, "task_type": result.task_type, "primary_metric": result.primary_metric,
+                  "redflow.managed": "true"},
+            description=(f"RED edits for task {result.task!r}. Each version is a pyfunc that loads its base model "
+                         "plus the edit. Aliases: 'candidate' = newest registered version, 'production' = the "
+                         "version that passed the promotion gate (history in tag redflow.alias_history)."),
+        )
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise  # else: created concurrently by another flow
+
+
+def _discard_version(client: MlflowClient, name: str, version: str, why: BaseException) -> str:
+    """Delete a half-registered version; if that fails, tag it failed and strip its aliases."""
+    try:
+        client.delete_model_version(name, version)
+        return "deleted"
+    except Exception:  # noqa: BLE001 - best effort, fall back to marking it
+        pass
+    try:
+        client.set_model_version_tag(name, version, STATUS_TAG, "failed")
+        client.set_model_version_tag(name, version, "redflow.error", f"{type(why).__name__}: {why}"[:_MAX_VERSION_TAG])
+        for alias in client.get_model_version(name, version).aliases:
+            client.delete_registered_model_alias(name, alias)
+        return "marked failed"
+    except Exception:  # noqa: BLE001
+        return "left with status 'registering' (never promoted)"
+
+
+def register_edit(
+    result: "TrainResult",
+    run_id: str,
+    *,
+    model_name: str | None = None,
+    text_columns: list[str] | tuple[str, ...] | None = None,
+    input_example: "pd.DataFrame | None" = None,
+    tags: Mapping[str, Any] | None = None,
+    validate: bool = True,
+    bundle_code: bool = False,
+    lock_timeout: float = DEFAULT_TIMEOUT,
+) -> int:
+    """Register ``result``'s edit as a new version of ``model_name`` (default ``red-<task>``), tag it,
+    point ``candidate`` at it and return the version number.
+
+    ``run_id`` is the training run from ``log_training``; the pyfunc is logged into it (artifact
+    ``model``). ``text_columns`` defaults to ``result.params["text_columns"]``, the edit's
+    ``extra["text_columns"]``, then ``("text",)`` (``("prompt",)`` for LMs). ``validate`` loads the
+    model in-process and predicts on the input example before anything is written. ``tags`` are
+    extra version tags. Raises ``RegistrationError`` (nothing usable left behind) on failure.
+
+    Code: by default a version holds no code; it loads ``registry.pyfunc`` and ``red`` from the
+    installed redflow package (the edit file's format version is the compatibility contract, and
+    ``code_version`` records what registered it). ``bundle_code=True`` copies ``red/`` and
+    ``registry/`` into the model (``code_paths``) so it also serves where redflow is not
+    installed - at the price that a process loading such a model imports those copies instead
+    of the installed packages if it had not imported them yet.
+    """
+    from red import read_edit
+
+    from .pyfunc import (RedEditModel, build_model_config, default_input_example, load_in_process,
+                         model_signature, serving_config, shared_loads)
+
+    client = MlflowClient()
+    name = model_name or model_name_for(result.task)
+    edit_path = Path(result.edit_path) if result.edit_path else None
+    if edit_path is None or edit_path.suffix != ".safetensors" or not edit_path.is_file():
+        raise RegistrationError(
+            f"{result.task}/{result.method}: register_edit registers redflow edit files (.safetensors: red, loreft, "
+            f"direft); got {result.edit_path!r}")
+    tensors, meta = read_edit(edit_path)
+    recorded = (meta.get("base_model") or {}).get("fingerprint")
+    if result.base_fingerprint and recorded and result.base_fingerprint != recorded:
+        raise RegistrationError(f"the TrainResult's base fingerprint {result.base_fingerprint} differs from the edit "
+                                f"file's {recorded}: the result does not belong to this edit file")
+    params = result.params or {}
+    config = build_model_config(
+        task=result.task, task_type=result.task_type, meta=meta, tensors=tensors, base_model=result.base_model,
+        base_revision=result.base_revision, text_columns=text_columns or params.get("text_columns"),
+        label_list=result.label_list, max_length=int(params.get("max_length") or 256))
+    serving = serving_config(config)
+    signature = model_signature(config)
+    example = input_example if input_example is not None else default_input_example(config)
+    artifacts = {"edit": str(edit_path)}
+    if edit_path.with_suffix(".json").is_file():
+        artifacts["edit_meta"] = str(edit_path.with_suffix(".json"))
+    with shared_loads():  # the smoke test and MLflow's input-example validation load the base model once
+        if validate:
+            try:
+                predictions = load_in_process(edit_path, config).predict(None, example)
+                if len(predictions) != len(example):
+                    raise ValueError(f"{len(predictions)} predictions for {len(example)} inputs")
+            except Exception as exc:
+                raise RegistrationError(f"{name}: the edit does not load or predict with base model "
+                                        f"{serving['base_model']!r}: {exc}") from exc
+        with _resumed_run(run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=RedEditModel(),
+                artifacts=artifacts,
+                code_paths=[str(RED_DIR), str(REGISTRY_DIR)] if bundle_code else None,
+                signature=signature,
+                input_example=example,
+                pip_requirements=_requirements(),
+                model_config=config,
+                metadata={"redflow": {"task": result.task, "method": result.method, "task_type": result.task_type,
+                                      "base_model": serving["base_model"], "edit_sha256": meta.get("tensors_sha256"),
+                                      "code_version": code_version(), "bundled_code": bundle_code,
+                                      "requires": "the redflow package (red, registry) unless bundled_code"}},
+                tags={"task": result.task, "method": result.method},
+            )
+
+    _ensure_registered_model(client, name, result)
+    all_tags = version_tags(result, meta, run_id)
+    all_tags["redflow.model_id"] = info.model_id or ""
+    all_tags.update({k: _str(v) for k, v in (tags or {}).items()})
+    mv = None
+    try:
+        # one call: the version exists only together with its tags and status 'registering'
+        mv = client.create_model_version(
+            name, source=info.model_uri, run_id=run_id, tags={**all_tags, STATUS_TAG: "registering"},
+            model_id=info.model_id,
+            description=f"{result.method} edit for {result.task} on {serving['base_model']} "
+                        f"({result.primary_metric}={result.score:.4g} on test)")
+        version = str(mv.version)
+        client.set_model_version_tag(name, version, STATUS_TAG, READY)
+        with registry_lock(name, client=client, timeout=lock_timeout) as owner:
+            _move_locked(client, name, CANDIDATE, int(version), action="candidate",
+                         reason=f"registered from run {run_id}", owner=owner)
+    except BaseException as exc:
+        outcome = _discard_version(client, name, str(mv.version), exc) if mv is not None else "not created"
+        try:
+            client.set_logged_model_tags(info.model_id, {STATUS_TAG: "failed"})
+        except Exception:  # noqa: BLE001
+            pass
+        if not isinstance(exc, Exception):
+            raise
+        raise RegistrationError(
+            f"registering {name} from run {run_id} failed ({type(exc).__name__}: {exc}); the new version was "
+            f"{outcome}") from exc
+    return int(mv.version)
+
+
+def record_evaluation(
+    name: str,
+    version_or_alias: int | str,
+    report: Any,
+    *,
+    experiment: str | None = None,
+) -> str:
+    """Store a (re-)evaluation of a version: a run with the report's metrics (linked to the version's
+    logged model) and artifacts, plus version tags ``eval.<report>.<metric>``, ``eval.<report>.run_id``
+    and ``eval.<report>.at``. Returns the evaluation run id.
+
+    ``report``: a dict (or dataclass/pydantic model) with a name (``name``/``benchmark``/``dataset``/
+    ``task``) and ``metrics`` (or numeric top-level fields). ``experiment`` defaults to the
+    experiment of the version's training run.
+    """
+    client = MlflowClient()
+    version = resolve_version(name, version_or_alias, client)
+    mv = client.get_model_version(name, str(version))
+    data = as_dict(report)
+    rname = report_name(data)
+    metrics = report_metrics(data)
+    if experiment is not None:
+        experiment_id = get_or_create_experiment(experiment, client)
+    elif mv.run_id:
+        experiment_id = client.get_run(mv.run_id).info.experiment_id
+    else:
+        experiment_id = get_or_create_experiment(f"{name}-evaluations", client)
+    run = client.create_run(experiment_id, tags={
+        "mlflow.runName": f"eval-{name}-v{version}-{rname}", "redflow.run_kind": "evaluation",
+        "model_name": name, "model_version": str(version), "report": rname,
+        "task": mv.tags.get("task", ""), "code_version": code_version()})
+    run_id = run.info.run_id
+    try:
+        ts = int(time.time() * 1000)
+        model_id = getattr(mv, "model_id", None)
+        _log_batches(client, run_id, metrics=[Metric(k, v, ts, 0, model_id=model_id) for k, v in metrics.items()])
+        client.log_dict(run_id, json.loads(json.dumps(data, default=str)), f"evaluation/{rname}.json")
+        client.log_text(run_id, report_markdown(rname, data, report), f"evaluation/{rname}.md")
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for k, v in metrics.items():
+            client.set_model_version_tag(name, str(version), f"eval.{rname}.{k}", repr(v) if is_finite(v) else str(v))
+        client.set_model_version_tag(name, str(version), f"eval.{rname}.run_id", run_id)
+        client.set_model_version_tag(name, str(version), f"eval.{rname}.at", at)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -1,0 +1,385 @@
+"""Tracking URI handling and run logging: one MLflow run per task training.
+
+Storage layout (local default)::
+
+    <runs_dir>/mlflow.db                     SQLite backend store (runs, registry)
+    <runs_dir>/mlartifacts/<experiment>/...   run artifacts and logged models
+
+The legacy file store (``file:`` URIs, plain directories) is refused: it lacks the model
+registry's transactional guarantees the promotion logic relies on and MLflow deprecates it.
+Remote tracking servers (``http(s)://``) keep their own artifact store (``mlflow server
+--artifacts-destination``; see ``registry.server``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:  # tasks is only needed for type hints
+    from tasks.result import TrainResult
+
+DEFAULT_RUNS_DIR = "runs"
+ARTIFACTS_DIRNAME = "mlartifacts"
+DB_FILENAME = "mlflow.db"
+_MAX_PARAM_VALUE = 6000        # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_MAX_TAG_VALUE = 8000          # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+_MAX_KEY = 250
+_BATCH_METRICS = 1000          # log_batch limits
+_BATCH_PARAMS = 100
+
+
+# ---------------------------------------------------------------------------------------------
+# tracking URI
+# ---------------------------------------------------------------------------------------------
+def default_tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
+    """``sqlite:///<abs runs_dir>/mlflow.db``."""
+    return f"sqlite:///{Path(runs_dir).expanduser().resolve() / DB_FILENAME}"
+
+
+def _normalize_uri(uri: str) -> str:
+    """Accept a database URI, an http(s) server, or a path to a ``.db`` file; refuse the file store."""
+    uri = uri.strip()
+    if uri.startswith("file:"):
+        raise ValueError(
+            f"tracking URI {uri!r} is MLflow's legacy file store, which redflow does not use. "
+            "Use a database (e.g. 'sqlite:///runs/mlflow.db') or a tracking server ('http://host:5000')."
+        )
+    if "://" in uri or uri.startswith(("databricks", "sqlite:")):
+        return uri
+    path = Path(uri).expanduser()
+    if path.suffix == ".db" or (path.is_file() and not path.is_dir()):
+        return f"sqlite:///{path.resolve()}"
+    raise ValueError(
+        f"tracking URI {uri!r} looks like a directory (MLflow's legacy file store), which redflow does not use. "
+        f"Pass a database such as 'sqlite:///{path / DB_FILENAME}' or an http(s) tracking server."
+    )
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other URIs or in-memory SQLite).
+
+    SQLAlchemy convention: ``sqlite:///rel/path.db`` is relative, ``sqlite:////abs/path.db`` absolute.
+    """
+    if not uri.startswith("sqlite://"):
+        return None
+    rest = uri[len("sqlite://"):].split("?", 1)[0]
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        return None
+    return Path(rest[1:])
+
+
+def local_artifact_root(uri: str | None = None) -> Path | None:
+    """For a SQLite backend, ``<db dir>/mlartifacts``; None for remote servers."""
+    db = sqlite_path(uri or mlflow.get_tracking_uri())
+    return db.parent / ARTIFACTS_DIRNAME if db is not None else None
+
+
+def setup_tracking(uri: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
+    """Point MLflow (tracking and registry) at ``uri`` and return the normalized URI.
+
+    ``uri`` None: ``$REDFLOW_TRACKING_URI`` if set, else ``sqlite:///<runs_dir>/mlflow.db``
+    (artifacts in ``<runs_dir>/mlartifacts``). ``$MLFLOW_TRACKING_URI`` is deliberately not read:
+    ``mlflow.set_tracking_uri`` exports it, so it reflects whatever this process (or its parent)
+    pointed MLflow at last, not a configuration; pass it explicitly if you mean it. File-store
+    URIs raise ``ValueError``. The URI is process-wide (MLflow keeps it global and exports it to
+    subprocesses).
+    """
+    if uri is None:
+        uri = os.environ.get("REDFLOW_TRACKING_URI") or default_tracking_uri(runs_dir)
+    uri = _normalize_uri(uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        (db.parent / ARTIFACTS_DIRNAME).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "default"
+
+
+def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> str:
+    """Experiment id of ``name``, creating it (artifacts under ``<runs_dir>/mlartifacts/<name>``
+    for SQLite backends) if needed. Safe when two processes create it at once."""
+    client = client or MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = local_artifact_root(client.tracking_uri)
+    location = (root / _slug(name)).resolve().as_uri() if root is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise exc
+        return exp.experiment_id
+
+
+def code_version() -> str:
+    """``git:<commit>[+dirty]`` of the checkout holding this package, else ``redflow==<version>``."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if sha.returncode == 0 and sha.stdout.strip():
+            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+            return f"git:{sha.stdout.strip()}" + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return f"redflow=={version('redflow')}"
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers shared with registry.models
+# ---------------------------------------------------------------------------------------------
+def _key(name: str) -> str:
+    """A valid MLflow param/metric key (alphanumerics, _ - . / space :)."""
+    key = re.sub(r"[^\w.\- :/]", "_", str(name)).strip("/") or "_"
+    key = re.sub(r"/{2,}", "/", key).replace("/./", "/")
+    return key[:_MAX_KEY]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are kept as values (JSON-encoded when logged)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key, sep))
+        else:
+            out[key] = v
+    return out
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= _MAX_PARAM_VALUE else text[: _MAX_PARAM_VALUE - 3] + "..."
+
+
+def as_dict(report: Any) -> dict[str, Any]:
+    """A report (dict, dataclass, pydantic model or object with ``to_dict``) as a plain dict."""
+    if isinstance(report, Mapping):
+        return dict(report)
+    for attr in ("to_dict", "model_dump"):
+        if callable(getattr(report, attr, None)):
+            return dict(getattr(report, attr)())
+    if dataclasses.is_dataclass(report) and not isinstance(report, type):
+        return dataclasses.asdict(report)
+    raise TypeError(f"an evaluation report must be a dict, a dataclass or a pydantic model, not {type(report).__name__}")
+
+
+def report_name(report: Mapping[str, Any], index: int = 0) -> str:
+    for key in ("name", "benchmark", "dataset", "task"):
+        if report.get(key):
+            return _slug(str(report[key]))
+    return f"report{index}"
+
+
+def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """Numeric metrics of a report: its ``metrics`` mapping (flattened), else its numeric top-level fields."""
+    source = report.get("metrics")
+    if not isinstance(source, Mapping):
+        source = {k: v for k, v in report.items() if _is_number(v)}
+    return {_key(k): float(v) for k, v in flatten(source, sep="/").items() if _is_number(v)}
+
+
+def report_markdown(name: str, report: Mapping[str, Any], original: Any = None) -> str:
+    """The report's own ``to_markdown()`` if it has one, else a metric table plus the other fields."""
+    if callable(getattr(original, "to_markdown", None)):
+        return str(original.to_markdown())
+    lines = [f"# Evaluation: {name}", ""]
+    metrics = report_metrics(report)
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())]
+        lines.append("")
+    rest = {k: v for k, v in report.items() if k != "metrics" and not _is_number(v)}
+    if rest:
+        lines += ["```json", json.dumps(rest, indent=2, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def _metric(key: str, value: Any, step: int, ts: int) -> Metric | None:
+    if not _is_number(value):
+        return None
+    return Metric(key=_key(key), value=float(value), timestamp=ts, step=int(step))
+
+
+def _log_batches(client: MlflowClient, run_id: str, metrics: Iterable[Metric] = (),
+                 params: Iterable[Param] = (), tags: Iterable[RunTag] = ()) -> None:
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    for i in range(0, len(metrics), _BATCH_METRICS):
+        client.log_batch(run_id, metrics=metrics[i:i + _BATCH_METRICS])
+    for i in range(0, len(params), _BATCH_PARAMS):
+        client.log_batch(run_id, params=params[i:i + _BATCH_PARAMS])
+    for i in range(0, len(tags), _BATCH_PARAMS):
+        client.log_batch(run_id, tags=tags[i:i + _BATCH_PARAMS])
+
+
+def final_metric_key(split: str, name: str) -> str:
+    return name if name.startswith(f"{split}_") else f"{split}_{name}"
+
+
+def _read_edit_meta(path: str | None) -> tuple[dict | None, dict | None]:
+    """(tensors, meta) of a redflow edit file, or (None, None) for adapters/checkpoints."""
+    if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return None, None
+    from red import read_edit
+
+    return read_edit(path)
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# log_training
+# ---------------------------------------------------------------------------------------------
+def training_params(result: "TrainResult", meta: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Flat run params: the hyperparameters, method, base model, data and the edit config."""
+    params: dict[str, Any] = {
+        "task": result.task,
+        "method": result.method,
+        "task_type": result.task_type,
+        "base_model": result.base_model,
+        "base_revision": result.base_revision,
+        "primary_metric": result.primary_metric,
+        "data_hash": result.data_hash,
+    }
+    params.update(flatten(result.params or {}))
+    if meta:
+        params.update(flatten(meta.get("config") or {}, prefix="edit"))
+        params["edit.targets"] = len(meta.get("targets") or {})
+    return {_key(k): _param_value(v) for k, v in params.items() if v is not None and v != ""}
+
+
+def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metric]:
+    """Per-step (``train/<k>``, step=step), per-epoch (``epoch/<k>``, step=epoch) and final metrics."""
+    ts = ts or int(time.time() * 1000)
+    out: list[Metric | None] = []
+    for row in result.steps or []:
+        step = int(row.get("step", 0))
+        out += [_metric(f"train/{k}", v, step, ts) for k, v in row.items() if k != "step"]
+    for row in result.epochs or []:
+        epoch = int(row.get("epoch", 0))
+        out += [_metric(f"epoch/{k}", v, epoch, ts) for k, v in row.items() if k != "epoch"]
+    best = int(result.best_epoch or 0)
+    for split, values in (("validation", result.validation), ("test", result.test)):
+        out += [_metric(final_metric_key(split, k), v, best, ts) for k, v in (values or {}).items()]
+    out += [
+        _metric("best_epoch", result.best_epoch, 0, ts),
+        _metric("trainable_parameters", result.trainable_parameters, 0, ts),
+        _metric("edit_parameters", result.edit_parameters, 0, ts),
+        _metric("train_seconds", result.seconds, 0, ts),
+    ]
+    out += [_metric(f"truncated/{k}", v, 0, ts) for k, v in (result.truncated or {}).items()]
+    return [m for m in out if m is not None]
+
+
+def log_training(
+    result: "TrainResult",
+    *,
+    experiment: str,
+    eval_reports: list | None = None,
+    config: dict | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Log one task training as one MLflow run and return its run id.
+
+    Logs params (hyperparameters, method, base model, edit config), per-step and per-epoch
+    metrics, the final ``validation_*``/``test_*`` metrics, the edit file with its metadata
+    JSON (``edit/``), the TrainResult JSON, evaluation reports (``evaluation/<name>.json|.md``,
+    metrics as ``eval/<name>/<metric>``), the run config (``config.json``) and plots
+    (``plots/training_curves.png``, ``plots/edit_heatmap.png``). The run ends FINISHED, or
+    FAILED (and the error is re-raised) if logging breaks midway.
+    """
+    from .plots import edit_heatmap_figure, training_curves_figure
+
+    client = MlflowClient()
+    experiment_id = get_or_create_experiment(experiment, client)
+    tensors, meta = _read_edit_meta(result.edit_path)
+    run_tags = {
+        "mlflow.runName": run_name or f"{result.task}-{result.method}",
+        "redflow.run_kind": "train",
+        "task": result.task,
+        "method": result.method,
+        "base_model": result.base_model,
+        "primary_metric": result.primary_metric,
+        "data_hash": result.data_hash,
+        "code_version": code_version(),
+    }
+    if result.base_fingerprint or meta:
+        run_tags["base_fingerprint"] = result.base_fingerprint or meta["base_model"].get("fingerprint", "")
+    if meta:
+        run_tags["edit_sha256"] = meta.get("tensors_sha256", "")
+    run_tags.update(tags or {})
+    run = client.create_run(experiment_id, tags={k: str(v)[:_MAX_TAG_VALUE] for k, v in run_tags.items()})
+    run_id = run.info.run_id
+    try:
+        params = [Param(k, v) for k, v in training_params(result, meta).items()]
+        _log_batches(client, run_id, metrics=training_metrics(result), params=params)
+        client.log_dict(run_id, result.to_dict(), "train_result.json")
+        if config:
+            client.log_dict(run_id, json.loads(json.dumps(config, default=str)), "config.json")
+        if result.edit_path:
+            edit = Path(result.edit_path)
+            if edit.is_file():
+                client.log_artifact(run_id, str(edit), "edit")
+                if edit.with_suffix(".json").is_file():
+                    client.log_artifact(run_id, str(edit.with_suffix(".json")), "edit")
+            elif edit.is_dir() and _dir_size(edit) <= 256 * 2**20:  # adapters yes, full checkpoints no
+                client.log_artifacts(run_id, str(edit), "edit")
+        ts = int(time.time() * 1000)
+        for i, report in enumerate(eval_reports or []):
+            data = as_dict(report)
+            name = report_name(data, i)
+            client.log_dict(run_id, json.loads(json.dumps(data, default=str)), f"evaluation/{name}.json")
+            client.log_text(run_id, report_markdown(name, data, report), f"evaluation/{name}.md")
+            metrics = [_metric(f"eval/{name}/{k}", v, 0, ts) for k, v in report_metrics(data).items()]
+            _log_batches(client, run_id, metrics=[m for m in metrics if m is not None])
+        curves = training_curves_figure(result)
+        if curves is not None:
+            client.log_figure(run_id, curves, "plots/training_curves.png")
+        if tensors is not None:
+            heatmap = edit_heatmap_figure((tensors, meta))
+            if heatmap is not None:
+                client.log_figure(run_id, heatmap, "plots/edit_heatmap.png")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def is_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(float(value))

@@ -1,0 +1,479 @@
+"""registry/: run logging, plots, registration, pyfunc, gate/promote/rollback, the promotion lock.
+
+Real MLflow on a SQLite backend in a temporary folder, a real MiniLM checkpoint with a RED
+edit attached and perturbed (no training), no mocks. One SQLite database per module (creating
+one costs seconds); every test uses its own registered-model names.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import red
+from registry.aliases import (PromotionPolicy, RollbackError, alias_history, alias_version, gate_and_promote,
+                              move_alias, production_version, rollback)
+from registry.locks import LOCK_MODEL_PREFIX, LockTimeout, lock_kind, registry_lock
+from registry.models import (RegistrationError, download_edit, model_name_for, record_evaluation, register_edit,
+                             resolve_version)
+from registry.pyfunc import build_model_config, load_in_process
+from registry.tracking import (default_tracking_uri, get_or_create_experiment, log_training, setup_tracking,
+                               sqlite_path)
+from tasks.result import TrainResult
+
+LABELS = ["negative", "positive"]
+TEXTS = ["a gripping, beautifully acted film.", "dull and far too long.", "it was fine, I guess."]
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures and helpers (test_registry_server.py imports these)
+# ---------------------------------------------------------------------------------------------
+def build_edits(minilm_path: str, out: Path, seeds=(1, 2)) -> list[Path]:
+    """RED edits (FFN scale+bias + classifier head) on MiniLM, perturbed with each seed and saved."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+    edited = red.attach(model)
+    paths = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in edited.edits.named_parameters():  # s = 1 + noise, b = noise
+                p.copy_((1.0 if n.endswith("scale") else 0.0) + torch.randn(p.shape, generator=g) * 0.2)
+            for p in edited.head_parameters().values():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        paths.append(edited.save(out / f"sst2-seed{seed}.safetensors", base_model=minilm_path,
+                                 extra={"text_columns": ["sentence"], "label_list": LABELS}))
+    return paths
+
+
+def make_result(edit_path: Path | str, score: float, *, task: str = "sst2", validation: float | None = None
+                ) -> TrainResult:
+    """A TrainResult as tasks.train would return it, written by hand."""
+    tensors, meta = red.read_edit(edit_path)
+    val = score + 0.01 if validation is None else validation
+    return TrainResult(
+        task=task, method="red", base_model=meta["base_model"]["name"], primary_metric="accuracy",
+        edit_path=str(edit_path), output_dir=str(Path(edit_path).parent), best_epoch=2,
+        epochs=[{"epoch": 1, "train_loss": 0.61, "validation_accuracy": val - 0.05},
+                {"epoch": 2, "train_loss": 0.42, "validation_accuracy": val},
+                {"epoch": 3, "train_loss": 0.40, "validation_accuracy": val - 0.01}],
+        steps=[{"step": s, "loss": 0.7 / (1 + 0.05 * s), "learning_rate": 1e-3 * (1 - s / 60)} for s in range(1, 61)],
+        validation={"accuracy": val}, test={"accuracy": score, "f1": score - 0.02},
+        trainable_parameters=meta["edit_parameters"] + 770, edit_parameters=meta["edit_parameters"],
+        params={"learning_rate": 1e-3, "epochs": 3, "batch_size": 32, "max_length": 64, "seed": 42,
+                "text_columns": ["sentence"], "scheduler": {"name": "linear", "warmup_ratio": 0.06}},
+        data_hash="d4t4h45h", base_revision=None, base_fingerprint=meta["base_model"]["fingerprint"],
+        task_type="classification", label_list=LABELS, truncated={"train": 3}, seconds=12.5)
+
+
+_EDITS: list[Path] = []
+
+
+@pytest.fixture(scope="module")
+def edits(minilm_path, tmp_path_factory) -> list[Path]:
+    """Two edit files, built once per session (test_registry_server.py shares them)."""
+    if not (_EDITS and all(p.is_file() for p in _EDITS)):
+        _EDITS[:] = build_edits(minilm_path, tmp_path_factory.mktemp("edits"))
+    return list(_EDITS)
+
+
+_TEMPLATE_DB: list[Path] = []
+
+
+def fresh_runs_dir(runs: Path) -> Path:
+    """``runs/mlflow.db`` with MLflow's schema, copied from the first one made in this session
+    (running MLflow's migrations on a new SQLite file takes seconds)."""
+    import shutil
+
+    runs.mkdir(parents=True, exist_ok=True)
+    if _TEMPLATE_DB and _TEMPLATE_DB[0].is_file():
+        shutil.copy(_TEMPLATE_DB[0], runs / "mlflow.db")
+        return runs
+    setup_tracking(None, runs)
+    MlflowClient().search_experiments()  # creates the schema
+    template = runs.parent / f"{runs.name}-template.db"
+    shutil.copy(runs / "mlflow.db", template)
+    _TEMPLATE_DB.append(template)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    return setup_tracking(None, fresh_runs_dir(tmp_path_factory.mktemp("runs") / "runs"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny forward passes: one intra-op thread is faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _tracking(tracking_uri):
+    setup_tracking(tracking_uri)  # another module may have pointed MLflow elsewhere
+    yield
+
+
+def register(result: TrainResult, *, name: str | None = None, **kwargs) -> int:
+    """Register ``result`` from a bare run (log_training is tested on its own; plots cost time)."""
+    client = MlflowClient()
+    run_id = client.create_run(get_or_create_experiment("registry-tests")).info.run_id
+    return register_edit(result, run_id, model_name=name, **kwargs)
+
+
+def direct_probabilities(minilm_path: str, edit_path: Path, texts: list[str], max_length: int = 64):
+    """Reference predictions computed without the registry: transformers + red.load_edit."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+    edited = red.load_edit(model.eval(), edit_path)
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        return torch.softmax(edited(**enc).logits.float(), -1).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# tracking
+# ---------------------------------------------------------------------------------------------
+def test_setup_tracking_defaults_to_sqlite_and_refuses_file_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("REDFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # exported by MLflow itself: not config
+    uri = setup_tracking(None, tmp_path / "runs")
+    assert uri == default_tracking_uri(tmp_path / "runs") == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
+    assert sqlite_path(uri) == (tmp_path / "runs" / "mlflow.db").resolve()
+    assert (tmp_path / "runs" / "mlartifacts").is_dir()
+    assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri
+    assert setup_tracking(str(tmp_path / "x.db")) == f"sqlite:///{(tmp_path / 'x.db').resolve()}"
+    assert setup_tracking("http://127.0.0.1:5999") == "http://127.0.0.1:5999"
+    monkeypatch.setenv("REDFLOW_TRACKING_URI", str(tmp_path / "env.db"))
+    assert setup_tracking(None, tmp_path / "runs") == f"sqlite:///{(tmp_path / 'env.db').resolve()}"
+    for bad in (f"file://{tmp_path}/mlruns", str(tmp_path)):
+        with pytest.raises(ValueError, match="file store"):
+            setup_tracking(bad)
+
+
+def test_log_training_records_params_curves_metrics_artifacts_and_plots(edits, tracking_uri):
+    result = make_result(edits[0], 0.81)
+    report = {"name": "sst2-shifted", "metrics": {"accuracy": 0.74, "per_class": {"negative": 0.7}},
+              "n": 200, "notes": "held-out shift"}
+    run_id = log_training(result, experiment="registry-tests", eval_reports=[report], config={"preset": "x"})
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["method"] == "red" and p["base_model"] == result.base_model and p["task"] == "sst2"
+    assert p["learning_rate"] == "0.001" and p["scheduler.warmup_ratio"] == "0.06"
+    assert p["edit.kind"] == "scale+bias" and p["edit.position"] == "ffn" and p["edit.targets"] == "6"
+    m = run.data.metrics
+    assert m["test_accuracy"] == pytest.approx(0.81) and m["validation_accuracy"] == pytest.approx(0.82)
+    assert m["eval/sst2-shifted/accuracy"] == pytest.approx(0.74) and m["eval/sst2-shifted/per_class/negative"] == 0.7
+    assert m["edit_parameters"] == result.edit_parameters and m["truncated/train"] == 3
+    loss = client.get_metric_history(run_id, "train/loss")
+    assert [x.step for x in sorted(loss, key=lambda x: x.step)] == list(range(1, 61))
+    per_epoch = sorted(client.get_metric_history(run_id, "epoch/validation_accuracy"), key=lambda x: x.step)
+    assert [x.step for x in per_epoch] == [1, 2, 3] and per_epoch[1].value == pytest.approx(0.82)
+    assert run.data.tags["task"] == "sst2" and run.data.tags["data_hash"] == "d4t4h45h"
+    assert run.data.tags["code_version"].startswith(("git:", "redflow=="))
+
+    files = {a.path for d in ("", "edit", "evaluation", "plots") for a in client.list_artifacts(run_id, d or None)}
+    assert {"train_result.json", "config.json", "edit/sst2-seed1.safetensors", "edit/sst2-seed1.json",
+            "evaluation/sst2-shifted.json", "evaluation/sst2-shifted.md", "plots/training_curves.png",
+            "plots/edit_heatmap.png"} <= files
+    local = Path(client.download_artifacts(run_id, "plots"))
+    for png in ("training_curves.png", "edit_heatmap.png"):
+        data = (local / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert "| accuracy | 0.74 |" in (Path(client.download_artifacts(run_id, "evaluation/sst2-shifted.md"))).read_text()
+    assert TrainResult.load(client.download_artifacts(run_id, "train_result.json")) == result
+    # artifacts live under <runs_dir>/mlartifacts
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(sqlite_path(tracking_uri).parent / "mlartifacts")
+
+
+# ---------------------------------------------------------------------------------------------
+# registration and the pyfunc
+# ---------------------------------------------------------------------------------------------
+def test_register_edit_tags_candidate_and_pyfunc_predicts_like_the_edit(edits, minilm_path):
+    result = make_result(edits[0], 0.81)
+    run_id = log_training(result, experiment="registry-tests")
+    version = register_edit(result, run_id)  # validate=True: loads and predicts before writing anything
+    name = model_name_for("sst2")
+    assert (name, version) == ("red-sst2", 1)
+    client = MlflowClient()
+    mv = client.get_model_version(name, "1")
+    t = mv.tags
+    assert t["redflow.status"] == "ready" and t["method"] == "red" and t["base_model"] == result.base_model
+    assert t["base_fingerprint"] == result.base_fingerprint and t["data_hash"] == "d4t4h45h"
+    assert t["primary_metric"] == "accuracy" and float(t["score"]) == pytest.approx(0.81)
+    assert float(t["metric.test_accuracy"]) == pytest.approx(0.81) and "metric.validation_accuracy" in t
+    assert t["code_version"].startswith(("git:", "redflow==")) and t["redflow.run_id"] == run_id
+    assert "base_revision" in t and t["edit_sha256"] == red.read_edit(edits[0])[1]["tensors_sha256"]
+    assert int(alias_version(name, "candidate").version) == 1 and mv.run_id == run_id
+    assert [e["action"] for e in alias_history(name)] == ["candidate"]
+    assert resolve_version(name, "candidate") == resolve_version(name, "v1") == 1
+
+    uri = f"models:/{name}@candidate"
+    info = mlflow.models.get_model_info(uri)
+    assert [c.name for c in info.signature.inputs.inputs] == ["sentence"]
+    assert [c.name for c in info.signature.outputs.inputs] == ["label", "score", "prob_negative", "prob_positive"]
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    assert {p.name for p in (local / "artifacts").iterdir()} == {"sst2-seed1.safetensors", "sst2-seed1.json"}
+    assert not (local / "code").exists()  # default: code comes from the installed redflow package
+    model = mlflow.pyfunc.load_model(uri)
+    example = model.input_example
+    assert list(example.columns) == ["sentence"] and len(example) == 2
+    out = model.predict(pd.DataFrame({"sentence": TEXTS}))
+    assert list(out.columns) == ["label", "score", "prob_negative", "prob_positive"]
+    ref = direct_probabilities(minilm_path, edits[0], TEXTS)
+    assert out[["prob_negative", "prob_positive"]].to_numpy() == pytest.approx(ref, abs=1e-5)
+    assert list(out["label"]) == [LABELS[i] for i in ref.argmax(1)]
+    assert out["score"].to_numpy() == pytest.approx(ref.max(1), abs=1e-5)
+
+
+def test_pyfunc_text_pairs_and_causal_lm_generation(minilm_path, tmp_path, edits):
+    # sentence pairs: both columns reach the tokenizer as (text, text_pair)
+    _, meta = red.read_edit(edits[1])
+    cfg = build_model_config(task="mrpc", task_type="classification", meta=meta, base_model=minilm_path,
+                             text_columns=["sentence1", "sentence2"], label_list=["no", "yes"], max_length=64)
+    model = load_in_process(edits[1], cfg)
+    pairs = pd.DataFrame({"sentence1": ["A man plays guitar.", "The cat sleeps."],
+                          "sentence2": ["Someone makes music.", "A dog runs."]})
+    out = model.predict(None, pairs)
+    assert list(out.columns) == ["label", "score", "prob_no", "prob_yes"] and set(out["label"]) <= {"no", "yes"}
+    swapped = model.predict(None, pairs.rename(columns={"sentence1": "sentence2", "sentence2": "sentence1"}))
+    assert not torch.allclose(torch.tensor(out["score"].to_numpy()), torch.tensor(swapped["score"].to_numpy()))
+    with pytest.raises(ValueError, match="missing column"):
+        model.predict(None, pd.DataFrame({"sentence1": ["x"]}))
+
+    # causal LM: a tiny GPT-2 sharing MiniLM's tokenizer, saved as a local base model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2,
+                                                       n_positions=64, bos_token_id=101, eos_token_id=102,
+                                                       pad_token_id=0))
+    base.save_pretrained(tmp_path / "gpt2-tiny")
+    tok.save_pretrained(tmp_path / "gpt2-tiny")
+    edited = red.attach(base.eval())
+    with torch.no_grad():
+        for p in edited.edit_parameters():
+            p.add_(torch.randn(p.shape) * 0.5)
+    edit = edited.save(tmp_path / "lm.safetensors", base_model=str(tmp_path / "gpt2-tiny"))
+    cfg = build_model_config(task="alpaca", task_type="causal_lm", meta=red.read_edit(edit)[1], max_new_tokens=5)
+    lm = load_in_process(edit, cfg)
+    prompt = "the capital of france is"
+    gen = lm.predict(None, pd.DataFrame({"prompt": [prompt]}), params={"max_new_tokens": 4})
+    enc = tok([prompt], return_tensors="pt")
+    with torch.no_grad():
+        ids = edited.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert gen["generation"].tolist() == tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# gate, promotion, rollback, history
+# ---------------------------------------------------------------------------------------------
+def test_gate_minimum_margin_worse_rollback_and_history(edits):
+    name = "red-gate"
+    v1 = register(make_result(edits[0], 0.70), name=name)
+    v2 = register(make_result(edits[1], 0.72), name=name)
+    v3 = register(make_result(edits[0], 0.80), name=name)
+    assert (v1, v2, v3) == (1, 2, 3) and int(alias_version(name, "candidate").version) == 3
+    assert production_version(name) is None
+
+    # a first version needs the configured minimum
+    d = gate_and_promote(name, v1, PromotionPolicy(minimum=0.75))
+    assert not d.promoted and d.previous is None and "minimum" in d.reason and production_version(name) is None
+    d = gate_and_promote(name, v1, PromotionPolicy(minimum=0.65))
+    assert d.promoted and d.previous is None and d.value == pytest.approx(0.70) and production_version(name) == 1
+    # better, but not by the margin
+    d = gate_and_promote(name, v2, PromotionPolicy(margin=0.05))
+    assert not d.promoted and d.previous == 1 and "margin" in d.reason and production_version(name) == 1
+    # better by the margin
+    d = gate_and_promote(name, v3, PromotionPolicy(margin=0.05))
+    assert d.promoted and d.previous == 1 and d.previous_value == pytest.approx(0.70) and production_version(name) == 3
+    # worse than production: not promoted (also with margin 0), on test or validation metric
+    assert not gate_and_promote(name, v2, PromotionPolicy()).promoted
+    assert not gate_and_promote(name, v2, PromotionPolicy(metric="validation_accuracy")).promoted
+    # lower-is-better flips the comparison
+    d = gate_and_promote(name, v2, PromotionPolicy(metric="f1", higher_is_better=False))
+    assert d.promoted and d.metric == "test_f1" and production_version(name) == 2
+    tags = MlflowClient().get_model_version(name, "2").tags
+    assert tags["redflow.gate.decision"] == "promoted" and "test_f1" in tags["redflow.gate.reason"]
+
+    # rollback follows promotions back: 2 -> 3 -> 1, then nothing left
+    assert rollback(name).version == 3 and production_version(name) == 3
+    assert rollback(name, reason="bad outputs").version == 1 and production_version(name) == 1
+    with pytest.raises(RollbackError, match="first"):
+        rollback(name)
+    assert MlflowClient().get_model_version(name, "3").tags["redflow.rolled_back_reason"] == "bad outputs"
+    # a rolled-back version is not re-promoted by the gate; an explicit move is recorded too
+    d = gate_and_promote(name, v3, PromotionPolicy())
+    assert not d.promoted and "rolled back" in d.reason
+    assert move_alias(name, "production", 3, reason="fixed upstream").previous == 1
+    assert "redflow.rolled_back_at" not in MlflowClient().get_model_version(name, "3").tags
+
+    history = alias_history(name)
+    assert [(e["alias"], e["action"], e["version"], e["from"]) for e in history] == [
+        ("candidate", "candidate", 1, None), ("candidate", "candidate", 2, 1), ("candidate", "candidate", 3, 2),
+        ("production", "reject", 1, None), ("production", "promote", 1, None),
+        ("production", "reject", 2, 1), ("production", "promote", 3, 1),
+        ("production", "reject", 2, 3), ("production", "reject", 2, 3), ("production", "promote", 2, 3),
+        ("production", "rollback", 3, 2), ("production", "rollback", 1, 3),
+        ("production", "reject", 3, 1), ("production", "set", 3, 1)]
+    assert all(e["at"] and e["by"] and e["reason"] for e in history)
+    assert alias_history(name, "candidate") == history[:3]
+    per_version = json.loads(MlflowClient().get_model_version(name, "1").tags["redflow.alias_history"])
+    assert [(e["action"], e["version"]) for e in per_version] == [
+        ("candidate", 1), ("candidate", 2), ("reject", 1), ("promote", 1), ("promote", 3), ("rollback", 1),
+        ("set", 3)]
+
+
+def test_concurrent_promotions_keep_the_better_version_and_record_both(edits):
+    name = "red-race"
+    v1 = register(make_result(edits[0], 0.70), name=name)
+    assert gate_and_promote(name, v1, PromotionPolicy()).promoted
+    v_best = register(make_result(edits[1], 0.80), name=name)
+    v_good = register(make_result(edits[0], 0.75), name=name)
+    decisions, errors = {}, []
+    barrier = threading.Barrier(2)
+
+    def gate(version):
+        try:
+            barrier.wait()
+            decisions[version] = gate_and_promote(name, version, PromotionPolicy())
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=gate, args=(v,)) for v in (v_good, v_best)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and set(decisions) == {v_good, v_best}
+    assert production_version(name) == v_best
+    assert decisions[v_best].promoted
+    # whichever ran second compared against the first one's outcome, never against a stale v1
+    if decisions[v_good].promoted:
+        assert decisions[v_best].previous == v_good
+    else:
+        assert decisions[v_good].previous == v_best
+    gated = [e for e in alias_history(name, "production") if e["version"] in (v_good, v_best)]
+    assert sorted(e["version"] for e in gated) == sorted([v_good, v_best])
+
+
+@pytest.mark.parametrize("kind", ["file", "model"])
+def test_registry_lock_excludes_concurrent_read_modify_write(kind):
+    name = f"red-lock-{kind}"
+    client = MlflowClient()
+    client.create_registered_model(name, tags={"counter": "0"})
+    assert lock_kind() == "file"
+
+    errors = []
+
+    def bump():
+        try:
+            for _ in range(3):
+                with registry_lock(name, kind=kind, timeout=60):
+                    value = int(client.get_registered_model(name).tags["counter"])
+                    time.sleep(0.01)  # widen the race window
+                    client.set_registered_model_tag(name, "counter", str(value + 1))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert client.get_registered_model(name).tags["counter"] == "9"
+    assert not [m for m in client.search_registered_models() if m.name.startswith(LOCK_MODEL_PREFIX)]
+
+
+@pytest.mark.parametrize("kind", ["file", "model"])
+def test_lock_timeout_names_the_holder_and_stale_model_locks_expire(kind):
+    name = f"red-held-{kind}"
+    with registry_lock(name, kind=kind) as owner:
+        with pytest.raises(LockTimeout, match="held by") as info:
+            with registry_lock(name, kind=kind, timeout=0.3):
+                pass
+        assert owner.split(":")[0] in str(info.value)
+    if kind == "model":  # a holder that died: its lock model expires and is broken
+        MlflowClient().create_registered_model(LOCK_MODEL_PREFIX + name, tags={
+            "redflow.lock.owner": "ghost:1:1:dead", "redflow.lock.expires": str(time.time() - 1)})
+        with registry_lock(name, kind=kind, timeout=5) as owner:
+            assert not owner.startswith("ghost")
+
+
+# ---------------------------------------------------------------------------------------------
+# failure safety and evaluations
+# ---------------------------------------------------------------------------------------------
+def test_failed_registration_leaves_no_version_and_no_alias(edits):
+    name = "red-fail"
+    client = MlflowClient()
+    v1 = register(make_result(edits[0], 0.70), name=name)
+    # another flow holds the promotion lock too long: the candidate alias cannot be set *after* the
+    # version was created, so the version is deleted again
+    with registry_lock(name):
+        with pytest.raises(RegistrationError, match="deleted") as info:
+            register(make_result(edits[1], 0.90), name=name, lock_timeout=0.5)
+    assert isinstance(info.value.__cause__, LockTimeout)
+    # a tag MLflow refuses fails atomically, when the version is created
+    with pytest.raises(RegistrationError, match="not created"):
+        register(make_result(edits[1], 0.90), name=name, tags={"k" * 300: "v"})
+    versions = client.search_model_versions(f"name='{name}'")
+    assert [int(v.version) for v in versions] == [v1]
+    assert int(alias_version(name, "candidate").version) == v1
+    assert [e["version"] for e in alias_history(name)] == [v1]
+    # the training run is left as it was
+    assert client.get_run(versions[0].run_id).info.status == "FINISHED"
+
+    # a version that never finished registering (a crash mid-way) is never promoted
+    half = client.create_model_version(name, source=versions[0].source, tags={"redflow.status": "registering",
+                                                                              "metric.test_accuracy": "0.99",
+                                                                              "primary_metric": "accuracy"})
+    d = gate_and_promote(name, half.version, PromotionPolicy())
+    assert not d.promoted and "registering" in d.reason and production_version(name) is None
+    # an edit file that is not a sound one is refused before anything is written
+    bad = make_result(edits[0], 0.9)
+    bad.edit_path = str(Path(edits[0]).with_name("missing.safetensors"))
+    with pytest.raises(RegistrationError, match="safetensors"):
+        register_edit(bad, versions[0].run_id, model_name=name)
+
+
+def test_record_evaluation_and_download_edit(edits, tmp_path):
+    from tasks.evaluate.report import EvalReport
+
+    name = "red-eval"
+    v1 = register(make_result(edits[0], 0.70), name=name)
+    gate_and_promote(name, v1, PromotionPolicy())
+    # the flows' re-evaluation: download the production edit, evaluate it, record the report on the version
+    path = download_edit(name, "production", tmp_path / "dl")
+    assert path.read_bytes() == Path(edits[0]).read_bytes() and path.with_suffix(".json").is_file()
+    report = EvalReport(name="sst2/contrast", kind="classification", metrics={"accuracy": 0.66, "f1": 0.6},
+                        primary="accuracy", model=str(path))
+    run_id = record_evaluation(name, "production", report)
+    client = MlflowClient()
+    tags = client.get_model_version(name, str(v1)).tags
+    assert float(tags["eval.sst2-contrast.accuracy"]) == pytest.approx(0.66)
+    assert tags["eval.sst2-contrast.run_id"] == run_id and tags["eval.sst2-contrast.at"]
+    run = client.get_run(run_id)
+    assert run.data.metrics["accuracy"] == pytest.approx(0.66) and run.data.tags["model_version"] == str(v1)
+    assert run.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {
+        "evaluation/sst2-contrast.json", "evaluation/sst2-contrast.md"}
+    assert Path(client.download_artifacts(run_id, "evaluation/sst2-contrast.md")).read_text() == report.to_markdown()
+    record_evaluation(name, v1, {"name": "weekly", "accuracy": 0.7, "n": 500})  # a plain dict works too
+    assert float(client.get_model_version(name, str(v1)).tags["eval.weekly.n"]) == 500
