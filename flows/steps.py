@@ -58,7 +58,9 @@ def evaluate_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult, data=
 
 def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult, reports: list) -> dict[str, Any]:
     """Log the run to MLflow and register the edit as a new version with alias 'candidate'."""
-    from registry import log_training, register_edit
+    from registry import log_training, register_edit, setup_tracking
+
+    setup_tracking(cfg.tracking_uri, cfg.runs_dir)  # this may run in a Dask/Ray worker process
 
     run_id = log_training(result, experiment=cfg.experiment, eval_reports=reports,
                           config={"retrain": cfg.name, "task": task.name})
@@ -68,7 +70,9 @@ def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult, repor
 
 def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any], result: TrainResult):
     """Move 'production' to the new version if it beats the current one by the configured margin."""
-    from registry import PromotionPolicy, gate_and_promote
+    from registry import PromotionPolicy, gate_and_promote, setup_tracking
+
+    setup_tracking(cfg.tracking_uri, cfg.runs_dir)
 
     p = cfg.promotion_for(task)
     policy = PromotionPolicy(metric=p.metric or f"test_{result.primary_metric}", margin=p.margin, minimum=p.minimum,

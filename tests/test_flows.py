@@ -52,6 +52,22 @@ def test_retrain_registers_every_good_task_even_when_one_fails(tmp_path, tiny_ch
     assert int(client.get_model_version_by_alias("red-sentiment", "candidate").version) == 2
     assert int(client.get_model_version_by_alias("red-sentiment", "production").version) == 1
 
+    # promote by hand, roll back, re-evaluate production: flows a person (or the weekly job) runs
+    from flows.manage import evaluate, promote, rollback
+    from registry import alias_history
+
+    assert promote("red-sentiment", 2, force=True, tracking_uri=f"sqlite:///{tmp_path}/runs/mlflow.db",
+                   runs_dir=str(tmp_path / "runs"))["version"] == 2
+    assert int(client.get_model_version_by_alias("red-sentiment", "production").version) == 2
+    rollback("red-sentiment", tracking_uri=f"sqlite:///{tmp_path}/runs/mlflow.db", runs_dir=str(tmp_path / "runs"))
+    assert int(client.get_model_version_by_alias("red-sentiment", "production").version) == 1
+    actions = [e["action"] for e in alias_history("red-sentiment", "production")]
+    assert actions[-2:] == ["force-promote", "rollback"]
+    metrics = evaluate("red-sentiment", "production", ["test"], config=str(cfg_path), task="sentiment")
+    assert "accuracy" in metrics["sentiment/test"]
+    tags = client.get_model_version("red-sentiment", "1").tags
+    assert any(k.startswith("eval.") for k in tags)
+
 
 def test_bad_config_names_the_field(tmp_path, tiny_checkpoints):
     path = write_retrain_config(tmp_path / "c.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
@@ -64,3 +80,58 @@ def test_bad_config_names_the_field(tmp_path, tiny_checkpoints):
         load_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_dask_task_runner_against_a_real_mlflow_server(tmp_path, tiny_checkpoints):
+    """Scale-out path: tasks run in Dask worker processes and log to a remote tracking server."""
+    from flows.retrain import retrain
+    from registry import start_tracking_server
+
+    with start_tracking_server(tmp_path / "server") as server:
+        cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], tmp_path / "runs", [
+            synthetic_task("sentiment", "sentiment", tmp_path), synthetic_task("topic", "topic", tmp_path)],
+            tracking_uri=server.url, task_runner="dask")
+        summary = retrain(config=str(cfg_path))
+        assert {row["status"] for row in summary.values()} == {"ok"}
+        client = MlflowClient(server.url)
+        for task in ("sentiment", "topic"):
+            mv = client.get_model_version_by_alias(f"red-{task}", "production")
+            assert int(mv.version) == 1 and client.get_run(mv.run_id).data.metrics["test_accuracy"] >= 0
+        assert not (tmp_path / "runs" / "mlflow.db").exists()  # nothing went to the local default
+
+
+def test_deployments_in_prefect_yaml_deploy_with_their_schedules(tmp_path):
+    """`prefect work-pool create` + `prefect --no-prompt deploy --all` against the temporary server."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "REDFLOW_HOME": str(repo)}
+    prefect = [sys.executable, "-m", "prefect"]
+    run = dict(cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(prefect + ["work-pool", "create", "redflow-process", "--type", "process",
+                                    "--overwrite"], **run)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run(prefect + ["--no-prompt", "deploy", "--all"], **run)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def deployments():
+        async with get_client() as client:
+            return {d.name: d for d in await client.read_deployments()}
+
+    found = asyncio.run(deployments())
+    nightly, weekly = found["nightly-retrain"], found["weekly-reevaluate"]
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert [s.schedule.cron for s in weekly.schedules] == ["0 4 * * 0"]
+    assert nightly.work_pool_name == "redflow-process" and nightly.entrypoint == "flows/retrain.py:retrain"
+    assert nightly.parameters == {"config": "configs/demo.yaml"}
+    assert weekly.entrypoint == "flows/manage.py:reevaluate"
