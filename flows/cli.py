@@ -198,6 +198,7 @@ def bench_glue(glue_dir: Path = typer.Option(..., help="Folder in the GLUE TSV l
                epochs: Optional[float] = typer.Option(None, help="Override the preset's epochs."),
                max_train_samples: Optional[int] = typer.Option(None, help="Subsample training rows (seeded)."),
                max_length: int = typer.Option(128, help="Maximum tokens per example."),
+               batch_size: Optional[int] = typer.Option(None, help="Override the preset's batch size."),
                preset: str = typer.Option("roberta-base-glue", help="Hyperparameter preset (paper appendix)."),
                lr: Optional[str] = typer.Option(None, help="Per-method learning rates, e.g. red=1e-2,lora=1e-3 "
                                                             "(short budgets need larger rates than the paper's)."),
@@ -207,17 +208,20 @@ def bench_glue(glue_dir: Path = typer.Option(..., help="Folder in the GLUE TSV l
     from tasks.glue_bench import run_glue_benchmark, to_markdown
     from tasks.models import resolve_model
 
-    overrides = {}
+    overrides: dict[str, dict] = {}
     for item in _split(lr) or []:
         method, _, value = item.partition("=")
         overrides[method.strip()] = {"learning_rate": float(value)}
+    if batch_size:
+        for method in _split(methods) or []:
+            overrides.setdefault(method, {})["batch_size"] = batch_size
     result = run_glue_benchmark(glue_dir, _split(tasks), _split(methods), resolve_model(model),
                                 [int(s) for s in _split(seeds)], work_dir, epochs=epochs,
                                 max_train_samples=max_train_samples, preset=preset, max_length=max_length,
                                 overrides=overrides)
     result["command"] = {"glue_dir": str(glue_dir), "tasks": tasks, "methods": methods, "model": model,
                          "seeds": seeds, "epochs": epochs, "max_train_samples": max_train_samples,
-                         "max_length": max_length, "preset": preset, "lr": lr}
+                         "max_length": max_length, "preset": preset, "lr": lr, "batch_size": batch_size}
     out.write_text(json.dumps(result, indent=2))
     console.print(to_markdown(result["table"]))
 

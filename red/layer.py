@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from .errors import MergeError
+from .hooks import HookedEdit
 from .targets import Target
 
 
-class RedEdit(nn.Module):
+class RedEdit(HookedEdit):
     """Scaling (init 1) and bias (init 0) vectors for one target layer."""
 
     def __init__(self, target: Target, kind: str = "scale+bias"):
@@ -23,7 +24,6 @@ class RedEdit(nn.Module):
         self.scale = nn.Parameter(torch.ones(hidden)) if kind in ("scale+bias", "scale") else None
         self.bias = nn.Parameter(torch.zeros(hidden)) if kind in ("scale+bias", "bias") else None
         self.merged = False
-        self._handle = None
         self._bias_added = False  # merge() created a bias the layer did not have
 
     # ---- applying -----------------------------------------------------------------
@@ -34,21 +34,9 @@ class RedEdit(nn.Module):
             return h * self.scale.to(h.dtype)
         return h + self.bias.to(h.dtype)
 
-    def _hook(self, module: nn.Module, args, output):
-        if self.merged:
-            return output
-        if isinstance(output, tuple):  # some blocks return (hidden, ...)
-            return (self(output[0]),) + tuple(output[1:])
-        return self(output)
-
-    def attach(self, module: nn.Module) -> None:
-        self.detach()
-        self._handle = module.register_forward_hook(self._hook)
-
-    def detach(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+    @property
+    def active(self) -> bool:
+        return not self.merged  # once folded into the weights the hook must not apply it again
 
     # ---- folding into the weights -------------------------------------------------
     @torch.no_grad()

@@ -18,11 +18,13 @@ log = logging.getLogger(__name__)
 
 
 def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None, revision: str | None = None,
-                         device: str | None = None, dtype: torch.dtype | None = None):
+                         device: str | None = None, dtype: torch.dtype | None = None, task_type: str | None = None,
+                         label_list: list[str] | None = None, model_class: str | None = None):
     """Return ``(edited_model, tokenizer, meta)`` for an edit file.
 
     ``base_model`` overrides the recorded base (e.g. the same checkpoint at another local path);
-    the weight fingerprint check still guarantees it is the same model.
+    the weight fingerprint check still guarantees it is the same model. ``task_type``,
+    ``label_list`` and ``model_class`` override what the file records (a serving config's view).
     """
     import transformers
 
@@ -38,11 +40,11 @@ def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None
     if dtype is not None:
         kwargs["dtype"] = dtype
     tokenizer = transformers.AutoTokenizer.from_pretrained(name, **({"revision": revision} if revision else {}))
-    cls = getattr(transformers, base.get("class") or "", None)
-    task_type = extra.get("task_type", "classification")
+    cls = getattr(transformers, model_class or base.get("class") or "", None)
+    task_type = task_type or extra.get("task_type", "classification")
     if task_type in ("classification", "regression"):
         cls = cls or transformers.AutoModelForSequenceClassification
-        labels = extra.get("label_list")
+        labels = label_list or extra.get("label_list")
         if task_type == "regression":
             kwargs.update(num_labels=1, problem_type="regression")
         elif labels:
@@ -53,7 +55,11 @@ def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None
         cls = cls or transformers.AutoModelForSeq2SeqLM
     else:
         cls = cls or transformers.AutoModelForCausalLM
-    model = cls.from_pretrained(name, **kwargs)
+    model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
+    head = {k[len("head."):] for k in tensors if k.startswith("head.")}
+    uncovered = sorted(set(info.get("missing_keys") or []) - head)
+    if uncovered:  # weights neither in the checkpoint nor in the edit: outputs would be random
+        log.warning("weights missing from %s and not in the edit file (randomly initialised): %s", name, uncovered[:8])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     if tokenizer.pad_token is None:

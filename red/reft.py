@@ -35,6 +35,7 @@ from torch.nn.utils.parametrize import register_parametrization
 
 from .config import EditConfig, parse_positions
 from .errors import EditConfigError
+from .hooks import HookedEdit
 from .positions import PromptPositions, Window
 from .targets import Target, find_targets
 
@@ -128,7 +129,7 @@ def _edit_at(out: torch.Tensor, h: torch.Tensor, unit: nn.Module, index: torch.T
     return out.scatter_add(1, idx, delta.to(h.dtype))
 
 
-class ReftEdit(nn.Module):
+class ReftEdit(HookedEdit):
     """The ReFT intervention(s) of one block: a forward hook editing the block's output at prompt positions.
 
     ``units`` holds ``first`` and ``last`` (separate prefix/suffix weights) or ``all``
@@ -146,7 +147,6 @@ class ReftEdit(nn.Module):
         names = ("all",) if config.share_weights or not (first and last) else ("first", "last")
         self.units = nn.ModuleDict({n: unit(target.hidden, config.rank, config.dropout) for n in names})
         self.positions: PromptPositions | None = None  # shared state, set by install_position_hook
-        self._handle = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.positions is None:
@@ -166,20 +166,6 @@ class ReftEdit(nn.Module):
             yield self.units["first"], w.first, w.first_valid
         if w.any_last:
             yield self.units["last"], w.last, w.last_valid
-
-    def _hook(self, module: nn.Module, args, output):
-        if isinstance(output, tuple):  # e.g. T5Block returns (hidden, position_bias, ...)
-            return (self(output[0]),) + tuple(output[1:])
-        return self(output)
-
-    def attach(self, module: nn.Module) -> None:
-        self.detach()
-        self._handle = module.register_forward_hook(self._hook)
-
-    def detach(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
     def extra_repr(self) -> str:
         return f"{self.target.name}, method={self.method}, hidden={self.target.hidden}"

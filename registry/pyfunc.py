@@ -172,60 +172,31 @@ class RedEditModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         import torch
-        import transformers
 
-        from red import load_edit, read_edit
+        from red import read_edit
+        from red.pretrained import load_pretrained_edit
 
         cfg = serving_config(context.model_config)
         edit_path = context.artifacts["edit"]
-        tensors, meta = read_edit(edit_path)
-        base = meta.get("base_model") or {}
-        name = cfg.get("base_model") or base.get("name")
-        if not name:
-            raise ValueError("the model config names no base model and the edit file records none")
-        local = Path(name).exists()
-        revision = None if local else (cfg.get("base_revision") or base.get("revision"))
+        _, meta = read_edit(edit_path)
         task_type = cfg.get("task_type", CLASSIFICATION)
-        kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name, **kwargs)
-        model_class = getattr(transformers, cfg.get("model_class") or base.get("class") or "", None)
-        if task_type in (CLASSIFICATION, REGRESSION):
-            labels = cfg.get("label_list") or []
-            model_class = model_class or transformers.AutoModelForSequenceClassification
-            kwargs.update(num_labels=len(labels) if task_type == CLASSIFICATION else 1,
-                          ignore_mismatched_sizes=True)
-            if labels:
-                kwargs.update(id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
-        elif task_type == "seq2seq":
-            model_class = model_class or transformers.AutoModelForSeq2SeqLM
-        else:
-            model_class = model_class or transformers.AutoModelForCausalLM
         device = cfg.get("device", "auto")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         cache = getattr(_shared, "cache", None)
-        key = (name, revision, getattr(model_class, "__name__", None), task_type, str(cfg.get("label_list")),
-               meta.get("tensors_sha256"), device)
+        key = (cfg.get("base_model"), cfg.get("base_revision"), cfg.get("model_class"), task_type,
+               str(cfg.get("label_list")), meta.get("tensors_sha256"), device)
         if cache is not None and key in cache:
-            self.edited = cache[key]
+            self.edited, tokenizer = cache[key]
         else:
-            model, info = model_class.from_pretrained(name, output_loading_info=True, **kwargs)
-            head = {k[len("head."):] for k in tensors if k.startswith("head.")}
-            uncovered = sorted(set(info.get("missing_keys") or []) - head)
-            if uncovered:
-                _logger.warning("base weights missing from %s and not in the edit file (randomly initialised): %s",
-                                name, uncovered[:8])
-            model.to(device).eval()
-            self.edited = load_edit(model, edit_path)
-            self.edited.eval()
+            self.edited, tokenizer, meta = load_pretrained_edit(
+                edit_path, base_model=cfg.get("base_model") or None, revision=cfg.get("base_revision"),
+                device=device, task_type=task_type, label_list=cfg.get("label_list"),
+                model_class=cfg.get("model_class"))
             if cache is not None:
-                cache[key] = self.edited
-        if task_type in GENERATIVE:
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            if task_type == "causal_lm":
-                tokenizer.padding_side = "left"
+                cache[key] = (self.edited, tokenizer)
+        if task_type == "causal_lm":
+            tokenizer.padding_side = "left"  # generation continues after the prompt
         self.tokenizer = tokenizer
         self.config = cfg
         self.device = device

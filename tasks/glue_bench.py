@@ -33,16 +33,20 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
             spec = DataSpec(name=task.lower(), source="glue", path=str(glue_dir), task=task,
                             max_train_samples=max_train_samples)
             data = prepare_data(spec, seed=seed, cache_dir=out_dir / "cache")
-            for method in methods:
+            for label in methods:
+                method, edit = parse_method(label)
                 fields: dict[str, Any] = {"model": model, "method": method, "seed": seed, "preset": preset,
-                                          "resume": False, **(overrides or {}).get(method, {})}
+                                          "resume": False, "edit": edit,
+                                          **(overrides or {}).get(method, {}), **(overrides or {}).get(label, {})}
                 if epochs is not None:
                     fields["epochs"] = epochs
                 if max_length is not None:
                     fields["max_length"] = max_length
                 started = time.time()
-                result = train(data, TrainConfig(**fields), out_dir / task / method / f"seed{seed}")
-                cell = {"task": data.name, "method": method, "seed": seed, "metric": result.primary_metric,
+                if preset and method not in _preset_methods(preset):
+                    fields["preset"] = None  # e.g. ReFT has no row in the paper's RoBERTa table
+                result = train(data, TrainConfig(**fields), out_dir / task / label / f"seed{seed}")
+                cell = {"task": data.name, "method": label, "seed": seed, "metric": result.primary_metric,
                         "test": result.score, "validation": result.validation.get(result.primary_metric),
                         "best_epoch": result.best_epoch, "edit_parameters": result.edit_parameters,
                         "trainable_parameters": result.trainable_parameters,
@@ -54,6 +58,27 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
                 with open(out_dir / "cells.jsonl", "a") as f:
                     f.write(json.dumps(cell) + "\n")
     return {"cells": cells, "table": summarize(cells)}
+
+
+def parse_method(label: str) -> tuple[str, dict[str, Any]]:
+    """``red``, ``loreft-r8`` (LoReFT at rank 8), ``red-attn`` (RED on attention outputs) -> (method, edit)."""
+    method, _, variant = label.partition("-")
+    edit: dict[str, Any] = {}
+    if variant.startswith("r") and variant[1:].isdigit():
+        edit["rank"] = int(variant[1:])
+    elif variant in ("attn", "ffn+attn"):
+        edit["position"] = variant
+    elif variant in ("scale", "bias"):
+        edit["kind"] = variant
+    elif variant:
+        raise ValueError(f"unknown method variant {label!r}; use e.g. loreft-r8, red-attn, red-bias")
+    return method, edit
+
+
+def _preset_methods(preset: str) -> set[str]:
+    from .presets import PRESETS
+
+    return set(PRESETS.get(preset, {}))
 
 
 def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:

@@ -113,7 +113,15 @@ def tiny_checkpoints(tmp_path_factory, minilm_path) -> dict[str, str]:
                                       pad_token_id=tok.pad_token_id))
     gpt2.save_pretrained(root / "gpt2")
     tok.save_pretrained(root / "gpt2")
-    return {"bert": str(root / "bert"), "gpt2": str(root / "gpt2")}
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=tok.vocab_size, d_model=32, d_ff=40, d_kv=8, num_layers=2,
+                                             num_decoder_layers=2, num_heads=4, pad_token_id=tok.pad_token_id,
+                                             decoder_start_token_id=tok.pad_token_id,
+                                             eos_token_id=tok.sep_token_id))
+    t5.save_pretrained(root / "t5")
+    tok.save_pretrained(root / "t5")
+    return {"bert": str(root / "bert"), "gpt2": str(root / "gpt2"), "t5": str(root / "t5")}
 
 
 @pytest.fixture(scope="session")

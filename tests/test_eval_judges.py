@@ -14,13 +14,6 @@ import torch
 from tasks.evaluate import ChatJudge, JudgeError, JudgeUnavailableError, RewardModelJudge, parse_choice
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run several times faster on one thread, above all on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class JudgeServer:

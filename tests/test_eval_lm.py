@@ -16,13 +16,6 @@ WORDS = ("which color is the sky on a clear day what animal says moo how many le
          "blue green red cow dog cat eight six four sun moon star water ice fire").split()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run several times faster on one thread, above all on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def arc_rows(n=8, digit_labels_every=3, multiword=True):

@@ -83,13 +83,16 @@ def test_bad_config_names_the_field(tmp_path, tiny_checkpoints):
 
 
 def test_dask_task_runner_against_a_real_mlflow_server(tmp_path, tiny_checkpoints):
-    """Scale-out path: tasks run in Dask worker processes and log to a remote tracking server."""
+    """Scale-out path: tasks run in Dask worker processes and log to a remote tracking server;
+    one task trains LoReFT instead of RED with nothing else changed."""
     from flows.retrain import retrain
     from registry import start_tracking_server
 
     with start_tracking_server(tmp_path / "server") as server:
         cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], tmp_path / "runs", [
-            synthetic_task("sentiment", "sentiment", tmp_path), synthetic_task("topic", "topic", tmp_path)],
+            synthetic_task("sentiment", "sentiment", tmp_path),
+            {**synthetic_task("topic", "topic", tmp_path),  # ReFT goes through the same pipeline, no special case
+             "train": {"method": "loreft", "edit": {"rank": 2, "positions": "f2+l2"}}}],
             tracking_uri=server.url, task_runner="dask")
         summary = retrain(config=str(cfg_path))
         assert {row["status"] for row in summary.values()} == {"ok"}
@@ -97,6 +100,8 @@ def test_dask_task_runner_against_a_real_mlflow_server(tmp_path, tiny_checkpoint
         for task in ("sentiment", "topic"):
             mv = client.get_model_version_by_alias(f"red-{task}", "production")
             assert int(mv.version) == 1 and client.get_run(mv.run_id).data.metrics["test_accuracy"] >= 0
+        assert client.get_run(client.get_model_version_by_alias("red-topic", "candidate").run_id
+                              ).data.params["method"] == "loreft"
         assert not (tmp_path / "runs" / "mlflow.db").exists()  # nothing went to the local default
 
 

