@@ -153,21 +153,24 @@ def rollback(model_name: str = typer.Argument(...),
 def params(model: str = typer.Argument(..., help="Hub name, local checkpoint/config.json, or a paper model "
                                                   "(roberta-base, gpt2-medium, t5-base, meta-llama/Llama-2-7b-hf ...)."),
            position: str = typer.Option("ffn", help="ffn | attn | ffn+attn"),
+           method: str = typer.Option("red", help="red | loreft | direft"),
+           rank: int = typer.Option(4, help="ReFT rank."),
            lora_rank: int = typer.Option(8, help="LoRA rank for the comparison (query/value).")) -> None:
     """Trainable parameters of RED vs LoRA vs full fine-tuning, from the config alone (no weights)."""
     from red import EditConfig, count_parameters
     from tasks.models import resolve_model
 
     try:
-        counts = count_parameters(resolve_model(model), EditConfig(position=position), lora_rank=lora_rank)
+        counts = count_parameters(resolve_model(model), EditConfig(method=method, position=position, rank=rank),
+                                  lora_rank=lora_rank)
     except Exception as exc:  # noqa: BLE001 - shown to the user with its type
         _fail(f"cannot read a config for {model!r}: {type(exc).__name__}: {exc}")
     table = Table(title=f"trainable parameters: {model}")
     table.add_column("method")
     table.add_column("parameters", justify="right")
-    table.add_column("vs RED", justify="right")
+    table.add_column(f"vs {method}", justify="right")
     for name, n in counts.items():
-        table.add_row(name, f"{n:,}", f"{n / counts['red']:,.1f}x")
+        table.add_row(name, f"{n:,}", f"{n / counts[method]:,.1f}x")
     console.print(table)
 
 

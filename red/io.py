@@ -21,7 +21,6 @@ from torch import nn
 
 from .config import EditConfig
 from .errors import EditFileError, EditMismatchError
-from .fingerprint import fingerprint
 from .targets import model_type
 
 FORMAT = "redflow-edit"
@@ -164,7 +163,3 @@ def load_edit(model: nn.Module, path: str | Path, *, check_fingerprint: bool = T
         raise
     edited.edit_metadata = meta
     return edited
-
-
-def edit_fingerprint_of(model: nn.Module, meta: dict[str, Any]) -> str:
-    return fingerprint(model, list(meta["targets"]))

@@ -80,11 +80,16 @@ def lora_parameters(model: nn.Module, rank: int = 8, targets: tuple[str, ...] | 
 
 
 def count_parameters(model_or_config, edit: EditConfig | None = None, lora_rank: int = 8) -> dict[str, int]:
-    """RED, LoRA (q,v) and full fine-tuning parameter counts, excluding any task head."""
+    """The edit method's (RED by default), LoRA (q,v) and full fine-tuning parameter counts, excluding any head."""
     config = load_config(model_or_config) if isinstance(model_or_config, str) else model_or_config
     model = meta_model(config)
     edit = edit or EditConfig()
-    per_vector = {"scale+bias": 2, "scale": 1, "bias": 1}[edit.kind]
-    red = sum(per_vector * t.hidden for t in find_targets(model, edit))
+    if edit.is_reft:
+        from .reft import count_reft_parameters
+
+        own = count_reft_parameters(model, edit)
+    else:
+        per_vector = {"scale+bias": 2, "scale": 1, "bias": 1}[edit.kind]
+        own = sum(per_vector * t.hidden for t in find_targets(model, edit))
     full = sum(p.numel() for p in model.parameters())
-    return {"red": red, f"lora_r{lora_rank}_qv": lora_parameters(model, lora_rank), "full": full}
+    return {edit.method: own, f"lora_r{lora_rank}_qv": lora_parameters(model, lora_rank), "full": full}

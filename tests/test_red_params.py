@@ -25,3 +25,10 @@ def test_counts_from_a_local_config_and_checkpoint(minilm_path):
     counts = count_parameters(minilm_path)
     assert counts["red"] == 2 * 384 * 6
     assert count_parameters(minilm_path, EditConfig(position="ffn+attn"))["red"] == 4 * 384 * 6
+
+
+def test_reft_counts_from_config():
+    # 12 blocks x (prefix + suffix interventions) x (R and W: 2 * rank * hidden, plus b: rank)
+    assert count_parameters("roberta-base", EditConfig(method="loreft", rank=4))["loreft"] == 12 * 2 * (2 * 4 * 768 + 4)
+    shared = count_parameters("roberta-base", EditConfig(method="loreft", rank=4, share_weights=True))["loreft"]
+    assert shared == 12 * (2 * 4 * 768 + 4)
