@@ -23,18 +23,21 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_step_time_smoke(tmp_path):
     out = tmp_path / "step.json"
     proc = run("step_time.py", "--steps", "2", "--warmup", "1", "--batch", "2", "--seq", "16",
-               "--device", "cpu", "--threads", "1", "--methods", "red,lora,full,floor,floor_emb",
+               "--device", "cpu", "--threads", "1", "--methods", "red,lora,full,floor,floor_emb,red_ops",
                "--rss", "--rss-steps", "1", "--markdown", "--out", str(out))
     assert proc.stdout.startswith("| method |")
     result = json.loads(out.read_text())
-    assert set(result["methods"]) == {"red", "lora", "full", "floor", "floor_emb"}
-    for name, entry in result["methods"].items():
+    assert set(result["methods"]) == {"red", "lora", "full", "floor", "floor_emb", "red_ops"}
+    assert len(result["methods"].pop("red_ops")["times_s"]) == 2
+    for entry in result["methods"].values():
         assert len(entry["times_s"]) == 2
         assert entry["memory"]["peak_mb"] > 0
         assert "step_rss_mb" in entry["rss"]
     assert result["methods"]["floor"]["trainable_parameters"] == 0
     assert result["methods"]["red"]["trainable_parameters"] < result["methods"]["lora"]["trainable_parameters"]
     assert {"red_time_vs_lora<=0.95", "red_time_vs_floor<=1.05", "red_peak_memory_vs_lora<=1.0"} <= set(result["targets"])
+    rendered = run("step_time.py", "--render", str(out))  # re-analysis from the raw times, no model
+    assert "red_time_vs_floor<=1.05" in rendered.stdout
 
 
 def test_inference_smoke(tmp_path):
@@ -47,3 +50,5 @@ def test_inference_smoke(tmp_path):
     assert len(list((tmp_path / "edits").glob("*.safetensors"))) == 3
     assert all(v < 1e-3 for v in result["checks"].values())
     assert "bank3_throughput_vs_bank1>=0.9" in result["targets"]
+    rendered = run("inference.py", "--render", str(out), "--markdown")
+    assert rendered.stdout.startswith("| variant |")
