@@ -76,15 +76,23 @@ class EditBank(nn.Module):
         for head_name in self.heads:
             self._handles.append(modules[head_name].register_forward_hook(self._head_hook(head_name), with_kwargs=True))
 
-    def _stack_heads(self, files) -> dict[str, list[dict[str, torch.Tensor]]]:
-        heads: dict[str, list[dict[str, torch.Tensor]]] = {}
+    def _stack_heads(self, files) -> dict[str, dict[str, str]]:
+        """Stack each head parameter over tasks as a (K, ...) buffer, so heads move with ``.to()``.
+
+        Returns {head module: {parameter name: buffer name}}.
+        """
+        heads: dict[str, dict[str, str]] = {}
         names = [set(meta["head"]) for _, meta in files]
         if any(n != names[0] for n in names):
             raise EditConfigError("all edits in a bank must train the same head modules (or none)")
         for head in sorted(names[0]):
             prefix = f"head.{head}."
-            heads[head] = [{k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-                           for tensors, _ in files]
+            params = sorted(k[len(prefix):] for k in files[0][0] if k.startswith(prefix))
+            heads[head] = {}
+            for pn in params:
+                buffer = f"head__{head}__{pn}".replace(".", "__")
+                self.register_buffer(buffer, torch.stack([tensors[prefix + pn] for tensors, _ in files]))
+                heads[head][pn] = buffer
         return heads
 
     # ---- routing ----------------------------------------------------------------------
@@ -120,7 +128,7 @@ class EditBank(nn.Module):
             try:
                 for task in ids.unique().tolist():
                     rows = (ids == task).nonzero(as_tuple=True)[0]
-                    params = {k: v.to(x.device, x.dtype) for k, v in self.heads[head_name][task].items()}
+                    params = {pn: getattr(self, buf)[task].to(x.dtype) for pn, buf in self.heads[head_name].items()}
                     y = torch.func.functional_call(module, params, (x[rows],) + tuple(args[1:]), kwargs)
                     if out is None:
                         out = y.new_empty((x.shape[0],) + tuple(y.shape[1:]))
