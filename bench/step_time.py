@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 from bench import common  # noqa: E402
 
-ALL_METHODS = ("red", "lora", "full", "floor", "floor_emb", "red_ops")
+ALL_METHODS = ("red", "lora", "full", "floor", "floor_emb", "red_ops", "loreft_r4", "loreft_r8", "floor_block")
 MB = 2**20
 
 
@@ -122,6 +122,14 @@ def build(name: str, device: torch.device, lora_dropout: float, batch: int = 0, 
         edited.train()
         params = edited.edit_parameters() + list(edited.head_parameters().values())
         return Method(name, edited, params, f"RED scale+bias on {len(edited.targets)} FFN outputs + classifier")
+    if name.startswith("loreft_r"):
+        import red
+
+        rank = int(name.rsplit("_r", 1)[1])
+        edited = red.attach(model, red.EditConfig(method="loreft", rank=rank, positions="f7+l7"))
+        edited.train()
+        params = edited.edit_parameters() + list(edited.head_parameters().values())
+        return Method(name, edited, params, f"LoReFT rank {rank}, f7+l7, on {len(edited.targets)} block outputs + classifier")
     if name == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -135,10 +143,13 @@ def build(name: str, device: torch.device, lora_dropout: float, batch: int = 0, 
         for p in model.parameters():
             p.requires_grad_(True)
         return Method(name, model, list(model.parameters()), "all parameters")
-    if name in ("floor", "floor_emb"):
+    if name in ("floor", "floor_emb", "floor_block"):
         for p in model.parameters():
             p.requires_grad_(False)
-        if name == "floor":
+        if name == "floor_block":  # ReFT's first edit point: layer 0's block output (the residual stream)
+            model.get_submodule("bert.encoder.layer.0").register_forward_hook(_require_grad_hook)
+            note = "frozen; grad required at layer 0's block output (ReFT's first edit point)"
+        elif name == "floor":
             model.get_submodule("bert.encoder.layer.0.output.dense").register_forward_hook(_require_grad_hook)
             note = "frozen; grad required at layer 0 FFN output (RED's first edit point)"
         else:
