@@ -267,3 +267,13 @@ def write_json(path: str | None, payload: dict) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2))
         print(f"wrote {path}", file=sys.stderr)
+
+
+def render_saved(args, analyze, render) -> dict | None:
+    """``--render JSON``: re-analyse saved raw times without measuring; None when not asked."""
+    if not args.render:
+        return None
+    result = analyze(load_json(args.render))
+    print(render(result, args.markdown))
+    write_json(args.out, result)
+    return result

@@ -70,11 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--render", metavar="JSON", default=None,
                     help="measure nothing: re-analyse and print a results JSON written by --out")
     args = ap.parse_args(argv)
-    if args.render:
-        result = analyze(common.load_json(args.render))
-        print(render(result, args.markdown))
-        common.write_json(args.out, result)
-        return result
+    saved = common.render_saved(args, analyze, render)
+    if saved is not None:
+        return saved
 
     import red
 

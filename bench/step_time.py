@@ -281,11 +281,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rss_child:
         rss_child(args)
         return {}
-    if args.render:
-        result = analyze(common.load_json(args.render))
-        print(render(result, args.markdown))
-        common.write_json(args.out, result)
-        return result
+    saved = common.render_saved(args, analyze, render)
+    if saved is not None:
+        return saved
     device = common.setup(args.device, args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     env = common.environment(device)

@@ -17,6 +17,29 @@ from .io import load_edit, read_edit
 log = logging.getLogger(__name__)
 
 
+def model_class_for(task_type: str, *, label_list: list[str] | None = None, num_labels: int | None = None
+                    ) -> tuple[type, dict[str, Any]]:
+    """The Auto class for a task type and the ``from_pretrained`` kwargs that shape its head.
+
+    A checkpoint's own head may have another label count (the trained head comes from the edit
+    or from training), hence ``ignore_mismatched_sizes``.
+    """
+    import transformers
+
+    if task_type in ("classification", "regression"):
+        kwargs: dict[str, Any] = {"ignore_mismatched_sizes": True}
+        if task_type == "regression":
+            kwargs.update(num_labels=1, problem_type="regression")
+        elif num_labels:
+            kwargs["num_labels"] = num_labels
+        if label_list and task_type == "classification":
+            kwargs.update(id2label=dict(enumerate(label_list)), label2id={l: i for i, l in enumerate(label_list)})
+        return transformers.AutoModelForSequenceClassification, kwargs
+    if task_type == "seq2seq":
+        return transformers.AutoModelForSeq2SeqLM, {}
+    return transformers.AutoModelForCausalLM, {}
+
+
 def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None, revision: str | None = None,
                          device: str | None = None, dtype: torch.dtype | None = None, task_type: str | None = None,
                          label_list: list[str] | None = None, model_class: str | None = None):
@@ -40,21 +63,11 @@ def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None
     if dtype is not None:
         kwargs["dtype"] = dtype
     tokenizer = transformers.AutoTokenizer.from_pretrained(name, **({"revision": revision} if revision else {}))
-    cls = getattr(transformers, model_class or base.get("class") or "", None)
     task_type = task_type or extra.get("task_type", "classification")
-    if task_type in ("classification", "regression"):
-        cls = cls or transformers.AutoModelForSequenceClassification
-        labels = label_list or extra.get("label_list")
-        if task_type == "regression":
-            kwargs.update(num_labels=1, problem_type="regression")
-        elif labels:
-            kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                          label2id={l: i for i, l in enumerate(labels)})
-        kwargs["ignore_mismatched_sizes"] = True  # the head comes from the edit file
-    elif task_type == "seq2seq":
-        cls = cls or transformers.AutoModelForSeq2SeqLM
-    else:
-        cls = cls or transformers.AutoModelForCausalLM
+    labels = label_list or extra.get("label_list")
+    cls, head_kwargs = model_class_for(task_type, label_list=labels, num_labels=len(labels) if labels else None)
+    cls = getattr(transformers, model_class or base.get("class") or "", None) or cls
+    kwargs.update(head_kwargs)
     model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
     head = {k[len("head."):] for k in tensors if k.startswith("head.")}
     uncovered = sorted(set(info.get("missing_keys") or []) - head)

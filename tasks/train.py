@@ -86,24 +86,13 @@ class TrainConfig(BaseModel):
 def load_base_model(model: str, task_type: str, *, revision: str | None = None, num_labels: int = 2,
                     label_list: list[str] | None = None, dtype: torch.dtype | None = None):
     """The frozen base model for a task type, from the hub or a local folder (offline-friendly errors)."""
-    import transformers as tf
+    from red.pretrained import model_class_for
 
-    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    cls, kwargs = model_class_for(task_type, label_list=label_list, num_labels=num_labels)
+    if revision:
+        kwargs["revision"] = revision
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if task_type in ("classification", "regression"):
-        cls = tf.AutoModelForSequenceClassification
-        kwargs["num_labels"] = 1 if task_type == "regression" else num_labels
-        kwargs["ignore_mismatched_sizes"] = True  # a checkpoint's own head may have another label count
-        if task_type == "regression":
-            kwargs["problem_type"] = "regression"
-        if label_list:
-            kwargs["id2label"] = dict(enumerate(label_list))
-            kwargs["label2id"] = {l: i for i, l in enumerate(label_list)}
-    elif task_type == "seq2seq":
-        cls = tf.AutoModelForSeq2SeqLM
-    else:
-        cls = tf.AutoModelForCausalLM
     try:
         return cls.from_pretrained(model, **kwargs)
     except OSError as exc:
@@ -321,10 +310,14 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     return result
 
 
+def _is_quality(key: str, value: Any, prefix: str) -> bool:
+    """A quality metric (Trainer adds runtime, throughput and the epoch to every evaluation)."""
+    return (key.startswith(prefix) and isinstance(value, (int, float))
+            and not any(s in key for s in ("runtime", "per_second", "epoch")))
+
+
 def _metrics(raw: dict[str, Any], prefix: str) -> dict[str, float]:
-    """Quality metrics only (Trainer adds runtime and throughput to every evaluation)."""
-    return {k[len(prefix):]: float(v) for k, v in raw.items() if k.startswith(prefix) and isinstance(v, (int, float))
-            and not any(s in k for s in ("runtime", "per_second", "epoch"))}
+    return {k[len(prefix):]: float(v) for k, v in raw.items() if _is_quality(k, v, prefix)}
 
 
 def _epoch_table(history: list[dict], metric: str) -> list[dict[str, float]]:
@@ -337,7 +330,7 @@ def _epoch_table(history: list[dict], metric: str) -> list[dict[str, float]]:
         if f"eval_{metric}" in h:
             row = epochs.setdefault(ep, {"epoch": ep})
             for k, v in h.items():
-                if k.startswith("eval_") and isinstance(v, (int, float)) and "runtime" not in k and "per_second" not in k:
+                if _is_quality(k, v, "eval_"):
                     row["validation_" + k[len("eval_"):]] = float(v)
     for ep, row in epochs.items():
         if losses.get(ep):
