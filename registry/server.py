@@ -136,6 +136,11 @@ def start_server_process(command: list[str], *, host: str, port: int, health_pat
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", **(env or {})}
+    # MLflow's model server execs `uvicorn`/`gunicorn` by name: find them beside this interpreter even when
+    # the virtual environment is not activated.
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in full_env.get("PATH", "").split(os.pathsep):
+        full_env["PATH"] = bin_dir + os.pathsep + full_env.get("PATH", "")
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=full_env, cwd=cwd, start_new_session=True)
