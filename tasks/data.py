@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-PREPARE_VERSION = 1  # bump when the prepared output of the same inputs changes: invalidates caches
+PREPARE_VERSION = 2  # bump when the prepared output of the same inputs changes: invalidates caches
 
 Source = Literal["glue", "hub", "csv", "tsv", "json", "jsonl", "alpaca", "ultrafeedback", "synthetic"]
 TaskType = Literal["classification", "regression", "causal_lm", "seq2seq"]
@@ -71,8 +71,10 @@ class DataSpec(BaseModel):
     Splits: GLUE (local or hub) keeps the official train split and splits the official dev
     set into validation and test by the paper's protocol (:mod:`tasks.splits`). Local files:
     ``path`` is one file (train) or a folder with ``train.<ext>`` and either ``dev.<ext>``
-    (split like GLUE's dev) or any of ``validation.<ext>`` / ``test.<ext>``; what is missing
-    is carved, seeded, from train (``test_size``, then ``validation_size``).
+    (halved into validation and test by content hash) or any of ``validation.<ext>`` /
+    ``test.<ext>``; what is missing is carved from train by a seeded hash of each row's text
+    (``test_size``, ``validation_size``: fractions of all rows), so appending rows to a file
+    never moves a row between splits (see :mod:`tasks.splits`).
 
     Examples::
 
@@ -102,10 +104,16 @@ class DataSpec(BaseModel):
     prompt_template: Literal["alpaca", "none"] = "alpaca"
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1, description="Applies to validation and test each.")
-    validation_size: float = Field(default=0.1, gt=0, description="Carved from train when no validation is "
-                                   "given: a fraction (< 1) or a row count.")
-    test_size: float = Field(default=0.1, gt=0, description="Carved from train when no test is given.")
+    validation_size: float = Field(default=0.1, description="Fraction of the rows that goes to "
+                                   "validation when no validation (or dev) file is given; assigned by content hash.")
+    test_size: float = Field(default=0.1, description="Fraction of the rows that goes to test when no "
+                             "test (or dev) file is given; assigned by content hash.")
     synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions)
+
+    @field_validator("validation_size", "test_size")
+    @classmethod
+    def _fraction(cls, value: float, info) -> float:
+        return splits.check_fraction(info.field_name, value)
 
     @field_validator("text_columns")
     @classmethod
@@ -337,28 +345,46 @@ def _subseed(seed: int, stream: int) -> int:
 
 
 def _split(loaded: Loaded, spec: DataSpec, seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Validation and test for a task: GLUE's dev protocol for GLUE, content-hash splits for everything else.
+
+    Content-hash splits (:func:`tasks.splits.hash_split`) keep every row in its split when the
+    source grows, so a nightly retrain never trains on last night's test rows.
+    """
     frames = dict(loaded.frames)
     origin = {role: o.name for role, o in loaded.origins.items()}
     notes = {"train": origin["train"]}
+    columns = list(loaded.text_columns)
+    glue_dev = loaded.task in glue.GLUE_TASKS and spec.source in ("glue", "hub")
     if "dev" in frames:
-        frames["validation"], frames["test"] = splits.split_dev(frames.pop("dev"), seed)
-        n_val, n_test = len(frames["validation"]), len(frames["test"])
-        notes["validation"] = f"{origin['dev']} (seeded split of dev: {n_val} rows)"
-        notes["test"] = f"{origin['dev']} (seeded split of dev: {n_test} rows)"
+        dev = frames.pop("dev")
+        if glue_dev:  # the paper's protocol on GLUE's fixed dev files
+            frames["validation"], frames["test"] = splits.split_dev(dev, seed)
+            how = "seeded split of dev"
+        else:
+            halves = splits.hash_split(dev, columns, {"validation": 0.5}, _subseed(seed, 6), rest="test")
+            frames["validation"], frames["test"] = halves["validation"], halves["test"]
+            how = "half of dev by content hash"
+        notes["validation"] = f"{origin['dev']} ({how}: {len(frames['validation'])} rows)"
+        notes["test"] = f"{origin['dev']} ({how}: {len(frames['test'])} rows)"
+    carve: dict[str, float] = {}
     if "test" not in frames:
-        frames["train"], frames["test"] = splits.carve(frames["train"], spec.test_size, _subseed(seed, 1))
-        notes["test"] = f"{origin['train']} (carved: test_size={spec.test_size})"
+        carve["test"] = spec.test_size
+        notes["test"] = f"{origin['train']} (content hash: test_size={spec.test_size})"
     elif "test" not in notes:
         notes["test"] = origin["test"]
     if "validation" not in frames:
-        frames["train"], frames["validation"] = splits.carve(frames["train"], spec.validation_size,
-                                                             _subseed(seed, 2))
-        notes["validation"] = f"{origin['train']} (carved: validation_size={spec.validation_size})"
+        carve["validation"] = spec.validation_size
+        notes["validation"] = f"{origin['train']} (content hash: validation_size={spec.validation_size})"
     elif "validation" not in notes:
         notes["validation"] = origin["validation"]
+    if carve:
+        if sum(carve.values()) >= 1:
+            raise DataError(f"{spec.display_name()}: test_size + validation_size = {sum(carve.values())} leaves no "
+                            "training rows. Fix: make their sum less than 1.")
+        frames.update(splits.hash_split(frames["train"], columns, carve, _subseed(seed, 1)))
     frames["train"] = splits.subsample(frames["train"], spec.max_train_samples, _subseed(seed, 3))
     for stream, role in ((4, "validation"), (5, "test")):
-        frames[role] = splits.subsample(frames[role], spec.max_eval_samples, _subseed(seed, stream))
+        frames[role] = splits.stable_subsample(frames[role], spec.max_eval_samples, columns, _subseed(seed, stream))
     for role in ("train", "validation", "test"):
         if len(frames[role]) == 0:
             raise DataError(f"{spec.display_name()}: the {role} split is empty (from {notes[role]}). Fix: provide "

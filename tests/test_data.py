@@ -202,7 +202,7 @@ def test_empty_splits_fail(glue_dir, tmp_path):
         prepare(glue_dir, "sst2")
     _write(tmp_path / "one.csv", ["text,label", "only row,a"])
     spec = DataSpec(source="csv", path=tmp_path / "one.csv", text_columns=["text"], label_list=["a", "b"])
-    with pytest.raises(DataError, match=r"the train split is empty .*adjust validation_size/test_size"):
+    with pytest.raises(DataError, match=r"the (train|validation|test) split is empty .*adjust validation_size/test_size"):
         prepare_data(spec)
 
 
@@ -251,8 +251,9 @@ def test_hub_code_path_on_a_local_dataset_folder(tmp_path):
     glue_like = prepare_data(DataSpec(source="hub", hub_name=str(folder), task="SST-2"))
     assert glue_like.task == "sst2" and glue_like.sizes() == {"train": 6, "validation": 3, "test": 2}
     assert all(s.startswith("v") for s in list(glue_like.validation["sentence"]) + list(glue_like.test["sentence"]))
-    plain = prepare_data(DataSpec(source="hub", hub_name=str(folder), text_columns=["sentence"], test_size=1))
-    assert plain.sizes() == {"train": 5, "validation": 5, "test": 1}  # the unlabelled test split is not used
+    plain = prepare_data(DataSpec(source="hub", hub_name=str(folder), text_columns=["sentence"], test_size=0.4))
+    sizes = plain.sizes()  # the unlabelled test split is not used: test is carved from train by content hash
+    assert sizes["validation"] == 5 and sizes["train"] + sizes["test"] == 6 and sizes["test"] >= 1
     assert plain.label_list == ["0", "1"]
 
 
@@ -304,19 +305,48 @@ def test_damaged_cache_entry_is_rebuilt(glue_dir, tmp_path, caplog):
 
 
 def test_csv_with_column_mapping_and_carved_splits(tmp_path):
-    lines = ["id,review,stars"] + [f'{i},"review {i}, with a comma",{"pos" if i % 2 else "neg"}' for i in range(20)]
+    lines = ["id,review,stars"] + [f'{i},"review {i}, with a comma",{"pos" if i % 2 else "neg"}' for i in range(200)]
     _write(tmp_path / "reviews.csv", lines)
     spec = DataSpec(source="csv", path=tmp_path / "reviews.csv", text_columns=["review"], label_column="stars",
-                    validation_size=0.3, test_size=2)
+                    validation_size=0.3, test_size=0.1)
     data = prepare_data(spec, seed=0)
     assert data.name == "reviews" and data.task_type == "classification" and data.metric == "accuracy"
     assert data.text_columns == ("review",) and data.label_list == ["neg", "pos"]  # inferred from train
-    assert data.sizes() == {"train": 13, "validation": 5, "test": 2}  # 2 test rows, then 30% of the 18 left
+    sizes = data.sizes()  # fractions of all rows, by content hash: close to, not exactly, 140/60/20
+    assert sum(sizes.values()) == 200 and 40 <= sizes["validation"] <= 80 and 8 <= sizes["test"] <= 32
     rows = list(data.train["review"]) + list(data.validation["review"]) + list(data.test["review"])
-    assert sorted(rows) == sorted(f"review {i}, with a comma" for i in range(20))
-    by_text = {f"review {i}, with a comma": i % 2 for i in range(20)}
+    assert sorted(rows) == sorted(f"review {i}, with a comma" for i in range(200))
+    by_text = {f"review {i}, with a comma": i % 2 for i in range(200)}
     assert all(by_text[r["review"]] == r["label"] for r in data.train)
     assert list(prepare_data(spec, seed=0).test["review"]) == list(data.test["review"])
+    assert list(prepare_data(spec, seed=1).test["review"]) != list(data.test["review"])  # the seed matters
+
+
+def test_carved_splits_are_stable_when_rows_are_appended(tmp_path):
+    """The nightly case: the file grows; no row moves between splits, so test rows never become training rows."""
+    lines = ["text,label"] + [f"night one row {i},{i % 2}" for i in range(300)]
+    _write(tmp_path / "d.csv", lines)
+    spec = DataSpec(source="csv", path=tmp_path / "d.csv", text_columns=["text"])
+    before = prepare_data(spec)
+    _write(tmp_path / "d.csv", lines + [f"night two row {i},{i % 2}" for i in range(100)])
+    after = prepare_data(spec)
+    assert after.data_hash != before.data_hash
+    for role in ("train", "validation", "test"):
+        old, new = set(before.splits()[role]["text"]), set(after.splits()[role]["text"])
+        assert old <= new, f"{len(old - new)} {role} rows moved out of {role}"
+    assert not set(before.test["text"]) & set(after.train["text"])
+    new_test = set(after.test["text"]) - set(before.test["text"])
+    assert new_test and all(t.startswith("night two") for t in new_test)  # only new rows join test
+
+
+def test_duplicate_texts_share_a_split_and_counts_are_refused(tmp_path):
+    lines = ["text,label"] + [f"row {i % 50},{i % 2}" for i in range(200)]  # every text 4 times
+    _write(tmp_path / "dup.csv", lines)
+    data = prepare_data(DataSpec(source="csv", path=tmp_path / "dup.csv", text_columns=["text"]))
+    train, test = set(data.train["text"]), set(data.test["text"]) | set(data.validation["text"])
+    assert not train & test
+    with pytest.raises(ValueError, match=r"test_size=20(\.0)?: .*hash of each row's text.*fraction"):
+        DataSpec(source="csv", path=tmp_path / "dup.csv", text_columns=["text"], test_size=20)
 
 
 def test_jsonl_folder_rename_mapping_and_given_test(tmp_path):
@@ -327,9 +357,10 @@ def test_jsonl_folder_rename_mapping_and_given_test(tmp_path):
     _write(tmp_path / "nli" / "train.jsonl", rows(10, "train"))
     _write(tmp_path / "nli" / "test.jsonl", rows(3, "test"))
     spec = DataSpec(source="jsonl", path=tmp_path / "nli", columns={"hyp": "hypothesis", "gold": "label"},
-                    text_columns=["premise", "hypothesis"], label_list=["no", "yes"], validation_size=2)
+                    text_columns=["premise", "hypothesis"], label_list=["no", "yes"], validation_size=0.3)
     data = prepare_data(spec)
-    assert data.sizes() == {"train": 8, "validation": 2, "test": 3}
+    sizes = data.sizes()
+    assert sizes["test"] == 3 and sizes["train"] + sizes["validation"] == 10 and sizes["validation"] >= 1
     assert data.test[0] == {"premise": "test p 0", "hypothesis": "h 0", "label": 1}
     assert all(p.startswith("train") for p in list(data.validation["premise"]))
 
@@ -355,12 +386,13 @@ def test_table_with_response_column_is_instruction_data(tmp_path):
 
 def test_alpaca_prompts_use_the_alpaca_template(tmp_path):
     records = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
-               {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}] * 5
+               {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}]
+    records += [{"instruction": f"Say {i}.", "input": "", "output": f"answer {i}"} for i in range(40)]
     (tmp_path / "alpaca.json").write_text(json.dumps(records))
-    data = prepare_data(DataSpec(source="alpaca", path=tmp_path / "alpaca.json", validation_size=2, test_size=2))
+    data = prepare_data(DataSpec(source="alpaca", path=tmp_path / "alpaca.json", validation_size=0.2, test_size=0.2))
     assert data.task_type == "causal_lm" and data.text_columns == ("prompt",) and data.label_column == "response"
-    assert data.sizes() == {"train": 6, "validation": 2, "test": 2}
-    rows = {r["response"]: r["prompt"] for r in data.train}
+    assert sum(data.sizes().values()) == 42
+    rows = {r["response"]: r["prompt"] for split in data.splits().values() for r in split}
     assert rows["Blue."] == ("Below is an instruction that describes a task. Write a response that appropriately "
                              "completes the request.\n\n### Instruction:\nName a color.\n\n### Response:\n")
     assert rows["5"].endswith("### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n")
@@ -386,8 +418,9 @@ def test_ultrafeedback_takes_the_completion_with_the_highest_mean_score(tmp_path
         {"instruction": "Tie.", "completions": [{"text": "first", "scores": [4, 4]}, {"text": "second", "score": 4}]},
     ]
     (tmp_path / "uf.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    data = prepare_data(DataSpec(source="ultrafeedback", path=tmp_path / "uf.jsonl", prompt_template="none",
-                                 validation_size=1, test_size=1), seed=0)
+    spec = DataSpec(source="ultrafeedback", path=tmp_path / "uf.jsonl", prompt_template="none",
+                    validation_size=0.25, test_size=0.25)
+    data = prepare_data(spec, seed=_seed_with_nonempty_splits(spec))
     answers = {r["prompt"]: r["response"] for split in data.splits().values() for r in split}
     assert answers == {"Say hi.": "hi there", "Count.": "1 2 3", "Thank me.": "Thank you!", "Tie.": "first"}
 
@@ -447,9 +480,21 @@ def test_encode_regression_labels_are_floats(glue_dir, tokenizer):
 
 
 def _instruction_data(tmp_path: Path, output: str) -> TaskData:
-    records = [{"instruction": "Say it.", "input": "", "output": output}] * 4
+    records = [{"instruction": "Say it.", "input": word, "output": output} for word in ("one", "two", "three", "four")]
     (tmp_path / "a.json").write_text(json.dumps(records))
-    return prepare_data(DataSpec(source="alpaca", path=tmp_path / "a.json", validation_size=1, test_size=1))
+    spec = DataSpec(source="alpaca", path=tmp_path / "a.json", validation_size=0.25, test_size=0.25)
+    return prepare_data(spec, seed=_seed_with_nonempty_splits(spec))
+
+
+def _seed_with_nonempty_splits(spec: DataSpec) -> int:
+    """A handful of rows split by content hash: the first seed that leaves every split a row (deterministic)."""
+    for seed in range(200):
+        try:
+            prepare_data(spec, seed=seed)
+            return seed
+        except DataError:
+            continue
+    raise AssertionError("no seed gives three non-empty splits")
 
 
 def test_encode_masks_the_prompt_out_of_the_loss(tmp_path, tokenizer):
@@ -467,7 +512,7 @@ def test_encode_masks_the_prompt_out_of_the_loss(tmp_path, tokenizer):
 def test_encode_truncates_long_answers_but_keeps_some_to_learn(tmp_path, tokenizer):
     data = _instruction_data(tmp_path, " ".join(["word"] * 100))
     enc = encode(data, tokenizer, max_length=48)
-    assert enc.truncated == {"train": 2, "validation": 1, "test": 1}
+    assert sum(enc.truncated.values()) == 4 and min(enc.truncated.values()) >= 1
     for row in enc.train:
         assert len(row["input_ids"]) == 48
         assert sum(label != -100 for label in row["labels"]) >= 12  # at least a quarter of max_length
