@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,6 +26,8 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from tasks.provenance import code_version  # noqa: F401 - part of this module's API
 
 if TYPE_CHECKING:  # tasks is only needed for type hints
     from tasks.result import TrainResult
@@ -131,26 +132,6 @@ def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> s
         if exp is None:
             raise exc
         return exp.experiment_id
-
-
-def code_version() -> str:
-    """``git:<commit>[+dirty]`` of the checkout holding this package, else ``redflow==<version>``."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        if sha.returncode == 0 and sha.stdout.strip():
-            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10)
-            return f"git:{sha.stdout.strip()}" + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        from importlib.metadata import version
-
-        return f"redflow=={version('redflow')}"
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------

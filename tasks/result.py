@@ -30,6 +30,11 @@ class TrainResult:
     label_list: list[str] | None = None
     truncated: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    global_step: int = 0              # optimizer steps the edit has seen in all (a resumed run counts earlier ones)
+    steps_trained: int = 0            # optimizer steps this call actually ran (0 would mean nothing was trained)
+    resumed_from: str | None = None   # the crashed training's checkpoint it continued from
+    init: str = "fresh"               # "fresh", or where the starting edit came from ("production v3")
+    identity: dict[str, str] = field(default_factory=dict)  # tasks.provenance.Identity of the inputs
 
     @property
     def score(self) -> float:

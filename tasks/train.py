@@ -14,6 +14,7 @@ precision, gradient accumulation and multi-GPU (launch with ``torchrun`` or
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,10 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 
 from .presets import preset_values
+from .provenance import Identity, base_id, code_version, config_hash
 from .result import TrainResult
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ EDIT_METHODS = ("red", "loreft", "direft")
 
 class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, unusable data or model); the message says what to change."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss stayed finite but ran far above where it started: the edit is not worth registering."""
 
 
 class TrainConfig(BaseModel):
@@ -66,8 +72,22 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(default=None, description="Stop after this many optimizer steps (quick runs).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 42
-    resume: bool = True
+    resume: bool = Field(default=True, description="Resume a crashed training of exactly the same inputs (see "
+                         "tasks.attempts); a finished training is never resumed.")
+    init: Literal["fresh", "production"] = Field(
+        default="fresh", description="Start from the identity (fresh) or from the task's current production edit "
+        "(vectors and head): a cheap incremental update. Edit methods only.")
+    divergence_factor: float | None = Field(
+        default=5.0, gt=1, description="Stop and report 'diverged' when an epoch's mean training loss exceeds this "
+        "many times the first logged loss (a finite loss that ran away); null disables the check.")
     logging_steps: int = 10
+
+    @model_validator(mode="after")
+    def _init_needs_an_edit(self) -> "TrainConfig":
+        if self.init == "production" and self.method not in EDIT_METHODS:
+            raise ValueError(f"init: production continues from the production edit's vectors and head, which only "
+                             f"edit methods ({', '.join(EDIT_METHODS)}) have; method {self.method!r} must start fresh")
+        return self
 
     def resolved(self, task: str) -> dict[str, Any]:
         """Hyperparameters after the preset and defaults are applied; explicit fields win."""
@@ -80,6 +100,26 @@ class TrainConfig(BaseModel):
         values.update({k: v for k, v in self.model_dump().items() if v is not None and k in defaults})
         values["eval_batch_size"] = self.eval_batch_size or max(values["batch_size"], 32)
         return values
+
+    def recipe(self, task: str) -> dict[str, Any]:
+        """Everything besides data and base weights that decides what training produces.
+
+        Hashed into the training identity (:mod:`tasks.provenance`): preset and defaults are applied
+        first, so ``{}`` and the preset's explicit values hash alike; fields that cannot change the
+        result (logging, evaluation batch size, resuming) and other methods' settings are left out.
+        """
+        hp = self.resolved(task)
+        hp.pop("eval_batch_size", None)
+        if self.method != "lora":
+            for key in [k for k in hp if k.startswith("lora_")]:
+                hp.pop(key)
+        edit: dict[str, Any] | None = None
+        if self.method in EDIT_METHODS:
+            from red import EditConfig
+
+            edit = EditConfig(method=self.method, **self.edit).model_dump(mode="json")
+        return {"method": self.method, "edit": edit, **hp, "seed": self.seed, "precision": self.precision,
+                "max_steps": self.max_steps, "init": self.init, "divergence_factor": self.divergence_factor}
 
 
 # ---- model construction ---------------------------------------------------------------------
@@ -161,7 +201,8 @@ def _make_trainer_class():
             output_dir = output_dir or self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
             save_file(_trainable_state(self.model), os.path.join(output_dir, "trainable.safetensors"))
-            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+            with open(os.path.join(output_dir, "training_args.json"), "w") as handle:  # JSON, not a pickle
+                handle.write(self.args.to_json_string())
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             model = model or self.model
@@ -180,11 +221,31 @@ def _make_trainer_class():
                 raise TrainingError(
                     f"the training loss became {loss.item()} at step {self.state.global_step + 1}. Lower the learning "
                     f"rate (now {self.args.learning_rate}), use fp32/bf16 instead of fp16, or check the data for empty "
-                    "or extreme rows. The last good epoch checkpoint is kept; rerun to resume from it."
+                    "or extreme rows, then rerun (a changed config trains afresh)."
                 )
             return loss
 
     return EditTrainer
+
+
+def _divergence_guard(factor: float):
+    """A callback that stops training when the loss runs away while staying finite (lr far too high)."""
+    from transformers import TrainerCallback
+
+    class DivergenceGuard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            losses = [h["loss"] for h in state.log_history if "loss" in h and "step" in h]
+            if len(losses) < 2:
+                return
+            first, recent = losses[0], losses[-min(len(losses) - 1, 5):]
+            current = sum(recent) / len(recent)
+            if math.isfinite(current) and current > factor * max(first, 1e-3):
+                raise TrainingDiverged(
+                    f"the training loss rose from {first:.4g} to {current:.4g} by step {state.global_step} "
+                    f"(more than {factor:g}x where it started): the training diverged and is not registered. Lower "
+                    f"the learning rate (now {args.learning_rate:g}) or raise divergence_factor if this is expected.")
+
+    return DivergenceGuard()
 
 
 def _precision(choice: str) -> dict[str, bool]:
@@ -200,21 +261,28 @@ def _compute_metrics_fn(data):
     return make_compute_metrics(data.metric, regression=data.task_type == "regression")
 
 
-def _last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not folder.is_dir():
-        return None
-    last = get_last_checkpoint(str(folder))
-    return last if last and (Path(last) / "trainable.safetensors").is_file() else None
+def _checkpoint_step(checkpoint: str | Path | None) -> int:
+    if not checkpoint:
+        return 0
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return int(state.get("global_step", 0))
 
 
 def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, model=None,
-          callbacks: list | None = None) -> TrainResult:
+          callbacks: list | None = None, resume_from: str | Path | None = None,
+          init_state: dict[str, torch.Tensor] | None = None, init_note: str = "fresh",
+          identity: Identity | None = None) -> TrainResult:
     """Train ``config.method`` on prepared ``data`` (tasks.data.TaskData); write artifacts under ``out_dir``.
 
     ``model``/``tokenizer`` may be passed in (already loaded); otherwise they are loaded from ``config.model``.
     ``callbacks`` are transformers ``TrainerCallback``s (progress reporting, early stopping...).
+    ``resume_from``: a complete checkpoint of a crashed training of the same inputs (the caller decides;
+    see :mod:`tasks.attempts`). Without it training starts from step 0, whatever ``out_dir`` holds.
+    ``init_state``: edit-file tensors (``edit.*``/``head.*``) to start from instead of the identity
+    (``init: production``); ``init_note`` says where they came from. ``identity``: the inputs'
+    :class:`~tasks.provenance.Identity` if the caller computed it already.
+
+    Raises :class:`TrainingError` (NaN loss, bad model or data) and :class:`TrainingDiverged`.
     """
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments, set_seed
 
@@ -233,6 +301,8 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model, edit_parameters = prepare_model(model, config.method, hp, config.edit, data.task_type)
+    if init_state is not None:
+        _load_init_state(model, init_state, init_note)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     classification = data.task_type in ("classification", "regression")
@@ -273,14 +343,16 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         collator = DataCollatorWithPadding(tokenizer)
     else:
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+    guards = [_divergence_guard(config.divergence_factor)] if config.divergence_factor else []
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=encoded.train, eval_dataset=encoded.validation,
         data_collator=collator, compute_metrics=_compute_metrics_fn(data) if classification else None,
-        callbacks=callbacks,
+        callbacks=guards + list(callbacks or []),
     )
-    resume = _last_checkpoint(out_dir / "checkpoints") if config.resume else None
+    resume = str(resume_from) if resume_from else None
+    start_step = _checkpoint_step(resume)
     if resume:
-        log.info("resuming %s from %s", data.name, resume)
+        log.info("resuming %s from %s (step %d)", data.name, resume, start_step)
     trainer.train(resume_from_checkpoint=resume)
 
     history = trainer.state.log_history
@@ -305,6 +377,9 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         base_fingerprint=model.base_fingerprint if isinstance(model, EditedModel) else None,
         task_type=data.task_type, label_list=data.label_list, truncated=dict(encoded.truncated),
         seconds=round(time.time() - started, 2),
+        global_step=int(trainer.state.global_step), steps_trained=int(trainer.state.global_step) - start_step,
+        resumed_from=resume, init=init_note,
+        identity=(identity or training_identity(data, config)).to_dict(),
     )
     result.save(out_dir / "result.json")
     return result
@@ -360,3 +435,24 @@ def _save_final(model, config: TrainConfig, data, out_dir: Path, tokenizer, vali
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+def training_identity(data, config: TrainConfig, *, cache_dir: str | Path | None = None) -> Identity:
+    """The :class:`~tasks.provenance.Identity` of training ``config`` on ``data``: equal means the same edit."""
+    return Identity(data_hash=data.data_hash, config_hash=config_hash(config.recipe(data.name)),
+                    base_id=base_id(config.model, config.revision, cache_dir), code_version=code_version())
+
+
+def _load_init_state(model, state: dict[str, torch.Tensor], note: str) -> None:
+    """Start from an earlier edit's tensors (``init: production``); refuse a layout that does not fit."""
+    from red import EditedModel
+    from red.errors import EditMismatchError
+
+    if not isinstance(model, EditedModel):
+        raise TrainingError(f"init from {note} needs an edit method (red, loreft, direft)")
+    try:
+        model.load_edit_state(state)
+    except EditMismatchError as exc:
+        raise TrainingError(
+            f"cannot start from {note}: its edit does not fit this training's edit layout ({exc}). Train with the "
+            "same edit settings (position, kind, layers, rank) and labels, or set init: fresh.") from exc

@@ -60,16 +60,54 @@ def test_red_training_follows_the_paper_protocol(sentiment, tiny_checkpoints, tm
     assert TrainResult.load(tmp_path / "result.json").to_dict() == result.to_dict()
 
 
-def test_resume_after_a_crash_continues_from_the_last_epoch(sentiment, tiny_checkpoints, tmp_path):
-    first = CountSteps()
-    train(sentiment, _config(tiny_checkpoints["bert"], epochs=1), tmp_path, callbacks=[first])
-    second = CountSteps()
-    result = train(sentiment, _config(tiny_checkpoints["bert"], epochs=2), tmp_path, callbacks=[second])
-    assert first.steps == 4 and second.steps == 4  # the second run did only epoch 2
-    assert [e["epoch"] for e in result.epochs] == [1, 2]
-    fresh = CountSteps()
-    train(sentiment, _config(tiny_checkpoints["bert"], epochs=2, resume=False), tmp_path / "again", callbacks=[fresh])
-    assert fresh.steps == 8
+class CrashAfterFirstSave(TrainerCallback):
+    """Stands in for a killed process: training stops dead right after the first checkpoint is written."""
+
+    def on_save(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+
+def test_resuming_a_crashed_training_runs_only_the_missing_steps(sentiment, tiny_checkpoints, tmp_path):
+    config = _config(tiny_checkpoints["bert"], epochs=2)
+    whole = train(sentiment, config, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        train(sentiment, config, tmp_path / "crashed", callbacks=[CrashAfterFirstSave()])
+    checkpoint = tmp_path / "crashed" / "checkpoints" / "checkpoint-4"
+    counted = CountSteps()
+    resumed = train(sentiment, config, tmp_path / "crashed", resume_from=checkpoint, callbacks=[counted])
+    assert counted.steps == 4 and resumed.steps_trained == 4 and resumed.global_step == 8
+    assert resumed.resumed_from == str(checkpoint) and [e["epoch"] for e in resumed.epochs] == [1, 2]
+    assert whole.steps_trained == 8 and whole.resumed_from is None
+    # the same rows in the same order with the same optimizer state: the same edit as without the crash
+    a, _ = red.read_edit(whole.edit_path)
+    b, _ = red.read_edit(resumed.edit_path)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # without resume_from, a folder that holds checkpoints is not resumed: training starts at step 0
+    again = train(sentiment, config, tmp_path / "crashed")
+    assert again.steps_trained == 8
+
+
+def test_a_finite_loss_that_runs_away_is_reported_as_diverged(sentiment, tiny_checkpoints, tmp_path):
+    from tasks.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"rose from .* diverged .*Lower the learning rate \(now 1e\+0?6\)"):
+        train(sentiment, _config(tiny_checkpoints["bert"], learning_rate=1e6, epochs=3), tmp_path)
+
+
+def test_init_from_an_earlier_edit_starts_where_it_ended(sentiment, tiny_checkpoints, tmp_path):
+    first = train(sentiment, _config(tiny_checkpoints["bert"], epochs=1), tmp_path / "first")
+    tensors, _ = red.read_edit(first.edit_path)
+    zero = train(sentiment, _config(tiny_checkpoints["bert"], epochs=1, learning_rate=0.0, warmup_ratio=0.0),
+                 tmp_path / "warm", init_state=tensors, init_note="production v1")
+    assert zero.init == "production v1"
+    continued, _ = red.read_edit(zero.edit_path)
+    assert all(torch.equal(tensors[k], continued[k]) for k in tensors)  # lr 0: nothing moved from the start point
+    other = {k: v for k, v in tensors.items() if not k.startswith("head.")}
+    with pytest.raises(TrainingError, match=r"cannot start from production v1: .*set init: fresh"):
+        train(sentiment, _config(tiny_checkpoints["bert"], epochs=1), tmp_path / "bad", init_state=other,
+              init_note="production v1")
+    with pytest.raises(ValueError, match="init: production .* method 'lora' must start fresh"):
+        _config(tiny_checkpoints["bert"], method="lora", init="production")
 
 
 def test_nan_loss_stops_with_a_clear_error(sentiment, tiny_checkpoints, tmp_path):

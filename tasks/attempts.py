@@ -1,0 +1,243 @@
+"""Training attempts: each run of a task trains in its own folder; only a crashed twin is ever resumed.
+
+Layout, under a task's folder (``runs/<config>/<task>/``)::
+
+    attempts/<UTC time>-<run key>/attempt.json     identity, status, who ran it
+                                  attempt.lock     held while training (a live attempt is never adopted)
+                                  checkpoints/     Trainer checkpoints (trainable tensors only)
+                                  <task>.safetensors, result.json ...   what the training produced
+
+Rules (the nightly job's correctness depends on them):
+
+1. A new run trains in a new folder. It never reads another run's checkpoints, unless
+2. that run *crashed* (status ``training`` with its lock free, or a failure marked transient),
+   trained exactly the same inputs (equal :class:`tasks.provenance.Identity`), and left a
+   complete checkpoint. Then the new run resumes it in place and says so.
+3. A finished attempt (``trained``) is never resumed; a deterministic failure (NaN, divergence)
+   is not either: resuming would repeat it.
+4. A retry inside the same run (same run key) picks up its own folder.
+5. Incomplete checkpoints (a crash while writing one) are skipped with a warning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .provenance import Identity
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = "attempts"
+ATTEMPT_FILE = "attempt.json"
+LOCK_FILE = "attempt.lock"
+CHECKPOINTS = "checkpoints"
+
+TRAINING, TRAINED, FAILED = "training", "trained", "failed"
+
+
+@dataclass
+class Attempt:
+    """One training of one task, holding its folder's lock until :meth:`close`."""
+
+    folder: Path
+    identity: Identity
+    run_key: str
+    resume_from: str | None = None          # a complete checkpoint folder to resume from
+    notes: list[str] = field(default_factory=list)  # what was decided about resuming, and why
+    _lock: FileLock | None = field(default=None, repr=False)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / CHECKPOINTS
+
+    def mark(self, status: str, **extra: Any) -> None:
+        """Record the attempt's status (``training``, ``trained``, ``failed``) in attempt.json (atomic)."""
+        state = read_state(self.folder) or {}
+        state.update(status=status, updated=time.time(), **extra)
+        _write_json(self.folder / ATTEMPT_FILE, state)
+
+    def finish(self, *, keep_checkpoints: bool = False) -> None:
+        """Mark it trained and drop its checkpoints (the result is saved beside them); release the lock."""
+        self.mark(TRAINED)
+        if not keep_checkpoints:
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+        self.close()
+
+    def fail(self, error: BaseException, *, transient: bool) -> None:
+        self.mark(FAILED, error=f"{type(error).__name__}: {error}"[:2000], transient=bool(transient))
+        self.close()
+
+    def close(self) -> None:
+        if self._lock is not None and self._lock.is_locked:
+            self._lock.release()
+
+
+def read_state(folder: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((folder / ATTEMPT_FILE).read_text())
+        return state if isinstance(state, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """Checkpoint folders whose every file was written (newest last); warns about the others.
+
+    The Trainer writes the model tensors, optimizer, scheduler and RNG state, and
+    ``trainer_state.json`` last; a checkpoint is complete when that state parses and the
+    tensors file it needs is there.
+    """
+    if not checkpoints.is_dir():
+        return []
+    found = []
+    for folder in checkpoints.glob("checkpoint-*"):
+        try:
+            step = int(folder.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        problem = _checkpoint_problem(folder)
+        if problem:
+            log.warning("skipping incomplete checkpoint %s (%s)", folder, problem)
+            continue
+        found.append((step, folder))
+    return [f for _, f in sorted(found)]
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError) as exc:
+        return f"unreadable trainer_state.json: {exc}"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "trainer_state.json has no global_step"
+    tensors = folder / "trainable.safetensors"
+    if not tensors.is_file():
+        return "no trainable.safetensors"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(tensors), framework="pt") as handle:
+            list(handle.keys())
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is incomplete
+        return f"unreadable trainable.safetensors: {exc}"
+    return None
+
+
+def _try_lock(folder: Path) -> FileLock | None:
+    lock = FileLock(str(folder / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
+def open_attempt(task_dir: str | Path, identity: Identity, run_key: str, *, resume: bool = True) -> Attempt:
+    """The folder this run trains in, and the checkpoint to resume from if any (see the module's rules)."""
+    root = Path(task_dir) / ATTEMPTS
+    root.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    candidates = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
+    own = next((p for p in candidates if (read_state(p) or {}).get("run_key") == run_key), None)
+    if own is not None:  # a retry within the same run
+        picked = _adopt(own, identity, notes, own_run=True) if resume else None
+        if picked is not None:
+            return picked
+    if resume:
+        for folder in candidates:
+            if folder == own:
+                continue
+            picked = _adopt(folder, identity, notes, own_run=False)
+            if picked is not None:
+                picked.run_key = run_key
+                picked.mark(TRAINING, resumed_by=run_key, pid=os.getpid(), host=socket.gethostname())
+                return picked
+    now = time.time()
+    folder = root / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z-{_slug(run_key)}"
+    suffix = 1
+    while folder.exists():
+        folder = folder.with_name(f"{folder.name.split('~')[0]}~{suffix}")
+        suffix += 1
+    folder.mkdir(parents=True)
+    lock = _try_lock(folder)
+    attempt = Attempt(folder=folder, identity=identity, run_key=run_key, notes=notes, _lock=lock)
+    _write_json(folder / ATTEMPT_FILE, {"status": TRAINING, "identity": identity.to_dict(), "run_key": run_key,
+                                        "created": time.time(), "pid": os.getpid(), "host": socket.gethostname()})
+    return attempt
+
+
+def _adopt(folder: Path, identity: Identity, notes: list[str], *, own_run: bool) -> Attempt | None:
+    """``folder`` as the attempt to continue, if the rules allow; else None (with a note why not)."""
+    state = read_state(folder)
+    if state is None:
+        return None
+    status = state.get("status")
+    name = folder.name
+    if status == TRAINED:
+        if own_run:
+            notes.append(f"attempt {name} already finished: starting a new one")
+        return None
+    if status == FAILED and not state.get("transient"):
+        return None  # NaN, divergence, bad data: resuming would repeat it
+    theirs = Identity.from_dict(state.get("identity"))
+    if theirs != identity:
+        if status == TRAINING or own_run:
+            why = "; ".join(identity.diff(theirs)) or "its identity is unreadable"
+            notes.append(f"not resuming crashed attempt {name}: {why}")
+        return None
+    lock = _try_lock(folder)
+    if lock is None:
+        notes.append(f"attempt {name} is being trained by another live process: not touching it")
+        return None
+    checkpoints = complete_checkpoints(folder / CHECKPOINTS)
+    attempt = Attempt(folder=folder, identity=identity, run_key=state.get("run_key", ""), _lock=lock, notes=notes)
+    if checkpoints:
+        attempt.resume_from = str(checkpoints[-1])
+        notes.append(f"resuming crashed attempt {name} from {checkpoints[-1].name} (same data, config, base and code)")
+    else:
+        notes.append(f"attempt {name} crashed before its first complete checkpoint: training it from the start")
+        shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
+    return attempt
+
+
+def prune(task_dir: str | Path, keep: int = 10) -> list[Path]:
+    """Delete all but the newest ``keep`` finished or failed attempts (never a locked or crashed one)."""
+    root = Path(task_dir) / ATTEMPTS
+    if not root.is_dir():
+        return []
+    done = [p for p in sorted(root.iterdir(), key=lambda p: p.name, reverse=True)
+            if p.is_dir() and (read_state(p) or {}).get("status") in (TRAINED, FAILED)]
+    removed = []
+    for folder in done[keep:]:
+        lock = _try_lock(folder)
+        if lock is None:
+            continue
+        try:
+            shutil.rmtree(folder)
+            removed.append(folder)
+        finally:
+            lock.release()
+    return removed
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return (re.sub(r"[^A-Za-z0-9]+", "", text) or "run")[:12]

@@ -1,0 +1,133 @@
+"""Training attempts: a new run never resumes a finished one; only a crashed twin of the same inputs."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tasks.attempts import complete_checkpoints, open_attempt, prune, read_state
+from tasks.provenance import Identity
+
+SAME = Identity(data_hash="d1", config_hash="c1", base_id="b1", code_version="git:x")
+
+
+def _checkpoint(folder, step, complete=True):
+    from safetensors.torch import save_file
+    import torch
+
+    ckpt = folder / "checkpoints" / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(ckpt / "trainable.safetensors"))
+    if complete:
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return ckpt
+
+
+def test_each_run_gets_its_own_folder_and_a_finished_one_is_never_resumed(tmp_path):
+    first = open_attempt(tmp_path, SAME, "night1")
+    _checkpoint(first.folder, 4)
+    result = first.folder / "result.json"
+    result.write_text("{}")
+    first.finish()
+    assert read_state(first.folder)["status"] == "trained" and not first.checkpoints.exists() and result.exists()
+    second = open_attempt(tmp_path, SAME, "night2")
+    assert second.folder != first.folder and second.resume_from is None
+    second.close()
+
+
+def test_a_crashed_attempt_with_the_same_identity_is_resumed_in_place(tmp_path, caplog):
+    crashed = open_attempt(tmp_path, SAME, "night1")
+    _checkpoint(crashed.folder, 4)
+    _checkpoint(crashed.folder, 8, complete=False)  # killed while writing this one
+    crashed.close()  # the process died: its lock is gone, its status still says "training"
+    with caplog.at_level(logging.WARNING, logger="tasks.attempts"):
+        again = open_attempt(tmp_path, SAME, "night1-rerun")
+    assert again.folder == crashed.folder and again.resume_from.endswith("checkpoint-4")
+    assert "checkpoint-8" in caplog.text and "no trainer_state.json" in caplog.text
+    assert any("resuming crashed attempt" in n for n in again.notes)
+    assert read_state(again.folder)["resumed_by"] == "night1-rerun"
+    again.close()
+
+
+def test_a_crashed_attempt_of_other_inputs_is_left_alone_and_the_reason_said(tmp_path):
+    crashed = open_attempt(tmp_path, SAME, "night1")
+    _checkpoint(crashed.folder, 4)
+    crashed.close()
+    changed = Identity(data_hash="d2", config_hash="c1", base_id="b1", code_version="git:x")
+    fresh = open_attempt(tmp_path, changed, "night2")
+    assert fresh.folder != crashed.folder and fresh.resume_from is None
+    assert any("not resuming crashed attempt" in n and "data changed (d1 -> d2)" in n for n in fresh.notes)
+    fresh.close()
+
+
+def test_deterministic_failures_are_not_resumed_but_transient_ones_are(tmp_path):
+    nan = open_attempt(tmp_path, SAME, "a")
+    _checkpoint(nan.folder, 4)
+    nan.fail(RuntimeError("loss became nan"), transient=False)
+    assert open_attempt(tmp_path, SAME, "b").resume_from is None
+    io = open_attempt(tmp_path, SAME, "c")
+    _checkpoint(io.folder, 4)
+    io.fail(OSError("disk full"), transient=True)
+    retry = open_attempt(tmp_path, SAME, "c")  # a retry in the same run
+    assert retry.folder == io.folder and retry.resume_from.endswith("checkpoint-4")
+    retry.close()
+
+
+def test_an_attempt_held_by_a_live_process_is_never_adopted(tmp_path):
+    live = open_attempt(tmp_path, SAME, "running")
+    _checkpoint(live.folder, 4)
+    other = open_attempt(tmp_path, SAME, "concurrent")  # `live` still holds its lock
+    assert other.folder != live.folder and other.resume_from is None
+    assert any("another live process" in n for n in other.notes)
+    other.close()
+    live.close()
+
+
+def test_a_killed_process_releases_its_attempt(tmp_path):
+    """A real SIGKILL: the lock dies with the process, so the next run sees a crash, not a live run."""
+    script = textwrap.dedent(f"""
+        import os, signal
+        from tasks.attempts import open_attempt
+        from tasks.provenance import Identity
+        a = open_attempt({str(tmp_path)!r}, Identity("d1", "c1", "b1", "git:x"), "killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9
+    folder = next((tmp_path / "attempts").iterdir())
+    _checkpoint(folder, 2)
+    picked = open_attempt(tmp_path, SAME, "next")
+    assert picked.folder == folder and picked.resume_from.endswith("checkpoint-2")
+    picked.close()
+
+
+def test_prune_keeps_the_newest_finished_attempts(tmp_path):
+    import time
+
+    for i in range(4):
+        a = open_attempt(tmp_path, SAME, f"run{i}")
+        a.finish()
+        time.sleep(0.002)  # folder names carry the millisecond
+    crashed = open_attempt(tmp_path, SAME, "crashed")
+    crashed.close()
+    removed = prune(tmp_path, keep=2)
+    left = sorted(p.name for p in (tmp_path / "attempts").iterdir())
+    assert len(removed) == 2 and len(left) == 3 and crashed.folder.name in left
+
+
+def test_complete_checkpoints_skips_unreadable_tensors(tmp_path):
+    good = _checkpoint(tmp_path, 2)
+    bad = _checkpoint(tmp_path, 4)
+    (bad / "trainable.safetensors").write_bytes(b"\x00\x01 not safetensors")
+    assert complete_checkpoints(tmp_path / "checkpoints") == [good]
+
+
+@pytest.mark.parametrize("field", ["data_hash", "config_hash", "base_id", "code_version"])
+def test_identity_diff_names_what_changed(field):
+    other = Identity(**{**SAME.to_dict(), field: "new"})
+    assert len(other.diff(SAME)) == 1 and "-> new" in other.diff(SAME)[0]
+    assert SAME.diff(SAME) == [] and Identity.from_dict({"data_hash": "x"}) is None
