@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="redflow: scheduled multi-task fine-tuning with RED edits (Prefect + MLflow).")
@@ -29,6 +30,8 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
 @app.command()
 def retrain(config: Path = typer.Argument(..., help="Retrain YAML (see configs/)."),
             only: Optional[str] = typer.Option(None, help="Comma-separated task names to run."),
+            force: bool = typer.Option(False, help="Retrain tasks whose data, config, base model and code did not "
+                                                   "change since their latest version."),
             tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default sqlite under runs/)."),
             task_runner: Optional[str] = typer.Option(None, help="threads | dask | ray")) -> None:
     """Prepare, train, evaluate, register and gate every task of CONFIG (a Prefect flow run)."""
@@ -39,12 +42,12 @@ def retrain(config: Path = typer.Argument(..., help="Retrain YAML (see configs/)
         cfg = load_config(config, overrides)
     except ConfigError as exc:
         _fail(str(exc))
-    summary = _run_retrain(config, overrides, _split(only))
+    summary = _run_retrain(config, overrides, _split(only), force)
     print_summary(summary)
     print_next_steps(cfg)
 
 
-def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]]):
+def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force: bool = False):
     from .retrain import RetrainFailed, retrain as retrain_flow
 
     if overrides:  # the flow reads its config from a file: write the overridden one beside the runs
@@ -58,29 +61,35 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]]):
         tmp.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
         config = tmp
     try:
-        return retrain_flow(config=str(config), only=only)
+        return retrain_flow(config=str(config), only=only, force=force)
     except RetrainFailed as exc:
         _fail(str(exc))
 
 
 def print_summary(summary: dict) -> None:
-    """One row per task, then the gate's reasoning, which is too long for a table cell."""
+    """One row per task (trained / unchanged / failed), then the reasons, which are too long for a cell."""
     table = Table(title="retrain summary")
-    for col in ("task", "status", "metric", "val", "test", "edit params", "version", "production"):
+    for col in ("task", "status", "steps", "metric", "new", "prod", "version", "decision"):
         table.add_column(col)
     notes = []
     for row in summary.values():
-        if row["status"] != "ok":
-            table.add_row(row["task"], "[red]failed[/]", "", "", "", "", "", "")
-            notes.append(f"[red]{row['task']}[/]: {row.get('error', '')}")
+        status = row["status"]
+        if status in ("failed", "diverged"):
+            table.add_row(row["task"], f"[red]{status}[/]", "", "", "", "", "", "")
+            notes.append((row["task"], row.get("error", "")))
             continue
-        table.add_row(row["task"], "ok", row["metric"], f"{row['validation']:.3f}", f"{row['test']:.3f}",
-                      f"{row['edit_parameters']:,}", str(row["version"]),
-                      "[green]promoted[/]" if row["promoted"] else "kept")
-        notes.append(f"{row['task']}: {row['reason']}")
+        if status == "unchanged":
+            table.add_row(row["task"], "unchanged", "0", "", "", "", f"v{row['version']}", "-")
+            notes.append((row["task"], row["reason"]))
+            continue
+        champion = "" if row.get("champion") is None else f"{row['champion']:.3f}"
+        table.add_row(row["task"], "trained", str(row["steps_trained"]), row["metric"],
+                      "" if row.get("challenger") is None else f"{row['challenger']:.3f}", champion,
+                      f"v{row['version']}", "[green]promoted[/]" if row["promoted"] else "kept")
+        notes.append((row["task"], row["reason"]))
     console.print(table)
-    for note in notes:
-        console.print("  " + note)
+    for task, note in notes:
+        console.print(f"  {task}: ", Text(str(note)), sep="")
 
 
 def print_next_steps(cfg) -> None:

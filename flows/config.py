@@ -20,11 +20,25 @@ class ConfigError(ValueError):
 
 
 class Promotion(BaseModel):
+    """The gate: champion (production) vs challenger (the new version), scored on the same rows in the same run."""
+
     model_config = ConfigDict(extra="forbid")
-    metric: str | None = Field(default=None, description="Defaults to the task's primary metric.")
-    margin: float = Field(default=0.0, ge=0.0, description="How much a candidate must beat production by.")
+    metric: str | None = Field(default=None, description="Defaults to the task's primary metric; any metric of "
+                               "the task's test rows (accuracy, f1, mcc, pearson, spearman, loss, perplexity) or "
+                               "of its evaluation suites ('<suite or lm-eval task>/<metric>').")
+    margin: float = Field(default=0.0, ge=0.0, description="How much the candidate must beat production by, on "
+                          "the paired difference over the same rows.")
     minimum: float | None = Field(default=None, description="What a first version must reach to go to production.")
-    higher_is_better: bool = True
+    higher_is_better: bool | None = Field(default=None, description="Default: from the metric (losses and "
+                                          "perplexities are lower-is-better).")
+    require_significant: bool = Field(default=False, description="Also require the bootstrap confidence "
+                                      "interval of the improvement to lie above 0.")
+    confidence: float = Field(default=0.95, ge=0.5, lt=1.0, description="Of the bootstrap interval.")
+
+    def policy(self):
+        from registry.aliases import PromotionPolicy
+
+        return PromotionPolicy(**self.model_dump())
 
 
 class TaskSpec(BaseModel):
@@ -50,6 +64,8 @@ class RetrainConfig(BaseModel):
     experiment: str = "redflow"
     task_runner: Literal["threads", "dask", "ray"] = "threads"
     max_workers: int = Field(default=2, ge=1)
+    keep_attempts: int = Field(default=10, ge=1, description="Training folders kept per task (newest first); "
+                               "older finished ones are deleted.")
     defaults: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for every task.")
     promotion: Promotion = Field(default_factory=Promotion)
     tasks: list[TaskSpec] = Field(min_length=1)
@@ -60,8 +76,16 @@ class RetrainConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
-        for t in self.tasks:
+        for i, t in enumerate(self.tasks):
             self.train_config(t)  # validate the merged training config now, not mid-run
+            metric = self.promotion_for(t).metric
+            if metric:
+                from tasks.evaluate.suites import check_gate_metric
+
+                try:
+                    check_gate_metric(metric, t.evaluate, _known_task_type(t))
+                except ValueError as exc:
+                    raise ValueError(f"tasks.{i} ({t.name}) promotion.metric: {exc}") from None
         return self
 
     def train_config(self, task: TaskSpec) -> TrainConfig:
@@ -81,6 +105,23 @@ class RetrainConfig(BaseModel):
 
     def model_name(self, task: TaskSpec) -> str:
         return task.model_name or f"red-{task.name}"
+
+
+def _known_task_type(task: TaskSpec) -> str | None:
+    """The task type a data spec implies before any data is read (None when only the data can tell)."""
+    spec = task.data
+    if spec.task_type:
+        return spec.task_type
+    if spec.source in ("alpaca", "ultrafeedback"):
+        return "causal_lm"
+    from tasks.glue import GLUE_TASKS
+    from tasks.synthetic import SYNTHETIC_TASKS
+
+    if spec.source == "synthetic" and spec.task in SYNTHETIC_TASKS:
+        return SYNTHETIC_TASKS[spec.task].task_type
+    if spec.source in ("glue", "hub") and spec.task in GLUE_TASKS:
+        return GLUE_TASKS[spec.task].task_type
+    return None
 
 
 def _first_error(exc: ValidationError, prefix: str = "") -> str:

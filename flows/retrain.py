@@ -25,25 +25,47 @@ def prepare_data_task(cfg: RetrainConfig, task: TaskSpec):
     return steps.prepare_step(cfg, task)
 
 
+@task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="plan-{task.name}",
+      retry_condition_fn=lambda t, r, s: _transient(s))
+def plan_task(cfg: RetrainConfig, task: TaskSpec, data, force: bool):
+    plan = steps.plan_step(cfg, task, data, force=force)
+    get_run_logger().info("%s: %s (%s)", task.name, plan.action, "; ".join(plan.reasons))
+    return plan
+
+
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="train-{task.name}",
       retry_condition_fn=lambda t, r, s: _transient(s))
-def train_task(cfg: RetrainConfig, task: TaskSpec, data):
-    return steps.train_step(cfg, task, data)
+def train_task(cfg: RetrainConfig, task: TaskSpec, data, plan, run_key: str):
+    result = steps.train_step(cfg, task, data, plan, run_key)
+    if result is not None:
+        logger = get_run_logger()
+        for note in result.notes:
+            logger.info("%s: %s", task.name, note)
+        logger.info("%s: trained %d optimizer steps (%s start)%s", task.name, result.steps_trained, result.init,
+                    f", resumed from {result.resumed_from}" if result.resumed_from else "")
+    return result
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="evaluate-{task.name}")
+@task(name="evaluate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="evaluate-{task.name}",
+      retry_condition_fn=lambda t, r, s: _transient(s))
 def evaluate_task(cfg: RetrainConfig, task: TaskSpec, result, data):
     return steps.evaluate_step(cfg, task, result, data)
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="register-{task.name}")
-def register_task(cfg: RetrainConfig, task: TaskSpec, result, reports):
-    return steps.register_step(cfg, task, result, reports)
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="register-{task.name}",
+      retry_condition_fn=lambda t, r, s: _transient(s))
+def register_task(cfg: RetrainConfig, task: TaskSpec, result, evaluation):
+    return steps.register_step(cfg, task, result, evaluation)
 
 
-@task(name="gate-and-promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="promote-{task.name}")
-def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result):
-    return steps.promote_step(cfg, task, registered, result)
+@task(name="gate-and-promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      task_run_name="promote-{task.name}", retry_condition_fn=lambda t, r, s: _transient(s))
+def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result, evaluation, data):
+    decision = steps.promote_step(cfg, task, registered, result, evaluation, data)
+    if decision is not None:
+        get_run_logger().info("%s v%s: %s (%s)", task.name, decision.version,
+                              "promoted" if decision.promoted else "not promoted", decision.reason)
+    return decision
 
 
 def _transient(state) -> bool:
@@ -58,7 +80,7 @@ def _transient(state) -> bool:
 
 
 class RetrainFailed(RuntimeError):
-    """Some tasks failed; the others were registered. The message lists which and why."""
+    """Some tasks failed (or diverged); whatever else was trained was registered. The message lists which and why."""
 
 
 def _tracking(cfg: RetrainConfig) -> str:
@@ -67,59 +89,93 @@ def _tracking(cfg: RetrainConfig) -> str:
     return setup_tracking(cfg.tracking_uri, cfg.runs_dir)
 
 
-def run_tasks(cfg: RetrainConfig) -> dict[str, Any]:
+STEPS = ("prepare", "plan", "train", "evaluate", "register", "promote")
+
+
+def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str, Any]:
     """Submit every task's chain and collect the outcome of each (the body of the flow)."""
     logger = get_run_logger()
     chains = {}
     for t in cfg.tasks:
         data = prepare_data_task.submit(cfg, t)
-        result = train_task.submit(cfg, t, data)
-        reports = evaluate_task.submit(cfg, t, result, data)
-        registered = register_task.submit(cfg, t, result, reports)
-        decision = promote_task.submit(cfg, t, registered, result)
-        chains[t.name] = {"prepare": data, "train": result, "evaluate": reports, "register": registered,
-                          "promote": decision}
+        plan = plan_task.submit(cfg, t, data, force)
+        result = train_task.submit(cfg, t, data, plan, run_key)
+        evaluation = evaluate_task.submit(cfg, t, result, data)
+        registered = register_task.submit(cfg, t, result, evaluation)
+        decision = promote_task.submit(cfg, t, registered, result, evaluation, data)
+        chains[t.name] = dict(zip(STEPS, (data, plan, result, evaluation, registered, decision)))
     summary: dict[str, Any] = {}
     for name, chain in chains.items():
         for future in chain.values():
             future.wait()
-        row: dict[str, Any] = {"task": name}
-        failed = next(((step, f) for step, f in chain.items() if not f.state.is_completed()), None)
-        if failed is not None:  # the first step that did not complete is the cause; the rest never ran
-            step, future = failed
-            exc = future.state.result(raise_on_failure=False)
-            row.update(status="failed", step=step, error=f"{step}: {type(exc).__name__}: {exc}")
-            logger.error("task %s failed at %s: %s", name, step, exc)
-            summary[name] = row
-            continue
-        r = chain["train"].result()
-        reg = chain["register"].result()
-        d = chain["promote"].result()
-        row.update(status="ok", method=r.method, metric=r.primary_metric,
-                   validation=r.validation.get(r.primary_metric), test=r.test.get(r.primary_metric),
-                   best_epoch=r.best_epoch, edit_parameters=r.edit_parameters, seconds=r.seconds,
-                   model_name=reg["model_name"], version=reg["version"], run_id=reg["run_id"],
-                   promoted=d.promoted, reason=d.reason)
-        summary[name] = row
+        summary[name] = summary_row(name, chain)
+        if summary[name]["status"] in ("failed", "diverged"):
+            logger.error("task %s %s: %s", name, summary[name]["status"], summary[name]["error"])
     return summary
 
 
+def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
+    """One task's line of the retrain summary: trained / unchanged / failed / diverged, steps, champion vs challenger."""
+    from tasks.train import TrainingDiverged
+
+    row: dict[str, Any] = {"task": name}
+    failed = next(((step, f) for step, f in chain.items() if not f.state.is_completed()), None)
+    if failed is not None:  # the first step that did not complete is the cause; the rest never ran
+        step, future = failed
+        exc = future.state.result(raise_on_failure=False)
+        row.update(status="diverged" if isinstance(exc, TrainingDiverged) else "failed", step=step,
+                   error=f"{step}: {type(exc).__name__}: {exc}")
+        return row
+    plan = chain["plan"].result()
+    if plan.action == steps.UNCHANGED:
+        row.update(status="unchanged", steps_trained=0, version=plan.latest_version, reason="; ".join(plan.reasons),
+                   promoted=False, decision="-")
+        return row
+    r = chain["train"].result()
+    reg = chain["register"].result()
+    d = chain["promote"].result()
+    comparison = d.comparison or {}
+    row.update(status="trained", method=r.method, metric=d.metric or r.primary_metric, steps_trained=r.steps_trained,
+               resumed_from=r.resumed_from, init=r.init, why="; ".join(plan.reasons),
+               validation=r.validation.get(r.primary_metric), best_epoch=r.best_epoch,
+               edit_parameters=r.edit_parameters, seconds=r.seconds, model_name=reg["model_name"],
+               version=reg["version"], run_id=reg["run_id"], challenger=d.value, champion=d.previous_value,
+               champion_version=d.previous, difference=comparison.get("difference"),
+               ci=(comparison.get("ci_low"), comparison.get("ci_high")) if comparison else None,
+               rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
+               reason=d.reason)
+    return row
+
+
 @flow(name="retrain-tasks")
-def retrain_tasks(cfg: RetrainConfig) -> dict[str, Any]:
-    return run_tasks(cfg)
+def retrain_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str, Any]:
+    return run_tasks(cfg, run_key, force)
 
 
 def summary_markdown(cfg: RetrainConfig, summary: dict[str, Any], tracking_uri: str) -> str:
     lines = [f"# Retrain `{cfg.name}`", "", f"MLflow: `{tracking_uri}` · experiment `{cfg.experiment}`", "",
-             "| task | status | metric | validation | test | version | production? | why |",
-             "|---|---|---|---:|---:|---:|---|---|"]
+             "| task | status | steps | metric | challenger | champion | improvement (95% CI) | version | decision |",
+             "|---|---|---:|---|---:|---:|---|---:|---|"]
+    notes = []
     for row in summary.values():
-        if row["status"] != "ok":
-            lines.append(f"| {row['task']} | **failed** | | | | | | {row.get('error', '')[:120]} |")
+        status = row["status"]
+        if status in ("failed", "diverged"):
+            lines.append(f"| {row['task']} | **{status}** | | | | | | | |")
+            notes.append(f"- **{row['task']}**: {row.get('error', '')}")
             continue
-        lines.append(f"| {row['task']} | ok | {row['metric']} | {_f(row['validation'])} | {_f(row['test'])} | "
-                     f"{row['version']} | {'yes' if row['promoted'] else 'no'} | {row['reason']} |")
-    return "\n".join(lines)
+        if status == "unchanged":
+            lines.append(f"| {row['task']} | unchanged | 0 | | | | | v{row['version']} | nothing registered |")
+            notes.append(f"- {row['task']}: {row['reason']}")
+            continue
+        ci = row.get("ci")
+        gain = (f"{row['difference']:+.4f} ({ci[0]:+.4f} to {ci[1]:+.4f})" if row.get("difference") is not None
+                and ci else "")
+        champion = (f"{_f(row['champion'])} (v{row['champion_version']})" if row.get("champion") is not None
+                    else "none" if row.get("champion_version") is None else "")
+        lines.append(f"| {row['task']} | trained | {row['steps_trained']} | {row['metric']} | "
+                     f"{_f(row['challenger'])} | {champion} | {gain} | v{row['version']} | {row['decision']} |")
+        notes.append(f"- {row['task']}: {row['why']}. Gate: {row['reason']}")
+    return "\n".join(lines + [""] + notes)
 
 
 def _f(x) -> str:
@@ -127,8 +183,12 @@ def _f(x) -> str:
 
 
 @flow(name="retrain")
-def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = None) -> dict[str, Any]:
-    """Retrain every task in ``config`` (a YAML path); ``only`` restricts to some task names."""
+def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = None,
+            force: bool = False) -> dict[str, Any]:
+    """Retrain every task in ``config`` (a YAML path) whose inputs changed since its latest version.
+
+    ``only`` restricts to some task names; ``force`` retrains tasks whose inputs did not change.
+    """
     cfg = load_config(config)
     if only:
         unknown = sorted(set(only) - {t.name for t in cfg.tasks})
@@ -136,13 +196,19 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
             raise ValueError(f"unknown task(s) {unknown}; the config has {[t.name for t in cfg.tasks]}")
         cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in only]})
     uri = _tracking(cfg)
-    summary = retrain_tasks.with_options(task_runner=make_task_runner(cfg.task_runner, cfg.max_workers))(cfg)
+    run_key = steps.new_run_key()
+    summary = retrain_tasks.with_options(task_runner=make_task_runner(cfg.task_runner, cfg.max_workers))(
+        cfg, run_key, force)
     create_markdown_artifact(key=f"retrain-{_slug(cfg.name)}", markdown=summary_markdown(cfg, summary, uri),
-                             description=f"retrain {cfg.name}: per-task metrics, versions and promotion decisions")
-    failed = [n for n, row in summary.items() if row["status"] != "ok"]
+                             description=f"retrain {cfg.name}: per task trained/unchanged/failed, steps, "
+                                         "champion vs challenger on the same rows, decision")
+    failed = [n for n, row in summary.items() if row["status"] in ("failed", "diverged")]
     if failed:
-        raise RetrainFailed(f"{len(failed)} of {len(summary)} tasks failed ({', '.join(failed)}); the others were "
-                            "registered. " + "; ".join(f"{n}: {summary[n]['error']}" for n in failed))
+        others = len(summary) - len(failed)
+        raise RetrainFailed(
+            f"{len(failed)} of {len(summary)} tasks failed ({', '.join(failed)})"
+            + (f"; the other {others} completed. " if others else ". ")
+            + "; ".join(f"{n}: {summary[n]['error']}" for n in failed))
     return summary
 
 

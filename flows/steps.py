@@ -1,23 +1,74 @@
-"""The steps of a retrain as plain functions: prepare, train, evaluate, register, promote.
+"""The steps of a retrain as plain functions: prepare, plan, train, evaluate, register, gate.
 
-Prefect tasks in flows/retrain.py are thin wrappers over these, so tests (and
-people in a notebook) can call each step directly without Prefect.
+Prefect tasks in flows/retrain.py are thin wrappers over these, so tests (and people in a
+notebook) can call each step directly without Prefect. What makes a *nightly* retrain right:
+
+- ``plan_step`` compares tonight's inputs (data hash, resolved config, base checkpoint, code)
+  with those of the task's latest registered version: equal means ``unchanged`` (nothing is
+  trained or registered) unless ``force``;
+- ``train_step`` trains in this run's own folder and resumes only a crashed training of the
+  same inputs (``tasks.attempts``); ``init: production`` starts from the production edit;
+- ``evaluate_step`` scores the saved artifact row by row on the test split;
+- ``promote_step`` scores the current production on the same rows and gates on the paired
+  difference (``registry.aliases.gate_and_promote``).
 """
 from __future__ import annotations
 
 import logging
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.provenance import Identity
 from tasks.result import TrainResult
 
 from .config import RetrainConfig, TaskSpec
 
 log = logging.getLogger(__name__)
 
+TRAIN, UNCHANGED = "train", "unchanged"
+
+
+@dataclass
+class Plan:
+    """What tonight's run does with a task, and why."""
+
+    action: str                         # "train" or "unchanged"
+    identity: Identity
+    reasons: list[str] = field(default_factory=list)
+    latest_version: int | None = None   # the newest registered version (what "unchanged" refers to)
+    init_version: int | None = None     # production version to start from (init: production)
+
+
+@dataclass
+class Evaluation:
+    """The candidate's evaluation reports and its per-row scores (what the gate compares)."""
+
+    reports: list = field(default_factory=list)
+    rows: dict[str, Any] = field(default_factory=dict)   # gate metric -> tasks.evaluate.paired.RowScores
+
 
 def task_dir(cfg: RetrainConfig, task: TaskSpec) -> Path:
     return Path(cfg.runs_dir) / cfg.name / task.name
+
+
+def new_run_key() -> str:
+    """This run's key: the Prefect flow run id when there is one (retries share it), else a fresh uuid."""
+    try:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            return str(flow_run.id)
+    except Exception:  # noqa: BLE001 - outside Prefect
+        pass
+    return uuid.uuid4().hex
+
+
+def _tracking(cfg: RetrainConfig) -> str:
+    from registry import setup_tracking
+
+    return setup_tracking(cfg.tracking_uri, cfg.runs_dir)  # steps may run in Dask/Ray worker processes
 
 
 def prepare_step(cfg: RetrainConfig, task: TaskSpec):
@@ -28,53 +79,148 @@ def prepare_step(cfg: RetrainConfig, task: TaskSpec):
     return prepare_data(spec, seed=cfg.train_config(task).seed, cache_dir=Path(cfg.runs_dir) / "cache" / "data")
 
 
-def train_step(cfg: RetrainConfig, task: TaskSpec, data) -> TrainResult:
-    from tasks.train import train
+def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) -> Plan:
+    """Train, or report ``unchanged`` when the inputs equal those of the latest registered version."""
+    from registry.aliases import production_version
+    from registry.models import latest_version, version_identity
+    from tasks.train import training_identity
 
-    out = task_dir(cfg, task) / "train"
-    return train(data, cfg.train_config(task), out)
+    _tracking(cfg)
+    config = cfg.train_config(task)
+    identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base")
+    name = cfg.model_name(task)
+    latest = latest_version(name)
+    previous = version_identity(latest)
+    latest_number = int(latest.version) if latest is not None else None
+    if previous == identity and not force:
+        return Plan(UNCHANGED, identity, [f"same data, training config, base model and code as v{latest_number}"],
+                    latest_version=latest_number)
+    if latest is None:
+        reasons = ["first training of this task"]
+    elif previous == identity:
+        reasons = [f"forced: same inputs as v{latest_number}"]
+    elif previous is None:
+        reasons = [f"v{latest_number} records no training identity"]
+    else:
+        reasons = [f"since v{latest_number}: {d}" for d in identity.diff(previous)]
+    init_version = production_version(name) if config.init == "production" else None
+    if config.init == "production" and init_version is None:
+        reasons.append("init: production, but there is no production version yet: starting fresh")
+    return Plan(TRAIN, identity, reasons, latest_version=latest_number, init_version=init_version)
 
 
-def evaluate_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult, data=None) -> list:
-    """Run the task's evaluation suites; 'test' reports the held-out split scored after training."""
-    from tasks.evaluate.report import EvalReport
-    from tasks.evaluate.suites import run_suite
+def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: str,
+               callbacks: list | None = None) -> TrainResult | None:
+    """Train in this run's own folder (resuming only a crashed twin); None when the plan says unchanged."""
+    from tasks.attempts import open_attempt, prune
+    from tasks.train import TrainingError, train
 
-    reports = []
+    if plan.action != TRAIN:
+        return None
+    config = cfg.train_config(task)
+    init_state, init_note = None, "fresh"
+    if plan.init_version is not None:
+        init_state, init_note = _production_state(cfg, task, plan.init_version)
+    attempt = open_attempt(task_dir(cfg, task), plan.identity, run_key, resume=config.resume)
+    for note in attempt.notes:
+        log.info("%s: %s", task.name, note)
+    try:
+        result = train(data, config, attempt.folder, resume_from=attempt.resume_from, init_state=init_state,
+                       init_note=init_note, identity=plan.identity, callbacks=callbacks)
+    except (TrainingError, ValueError, TypeError, KeyError) as exc:  # would fail again with the same inputs
+        attempt.fail(exc, transient=False)
+        raise
+    except Exception as exc:  # I/O, a lost worker...: a rerun may resume from the last checkpoint
+        attempt.fail(exc, transient=True)
+        raise
+    except BaseException:  # interrupted: left as a crash, resumable by the next run of the same inputs
+        attempt.close()
+        raise
+    result.notes = plan.reasons + attempt.notes
+    result.save(attempt.folder / "result.json")
+    attempt.finish()
+    prune(task_dir(cfg, task), keep=cfg.keep_attempts)
+    return result
+
+
+def _production_state(cfg: RetrainConfig, task: TaskSpec, version: int):
+    from red import read_edit
+    from registry.models import download_edit
+
+    _tracking(cfg)
+    name = cfg.model_name(task)
+    path = download_edit(name, version, Path(cfg.runs_dir) / "cache" / "versions" / name / str(version))
+    tensors, _ = read_edit(path)
+    return tensors, f"production v{version}"
+
+
+def gate_metric(cfg: RetrainConfig, task: TaskSpec, result: TrainResult) -> str:
+    metric = cfg.promotion_for(task).metric or result.primary_metric
+    return metric[len("test_"):] if metric.startswith("test_") else metric
+
+
+def evaluate_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None, data=None) -> Evaluation | None:
+    """Score the saved artifact on the test rows (row by row) and run the task's other suites."""
+    if result is None:
+        return None
+    from red.pretrained import load_pretrained_edit
+    from tasks.evaluate.paired import rows_report, score_split
+    from tasks.evaluate.suites import find_suite, run_suite, suite_name, suite_scores
+
+    metric = gate_metric(cfg, task, result)
+    max_length = int(result.params.get("max_length", 256))
+    out = Path(result.output_dir) / "eval"
+    loaded = load_pretrained_edit(result.edit_path)
+    model, tokenizer, _ = loaded
+    rows = score_split(model, tokenizer, data, metric=metric if "/" not in metric else result.primary_metric,
+                       max_length=max_length)
+    evaluation = Evaluation(rows={rows.metric: rows})
+    gate_suite = find_suite(task.evaluate, metric)
     for suite in task.evaluate:
-        if suite == "test":  # scored by the training run on the best epoch: no need to load the model again
-            reports.append(EvalReport(name=f"{task.name}/test", kind="classification" if result.task_type in (
-                "classification", "regression") else result.task_type, metrics=dict(result.test),
-                primary=result.primary_metric if result.primary_metric in result.test else None,
-                model=result.edit_path or ""))
+        if suite_name(suite) == "test":
+            report = rows_report(rows, data, name=f"{task.name}/test", model=str(result.edit_path))
         else:
-            reports.append(run_suite(suite, result.edit_path, data=data, out_dir=task_dir(cfg, task) / "eval",
-                                     max_length=int(result.params.get("max_length", 256))))
-    out = task_dir(cfg, task) / "eval"
-    for r in reports:
-        r.to_json(out / f"{r.name.replace('/', '_')}.json")
-    return reports
+            report = run_suite(suite, result.edit_path, data=data, out_dir=out, max_length=max_length, loaded=loaded)
+            if suite is gate_suite:
+                evaluation.rows[metric] = suite_scores(report, metric)
+        report.to_json(out / f"{report.name.replace('/', '_')}.json")
+        evaluation.reports.append(report)
+    return evaluation
 
 
-def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult, reports: list) -> dict[str, Any]:
-    """Log the run to MLflow and register the edit as a new version with alias 'candidate'."""
-    from registry import log_training, register_edit, setup_tracking
+def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None,
+                  evaluation: Evaluation | None) -> dict[str, Any] | None:
+    """Log the run to MLflow (once, whatever the retries) and register the edit as a new ``candidate``."""
+    if result is None:
+        return None
+    from registry import log_training, register_edit
 
-    setup_tracking(cfg.tracking_uri, cfg.runs_dir)  # this may run in a Dask/Ray worker process
-
-    run_id = log_training(result, experiment=cfg.experiment, eval_reports=reports,
+    _tracking(cfg)
+    run_id = log_training(result, experiment=cfg.experiment, eval_reports=evaluation.reports if evaluation else [],
                           config={"retrain": cfg.name, "task": task.name})
     version = register_edit(result, run_id, model_name=cfg.model_name(task))
     return {"run_id": run_id, "model_name": cfg.model_name(task), "version": int(version)}
 
 
-def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any], result: TrainResult):
-    """Move 'production' to the new version if it beats the current one by the configured margin."""
-    from registry import PromotionPolicy, gate_and_promote, setup_tracking
+def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any] | None, result: TrainResult | None,
+                 evaluation: Evaluation | None = None, data=None):
+    """Champion vs challenger on the same rows: move ``production`` if the candidate wins by the margin."""
+    if registered is None or result is None:
+        return None
+    from registry import gate_and_promote
+    from registry.champion import score_version
+    from tasks.evaluate.suites import find_suite
 
-    setup_tracking(cfg.tracking_uri, cfg.runs_dir)
+    _tracking(cfg)
+    policy = cfg.promotion_for(task).policy()
+    metric = gate_metric(cfg, task, result)
+    challenger = (evaluation.rows.get(metric) if evaluation else None)
+    suite = find_suite(task.evaluate, metric)
+    work = Path(result.output_dir) / "champion"
 
-    p = cfg.promotion_for(task)
-    policy = PromotionPolicy(metric=p.metric or f"test_{result.primary_metric}", margin=p.margin, minimum=p.minimum,
-                             higher_is_better=p.higher_is_better)
-    return gate_and_promote(registered["model_name"], registered["version"], policy)
+    def score_champion(version: int):
+        return score_version(registered["model_name"], version, data, metric=metric, suite=suite,
+                             max_length=int(result.params.get("max_length", 256)), work_dir=work)
+
+    return gate_and_promote(registered["model_name"], registered["version"], policy, challenger=challenger,
+                            score_champion=score_champion if data is not None else None)

@@ -4,9 +4,14 @@
   (``registry.locks``), to a JSON list in the registered-model tag ``redflow.alias_history``
   (read it with ``alias_history(name)``); each version involved also gets the entry in its own
   ``redflow.alias_history`` tag, and gated versions carry ``redflow.gate.*`` tags.
-* ``gate_and_promote`` re-reads the current production *inside* the lock, so two flows gating
-  at once are serialized: the second compares against whatever the first promoted, and the
-  better version ends up in production whichever order they run in.
+* ``gate_and_promote`` is champion vs challenger *on the same rows*: the caller passes the
+  candidate's per-row scores on this run's evaluation rows and a function that scores any
+  version on those same rows; the gate scores the current production with it and decides on
+  the paired difference (with a bootstrap confidence interval, ``tasks.evaluate.paired``).
+  Scores stored on versions by earlier runs come from other test sets: they are shown in the
+  reason, never compared. It is compare-and-set: if production moves while the champion is
+  being scored, the new production is scored and compared instead, so two flows gating at
+  once end with the better version in production whichever order they run in.
 * ``rollback`` moves ``production`` back to the version it replaced (following promotions and
   explicit ``move_alias`` moves, not earlier rollbacks, so repeated rollbacks walk further back) and marks the demoted version
   ``redflow.rolled_back_at`` so the gate will not automatically re-promote it.
@@ -17,13 +22,16 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .locks import DEFAULT_TIMEOUT, registry_lock
+
+if TYPE_CHECKING:
+    from tasks.evaluate.paired import RowScores
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
@@ -41,38 +49,47 @@ class RollbackError(RuntimeError):
 class PromotionPolicy:
     """When a version may become ``production``.
 
-    ``metric``: what to compare (default: the version's primary metric, test split); a bare
-    name means ``test_<name>``, ``validation_<name>``/``test_<name>`` are taken as they are.
-    ``margin``: the improvement over the current production needed (>= margin, and strictly
-    better when margin is 0: a tie does not replace production). ``minimum``: a floor every
-    promoted version must reach - in particular the first one, which has nothing to beat (None:
-    no floor). ``higher_is_better=False`` for losses/perplexity.
+    ``metric``: what to compare (default: the task's primary metric; an evaluation suite's metric
+    such as ``arc/acc_norm`` or ``alpaca/lc_win_rate`` works too). ``margin``: the improvement
+    over the current production needed on the same rows (>= margin, and strictly better when
+    margin is 0: a tie does not replace production). ``minimum``: a floor every promoted version
+    must reach - in particular the first one, which has nothing to beat (None: no floor).
+    ``higher_is_better``: None reads the direction off the metric's name (losses and
+    perplexities are lower-is-better; see ``tasks.evaluate.direction``). ``require_significant``:
+    also require the lower end of the ``confidence`` bootstrap interval of the improvement to
+    be above 0.
     """
 
     metric: str | None = None
     margin: float = 0.0
     minimum: float | None = None
-    higher_is_better: bool = True
+    higher_is_better: bool | None = None
+    require_significant: bool = False
+    confidence: float = 0.95
 
     def __post_init__(self) -> None:
         if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin >= 0):
             raise ValueError(f"margin must be a finite number >= 0, got {self.margin!r}")
         if self.minimum is not None and not math.isfinite(float(self.minimum)):
             raise ValueError(f"minimum must be finite or None, got {self.minimum!r}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
 
-    def metric_key(self, primary_metric: str | None) -> str:
+    def metric_name(self, primary_metric: str | None) -> str:
         name = self.metric or primary_metric
         if not name:
             raise ValueError("the policy names no metric and the version records no primary metric")
-        return name if name.startswith(("test_", "validation_")) else f"test_{name}"
+        return name[len("test_"):] if name.startswith("test_") else name
 
-    def improvement(self, value: float, reference: float) -> float:
-        return value - reference if self.higher_is_better else reference - value
+    def higher(self, metric: str) -> bool:
+        from tasks.evaluate.direction import higher_is_better
 
-    def meets_minimum(self, value: float) -> bool:
+        return higher_is_better(metric) if self.higher_is_better is None else self.higher_is_better
+
+    def meets_minimum(self, value: float, metric: str) -> bool:
         if self.minimum is None:
             return True
-        return value >= self.minimum if self.higher_is_better else value <= self.minimum
+        return value >= self.minimum if self.higher(metric) else value <= self.minimum
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,14 +101,18 @@ class PromotionPolicy:
 
 @dataclass
 class PromotionDecision:
+    """What the gate decided and on which numbers (all on the same rows unless said otherwise)."""
+
     promoted: bool
     reason: str
     previous: int | None                 # production version before the decision (None: there was none)
     version: int = 0
     model_name: str = ""
     metric: str | None = None
-    value: float | None = None
-    previous_value: float | None = None
+    value: float | None = None           # the candidate's score on this run's rows
+    previous_value: float | None = None  # production's score on the same rows
+    comparison: dict[str, Any] | None = None   # tasks.evaluate.paired.Comparison (difference, CI, n)
+    stored: dict[str, float] = field(default_factory=dict)  # scores recorded by earlier runs: shown, not compared
     policy: dict[str, Any] = field(default_factory=dict)
     decided_at: str = ""
     decided_by: str = ""
@@ -216,72 +237,134 @@ def move_alias(name: str, alias: str, version: int | str, *, action: str = "set"
 
 
 def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | None = None, *,
-                     client: MlflowClient | None = None, lock_timeout: float = DEFAULT_TIMEOUT
-                     ) -> PromotionDecision:
-    """Promote ``version`` to ``production`` if it passes ``policy`` against the current production.
+                     challenger: "RowScores | None" = None,
+                     score_champion: "Callable[[int], RowScores] | None" = None,
+                     client: MlflowClient | None = None, lock_timeout: float = DEFAULT_TIMEOUT,
+                     max_rescores: int = 3) -> PromotionDecision:
+    """Promote ``version`` to ``production`` if it beats the current production on the same rows.
 
-    Compare-and-set under the promotion lock: the current production is read, compared and
-    replaced (or not) while no other redflow process can move aliases of ``name``. The decision
-    is recorded either way (history entry ``promote``/``reject``, ``redflow.gate.*`` version tags).
+    ``challenger``: the candidate's per-row scores on this run's evaluation rows for the policy's
+    metric; ``score_champion(v)``: scores version ``v`` on exactly those rows (same max length).
+    Without them a first version can still pass its ``minimum`` (on its recorded score), but a
+    version is never compared with production on numbers from different test sets: the gate then
+    rejects and says how to compare (``redflow promote NAME V --config ...``) or to force.
+
+    Compare-and-set under the promotion lock; if production moved while its scores were being
+    computed, the new production is scored instead (up to ``max_rescores`` times). The decision is
+    recorded either way (history entry ``promote``/``reject``, ``redflow.gate.*`` version tags).
     """
+    from tasks.evaluate.paired import paired_bootstrap
+
     client = client or MlflowClient()
     policy = policy or PromotionPolicy()
     version = int(version)
-    with registry_lock(name, client=client, timeout=lock_timeout) as owner:
-        mv = client.get_model_version(name, str(version))
+    for _ in range(max_rescores + 1):
         prod = alias_version(name, PRODUCTION, client)
-        previous = int(prod.version) if prod is not None else None
-        key = value = previous_value = None
-        status = mv.tags.get(STATUS_TAG)
-        promote = False
-        if status != READY:
-            reason = (f"version {version} has status {status!r}: only fully registered ('ready') versions "
-                      "can be promoted")
-        elif mv.tags.get("redflow.rolled_back_at"):
-            reason = (f"version {version} was rolled back out of production at {mv.tags['redflow.rolled_back_at']}; "
-                      "promote it explicitly with move_alias if it is fixed")
+        champion_version = int(prod.version) if prod is not None else None
+        champion_rows, champion_error = None, None
+        if champion_version not in (None, version) and challenger is not None and score_champion is not None:
+            try:
+                champion_rows = score_champion(champion_version)
+            except Exception as exc:  # noqa: BLE001 - reported in the decision, never promoted past
+                champion_error = f"{type(exc).__name__}: {exc}"
+        with registry_lock(name, client=client, timeout=lock_timeout) as owner:
+            prod = alias_version(name, PRODUCTION, client)
+            if (int(prod.version) if prod is not None else None) != champion_version:
+                continue  # production moved while we scored it: score the new one
+            mv = client.get_model_version(name, str(version))
+            metric = policy.metric_name(mv.tags.get("primary_metric"))
+            stored = {f"v{version}": metric_value(mv, f"test_{metric}")}
+            if prod is not None:
+                stored[f"v{champion_version}"] = metric_value(prod, f"test_{metric}")
+            stored = {k: v for k, v in stored.items() if v is not None}
+            decision = _decide(name, mv, version, champion_version, policy, metric, challenger, champion_rows,
+                               champion_error, stored, paired_bootstrap)
+            decision.decided_by = owner
+            _record_decision(client, name, version, decision)
+            return decision
+    raise RuntimeError(f"{name}: production kept moving while the gate scored it ({max_rescores + 1} tries); rerun")
+
+
+def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, policy: PromotionPolicy, metric: str,
+            challenger, champion_rows, champion_error: str | None, stored: dict[str, float],
+            paired_bootstrap) -> PromotionDecision:
+    """The gate's rule, on numbers already gathered (the caller holds the lock)."""
+    higher = policy.higher(metric)
+    better = "higher" if higher else "lower"
+    decision = PromotionDecision(promoted=False, reason="", previous=champion, version=version, model_name=name,
+                                 metric=metric, stored=stored, policy=policy.to_dict(), decided_at=_now())
+    shown = ("; stored scores from earlier runs (other test rows, not compared): " +
+             ", ".join(f"{k} {v:.4g}" for k, v in stored.items())) if stored else ""
+    status = mv.tags.get(STATUS_TAG)
+    value = challenger.value() if challenger is not None else stored.get(f"v{version}")
+    decision.value = value
+    comparison = None
+    if challenger is not None and champion_rows is not None:  # reported whatever rule decides
+        comparison = paired_bootstrap(challenger, champion_rows, higher=higher, confidence=policy.confidence)
+        decision.comparison = comparison.to_dict()
+        decision.previous_value = comparison.champion
+    if status != READY:
+        decision.reason = f"version {version} has status {status!r}: only fully registered ('ready') versions can " \
+                          "be promoted"
+    elif mv.tags.get("redflow.rolled_back_at"):
+        decision.reason = (f"version {version} was rolled back out of production at "
+                           f"{mv.tags['redflow.rolled_back_at']}; promote it explicitly (--force) if it is fixed")
+    elif champion == version:
+        decision.reason = f"version {version} is already production"
+    elif value is None or not math.isfinite(value):
+        decision.reason = f"version {version} has no finite {metric} to gate on"
+    elif not policy.meets_minimum(value, metric):
+        decision.reason = f"{metric}={value:.6g} does not reach the minimum {policy.minimum:.6g} ({better} is better)"
+        if comparison is not None:
+            decision.reason += f"; against production v{champion}: {comparison.describe()}"
+    elif champion is None:
+        decision.promoted = True
+        decision.reason = (f"first production version: {metric}={value:.6g}" +
+                           (f" reaches the minimum {policy.minimum:.6g}" if policy.minimum is not None
+                            else " (no minimum configured)"))
+    elif challenger is None:
+        decision.reason = (f"production v{champion} and v{version} were not scored on the same rows, and scores "
+                           "from different test sets are not compared. Fix: run `redflow promote "
+                           f"{name} {version} --config <retrain config>` to score both on the task's rows, or "
+                           "--force")
+    elif champion_rows is None:
+        decision.reason = (f"production v{champion} could not be scored on this run's rows ({champion_error}); "
+                           f"v{version} is not promoted past a champion it cannot be compared with. Fix the champion "
+                           "or promote with --force")
+    else:
+        gain = comparison.difference
+        significant = comparison.ci_low > 0
+        if gain > 0 and gain >= policy.margin and (significant or not policy.require_significant):
+            decision.promoted = True
+            decision.reason = f"beats production v{champion} by >= margin {policy.margin:.4g}: {comparison.describe()}"
         else:
-            key = policy.metric_key(mv.tags.get("primary_metric"))
-            value = metric_value(mv, key)
-            previous_value = metric_value(prod, key) if prod is not None else None
-            better = "higher" if policy.higher_is_better else "lower"
-            if value is None:
-                reason = f"version {version} has no finite {key} to gate on"
-            elif previous == version:
-                reason = f"version {version} is already production"
-            elif not policy.meets_minimum(value):
-                reason = f"{key}={value:.6g} does not reach the minimum {policy.minimum:.6g} ({better} is better)"
-            elif prod is None:
-                promote = True
-                reason = (f"first production version: {key}={value:.6g}" +
-                          (f" reaches the minimum {policy.minimum:.6g}" if policy.minimum is not None
-                           else " (no minimum configured)"))
-            elif previous_value is None:
-                promote = True
-                reason = f"production version {previous} records no {key}; {key}={value:.6g} replaces it"
-            else:
-                gain = policy.improvement(value, previous_value)
-                if gain > 0 and gain >= policy.margin:
-                    promote = True
-                    reason = (f"{key}={value:.6g} beats production v{previous} ({previous_value:.6g}) by "
-                              f"{gain:.6g} >= margin {policy.margin:.6g}")
-                else:
-                    reason = (f"{key}={value:.6g} does not beat production v{previous} ({previous_value:.6g}) by the "
-                              f"margin {policy.margin:.6g} ({better} is better; improvement {gain:.6g})")
-        decision = PromotionDecision(
-            promoted=promote, reason=reason, previous=previous, version=version, model_name=name, metric=key,
-            value=value, previous_value=previous_value, policy=policy.to_dict(), decided_at=_now(), decided_by=owner)
-        extra = {"metric": key, "value": value, "previous_value": previous_value, "policy": policy.to_dict()}
-        if promote:
-            _move_locked(client, name, PRODUCTION, version, action="promote", reason=reason, owner=owner, extra=extra)
-        else:
-            _append(client, name, {"at": decision.decided_at, "alias": PRODUCTION, "action": "reject",
-                                   "version": version, "from": previous, "reason": reason, "by": owner, **extra},
-                    [version])
-        for k, v in {"decision": "promoted" if promote else "rejected", "reason": reason,
-                     "at": decision.decided_at}.items():
-            client.set_model_version_tag(name, str(version), f"redflow.gate.{k}", v)
-        return decision
+            why = ("the improvement is not significant" if gain > 0 and gain >= policy.margin
+                   else f"not better than production v{champion} by the margin {policy.margin:.4g}")
+            decision.reason = f"{why}: {comparison.describe()}"
+    decision.reason += shown
+    return decision
+
+
+def _record_decision(client: MlflowClient, name: str, version: int, decision: PromotionDecision) -> None:
+    extra = {"metric": decision.metric, "value": decision.value, "previous_value": decision.previous_value,
+             "comparison": decision.comparison, "policy": decision.policy}
+    if decision.promoted:
+        _move_locked(client, name, PRODUCTION, version, action="promote", reason=decision.reason,
+                     owner=decision.decided_by, extra=extra)
+    else:
+        _append(client, name, {"at": decision.decided_at, "alias": PRODUCTION, "action": "reject", "version": version,
+                               "from": decision.previous, "reason": decision.reason, "by": decision.decided_by,
+                               **extra}, [version])
+    tags = {"decision": "promoted" if decision.promoted else "rejected", "reason": decision.reason,
+            "at": decision.decided_at}
+    if decision.comparison:
+        c = decision.comparison
+        tags.update({"champion": str(decision.previous), "metric": str(decision.metric),
+                     "challenger_score": repr(c["challenger"]), "champion_score": repr(c["champion"]),
+                     "difference": repr(c["difference"]), "ci": f"[{c['ci_low']!r}, {c['ci_high']!r}]",
+                     "rows": str(c["n"])})
+    for k, v in tags.items():
+        client.set_model_version_tag(name, str(version), f"redflow.gate.{k}", v[:5000])
 
 
 def rollback(name: str, *, to_version: int | str | None = None, reason: str = "",

@@ -16,7 +16,10 @@ which leaves ``registering``) leaves no half-registered version in use.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +38,10 @@ from .tracking import (_log_batches, as_dict, code_version, final_metric_key, ge
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tasks.provenance import Identity
     from tasks.result import TrainResult
+
+_logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RED_DIR = REPO_ROOT / "red"
@@ -146,7 +152,80 @@ def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) ->
     for split, values in (("validation", result.validation), ("test", result.test)):
         for k, v in (values or {}).items():
             tags[f"metric.{final_metric_key(split, k)}"] = v
+    identity = result.identity or {}
+    tags.update({f"identity.{k}": v for k, v in identity.items()})
+    tags.update({"steps_trained": result.steps_trained, "init": result.init,
+                 "max_length": (result.params or {}).get("max_length")})
     return {k: _str(v) for k, v in tags.items() if v is not None}
+
+
+def latest_version(name: str, client: MlflowClient | None = None):
+    """The newest fully registered (``ready``) version of ``name``, or None (also when the model does not exist)."""
+    client = client or MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
+    ready = [mv for mv in versions if mv.tags.get(STATUS_TAG, READY) == READY]
+    return max(ready, key=lambda mv: int(mv.version)) if ready else None
+
+
+def version_identity(mv) -> "Identity | None":
+    """The :class:`tasks.provenance.Identity` a version was trained from (None for versions registered without)."""
+    from tasks.provenance import Identity
+
+    if mv is None:
+        return None
+    return Identity.from_dict({k[len("identity."):]: v for k, v in mv.tags.items() if k.startswith("identity.")})
+
+
+def _owner_alive(owner: str | None) -> bool | None:
+    """Whether the process that tagged itself ``host:pid`` still runs (None: another host, cannot tell)."""
+    import os
+    import socket
+
+    host, _, pid = (owner or "").rpartition(":")
+    if not host or host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_versions(name: str, client: MlflowClient | None = None, *, stale_after: float = 3600.0) -> list[int]:
+    """Delete versions a crash left half-registered (status ``registering``) and return their numbers.
+
+    A version is stale when the process that was registering it is gone (same host), or when it
+    has been ``registering`` for over ``stale_after`` seconds (registration takes seconds; this
+    covers other hosts and reused process ids). Such a
+    version never had an alias (aliases are set only once a version is ``ready``), so nothing
+    served it; it is removed so that it cannot be listed or served as if it were good.
+    """
+    client = client or MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    removed = []
+    now_ms = time.time() * 1000
+    for mv in versions:
+        if mv.tags.get(STATUS_TAG) != "registering":
+            continue
+        alive = _owner_alive(mv.tags.get("redflow.owner"))
+        age = (now_ms - (mv.creation_timestamp or now_ms)) / 1000
+        if alive is False or age > stale_after:
+            try:
+                client.delete_model_version(name, mv.version)
+                removed.append(int(mv.version))
+            except MlflowException:
+                continue  # removed concurrently
+    return removed
 
 
 def _ensure_registered_model(client: MlflowClient, name: str, result: "TrainResult") -> None:
@@ -273,6 +352,10 @@ def register_edit(
     all_tags = version_tags(result, meta, run_id)
     all_tags["redflow.model_id"] = info.model_id or ""
     all_tags.update({k: _str(v) for k, v in (tags or {}).items()})
+    stale = remove_stale_versions(name, client)
+    if stale:
+        _logger.warning("%s: removed version(s) %s left half-registered by a crashed registration", name, stale)
+    all_tags["redflow.owner"] = f"{socket.gethostname()}:{os.getpid()}"
     mv = None
     try:
         # one call: the version exists only together with its tags and status 'registering'

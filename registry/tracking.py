@@ -286,6 +286,14 @@ def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metri
     return [m for m in out if m is not None]
 
 
+def training_key(result: "TrainResult") -> str:
+    """A stable id of one training: its output folder (one per attempt) and what it produced."""
+    import hashlib
+
+    text = json.dumps([str(Path(result.output_dir).resolve()), result.edit_path, result.global_step])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
 def log_training(
     result: "TrainResult",
     *,
@@ -303,13 +311,24 @@ def log_training(
     metrics as ``eval/<name>/<metric>``), the run config (``config.json``) and plots
     (``plots/training_curves.png``, ``plots/edit_heatmap.png``). The run ends FINISHED, or
     FAILED (and the error is re-raised) if logging breaks midway.
+
+    Idempotent: one training is one run whatever retries happen. The run carries
+    ``redflow.training_id`` (from the training's output folder); if a FINISHED run with it exists
+    it is returned as is, and a run left half-logged by an earlier try is deleted and logged anew.
     """
     from .plots import edit_heatmap_figure, training_curves_figure
 
     client = MlflowClient()
     experiment_id = get_or_create_experiment(experiment, client)
+    training_id = training_key(result)
+    earlier = client.search_runs([experiment_id], filter_string=f"tags.`redflow.training_id` = '{training_id}'")
+    for run in earlier:
+        if run.info.status == "FINISHED":
+            return run.info.run_id
+        client.delete_run(run.info.run_id)  # half-logged by a try that failed
     tensors, meta = _read_edit_meta(result.edit_path)
     run_tags = {
+        "redflow.training_id": training_id,
         "mlflow.runName": run_name or f"{result.task}-{result.method}",
         "redflow.run_kind": "train",
         "task": result.task,

@@ -41,8 +41,8 @@ class EncodedData:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
-def encode(data: "TaskData", tokenizer: Any, max_length: int = 256, max_target_length: int | None = None
-           ) -> EncodedData:
+def encode(data: "TaskData", tokenizer: Any, max_length: int = 256, max_target_length: int | None = None,
+           splits: Sequence[str] = ("train", "validation", "test")) -> EncodedData:
     """Tokenize every split of ``data`` for its task type.
 
     * classification / regression: the text column, or the pair, as one input; ``labels`` is the
@@ -53,6 +53,8 @@ def encode(data: "TaskData", tokenizer: Any, max_length: int = 256, max_target_l
     * seq2seq: the input text and ``labels`` from the target (the response, or for labelled data
       T5's text-to-text form: ``"sst2 sentence: ..."`` -> ``"positive"``); ``max_target_length``
       (default ``max_length``) caps the target.
+
+    ``splits`` limits the work to some splits (scoring needs only ``test``); the others come back empty.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
@@ -64,6 +66,8 @@ def encode(data: "TaskData", tokenizer: Any, max_length: int = 256, max_target_l
     for split, rows in data.splits().items():
         columns: dict[str, list] = {}
         count = 0
+        if split not in splits:
+            rows = rows.select([])
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start:start + _CHUNK]
             encoded, n = _encode_chunk(data, chunk, tokenizer, max_length, target_length)

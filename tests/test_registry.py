@@ -7,12 +7,14 @@ one costs seconds); every test uses its own registered-model names.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -72,6 +74,26 @@ def make_result(edit_path: Path | str, score: float, *, task: str = "sst2", vali
                 "text_columns": ["sentence"], "scheduler": {"name": "linear", "warmup_ratio": 0.06}},
         data_hash="d4t4h45h", base_revision=None, base_fingerprint=meta["base_model"]["fingerprint"],
         task_type="classification", label_list=LABELS, truncated={"train": 3}, seconds=12.5)
+
+
+ROW_LABELS = [i % 2 for i in range(200)]
+
+
+def same_rows(accuracy: float, seed: int = 0):
+    """Per-row scores of a model that is right on ``accuracy`` of the same 200 labelled rows."""
+    from tasks.evaluate.paired import RowScores
+
+    right = int(round(accuracy * len(ROW_LABELS)))
+    order = np.random.default_rng(seed).permutation(len(ROW_LABELS))
+    preds = list(ROW_LABELS)
+    for i in order[right:]:
+        preds[i] = 1 - preds[i]
+    return RowScores(metric="accuracy", kind="prediction", predictions=preds, labels=list(ROW_LABELS))
+
+
+def gate(name: str, version: int, policy: PromotionPolicy, scores: dict):
+    """The retrain flow's gate: the candidate and whatever is production scored on the same rows."""
+    return gate_and_promote(name, version, policy, challenger=scores[version], score_champion=scores.__getitem__)
 
 
 _EDITS: list[Path] = []
@@ -291,26 +313,34 @@ def test_gate_minimum_margin_worse_rollback_and_history(edits):
     v3 = register(make_result(edits[0], 0.80), name=name)
     assert (v1, v2, v3) == (1, 2, 3) and int(alias_version(name, "candidate").version) == 3
     assert production_version(name) is None
+    scores = {1: same_rows(0.70, 1), 2: same_rows(0.72, 2), 3: same_rows(0.80, 3)}
 
     # a first version needs the configured minimum
-    d = gate_and_promote(name, v1, PromotionPolicy(minimum=0.75))
+    d = gate(name, v1, PromotionPolicy(minimum=0.75), scores)
     assert not d.promoted and d.previous is None and "minimum" in d.reason and production_version(name) is None
-    d = gate_and_promote(name, v1, PromotionPolicy(minimum=0.65))
+    d = gate(name, v1, PromotionPolicy(minimum=0.65), scores)
     assert d.promoted and d.previous is None and d.value == pytest.approx(0.70) and production_version(name) == 1
-    # better, but not by the margin
-    d = gate_and_promote(name, v2, PromotionPolicy(margin=0.05))
+    # better, but not by the margin: decided on the paired difference on the same rows
+    d = gate(name, v2, PromotionPolicy(margin=0.05), scores)
     assert not d.promoted and d.previous == 1 and "margin" in d.reason and production_version(name) == 1
+    assert d.comparison["n"] == 200 and d.comparison["difference"] == pytest.approx(0.02)
+    assert d.comparison["ci_low"] < 0.02 < d.comparison["ci_high"]
     # better by the margin
-    d = gate_and_promote(name, v3, PromotionPolicy(margin=0.05))
+    d = gate(name, v3, PromotionPolicy(margin=0.05), scores)
     assert d.promoted and d.previous == 1 and d.previous_value == pytest.approx(0.70) and production_version(name) == 3
-    # worse than production: not promoted (also with margin 0), on test or validation metric
-    assert not gate_and_promote(name, v2, PromotionPolicy()).promoted
-    assert not gate_and_promote(name, v2, PromotionPolicy(metric="validation_accuracy")).promoted
-    # lower-is-better flips the comparison
-    d = gate_and_promote(name, v2, PromotionPolicy(metric="f1", higher_is_better=False))
-    assert d.promoted and d.metric == "test_f1" and production_version(name) == 2
+    assert "same 200 rows" in d.reason and "stored scores from earlier runs" in d.reason
+    tags = MlflowClient().get_model_version(name, "3").tags
+    assert tags["redflow.gate.champion"] == "1" and float(tags["redflow.gate.difference"]) == pytest.approx(0.10)
+    # worse than production: not promoted (also with margin 0)
+    assert not gate(name, v2, PromotionPolicy(), scores).promoted
+    # without same-row scores, production is never replaced on numbers from other test sets
+    d = gate_and_promote(name, v2, PromotionPolicy())
+    assert not d.promoted and "not scored on the same rows" in d.reason and "--config" in d.reason
+    # an explicit direction overrides the metric's (accuracy: higher is better)
+    d = gate(name, v2, PromotionPolicy(higher_is_better=False), scores)
+    assert d.promoted and d.metric == "accuracy" and production_version(name) == 2
     tags = MlflowClient().get_model_version(name, "2").tags
-    assert tags["redflow.gate.decision"] == "promoted" and "test_f1" in tags["redflow.gate.reason"]
+    assert tags["redflow.gate.decision"] == "promoted" and "lower is better" in tags["redflow.gate.reason"]
 
     # rollback follows promotions back: 2 -> 3 -> 1, then nothing left
     assert rollback(name).version == 3 and production_version(name) == 3
@@ -319,7 +349,7 @@ def test_gate_minimum_margin_worse_rollback_and_history(edits):
         rollback(name)
     assert MlflowClient().get_model_version(name, "3").tags["redflow.rolled_back_reason"] == "bad outputs"
     # a rolled-back version is not re-promoted by the gate; an explicit move is recorded too
-    d = gate_and_promote(name, v3, PromotionPolicy())
+    d = gate(name, v3, PromotionPolicy(), scores)
     assert not d.promoted and "rolled back" in d.reason
     assert move_alias(name, "production", 3, reason="fixed upstream").previous == 1
     assert "redflow.rolled_back_at" not in MlflowClient().get_model_version(name, "3").tags
@@ -340,23 +370,46 @@ def test_gate_minimum_margin_worse_rollback_and_history(edits):
         ("set", 3)]
 
 
+def test_loss_metrics_gate_lower_is_better_and_significance_can_be_required(edits):
+    from tasks.evaluate.paired import RowScores
+
+    name = "red-loss"
+    v1 = register(make_result(edits[0], 0.70), name=name)
+    v2 = register(make_result(edits[1], 0.72), name=name)
+    tokens = [10] * 50
+    scores = {1: RowScores(metric="loss", kind="nll", nll=[12.0] * 50, tokens=tokens),
+              2: RowScores(metric="loss", kind="nll", nll=[39.0] * 50, tokens=tokens)}  # loss 3.9 vs 1.2
+    assert gate(name, v1, PromotionPolicy(metric="loss"), scores).promoted
+    d = gate(name, v2, PromotionPolicy(metric="loss"), scores)
+    assert not d.promoted and "lower is better" in d.reason and d.comparison["difference"] == pytest.approx(-2.7)
+    # a small, noisy gain passes margin 0 but not a significance requirement
+    noisy = np.random.default_rng(0).normal(0, 3, 50)
+    noisy -= noisy.mean()  # a gain of exactly 0.02 in loss, buried in per-row noise
+    scores[3] = RowScores(metric="loss", kind="nll", nll=(np.array(scores[1].nll) - 0.2 + noisy).tolist(),
+                          tokens=tokens)
+    v3 = register(make_result(edits[1], 0.71), name=name)
+    d = gate(name, v3, PromotionPolicy(metric="loss", require_significant=True), scores)
+    assert not d.promoted and "not significant" in d.reason
+
+
 def test_concurrent_promotions_keep_the_better_version_and_record_both(edits):
     name = "red-race"
     v1 = register(make_result(edits[0], 0.70), name=name)
-    assert gate_and_promote(name, v1, PromotionPolicy()).promoted
     v_best = register(make_result(edits[1], 0.80), name=name)
     v_good = register(make_result(edits[0], 0.75), name=name)
+    scores = {v1: same_rows(0.70, 1), v_best: same_rows(0.80, 2), v_good: same_rows(0.75, 3)}
+    assert gate(name, v1, PromotionPolicy(), scores).promoted
     decisions, errors = {}, []
     barrier = threading.Barrier(2)
 
-    def gate(version):
+    def race(version):
         try:
             barrier.wait()
-            decisions[version] = gate_and_promote(name, version, PromotionPolicy())
+            decisions[version] = gate(name, version, PromotionPolicy(), scores)
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=gate, args=(v,)) for v in (v_good, v_best)]
+    threads = [threading.Thread(target=race, args=(v,)) for v in (v_good, v_best)]
     for t in threads:
         t.start()
     for t in threads:
@@ -477,3 +530,43 @@ def test_record_evaluation_and_download_edit(edits, tmp_path):
     assert Path(client.download_artifacts(run_id, "evaluation/sst2-contrast.md")).read_text() == report.to_markdown()
     record_evaluation(name, v1, {"name": "weekly", "accuracy": 0.7, "n": 500})  # a plain dict works too
     assert float(client.get_model_version(name, str(v1)).tags["eval.weekly.n"]) == 500
+
+
+def test_a_version_left_registering_by_a_dead_process_is_removed_by_the_next_registration(edits):
+    import subprocess
+    import sys
+
+    name = "red-crashed"
+    client = MlflowClient()
+    v1 = register(make_result(edits[0], 0.70), name=name)
+    source = client.get_model_version(name, str(v1)).source
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    half = client.create_model_version(name, source=source, tags={
+        "redflow.status": "registering", "redflow.owner": f"{socket.gethostname()}:{dead.pid}",
+        "primary_metric": "accuracy"})
+    alive = client.create_model_version(name, source=source, tags={  # another live registration: left alone
+        "redflow.status": "registering", "redflow.owner": f"{socket.gethostname()}:{os.getpid()}"})
+    v4 = register(make_result(edits[1], 0.72), name=name)
+    versions = {int(v.version) for v in client.search_model_versions(f"name='{name}'")}
+    assert int(half.version) not in versions and int(alive.version) in versions and v4 in versions
+    from registry.models import latest_version
+
+    assert int(latest_version(name).version) == v4  # never a half-registered one
+    assert latest_version("red-no-such-model") is None
+
+
+def test_log_training_is_one_run_per_training_whatever_the_retries(edits):
+    result = make_result(edits[0], 0.7)
+    first = log_training(result, experiment="retry-tests")
+    assert log_training(result, experiment="retry-tests") == first  # a retried register step
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("retry-tests").experiment_id
+    assert len(client.search_runs([exp])) == 1
+    # a run left half-logged by a failed try is replaced, not kept beside the new one
+    client.set_terminated(first, "FAILED")
+    second = log_training(result, experiment="retry-tests")
+    runs = client.search_runs([exp])
+    assert second != first and [r.info.run_id for r in runs] == [second]

@@ -17,7 +17,7 @@ from registry.server import (ServerStartError, free_port, invoke, start_model_se
                              start_tracking_server)
 from registry.tracking import get_or_create_experiment, log_training, setup_tracking
 from test_registry import (TEXTS, _one_thread, direct_probabilities, edits,  # noqa: F401 (fixtures)
-                           fresh_runs_dir, make_result)
+                           fresh_runs_dir, make_result, same_rows)
 
 
 def _bare_run(experiment: str) -> str:
@@ -40,13 +40,15 @@ def test_registration_and_concurrent_promotion_through_a_real_tracking_server(tm
         assert any((runs / "mlartifacts").rglob("sst2-seed1.safetensors"))  # uploaded through the server
 
         # both gate at once, with no production yet: whichever order, the better one ends up in production
+        scores = {v1: same_rows(0.75, 1), v2: same_rows(0.80, 2)}
         decisions, errors = {}, []
         barrier = threading.Barrier(2)
 
         def gate(version):
             try:
                 barrier.wait()
-                decisions[version] = gate_and_promote(name, version, PromotionPolicy(minimum=0.5))
+                decisions[version] = gate_and_promote(name, version, PromotionPolicy(minimum=0.5),
+                                                      challenger=scores[version], score_champion=scores.__getitem__)
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
 

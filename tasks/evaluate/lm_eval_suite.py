@@ -168,8 +168,22 @@ def evaluate_lm(model: torch.nn.Module, tokenizer: Any, tasks: TaskSpec = "openl
             "limit": limit, "n_samples": n_samples, "tokenizer": tok_report.to_dict(),
             "identical_choice_fraction": degenerate, "lm_eval_version": _version("lm_eval"),
             "include_path": [str(p) for p in _as_list(include_path)], "configs": configs,
+            "per_row": _per_row(samples, metrics),
         },
     )
+
+
+def _per_row(samples: dict[str, list[dict[str, Any]]], metrics: dict[str, float]) -> dict[str, list[float]]:
+    """Each question's value of every metric that is a mean over questions (``acc``, ``acc_norm``...), in
+    document order: what a paired comparison of two models on the same questions resamples."""
+    out: dict[str, list[float]] = {}
+    for task, rows in samples.items():
+        for row in sorted(rows, key=lambda r: (str(r.get("filter")), r.get("doc_id", 0))):
+            for metric, value in row.items():
+                key = _metric_key(task, metric, str(row.get("filter", "none")))
+                if key in metrics and isinstance(value, (int, float)):  # bools (exact match) count as 0/1
+                    out.setdefault(key, []).append(float(value))
+    return {k: v for k, v in out.items() if v and abs(sum(v) / len(v) - metrics[k]) < 1e-9}
 
 
 # ---- helpers ------------------------------------------------------------------------------

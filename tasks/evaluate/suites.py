@@ -41,13 +41,11 @@ def run_suite(suite: SuiteSpec, edit_path: str | Path, *, data=None, out_dir: st
     if name in ("test", "classification", "glue"):
         if data is None:
             raise ValueError(f"suite {name!r} needs the task's data (a TaskData)")
-        from tasks.data import encode
+        from .paired import GENERATIVE, rows_report, score_split
 
-        from .classification import evaluate_classification
-
-        enc = encode(data, tokenizer, max_length=max_length)
-        return evaluate_classification(edited, enc.test, data.metric, pad_token_id=tokenizer.pad_token_id,
-                                       name=f"{task}/test", model_name=str(edit_path))
+        metric = "loss" if data.task_type in GENERATIVE else data.metric
+        scores = score_split(edited, tokenizer, data, metric=metric, max_length=max_length)
+        return rows_report(scores, data, name=f"{task}/test", model=str(edit_path))
     if name in ("openllm-v1", "lm-eval"):
         from .lm_eval_suite import evaluate_lm
 
@@ -92,3 +90,75 @@ def _judge(spec: dict[str, Any] | None):
         return RewardModelJudge(AutoModelForSequenceClassification.from_pretrained(path).eval(),
                                 AutoTokenizer.from_pretrained(path), **spec)
     raise ValueError(f"unknown judge kind {kind!r}; use chat or reward")
+
+
+# ---- gating on a suite's metric ---------------------------------------------------------------------------
+PRIMARY_METRICS = {"classification": ("accuracy", "f1", "mcc"), "regression": ("pearson", "spearman"),
+                   "causal_lm": ("loss", "perplexity"), "seq2seq": ("loss", "perplexity")}
+
+
+def suite_tasks(suite: SuiteSpec) -> list[str]:
+    """The names a gate metric may use for ``suite``: the suite's own, and for lm-eval its tasks'."""
+    name = suite_name(suite)
+    names = [name]
+    if name in ("openllm-v1", "lm-eval"):
+        from .lm_eval_suite import resolve_tasks
+
+        opts = dict(suite) if isinstance(suite, dict) else {}
+        tasks = opts.get("tasks") or (suite.split(":", 1)[1].split(",") if isinstance(suite, str) and ":" in suite
+                                      else "openllm-v1")
+        names += [t.task for t in resolve_tasks(tasks)[1]]
+    return names
+
+
+def find_suite(suites: list[SuiteSpec], metric: str) -> SuiteSpec | None:
+    """The suite of ``suites`` that produces gate metric ``metric`` (``<suite or lm-eval task>/<metric>``).
+
+    None for a plain metric (``accuracy``, ``loss``...: the task's own test rows). Raises ValueError
+    naming the suites there are when ``metric`` names a suite the task does not run.
+    """
+    if "/" not in metric:
+        return None
+    head = metric.split("/", 1)[0]
+    for suite in suites:
+        if suite_name(suite) != "test" and head in suite_tasks(suite):
+            return suite
+    have = [suite_name(s) for s in suites]
+    raise ValueError(f"gate metric {metric!r} names {head!r}, which is not among this task's evaluation suites "
+                     f"{have}: add the suite to the task's `evaluate:` list, or gate on a metric it produces")
+
+
+def check_gate_metric(metric: str, suites: list[SuiteSpec], task_type: str | None) -> None:
+    """Refuse, at config time, a gate metric that the task's training and suites will never produce."""
+    if "/" in metric:
+        find_suite(suites, metric)
+        return
+    name = metric[len("test_"):] if metric.startswith("test_") else metric
+    allowed = PRIMARY_METRICS.get(task_type or "") or tuple(m for ms in PRIMARY_METRICS.values() for m in ms)
+    if name not in allowed:
+        raise ValueError(f"gate metric {metric!r} is not one the task's test rows give ({', '.join(allowed)}) nor "
+                         "an evaluation suite's ('<suite>/<metric>', e.g. alpaca/lc_win_rate, arc_challenge/acc_norm)")
+
+
+def suite_metric_key(report: EvalReport, metric: str) -> str:
+    """The key of gate metric ``metric`` (``<suite or task>/<name>``) among ``report.metrics``."""
+    if metric in report.metrics:
+        return metric
+    rest = metric.split("/", 1)[1] if "/" in metric else metric
+    if rest in report.metrics:
+        return rest
+    ends = [k for k in report.metrics if k.endswith("/" + rest)]
+    if len(ends) == 1:
+        return ends[0]
+    raise KeyError(f"report {report.name!r} has no metric {metric!r}; it has {sorted(report.metrics)}")
+
+
+def suite_scores(report: EvalReport, metric: str):
+    """A suite report's gate metric as RowScores: its per-row values when the suite logs them, else the
+    point value alone (compared without a confidence interval)."""
+    from .paired import RowScores
+
+    key = suite_metric_key(report, metric)
+    rows = (report.details.get("per_row") or {}).get(key)
+    values = [float(v) for v in rows] if rows else [float(report.metrics[key])]
+    return RowScores(metric=metric, kind="mean", values=values)
