@@ -136,7 +136,7 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
     d = chain["promote"].result()
     comparison = d.comparison or {}
     row.update(status="trained", method=r.method, metric=d.metric or r.primary_metric, steps_trained=r.steps_trained,
-               resumed_from=r.resumed_from, init=r.init, why="; ".join(plan.reasons),
+               resumed_from=r.resumed_from, init=r.init, why="; ".join(r.notes or plan.reasons),
                validation=r.validation.get(r.primary_metric), best_epoch=r.best_epoch,
                edit_parameters=r.edit_parameters, seconds=r.seconds, model_name=reg["model_name"],
                version=reg["version"], run_id=reg["run_id"], challenger=d.value, champion=d.previous_value,

@@ -239,6 +239,9 @@ def test_warm_start_from_production_and_a_diverged_run_is_not_registered(tmp_pat
     with pytest.raises(RetrainFailed, match=r"sentiment: train: TrainingDiverged: the training loss rose"):
         retrain(config=str(config(learning_rate=1e6, epochs=3)))
     assert len(client.search_model_versions("name='red-sentiment'")) == 2  # nothing registered
+    # another edit layout trains from scratch (it used to crash on the old checkpoints with a KeyError)
+    scale_only = retrain(config=str(config(edit={"kind": "scale"})))["sentiment"]
+    assert scale_only["status"] == "trained" and scale_only["version"] == 3 and scale_only["steps_trained"] > 0
 
 
 def test_weekly_reevaluation_scores_causal_lms_by_loss_at_their_length_and_isolates_failures(tmp_path,
