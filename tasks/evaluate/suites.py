@@ -46,8 +46,9 @@ def run_suite(suite: SuiteSpec, edit_path: str | Path, *, data=None, out_dir: st
         from .classification import evaluate_classification
 
         enc = encode(data, tokenizer, max_length=max_length)
-        return evaluate_classification(edited, enc.test, data.metric, pad_token_id=tokenizer.pad_token_id,
-                                       name=f"{task}/test", model_name=str(edit_path))
+        return evaluate_classification(edited, enc.test, data.task or data.metric, primary=data.metric,
+                                       pad_token_id=tokenizer.pad_token_id, name=f"{task}/test",
+                                       model_name=str(edit_path))
     if name in ("openllm-v1", "lm-eval"):
         from .lm_eval_suite import evaluate_lm
 
