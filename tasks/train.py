@@ -115,7 +115,7 @@ def precision_dtype(precision: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def task_head(model, method: str, edit: dict[str, Any], fresh: list[str]) -> list[str]:
+def task_head(model, edit: dict[str, Any], fresh: list[str]) -> list[str]:
     """The modules trained and saved with the task: the task modules around the backbone and anything
     transformers initialised fresh; an explicit ``edit.head`` must cover the fresh ones."""
     from red.targets import task_head_modules
@@ -146,7 +146,13 @@ def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], 
     """
     from red import EditConfig, attach
 
-    head = task_head(model, method, edit, fresh or []) if task_type in ("classification", "regression") else []
+    if task_type in ("classification", "regression"):
+        head = task_head(model, edit, fresh or [])
+    elif fresh:
+        raise TrainingError(f"loading the base as a {task_type} model initialises {fresh} fresh (the checkpoint lacks "
+                            "them); an edit trains on a complete language model: use a checkpoint that has them")
+    else:
+        head = []
     if method in EDIT_METHODS:
         config = {**edit, "head": head} if head and edit.get("head", "auto") == "auto" else edit
         edited = attach(model, EditConfig(method=method, **config))
