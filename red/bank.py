@@ -1,29 +1,59 @@
 """EditBank: serve K tasks' RED edits from one frozen base model in one batch.
 
 Each row of a batch carries a task index. Every target layer holds a (K, H)
-stack of scaling and bias vectors and applies row i's task: the result equals
-running each task alone. Task heads (a classifier per task) are applied per
-row group with ``torch.func.functional_call``. Works in ``generate()``: when a
-batch is expanded for beams or several return sequences, the task ids are
-expanded the same way.
+stack of scaling and bias vectors and applies row i's task (in fp32, cast once,
+as ``RedEdit`` does): the result equals running each task alone. Works in
+``generate()``: when a batch is expanded for beams or several return sequences,
+the task ids are expanded the same way.
+
+Task heads. Each task keeps its own copy of every head module it trained (a
+classifier per task), loaded with its own tensors, so tasks may have heads of
+different shapes: 2, 3 or 4 labels, or a regression head, in one bank. The base
+model's head module computes nothing for the bank: a forward hook replaces its
+output by running each task's copy on that task's rows. When the tasks' head
+outputs differ in width, the output is padded on the last dimension to the widest
+task with NaN (``EditBank.PAD``), so a row's first ``output_widths[task]`` values
+are exactly what the task alone gives and the rest can never be mistaken for a
+score; ``split_outputs`` returns each row's own part. Loss computation by the base
+model (``labels=``) is refused when the tasks' heads differ: compute it per task.
+
+Thread safety: the task ids of a call are kept per thread (``threading.local``), so
+concurrent calls from a server's threads each get their own result; the per-task
+head copies are applied without swapping any module's parameters.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .config import EditConfig
 from .errors import EditConfigError
-from .fingerprint import fingerprint
-from .io import check_compatible, read_edit
+from .io import check_compatible, check_weights, read_edit
+from .layer import apply_scale_bias
 from .targets import Target, find_targets
 
 
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class _Calls(threading.local):
+    def __init__(self) -> None:
+        self.ids: torch.Tensor | None = None
+
+
 class EditBank(nn.Module):
+    """K RED edits (with their task heads) on one frozen base model; route rows with ``task_ids``."""
+
+    PAD = float("nan")
+
     def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None,
                  *, check_fingerprint: bool = True):
         super().__init__()
@@ -31,25 +61,23 @@ class EditBank(nn.Module):
             raise EditConfigError("an EditBank needs at least one edit file")
         self.base_model = model
         self.names = list(names or [Path(e).stem for e in edits])
+        if len(self.names) != len(edits):
+            raise EditConfigError(f"{len(edits)} edit files but {len(self.names)} names")
         files = [read_edit(e) for e in edits]
-        for _, meta in files:
+        for (_, meta), name in zip(files, self.names):
             if meta["method"] != "red":
-                raise EditConfigError(f"EditBank serves RED edits; got a {meta['method']} edit")
+                raise EditConfigError(f"EditBank serves RED edits; {name!r} is a {meta['method']} edit")
             check_compatible(model, meta)
+            if check_fingerprint:
+                check_weights(model, meta, where=f"edit {name!r}")
+        self.task_types = [str((meta.get("extra") or {}).get("task_type", "")) or None for _, meta in files]
         # Union of the targets of all tasks; a task that does not edit a layer gets the identity there.
         targets: dict[str, Target] = {}
         for _, meta in files:
             for t in find_targets(model, EditConfig(**meta["config"])):
                 targets.setdefault(t.name, t)
-        self.targets = [targets[n] for n in sorted(targets, key=list(dict(model.named_modules())).index)]
-        if check_fingerprint:
-            for (_, meta), name in zip(files, self.names):
-                fp = fingerprint(model, list(meta["targets"]))
-                if fp != meta["base_model"]["fingerprint"]:
-                    raise EditConfigError(
-                        f"edit {name!r} was trained on base weights {meta['base_model']['fingerprint']}, this model "
-                        f"has {fp}; load the base model it was trained on ({meta['base_model']['name']})"
-                    )
+        order = list(dict(model.named_modules()))
+        self.targets = [targets[n] for n in sorted(targets, key=order.index)]
         k = len(files)
         self.scales = nn.ParameterDict()
         self.biases = nn.ParameterDict()
@@ -59,45 +87,61 @@ class EditBank(nn.Module):
             for i, (tensors, _) in enumerate(files):
                 s[i] = tensors.get(f"edit.{t.name}.scale", s[i])
                 b[i] = tensors.get(f"edit.{t.name}.bias", b[i])
-            key = t.name.replace(".", "__")
-            self.scales[key] = nn.Parameter(s, requires_grad=False)
-            self.biases[key] = nn.Parameter(b, requires_grad=False)
-        self.heads = self._stack_heads(files)
+            self.scales[_key(t.name)] = nn.Parameter(s, requires_grad=False)
+            self.biases[_key(t.name)] = nn.Parameter(b, requires_grad=False)
+        self.head_names = sorted({h for _, meta in files for h in meta["head"]}, key=order.index)
+        self.heads = nn.ModuleList(self._task_heads(model, files))
+        self.output_widths: list[int | None] = [self._width(heads) for heads in self.heads]
         for p in model.parameters():
             p.requires_grad_(False)
-        device = next(model.parameters()).device
-        self.to(device)
-        self._ids: torch.Tensor | None = None
-        self._in_head = False
+        self.to(next(model.parameters()).device)
+        self._calls = _Calls()
         self._handles = []
         modules = dict(model.named_modules())
         for t in self.targets:
-            self._handles.append(modules[t.name].register_forward_hook(self._edit_hook(t.name.replace(".", "__"))))
-        for head_name in self.heads:
+            self._handles.append(modules[t.name].register_forward_hook(self._edit_hook(_key(t.name))))
+        for head_name in self.head_names:
             self._handles.append(modules[head_name].register_forward_hook(self._head_hook(head_name), with_kwargs=True))
 
-    def _stack_heads(self, files) -> dict[str, dict[str, str]]:
-        """Stack each head parameter over tasks as a (K, ...) buffer, so heads move with ``.to()``.
-
-        Returns {head module: {parameter name: buffer name}}.
-        """
-        heads: dict[str, dict[str, str]] = {}
-        names = [set(meta["head"]) for _, meta in files]
-        if any(n != names[0] for n in names):
-            raise EditConfigError("all edits in a bank must train the same head modules (or none)")
-        for head in sorted(names[0]):
-            prefix = f"head.{head}."
-            params = sorted(k[len(prefix):] for k in files[0][0] if k.startswith(prefix))
-            heads[head] = {}
-            for pn in params:
-                buffer = f"head__{head}__{pn}".replace(".", "__")
-                self.register_buffer(buffer, torch.stack([tensors[prefix + pn] for tensors, _ in files]))
-                heads[head][pn] = buffer
+    # ---- construction ---------------------------------------------------------------------
+    def _task_heads(self, model: nn.Module, files) -> list[nn.ModuleDict]:
+        """Per task, a copy of every head module with that task's tensors (the base module's where it has none)."""
+        modules = dict(model.named_modules())
+        heads = []
+        for (tensors, _), name in zip(files, self.names):
+            copies = nn.ModuleDict()
+            for head in self.head_names:
+                module = copy.deepcopy(modules[head])
+                for m in module.modules():  # the copy runs for the bank only: no hooks of the base module
+                    m._forward_hooks.clear()
+                    m._forward_pre_hooks.clear()
+                prefix = f"head.{head}."
+                for key, tensor in tensors.items():
+                    if not key.startswith(prefix):
+                        continue
+                    owner, _, pname = key[len(prefix):].rpartition(".")
+                    try:
+                        sub = module.get_submodule(owner) if owner else module
+                    except AttributeError as exc:
+                        raise EditConfigError(f"edit {name!r}: head tensor {key} has no module in this model") from exc
+                    old = getattr(sub, pname, None)
+                    like = old if isinstance(old, torch.Tensor) else next(module.parameters())
+                    sub.register_parameter(pname, nn.Parameter(tensor.to(like.dtype), requires_grad=False))
+                copies[_key(head)] = module
+            heads.append(copies)
         return heads
+
+    def _width(self, heads: nn.ModuleDict) -> int | None:
+        """Output width of a task's last head module: rows of its last 2-D weight (classes, or 1 for regression)."""
+        if not self.head_names:
+            return None
+        last = heads[_key(self.head_names[-1])]
+        weights = [p for n, p in last.named_parameters() if n.endswith("weight") and p.ndim == 2]
+        return int(weights[-1].shape[0]) if weights else None
 
     # ---- routing ----------------------------------------------------------------------
     def _row_ids(self, batch: int) -> torch.Tensor:
-        ids = self._ids
+        ids = self._calls.ids
         if ids is None:
             raise EditConfigError("no task ids set: call the bank with task_ids=... or inside `with bank.tasks(ids):`")
         if batch != ids.shape[0]:
@@ -109,56 +153,73 @@ class EditBank(nn.Module):
     def _edit_hook(self, key: str):
         def hook(module, args, output):
             h = output[0] if isinstance(output, tuple) else output
-            ids = self._row_ids(h.shape[0])
+            ids = self._row_ids(h.shape[0]).to(h.device)
             shape = (h.shape[0],) + (1,) * (h.dim() - 2) + (h.shape[-1],)
-            s = self.scales[key][ids].to(h.dtype).view(shape)
-            b = self.biases[key][ids].to(h.dtype).view(shape)
-            h = torch.addcmul(b, h, s)
+            h = apply_scale_bias(h, self.scales[key][ids].view(shape), self.biases[key][ids].view(shape))
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
         return hook
 
     def _head_hook(self, head_name: str):
+        key = _key(head_name)
+
         def hook(module, args, kwargs, output):
-            if self._in_head:  # functional_call below re-enters this hook
-                return None
             x = args[0] if args else next(iter(kwargs.values()))
-            ids = self._row_ids(x.shape[0])
-            out = None
-            self._in_head = True
-            try:
-                for task in ids.unique().tolist():
-                    rows = (ids == task).nonzero(as_tuple=True)[0]
-                    params = {pn: getattr(self, buf)[task].to(x.dtype) for pn, buf in self.heads[head_name].items()}
-                    y = torch.func.functional_call(module, params, (x[rows],) + tuple(args[1:]), kwargs)
-                    if out is None:
-                        out = y.new_empty((x.shape[0],) + tuple(y.shape[1:]))
-                    out[rows] = y
-            finally:
-                self._in_head = False
+            rest = tuple(args[1:]) if args else ()
+            extra = kwargs if args else dict(list(kwargs.items())[1:])
+            ids = self._row_ids(x.shape[0]).to(x.device)
+            groups = []
+            for task in ids.unique().tolist():
+                rows = (ids == task).nonzero(as_tuple=True)[0]
+                groups.append((rows, self.heads[task][key](x[rows], *rest, **extra)))
+            width = max(y.shape[-1] for _, y in groups)
+            like = groups[0][1]
+            out = like.new_full((x.shape[0],) + tuple(like.shape[1:-1]) + (width,), self.PAD)
+            for rows, y in groups:
+                out[rows, ..., : y.shape[-1]] = y
             return out
         return hook
 
     @contextlib.contextmanager
     def tasks(self, task_ids: Sequence[int] | torch.Tensor) -> Iterator[None]:
-        ids = torch.as_tensor(task_ids, dtype=torch.long)
+        """Within this block (this thread only), calls of the base model route row i to task ``task_ids[i]``."""
+        ids = torch.as_tensor(task_ids, dtype=torch.long).reshape(-1)
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.names)):
             raise EditConfigError(f"task ids must be in [0, {len(self.names)}); got {ids.tolist()}")
-        previous, self._ids = self._ids, ids.to(next(self.scales.values()).device if self.scales else "cpu")
+        previous, self._calls.ids = self._calls.ids, ids
         try:
             yield
         finally:
-            self._ids = previous
+            self._calls.ids = previous
 
     def task_index(self, name: str) -> int:
         return self.names.index(name)
 
+    def _heads_differ(self) -> bool:
+        return len({(w, t) for w, t in zip(self.output_widths, self.task_types)}) > 1
+
     def forward(self, *args, task_ids, **kwargs):
+        """The base model's forward with row i routed to task ``task_ids[i]``; outputs as described above."""
+        if kwargs.get("labels") is not None and self._heads_differ():
+            raise EditConfigError("the tasks of this bank have different heads (label counts or regression), so the "
+                                  "base model cannot compute one loss; call without labels and score each task's rows")
         with self.tasks(task_ids):
             return self.base_model(*args, **kwargs)
 
     def generate(self, *args, task_ids, **kwargs):
         with self.tasks(task_ids):
             return self.base_model.generate(*args, **kwargs)
+
+    def split_outputs(self, outputs: torch.Tensor, task_ids: Sequence[int] | torch.Tensor) -> list[torch.Tensor]:
+        """Row i of ``outputs`` (logits from the bank) without the padding of tasks with fewer outputs."""
+        ids = torch.as_tensor(task_ids, dtype=torch.long).reshape(-1).tolist()
+        if len(ids) != outputs.shape[0]:
+            raise EditConfigError(f"{outputs.shape[0]} rows but {len(ids)} task ids")
+        return [row if self.output_widths[t] is None else row[..., : self.output_widths[t]]
+                for row, t in zip(outputs, ids)]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"task": n, "task_type": t, "outputs": w} for n, t, w in
+                zip(self.names, self.task_types, self.output_widths)]
 
     def close(self) -> nn.Module:
         for h in self._handles:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Method = Literal["red", "loreft", "direft"]
+Method = Literal["red", "loreft", "direft", "nodireft"]
 
 
 class EditConfig(BaseModel):
@@ -21,7 +21,7 @@ class EditConfig(BaseModel):
     (``"attn"``) or both. ``kind`` selects the paper's ablations: scaling and
     bias (default), scaling only, bias only.
 
-    ReFT methods (``loreft``, ``direft``) intervene on the residual stream
+    ReFT methods (``loreft``, ``direft``, ``nodireft``; see red/reft.py) intervene on the residual stream
     (block outputs) at the prompt positions named by ``positions``
     (``"f7+l7"``: first 7 and last 7 prompt tokens) with a rank-``rank``
     subspace.
@@ -75,7 +75,7 @@ class EditConfig(BaseModel):
 
     @property
     def is_reft(self) -> bool:
-        return self.method in ("loreft", "direft")
+        return self.method in ("loreft", "direft", "nodireft")
 
     def wants_layer(self, index: int | None) -> bool:
         if index is None:

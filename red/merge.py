@@ -20,17 +20,21 @@ from .errors import MergeError
 from .targets import model_type
 
 
-
-
 def export_merged(edited, out_dir: str | Path, tokenizer=None) -> Path:
-    """Merge, save with ``save_pretrained`` (safetensors), and unmerge again."""
+    """Merge, save with ``save_pretrained`` (safetensors), and unmerge again (if it was not merged before).
+
+    The checkpoint is the same whether ``edited`` is merged already or not: a layer whose bias
+    came from ``merge()`` counts as bias-less in the base architecture either way.
+    """
     out_dir = Path(out_dir)
     base = edited.base_model
     was_merged = edited.merged
-    added = []  # targets whose layer gets a bias it did not have
+    added = []  # targets whose layer gets a bias the base architecture does not have
     modules = dict(base.named_modules())
     for t, edit in edited.edit_items():
-        if getattr(edit, "bias", None) is not None and getattr(modules[t.name], "bias", None) is None:
+        if getattr(edit, "bias", None) is None:
+            continue
+        if getattr(modules[t.name], "bias", None) is None or getattr(edit, "bias_added", False):
             added.append(t)
     config = copy.deepcopy(base.config)
     if added:

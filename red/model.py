@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import EditConfig
 from .errors import MergeError
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint, weight_sample
 from .layer import RedEdit
 from .targets import Target, find_head, find_targets, model_type
 
@@ -51,6 +51,7 @@ class EditedModel(nn.Module):
         self.head_names: list[str] = find_head(base_model, config)
         # Fingerprint the weights before anything can change them (merge, training of a head).
         self.base_fingerprint = fingerprint(base_model, [t.name for t in self.targets])
+        self.base_weight_sample = weight_sample(base_model, [t.name for t in self.targets])
         for p in base_model.parameters():
             p.requires_grad_(False)
         modules = dict(base_model.named_modules())

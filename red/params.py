@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import EditConfig
+from .errors import UnknownArchitectureError
 from .targets import find_targets
 
 # The paper's base models (public config.json values that matter for the shapes).
@@ -35,11 +36,6 @@ KNOWN_CONFIGS["openai-community/gpt2-medium"] = KNOWN_CONFIGS["gpt2-medium"]
 KNOWN_CONFIGS["openai-community/gpt2-large"] = KNOWN_CONFIGS["gpt2-large"]
 KNOWN_CONFIGS["google-t5/t5-base"] = KNOWN_CONFIGS["t5-base"]
 KNOWN_CONFIGS["llama-2-7b"] = KNOWN_CONFIGS["meta-llama/Llama-2-7b-hf"]
-
-# LoRA targets used by the paper's baselines (query/value projections).
-LORA_QV = {"bert": ("query", "value"), "roberta": ("query", "value"), "gpt2": ("c_attn",),
-           "t5": ("q", "v"), "llama": ("q_proj", "v_proj")}
-
 
 def load_config(model_or_config: str):
     """A transformers config from a known name, a local folder or config.json, or the hub."""
@@ -67,20 +63,48 @@ def meta_model(config) -> nn.Module:
         return cls(config) if arch and cls is getattr(transformers, arch, None) else cls.from_config(config)
 
 
+def lora_targets(model: nn.Module) -> tuple[str, ...]:
+    """The module-name suffixes the paper's LoRA baseline adapts for this architecture (query and value).
+
+    From the architecture table (red/architectures.py); raises UnknownArchitectureError for an
+    architecture it does not cover, instead of guessing names that would match nothing.
+    """
+    from .architectures import ARCHITECTURES, lookup
+    from .targets import model_type
+
+    mtype = model_type(model)
+    arch = lookup(mtype)
+    if arch is None or not arch.lora:
+        raise UnknownArchitectureError(
+            f"no LoRA targets known for architecture {mtype!r} (known: {', '.join(sorted(ARCHITECTURES))}). Pass them "
+            "explicitly (lora_targets: [...] in the config, e.g. the query and value projections' module names).")
+    return arch.lora
+
+
 def lora_parameters(model: nn.Module, rank: int = 8, targets: tuple[str, ...] | None = None) -> int:
-    mtype = model.config.model_type
-    names = targets or LORA_QV.get(mtype, ("q_proj", "v_proj"))
-    total = 0
+    """LoRA's parameter count: rank · (fan_in + fan_out) for every module whose name ends with a target.
+
+    Raises UnknownArchitectureError when the targets match no module of the model.
+    """
+    names = tuple(targets or lora_targets(model))
+    total = matched = 0
     for name, module in model.named_modules():
-        if name.split(".")[-1] in names:
+        if name.split(".")[-1] in names and getattr(module, "weight", None) is not None:
             w = module.weight
             fan_in, fan_out = (w.shape[0], w.shape[1]) if type(module).__name__ == "Conv1D" else (w.shape[1], w.shape[0])
             total += rank * (fan_in + fan_out)
+            matched += 1
+    if not matched:
+        raise UnknownArchitectureError(f"LoRA targets {list(names)} match no module of this {type(model).__name__}; "
+                                       "check the module names")
     return total
 
 
 def count_parameters(model_or_config, edit: EditConfig | None = None, lora_rank: int = 8) -> dict[str, int]:
-    """The edit method's (RED by default), LoRA (q,v) and full fine-tuning parameter counts, excluding any head."""
+    """The edit method's (RED by default), LoRA (q,v) and full fine-tuning parameter counts, excluding any head.
+
+    The LoRA count is left out for an architecture outside the table (no known targets).
+    """
     config = load_config(model_or_config) if isinstance(model_or_config, str) else model_or_config
     model = meta_model(config)
     edit = edit or EditConfig()
@@ -92,4 +116,10 @@ def count_parameters(model_or_config, edit: EditConfig | None = None, lora_rank:
         per_vector = {"scale+bias": 2, "scale": 1, "bias": 1}[edit.kind]
         own = sum(per_vector * t.hidden for t in find_targets(model, edit))
     full = sum(p.numel() for p in model.parameters())
-    return {edit.method: own, f"lora_r{lora_rank}_qv": lora_parameters(model, lora_rank), "full": full}
+    counts = {edit.method: own}
+    try:
+        counts[f"lora_r{lora_rank}_qv"] = lora_parameters(model, lora_rank)
+    except UnknownArchitectureError:
+        pass
+    counts["full"] = full
+    return counts

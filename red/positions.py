@@ -17,7 +17,8 @@ they are computed from the inputs of each forward pass, never assumed:
   prompt, but it leaves no unedited gap in the middle of an odd-length prompt.
 
 :class:`PromptPositions` turns one forward pass's inputs into a :class:`Window`
-of local indices that every ReFT layer of that pass reads. Inside
+of local indices that every ReFT layer of that pass reads (kept per thread, so
+concurrent callers never see each other's positions). Inside
 :meth:`PromptPositions.generating` the prompt positions are pinned at the first
 pass, so later decoding passes edit only those absolute positions: with a KV
 cache a decoding pass covers only new tokens and is left alone; without a cache
@@ -26,6 +27,7 @@ it recomputes the prompt, which is edited exactly as in the first pass.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,25 +134,48 @@ def spans_for(prompt: torch.Tensor, first: int, last: int) -> Spans:
     return Spans(*to_indices(first_sel, first), *to_indices(last_sel, last))
 
 
+class _PassState(threading.local):
+    """What one thread's forward passes need: each thread sees its own copy (see PromptPositions)."""
+
+    def __init__(self) -> None:
+        self.window: Window | None = None
+        self.generating = False
+        self.generate_mask: torch.Tensor | None = None
+        self.pinned: Spans | None = None
+        self.prompt: torch.Tensor | None = None
+
+
 class PromptPositions:
     """Shared by all ReFT layers of one EditedModel: computes each pass's Window in a forward pre-hook.
 
     The hook sits on the module that receives the prompt's ``attention_mask``: the
     model itself, or the encoder of an encoder-decoder (generate() calls the encoder
-    directly). The last Window is kept after the pass so that gradient checkpointing,
-    which re-runs the blocks during backward, edits the same positions.
+    directly).
+
+    Thread safety: a forward pass runs from start to end on the thread that called it,
+    so the Window of a pass (and the pinned positions of a ``generate()`` call) is kept
+    per thread (``threading.local``), never in state that another caller could
+    overwrite: a model server or a thread pool may call one model from many threads at
+    once and every call computes exactly what it would alone. The last Window of a
+    thread is kept after its pass so that gradient checkpointing, which re-runs the
+    blocks during backward, edits the same positions; when autograd re-runs them on
+    one of its own worker threads (CUDA), the Window of the last pass that recorded a
+    graph is used (training is one caller per model).
     """
 
     def __init__(self, first: int, last: int, labels_mark_prompt: bool):
         self.first = first
         self.last = last
         self.labels_mark_prompt = labels_mark_prompt
-        self.current: Window | None = None
+        self._state = _PassState()
+        self._backward_window: Window | None = None
         self._handle = None
         self._params: list[str] = []
-        self._generating = False
-        self._generate_mask: torch.Tensor | None = None
-        self._pinned: Spans | None = None
+
+    @property
+    def current(self) -> Window | None:
+        """The Window of this thread's last pass."""
+        return self._state.window
 
     # ---- hook management ------------------------------------------------------------------
     def install(self, module: nn.Module) -> None:
@@ -162,30 +187,50 @@ class PromptPositions:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        self.current = None
+        self._state.window = None
+        self._backward_window = None
 
     # ---- generation -----------------------------------------------------------------------
     @contextmanager
     def generating(self, attention_mask: torch.Tensor | None = None) -> Iterator[None]:
         """Pin the prompt positions at the first pass of a generate() call (see module docstring)."""
-        saved = (self._generating, self._generate_mask, self._pinned)
-        self._generating = True
-        self._generate_mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 else None
-        self._pinned = None
+        state = self._state
+        saved = (state.generating, state.generate_mask, state.pinned)
+        state.generating = True
+        state.generate_mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 else None
+        state.pinned = None
         try:
             yield
         finally:
-            self._generating, self._generate_mask, self._pinned = saved
+            state.generating, state.generate_mask, state.pinned = saved
+
+    @contextmanager
+    def given_prompt(self, prompt: torch.Tensor) -> Iterator[None]:
+        """In this block (this thread), passes take ``prompt`` (B, L) bool as the prompt tokens of each row.
+
+        For scoring a continuation after a context (lm-eval's log-likelihood requests):
+        the prompt is the context, so ReFT edits the first and last tokens of the
+        context, as ``generate()`` would, and never the scored tokens or padding.
+        """
+        if not (isinstance(prompt, torch.Tensor) and prompt.ndim == 2):
+            raise ValueError("given_prompt needs a (batch, length) boolean tensor")
+        state = self._state
+        saved, state.prompt = state.prompt, prompt.to(torch.bool)
+        try:
+            yield
+        finally:
+            state.prompt = saved
 
     # ---- the pre-hook -----------------------------------------------------------------------
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        state = self._state
         inputs = dict(zip(self._params, args))
         inputs.update(kwargs)
         tokens = inputs.get("input_ids")
         if tokens is None:
             tokens = inputs.get("inputs_embeds")
         if tokens is None:
-            self.current = None
+            state.window = None
             return
         batch, length = int(tokens.shape[0]), int(tokens.shape[1])
         mask = inputs.get("attention_mask")
@@ -193,8 +238,13 @@ class PromptPositions:
                 and mask.shape[1] >= length):
             mask = None
         past = self._past_length(mask, length, inputs)
-        if self._generating:
+        if state.generating:
             spans = self._pinned_spans(mask, batch, length, tokens.device)
+        elif state.prompt is not None:
+            if tuple(state.prompt.shape) != (batch, past + length):
+                raise RuntimeError(f"given_prompt has shape {tuple(state.prompt.shape)} but the pass has {batch} rows "
+                                   f"of {past + length} tokens")
+            spans = spans_for(state.prompt.to(tokens.device), self.first, self.last)
         else:
             labels = inputs.get("labels") if self.labels_mark_prompt else None
             full = mask.shape[1] if mask is not None else length
@@ -204,7 +254,10 @@ class PromptPositions:
                 # was encoded; these tokens are not prompt tokens, so nothing is edited.
                 spans = Spans(spans.first, torch.zeros_like(spans.first_valid),
                               spans.last, torch.zeros_like(spans.last_valid))
-        self.current = Window.of(spans, past, batch, length)
+        window = Window.of(spans, past, batch, length)
+        state.window = window
+        if torch.is_grad_enabled():
+            self._backward_window = window
 
     @staticmethod
     def _past_length(mask: torch.Tensor | None, length: int, inputs: dict[str, Any]) -> int:
@@ -217,15 +270,16 @@ class PromptPositions:
         return 0
 
     def _pinned_spans(self, mask: torch.Tensor | None, batch: int, length: int, device: torch.device) -> Spans:
-        if self._pinned is None:
-            if mask is None and self._generate_mask is not None:
-                mask = self._generate_mask.to(device)
+        state = self._state
+        if state.pinned is None:
+            if mask is None and state.generate_mask is not None:
+                mask = state.generate_mask.to(device)
                 if batch % mask.shape[0]:
                     raise RuntimeError(f"generate() batch {batch} is not a multiple of its attention_mask's {mask.shape[0]}")
                 mask = mask.repeat_interleave(batch // mask.shape[0], dim=0)
             full = mask.shape[1] if mask is not None else length
-            self._pinned = spans_for(prompt_mask(mask, batch, full, None, device), self.first, self.last)
-        spans = self._pinned
+            state.pinned = spans_for(prompt_mask(mask, batch, full, None, device), self.first, self.last)
+        spans = state.pinned
         if spans.first.shape[0] != batch:
             if batch % spans.first.shape[0]:
                 raise RuntimeError(f"the batch changed from {spans.first.shape[0]} to {batch} rows during generate()")
@@ -234,7 +288,9 @@ class PromptPositions:
 
     # ---- read by the ReFT layers ------------------------------------------------------------
     def window(self, hidden: torch.Tensor, where: str) -> Window:
-        window = self.current
+        window = self._state.window
+        if window is None:
+            window = self._backward_window  # autograd re-running checkpointed blocks on its own thread
         if window is None:
             raise RuntimeError(
                 f"ReFT layer {where} ran without prompt positions: call the EditedModel (or its base "

@@ -1,20 +1,31 @@
-"""Load an edit together with the base model it was trained on, from the edit file alone.
+"""Load a base model for a task, and an edit together with its base model, from the edit file alone.
 
-An edit file records its base model (hub name and revision, or a local folder), the
-model class and, for classification edits, the label names. This is the one place that
-turns that record back into a ready model, for evaluation, serving and the CLI.
+One loader for training, evaluation, serving and the registration check, so that all of
+them build the same model:
+
+- ``load_tokenizer`` gives a tokenizer without a pad token one (EOS, else UNK), and
+  ``set_pad_token`` writes that id into the model's config, which decoder classification
+  heads (GPT-2, Llama, ...) need to find each row's last token in a padded batch;
+- ``load_base_model`` loads the task's class in the requested dtype and reports which
+  parameters transformers initialised fresh (missing from the checkpoint, or reshaped for
+  another label count): those belong to the task, so training trains and saves them with
+  the edit, and loading an edit refuses a model where any of them would stay random;
+- ``load_pretrained_edit`` turns an edit file's record (base model name and revision, class,
+  labels, training dtype) back into a ready model.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from .errors import EditMismatchError
 from .io import load_edit, read_edit
 
-log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
 
 
 def model_class_for(task_type: str, *, label_list: list[str] | None = None, num_labels: int | None = None
@@ -40,17 +51,121 @@ def model_class_for(task_type: str, *, label_list: list[str] | None = None, num_
     return transformers.AutoModelForCausalLM, {}
 
 
-def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None, revision: str | None = None,
-                         device: str | None = None, dtype: torch.dtype | None = None, task_type: str | None = None,
-                         label_list: list[str] | None = None, model_class: str | None = None):
-    """Return ``(edited_model, tokenizer, meta)`` for an edit file.
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``torch.bfloat16``, ``"bfloat16"`` or ``"bf16"`` -> torch.bfloat16; None/"auto" -> None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
 
-    ``base_model`` overrides the recorded base (e.g. the same checkpoint at another local path);
-    the weight fingerprint check still guarantees it is the same model. ``task_type``,
-    ``label_list`` and ``model_class`` override what the file records (a serving config's view).
+
+def set_pad_token(tokenizer: Any, model: nn.Module | None = None) -> Any:
+    """Give ``tokenizer`` a pad token (its EOS, else UNK) if it has none, and tell ``model``'s config its id.
+
+    The config keeps a pad id it already has. Returns the tokenizer.
+    """
+    if tokenizer is not None and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    config = getattr(model, "config", None)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if config is not None and pad_id is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_id
+        generation = getattr(model, "generation_config", None)
+        if generation is not None and getattr(generation, "pad_token_id", None) is None:
+            generation.pad_token_id = pad_id
+    return tokenizer
+
+
+def load_tokenizer(name: str, *, revision: str | None = None) -> Any:
+    """The base model's tokenizer, with a pad token (``set_pad_token``)."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name, **({"revision": revision} if revision else {}))
+    return set_pad_token(tokenizer)
+
+
+def fresh_modules(model: nn.Module, keys: list[str]) -> list[str]:
+    """The largest modules all of whose parameters are in ``keys`` (transformers' missing/mismatched keys).
+
+    ``["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]``
+    -> ``["bert.pooler", "classifier"]`` (never the whole model).
+    """
+    params = {name for name, _ in model.named_parameters()}
+    fresh = {k for k in keys if k in params}
+    for key in keys:  # a key under a prefix this class does not use (checkpoint saved by another class)
+        if key not in params:
+            fresh.update(p for p in params if p.endswith("." + key))
+    modules = dict(model.named_modules())
+    owners: list[str] = []
+    for key in sorted(fresh):
+        owner = key.rpartition(".")[0]
+        while owner:
+            parent = owner.rpartition(".")[0]
+            if not parent or not all(f"{parent}.{n}" in fresh for n, _ in modules[parent].named_parameters()):
+                break
+            owner = parent
+        if owner and owner not in owners and not any(owner.startswith(o + ".") for o in owners):
+            owners = [o for o in owners if not o.startswith(owner + ".")] + [owner]
+    return owners
+
+
+def load_base_model(name: str, task_type: str, *, revision: str | None = None, dtype: torch.dtype | str | None = None,
+                    label_list: list[str] | None = None, num_labels: int | None = None,
+                    model_class: str | None = None, tokenizer: Any = None) -> tuple[nn.Module, list[str]]:
+    """``(model, fresh)``: the base model for a task type, and the modules transformers initialised fresh.
+
+    ``model_class`` names a transformers class (an edit file's record) instead of the Auto class;
+    ``tokenizer`` (if given) gets a pad token and the model its id (``set_pad_token``).
+    Raises OSError/ValueError from transformers for a missing checkpoint.
     """
     import transformers
 
+    cls, kwargs = model_class_for(task_type, label_list=label_list, num_labels=num_labels)
+    if model_class:
+        named = getattr(transformers, model_class, None)
+        if named is None:
+            raise EditMismatchError(f"this transformers has no model class {model_class!r}; install the transformers "
+                                    "version the edit was trained with")
+        cls = named
+    if revision:
+        kwargs["revision"] = revision
+    if as_dtype(dtype) is not None:
+        kwargs["dtype"] = as_dtype(dtype)
+    model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
+    fresh = list(info.get("missing_keys") or []) + [k[0] if isinstance(k, (tuple, list)) else k
+                                                     for k in info.get("mismatched_keys") or []]
+    if tokenizer is not None:
+        set_pad_token(tokenizer, model)
+    return model, fresh_modules(model, fresh)
+
+
+def _check_config(name: str, revision: str | None, recorded_type: str) -> None:
+    """Refuse a base checkpoint of another architecture before transformers tries to load it."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(name, **({"revision": revision} if revision else {}))
+    if config.model_type != recorded_type:
+        raise EditMismatchError(f"the edit was trained on a {recorded_type} model but {name} is a {config.model_type}; "
+                                "pass the base checkpoint it was trained on")
+
+
+def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None, revision: str | None = None,
+                         device: str | None = None, dtype: torch.dtype | str | None = None,
+                         task_type: str | None = None, label_list: list[str] | None = None,
+                         model_class: str | None = None):
+    """Return ``(edited_model, tokenizer, meta)`` for an edit file.
+
+    ``base_model`` overrides the recorded base (e.g. the same checkpoint at another local path);
+    the weight fingerprint check still guarantees it is the same model. ``dtype`` defaults to
+    the precision the edit was trained in (the file's ``base_model.dtype``); pass another
+    (``torch.float32``, ``"bf16"``...) to serve in it. ``task_type``, ``label_list`` and
+    ``model_class`` override what the file records (a serving config's view). Raises
+    EditMismatchError when the base is another architecture, or when loading it leaves
+    weights randomly initialised that the edit does not hold.
+    """
     tensors, meta = read_edit(edit_path)
     base = meta["base_model"]
     extra = meta.get("extra") or {}
@@ -59,24 +174,23 @@ def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None
         raise ValueError(f"{edit_path} records no base model; pass base_model=")
     local = Path(name).exists()
     revision = None if local else (revision or base.get("revision"))
-    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    tokenizer = transformers.AutoTokenizer.from_pretrained(name, **({"revision": revision} if revision else {}))
-    task_type = task_type or extra.get("task_type", "classification")
+    _check_config(name, revision, base["model_type"])
+    tokenizer = load_tokenizer(name, revision=revision)
+    task_type = task_type or extra.get("task_type") or "classification"
     labels = label_list or extra.get("label_list")
-    cls, head_kwargs = model_class_for(task_type, label_list=labels, num_labels=len(labels) if labels else None)
-    cls = getattr(transformers, model_class or base.get("class") or "", None) or cls
-    kwargs.update(head_kwargs)
-    model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
-    head = {k[len("head."):] for k in tensors if k.startswith("head.")}
-    uncovered = sorted(set(info.get("missing_keys") or []) - head)
-    if uncovered:  # weights neither in the checkpoint nor in the edit: outputs would be random
-        log.warning("weights missing from %s and not in the edit file (randomly initialised): %s", name, uncovered[:8])
+    model, fresh = load_base_model(
+        name, task_type, revision=revision, dtype=as_dtype(dtype) or as_dtype(base.get("dtype")),
+        label_list=labels, num_labels=len(labels) if labels else None,
+        model_class=model_class or base.get("class"), tokenizer=tokenizer)
+    uncovered = [m for m in fresh for p, _ in model.get_submodule(m).named_parameters()
+                 if f"head.{m}.{p}" not in tensors]
+    if uncovered:
+        raise EditMismatchError(
+            f"loading {name} for {task_type} initialises {sorted(set(uncovered))[:4]} randomly and the edit file does not hold them, "
+            "so predictions would be random. Retrain the edit with this redflow (which trains and saves them), or "
+            "pass the task type / labels it was trained with.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     edited = load_edit(model, edit_path)
     edited.eval()
     return edited, tokenizer, meta

@@ -1,18 +1,23 @@
-"""The ReFT family beside RED: LoReFT and DiReFT interventions on the residual stream.
+"""The ReFT family beside RED: LoReFT, DiReFT and NodiReFT interventions on the residual stream.
 
-LoReFT (Wu et al., 2024) edits a hidden state inside a rank-r subspace:
+LoReFT (Wu et al., 2024, "ReFT: Representation Finetuning for Language Models") edits a
+hidden state inside a rank-r subspace:
 
     Φ(h) = h + Rᵀ(W h + b − R h),   R ∈ ℝ^{r×d} with orthonormal rows
 
 R is kept orthonormal during training by ``torch.nn.utils.parametrizations.orthogonal``
 (Householder map, no trivialization: the parameter alone determines R, so the
 edit file, which stores parameters only, restores it exactly; see
-``orthonormal_rows`` for why its diagonal is snapped to ±1). DiReFT drops the
-constraint and the subtraction, like pyreft's ``DireftIntervention``:
+``orthonormal_rows`` for why its diagonal is snapped to ±1). The other two follow
+pyreft's classes of the same names (``pyreft/interventions.py``):
 
-    Φ(h) = h + Pᵀ(W h + b),   P ∈ ℝ^{r×d} a plain learned projection
+    DiReFT   (pyreft ``DireftIntervention``):   Φ(h) = h + Rᵀ(W h + b),  R orthonormal rows, no subtraction
+    NodiReFT (pyreft ``NodireftIntervention``): Φ(h) = h + Pᵀ(W h + b),  P ∈ ℝ^{r×d} unconstrained
 
-Both act on a transformer block's output (the residual stream) at the first f
+(pyreft's NodiReFT projection is an ``nn.Linear`` whose optional bias is never used;
+ours has none.)
+
+All act on a transformer block's output (the residual stream) at the first f
 and last l prompt tokens only (red/positions.py), so unlike RED they cannot be
 folded into weights. With ``share_weights=False`` the prefix and suffix
 positions get separate interventions (pyreft's default for ``f7+l7``).
@@ -72,19 +77,27 @@ def orthonormal_rows(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
-class LoReFT(nn.Module):
-    """One LoReFT intervention: maps fp32 hidden states (..., d) to their edit Rᵀ(Wh + b − Rh)."""
+class _Unit(nn.Module):
+    """A rank-r intervention's parameters: the learned source ``Wh + b`` and the (r, d) projection back."""
 
-    def __init__(self, hidden: int, rank: int, dropout: float = 0.0):
+    def __init__(self, hidden: int, rank: int, dropout: float = 0.0, orthonormal: bool = True):
         super().__init__()
-        self.rotate = orthonormal_rows(nn.Linear(hidden, rank, bias=False))
+        projection = nn.Linear(hidden, rank, bias=False)  # only its (r, d) weight is used, as in pyreft
+        if orthonormal:
+            self.rotate = orthonormal_rows(projection)
+        else:
+            self.proj = projection
         self.source = nn.Linear(hidden, rank)
         self.dropout = nn.Dropout(dropout)
 
     @property
     def R(self) -> torch.Tensor:
-        """The (r, d) projection with orthonormal rows."""
-        return self.rotate.weight
+        """The (r, d) projection (orthonormal rows for LoReFT and DiReFT)."""
+        return self.rotate.weight if hasattr(self, "rotate") else self.proj.weight
+
+
+class LoReFT(_Unit):
+    """One LoReFT intervention: maps fp32 hidden states (..., d) to their edit Rᵀ(Wh + b − Rh)."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         R = self.R
@@ -98,20 +111,24 @@ class LoReFT(nn.Module):
         self.source.bias.zero_()
 
 
-class DiReFT(nn.Module):
-    """One DiReFT intervention: (..., d) -> Pᵀ(Wh + b), no orthogonality, no subtraction."""
-
-    def __init__(self, hidden: int, rank: int, dropout: float = 0.0):
-        super().__init__()
-        self.proj = nn.Linear(hidden, rank, bias=False)  # only its (r, d) weight is used, as in pyreft
-        self.source = nn.Linear(hidden, rank)
-        self.dropout = nn.Dropout(dropout)
+class DiReFT(_Unit):
+    """One DiReFT intervention (pyreft's ``DireftIntervention``): (..., d) -> Rᵀ(Wh + b), R orthonormal rows."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.source(h)) @ self.proj.weight
+        return self.dropout(self.source(h)) @ self.R
 
 
-UNITS: dict[str, type[nn.Module]] = {"loreft": LoReFT, "direft": DiReFT}
+class NodiReFT(_Unit):
+    """One NodiReFT intervention (pyreft's ``NodireftIntervention``): (..., d) -> Pᵀ(Wh + b), P unconstrained."""
+
+    def __init__(self, hidden: int, rank: int, dropout: float = 0.0):
+        super().__init__(hidden, rank, dropout, orthonormal=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.source(h)) @ self.R
+
+
+UNITS: dict[str, type[nn.Module]] = {"loreft": LoReFT, "direft": DiReFT, "nodireft": NodiReFT}
 
 
 def _edit_at(out: torch.Tensor, h: torch.Tensor, unit: nn.Module, index: torch.Tensor,
@@ -172,7 +189,7 @@ class ReftEdit(HookedEdit):
 
 
 def make_intervention(target: Target, config: EditConfig) -> ReftEdit:
-    """The ReFT edit for one block target (called by EditedModel for method loreft/direft)."""
+    """The ReFT edit for one block target (called by EditedModel for method loreft/direft/nodireft)."""
     if config.method not in UNITS:
         raise EditConfigError(f"method {config.method!r} is not a ReFT method ({sorted(UNITS)})")
     return ReftEdit(target, config)
@@ -250,4 +267,18 @@ def prompt_generation(edited, attention_mask: torch.Tensor | None = None) -> Ite
         yield
         return
     with state.generating(attention_mask):
+        yield
+
+
+@contextmanager
+def given_prompt(edited, prompt: torch.Tensor) -> Iterator[None]:
+    """Passes of ``edited`` in this block (this thread) take ``prompt`` (B, L) bool as each row's prompt.
+
+    Used to score a continuation after a context: the context is the prompt, so the
+    edit lands on the first/last tokens of the context, as in ``generate()``.
+    """
+    state = getattr(edited, "prompt_positions", None)
+    if state is None:
+        raise EditConfigError("given_prompt needs a ReFT-edited model (red.attach with method loreft/direft/nodireft)")
+    with state.given_prompt(prompt):
         yield

@@ -10,9 +10,6 @@ from .architectures import ARCHITECTURES, lookup
 from .config import EditConfig
 from .errors import EditConfigError, UnknownArchitectureError
 
-# Names of task heads trained together with the edit (the paper trains RoBERTa's classification head).
-HEAD_NAMES = ("classifier", "score", "classification_head", "pre_classifier", "qa_outputs")
-
 
 @dataclass(frozen=True)
 class Target:
@@ -105,6 +102,17 @@ def _block_width(model: nn.Module) -> int:
     raise EditConfigError("cannot find the hidden size in the model config (hidden_size/d_model/n_embd)")
 
 
+def task_head_modules(model: nn.Module) -> list[str]:
+    """The top-level modules a task model adds to its backbone (``base_model_prefix``): classifier, pooler, score...
+
+    These are created for the task (DeBERTa's ``pooler`` and ``classifier``, RoBERTa's
+    ``classifier``, GPT-2's ``score``...), so they are trained and saved with the edit.
+    """
+    backbone = getattr(model, "base_model_prefix", "") or ""
+    return [n for n, m in model.named_children()
+            if n != backbone and any(True for _ in m.parameters())]
+
+
 def find_head(model: nn.Module, config: EditConfig) -> list[str]:
     """Module names of the task head trained and saved with the edit."""
     if config.head == "none":
@@ -115,7 +123,7 @@ def find_head(model: nn.Module, config: EditConfig) -> list[str]:
         if not any(cls.endswith(s) for s in ("ForSequenceClassification", "ForTokenClassification",
                                              "ForQuestionAnswering", "ForMultipleChoice")):
             return []
-        return [n for n in names if n.split(".")[-1] in HEAD_NAMES and "." not in n]
+        return task_head_modules(model)
     missing = [h for h in config.head if h not in names]
     if missing:
         raise EditConfigError(f"head modules {missing} are not in the model; available top-level modules: "

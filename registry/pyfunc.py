@@ -77,8 +77,12 @@ def build_model_config(
     max_length: int = 256,
     batch_size: int = 16,
     max_new_tokens: int = 64,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     """The pyfunc's ``model_config``: everything ``load_context``/``predict`` need besides the edit file.
+
+    ``dtype``: the dtype the base model is served in; "auto" is the precision the edit was trained in
+    (recorded in the edit file), "float32"/"bfloat16"/"float16" override it.
 
     Returned nested as ``{"serving": {...}}``: MLflow also logs a model config as run params
     (flattened with ``/``), and the prefix keeps them from colliding with the training params.
@@ -110,6 +114,7 @@ def build_model_config(
         "batch_size": int(batch_size),
         "max_new_tokens": int(max_new_tokens),
         "device": "auto",
+        "dtype": dtype,
     }}
 
 
@@ -185,14 +190,14 @@ class RedEditModel(PythonModel):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         cache = getattr(_shared, "cache", None)
         key = (cfg.get("base_model"), cfg.get("base_revision"), cfg.get("model_class"), task_type,
-               str(cfg.get("label_list")), meta.get("tensors_sha256"), device)
+               str(cfg.get("label_list")), meta.get("tensors_sha256"), device, cfg.get("dtype", "auto"))
         if cache is not None and key in cache:
             self.edited, tokenizer = cache[key]
         else:
             self.edited, tokenizer, meta = load_pretrained_edit(
                 edit_path, base_model=cfg.get("base_model") or None, revision=cfg.get("base_revision"),
                 device=device, task_type=task_type, label_list=cfg.get("label_list"),
-                model_class=cfg.get("model_class"))
+                model_class=cfg.get("model_class"), dtype=cfg.get("dtype", "auto"))
             if cache is not None:
                 cache[key] = (self.edited, tokenizer)
         if task_type == "causal_lm":

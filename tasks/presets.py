@@ -90,12 +90,18 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
                              learning_rate=5e-3, epochs=3)},
         "direft": {"*": dict(batch_size=16, lr_scheduler="linear", warmup_ratio=0.06, max_length=64,
                              learning_rate=5e-3, epochs=3)},
+        "nodireft": {"*": dict(batch_size=16, lr_scheduler="linear", warmup_ratio=0.06, max_length=64,
+                               learning_rate=5e-3, epochs=3)},
     },
 }
 
 
 def preset_values(preset: str, method: str, task: str) -> dict[str, Any]:
-    """The hyperparameters a preset gives one (method, task); a clear error when it has none."""
+    """The hyperparameters a preset gives one (method, task); a clear error when it has none.
+
+    ``task`` is the data's GLUE task (``TaskData.task``, e.g. "mrpc" for a task the config calls
+    "mrpc-nightly"); training passes the task's own name only for data that is no GLUE task.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
     by_method = PRESETS[preset]

@@ -1,7 +1,7 @@
 """Train one task with RED (or a baseline) on a frozen base model, with transformers' Trainer.
 
 The same function trains every method the paper compares, so its Table 1 can be
-rerun: ``red`` (with position/kind variants), ``loreft``/``direft`` (ReFT),
+rerun: ``red`` (with position/kind variants), ``loreft``/``direft``/``nodireft`` (ReFT),
 ``lora`` (PEFT), ``bitfit`` and ``full``. The Trainer does the loop, mixed
 precision, gradient accumulation and multi-GPU (launch with ``torchrun`` or
 ``accelerate launch``); we add four things it lacks for edits:
@@ -32,8 +32,8 @@ from .result import TrainResult
 
 log = logging.getLogger(__name__)
 
-Method = Literal["red", "loreft", "direft", "lora", "bitfit", "full"]
-EDIT_METHODS = ("red", "loreft", "direft")
+Method = Literal["red", "loreft", "direft", "nodireft", "lora", "bitfit", "full"]
+EDIT_METHODS = ("red", "loreft", "direft", "nodireft")
 
 
 class TrainingError(RuntimeError):
@@ -124,17 +124,14 @@ class TrainConfig(BaseModel):
 
 # ---- model construction ---------------------------------------------------------------------
 def load_base_model(model: str, task_type: str, *, revision: str | None = None, num_labels: int = 2,
-                    label_list: list[str] | None = None, dtype: torch.dtype | None = None):
-    """The frozen base model for a task type, from the hub or a local folder (offline-friendly errors)."""
-    from red.pretrained import model_class_for
+                    label_list: list[str] | None = None, dtype: torch.dtype | None = None, tokenizer=None):
+    """``(model, fresh)``: the base model for a task type (red.pretrained's loader, which serving uses too)
+    and the modules transformers initialised fresh for the task; offline-friendly errors."""
+    from red.pretrained import load_base_model as load
 
-    cls, kwargs = model_class_for(task_type, label_list=label_list, num_labels=num_labels)
-    if revision:
-        kwargs["revision"] = revision
-    if dtype is not None:
-        kwargs["dtype"] = dtype
     try:
-        return cls.from_pretrained(model, **kwargs)
+        return load(model, task_type, revision=revision, dtype=dtype, label_list=label_list, num_labels=num_labels,
+                    tokenizer=tokenizer)
     except OSError as exc:
         raise TrainingError(
             f"cannot load base model {model!r} ({exc.__class__.__name__}: {str(exc).splitlines()[0]}). Pass a local "
@@ -143,37 +140,76 @@ def load_base_model(model: str, task_type: str, *, revision: str | None = None, 
 
 
 def load_tokenizer(model: str, revision: str | None = None, task_type: str = "classification"):
-    from transformers import AutoTokenizer
+    from red.pretrained import load_tokenizer as load
 
-    tok = AutoTokenizer.from_pretrained(model, **({"revision": revision} if revision else {}))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
+    tok = load(model, revision=revision)
     if task_type == "causal_lm":
         tok.padding_side = "right"  # training; generation switches to left padding itself
     return tok
 
 
-def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], task_type: str):
-    """Freeze the base model and make the method's parameters trainable. Returns (model, edit_parameter_count)."""
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype the frozen base is loaded in for a training precision (its weights are never updated)."""
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def task_head(model, edit: dict[str, Any], fresh: list[str]) -> list[str]:
+    """The modules trained and saved with the task: the task modules around the backbone and anything
+    transformers initialised fresh; an explicit ``edit.head`` must cover the fresh ones."""
+    from red.targets import task_head_modules
+
+    explicit = edit.get("head")
+    if isinstance(explicit, list):
+        missing = [m for m in fresh if not any(m == h or m.startswith(h + ".") for h in explicit)]
+        if missing:
+            raise TrainingError(f"loading the base initialises {missing} fresh for this task, but edit.head={explicit} "
+                                "does not train them, so the saved model could not reproduce the trained one. Add them "
+                                "to edit.head (or leave head unset).")
+        return list(explicit)
+    if explicit == "none":
+        if fresh:
+            raise TrainingError(f"edit.head='none' but loading the base initialises {fresh} fresh for this task; "
+                                "they must be trained and saved: leave head unset")
+        return []
+    head = task_head_modules(model)
+    return head + [m for m in fresh if not any(m == h or m.startswith(h + ".") for h in head)]
+
+
+def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], task_type: str,
+                  fresh: list[str] | None = None):
+    """Freeze the base model and make the method's parameters trainable. Returns (model, edit_parameter_count).
+
+    Trainable parameters are kept in fp32 whatever the base dtype (mixed precision computes in
+    the base dtype; the optimizer updates fp32 values).
+    """
     from red import EditConfig, attach
 
+    if task_type in ("classification", "regression"):
+        head = task_head(model, edit, fresh or [])
+    elif fresh:
+        raise TrainingError(f"loading the base as a {task_type} model initialises {fresh} fresh (the checkpoint lacks "
+                            "them); an edit trains on a complete language model: use a checkpoint that has them")
+    else:
+        head = []
     if method in EDIT_METHODS:
-        edited = attach(model, EditConfig(method=method, **edit))
+        config = {**edit, "head": head} if head and edit.get("head", "auto") == "auto" else edit
+        edited = attach(model, EditConfig(method=method, **config))
+        _trainable_fp32(edited)
         return edited, edited.num_edit_parameters
-    from red.targets import HEAD_NAMES
-
-    head = [n for n, _ in model.named_modules() if n.split(".")[-1] in HEAD_NAMES and "." not in n]
     if method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 
-        from red.params import LORA_QV
+        from red.params import lora_targets
 
-        targets = hp.get("lora_targets") or list(LORA_QV.get(model.config.model_type, ("q_proj", "v_proj")))
+        targets = hp.get("lora_targets") or list(lora_targets(model))
         task = {"classification": TaskType.SEQ_CLS, "regression": TaskType.SEQ_CLS,
                 "seq2seq": TaskType.SEQ_2_SEQ_LM}.get(task_type, TaskType.CAUSAL_LM)
         peft_model = get_peft_model(model, LoraConfig(
             r=hp["lora_r"], lora_alpha=hp["lora_alpha"], lora_dropout=hp["lora_dropout"],
             target_modules=targets, task_type=task, modules_to_save=head or None))
+        _trainable_fp32(peft_model)
         lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
         return peft_model, lora
     head_prefixes = tuple(f"{h}." for h in head)
@@ -182,8 +218,15 @@ def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], 
             p.requires_grad_(True)
         else:  # bitfit: biases only, plus the task head
             p.requires_grad_(name.endswith(".bias") or name.startswith(head_prefixes))
+    _trainable_fp32(model)
     count = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith(head_prefixes))
     return model, count
+
+
+def _trainable_fp32(model) -> None:
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 # ---- the Trainer with edit-sized checkpoints and a NaN guard ---------------------------------------
@@ -252,13 +295,15 @@ def _precision(choice: str) -> dict[str, bool]:
     if choice == "auto":
         use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return {"bf16": use_bf16, "fp16": False}
-    return {"bf16": choice == "bf16", "fp16": choice == "fp16"}
+    cpu_bf16 = choice == "bf16" and not torch.cuda.is_available()  # CPU autocast runs bf16; Trainer wants it said
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16", **({"use_cpu": True} if cpu_bf16 else {})}
 
 
 def _compute_metrics_fn(data):
-    from tasks.evaluate.metrics import make_compute_metrics
+    from tasks.evaluate.metrics import make_compute_metrics, metric_set
 
-    return make_compute_metrics(data.metric, regression=data.task_type == "regression")
+    return make_compute_metrics(data.metric, regression=data.task_type == "regression",
+                                metrics=metric_set(data.task, data.metric))
 
 
 def _checkpoint_step(checkpoint: str | Path | None) -> int:
@@ -291,16 +336,19 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hp = config.resolved(data.name)
+    hp = config.resolved(data.task or data.name)  # presets are per GLUE task of the data, whatever its name
     set_seed(config.seed)
     tokenizer = tokenizer or load_tokenizer(config.model, config.revision, data.task_type)
     encoded = encode(data, tokenizer, max_length=hp["max_length"])
+    fresh: list[str] = []
     if model is None:
-        model = load_base_model(config.model, data.task_type, revision=config.revision,
-                                num_labels=data.num_labels or 2, label_list=data.label_list)
-    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model, edit_parameters = prepare_model(model, config.method, hp, config.edit, data.task_type)
+        model, fresh = load_base_model(config.model, data.task_type, revision=config.revision,
+                                       num_labels=data.num_labels or 2, label_list=data.label_list,
+                                       dtype=precision_dtype(config.precision), tokenizer=tokenizer)
+    from red.pretrained import set_pad_token
+
+    set_pad_token(tokenizer, model)
+    model, edit_parameters = prepare_model(model, config.method, hp, config.edit, data.task_type, fresh)
     if init_state is not None:
         _load_init_state(model, init_state, init_note)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -361,6 +409,8 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     test = _metrics(trainer.evaluate(encoded.test, metric_key_prefix="test"), "test_")
     best_epoch = _best_epoch(epochs, metric, greater)
     model.eval()
+    from red.io import base_dtype as dtype_of
+
     edit_path = _save_final(model, config, data, out_dir, tokenizer, validation, test)
     from red import EditedModel
 
@@ -371,7 +421,9 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
                for h in history if "loss" in h and "step" in h],
         validation=validation, test=test, trainable_parameters=trainable, edit_parameters=edit_parameters,
         params={"method": config.method, "model": config.model, "revision": config.revision, "preset": config.preset,
-                "seed": config.seed, "precision": config.precision, **{f"edit.{k}": v for k, v in config.edit.items()},
+                "seed": config.seed, "precision": config.precision,
+                "base_dtype": dtype_of(model),
+                **{f"edit.{k}": v for k, v in config.edit.items()},
                 **hp},
         data_hash=data.data_hash, base_revision=config.revision,
         base_fingerprint=model.base_fingerprint if isinstance(model, EditedModel) else None,
@@ -439,7 +491,7 @@ def _save_final(model, config: TrainConfig, data, out_dir: Path, tokenizer, vali
 
 def training_identity(data, config: TrainConfig, *, cache_dir: str | Path | None = None) -> Identity:
     """The :class:`~tasks.provenance.Identity` of training ``config`` on ``data``: equal means the same edit."""
-    return Identity(data_hash=data.data_hash, config_hash=config_hash(config.recipe(data.name)),
+    return Identity(data_hash=data.data_hash, config_hash=config_hash(config.recipe(data.task or data.name)),
                     base_id=base_id(config.model, config.revision, cache_dir), code_version=code_version())
 
 

@@ -47,7 +47,9 @@ def test_length_control_removes_a_win_that_comes_only_from_length():
     assert raw > 75
     assert 35 < lc["length_controlled_win_rate"] < 65
     assert lc["glm_weights"]["tanh_std_delta_len"] > 1  # longer wins, according to the fit
-    assert 0 < lc["lc_standard_error"] < 15
+    # a judge that looks only at length separates the data perfectly: alpaca_eval's L1 penalty alone bounds the
+    # length weight, and the bootstrap spread is wide (about 20 points here)
+    assert 0 < lc["lc_standard_error"] < 30
 
 
 def test_length_control_keeps_a_win_that_does_not_depend_on_length():
@@ -57,19 +59,24 @@ def test_length_control_keeps_a_win_that_does_not_depend_on_length():
     assert abs(lc["length_controlled_win_rate"] - raw) < 6
 
 
-def test_glm_solver_matches_alpaca_eval_s_sklearn_formulation():
-    """alpaca_eval fits soft labels by duplicating rows (win weighted y, loss weighted 1 - y) in sklearn."""
+@pytest.mark.parametrize("C", [100.0, 0.05])
+def test_glm_solver_matches_alpaca_eval_s_sklearn_formulation(C):
+    """alpaca_eval fits soft labels by duplicating rows (win weighted y, loss weighted 1 - y) in sklearn's
+    L1-penalised liblinear logistic regression without intercept (glm_winrate.fit_LogisticRegressionCV)."""
     from sklearn.linear_model import LogisticRegression
 
     from tasks.evaluate.alpaca import fit_soft_logistic
 
     rng = np.random.default_rng(1)
     X = np.stack([np.ones(80), np.tanh(rng.normal(size=80)), rng.normal(size=80)], axis=1)
-    y = rng.choice([0.0, 0.5, 1.0, 0.8], size=80)
-    ours = fit_soft_logistic(X, y, C=100.0)
-    sk = LogisticRegression(C=100.0, fit_intercept=False, tol=1e-10, max_iter=10_000).fit(
+    y = np.clip(0.55 + 0.3 * X[:, 1] + rng.choice([-0.3, 0.0, 0.3], size=80), 0, 1)  # the third column is noise
+    ours = fit_soft_logistic(X, y, C=C)
+    sk = LogisticRegression(C=C, penalty="l1", solver="liblinear", fit_intercept=False, random_state=123,
+                            tol=1e-12, max_iter=100_000).fit(
         np.concatenate([X, X]), np.r_[np.ones(80), np.zeros(80)], sample_weight=np.r_[y, 1 - y]).coef_[0]
-    assert ours == pytest.approx(sk, abs=1e-4)
+    assert ours == pytest.approx(sk, abs=2e-4)
+    if C < 1:  # a strong L1 penalty sets the noise feature's weight to exactly 0 (an L2 penalty never does)
+        assert ours[2] == 0.0 and sk[2] == 0.0
 
 
 def test_instruction_difficulty_enters_the_glm_when_given():

@@ -198,3 +198,52 @@ def test_shared_arc_files_convert_completely(shared_data, tmp_path):
         docs = [json.loads(line) for line in (task.folder / "data" / "test.jsonl").read_text().splitlines()]
         assert any(d["choices"]["label"][0] == "1" for d in docs)  # digit labels exist and are kept
         assert {len(d["choices"]["text"]) for d in docs} >= {4}
+
+
+# ---- ReFT under lm-eval -------------------------------------------------------------------------
+def _requests(tok):
+    """Log-likelihood requests of different context and continuation lengths, as lm-eval builds them."""
+    from lm_eval.api.instance import Instance
+
+    pairs = [("question : which color is the sky on a clear day ? answer :", " blue"),
+             ("question : what animal says moo ? answer :", " cow"),
+             ("question : how many legs does a spider have ? answer :", " eight legs water"),
+             ("what animal says moo", " a cow says moo"),
+             ("sun", " moon star"),
+             ("question : which color is the sky ? answer :", " green"),
+             ("dog cat cow dog cat cow dog cat cow dog", " cat"),
+             ("fire ice water", " fire ice water fire ice water")]
+    return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+
+
+def _reference(edited, tok, context: str, continuation: str) -> float:
+    """The continuation's log-likelihood in one pass over context + continuation in which the context is the
+    prompt (labels -100 there: red/positions.py's convention, as in training and generate())."""
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    cont = tok(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + cont[:-1]])
+    labels = torch.tensor([[-100] * len(ctx) + cont[:-1]])
+    with torch.no_grad():
+        logits = edited(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).logits
+    logprobs = torch.log_softmax(logits.float(), -1)[0, len(ctx) - 1:]
+    return float(logprobs.gather(1, torch.tensor(cont)[:, None]).sum())
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_reft_log_likelihoods_do_not_depend_on_the_batch_and_edit_the_context(make_tiny, kind):
+    from tasks.evaluate.lm_eval_suite import lm_eval_model
+
+    edited = attach(make_tiny(kind), EditConfig(method="loreft", rank=2, positions="f2+l2"))
+    tok = word_tokenizer()
+    scores = {}
+    for batch_size in (1, 3, 8):
+        lm = lm_eval_model(edited, tok, batch_size=batch_size, add_bos_token=False)
+        scores[batch_size] = [ll for ll, _ in lm.loglikelihood(_requests(tok))]
+    for batch_size in (3, 8):
+        assert scores[batch_size] == pytest.approx(scores[1], abs=1e-5)
+    want = [_reference(edited, tok, *r.args) for r in _requests(tok)]
+    assert scores[1] == pytest.approx(want, abs=1e-5)
+    edited.detach()  # the plain model scores differently: the edit is really applied
+    plain = lm_eval_model(make_tiny(kind), tok, batch_size=8, add_bos_token=False)
+    assert [ll for ll, _ in plain.loglikelihood(_requests(tok))] != pytest.approx(scores[1], abs=1e-3)
+

@@ -25,7 +25,9 @@ def test_each_glue_task_reports_its_official_metric_set():
     assert set(glue_metrics("stsb", [0.1, 2.0, 3.5, 4.0], [0.0, 2.5, 3.0, 5.0])) == {"pearson", "spearman"}
     # names as they appear in file trees and configs
     assert glue_metrics("SST-2", preds, labels) == glue_metrics("glue/sst2", preds, labels)
-    assert primary_metric("STS-B") == "pearson" and primary_metric("mrpc") == "f1" and primary_metric("cola") == "mcc"
+    # the primary metric is the RED paper's Table 1 column: accuracy for MRPC and QQP, MCC for CoLA, Pearson for STS-B
+    assert primary_metric("STS-B") == "pearson" and primary_metric("mrpc") == "accuracy"
+    assert primary_metric("qqp") == "accuracy" and primary_metric("cola") == "mcc"
 
 
 def test_values_match_hand_computed_ones():

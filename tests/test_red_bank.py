@@ -77,5 +77,51 @@ def test_bank_errors_are_clear(make_tiny, tmp_path):
         bank(input_ids=torch.tensor([[1, 2]]), task_ids=[5])
     with pytest.raises(red.EditConfigError, match="no task ids"):
         bank.base_model(input_ids=torch.tensor([[1, 2]]))
-    with pytest.raises(red.EditConfigError, match="trained on base weights"):
+    with pytest.raises(red.EditMismatchError, match="fingerprint"):
         EditBank(make_tiny("gpt2", seed=7), paths)
+
+
+# ---- tasks with different heads in one bank ------------------------------------------------------
+def _head_edit(base_path, tmp_path, name, *, num_labels=None, regression=False, seed=0):
+    """A RED edit + head trained (perturbed) on a classification or regression model loaded from ``base_path``."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"num_labels": 1, "problem_type": "regression"} if regression else {"num_labels": num_labels}
+    kwargs["ignore_mismatched_sizes"] = True
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(base_path, **kwargs).eval()
+    edited = attach(model, EditConfig())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(edited.edit_parameters()) + list(edited.head_parameters().values()):
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    extra = {"task_type": "regression" if regression else "classification"}
+    return edited.save(tmp_path / name, extra=extra), kwargs
+
+
+@pytest.mark.parametrize("kind", ["roberta", "gpt2"])
+def test_tasks_with_2_4_labels_and_regression_share_a_bank(make_tiny, tmp_path, kind):
+    from transformers import AutoModelForSequenceClassification
+
+    base_path = tmp_path / "base"
+    make_tiny(kind, head="cls").save_pretrained(base_path)
+    specs = [("two", dict(num_labels=2)), ("four", dict(num_labels=4)), ("score", dict(regression=True)),
+             ("two-b", dict(num_labels=2, seed=5))]
+    files = [_head_edit(base_path, tmp_path, name, **kw) for name, kw in specs]
+    bank = EditBank(AutoModelForSequenceClassification.from_pretrained(base_path).eval(), [p for p, _ in files])
+    assert bank.output_widths == [2, 4, 1, 2]
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(3, 90, (6, 7), generator=g), "attention_mask": torch.ones(6, 7, dtype=torch.long)}
+    task_ids = [1, 0, 2, 3, 1, 2]
+    with torch.no_grad():
+        logits = bank(**batch, task_ids=task_ids).logits
+    assert logits.shape == (6, 4)
+    for row, (task, part) in enumerate(zip(task_ids, bank.split_outputs(logits, task_ids))):
+        path, kwargs = files[task]
+        alone = load_edit(AutoModelForSequenceClassification.from_pretrained(base_path, **kwargs).eval(), path)
+        with torch.no_grad():
+            want = alone(**{k: v[row:row + 1] for k, v in batch.items()}).logits[0]
+        torch.testing.assert_close(part, want, atol=1e-5, rtol=0)
+        assert torch.isnan(logits[row, want.shape[0]:]).all()  # padding can never be mistaken for a score
+    with pytest.raises(red.EditConfigError, match="different heads"):
+        bank(**batch, task_ids=task_ids, labels=torch.zeros(6, dtype=torch.long))

@@ -211,3 +211,32 @@ def test_training_a_few_steps_lowers_the_loss(make_tiny):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     frozen = [p for n, p in edited.base_model.named_parameters() if not n.startswith("classifier")]
     assert all(p.grad is None for p in frozen)
+
+
+def test_export_gives_the_same_checkpoint_from_the_merged_and_the_unmerged_state(make_tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    model = make_tiny("llama")
+    batch = _inputs("llama")
+    edited = attach(model)
+    _randomize(edited)
+    attached = _logits(edited, batch)
+    edited.export_merged(tmp_path / "unmerged")
+    edited.merge()
+    edited.export_merged(tmp_path / "merged")
+    assert edited.merged  # exporting leaves the live model as it was
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("unmerged", "merged"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    for folder in ("unmerged", "merged"):
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / folder).eval()
+        assert reloaded.config.mlp_bias is True  # RED's bias survives the round trip from either state
+        torch.testing.assert_close(_logits(reloaded, batch), attached, atol=1e-5, rtol=0)
+
+
+def test_export_refuses_to_drop_t5_bias_from_the_merged_state_too(make_tiny, tmp_path):
+    edited = attach(make_tiny("t5"))
+    _randomize(edited)
+    edited.merge()
+    with pytest.raises(red.MergeError, match="no bias"):
+        edited.export_merged(tmp_path / "m")
+    assert edited.merged and not (tmp_path / "m").exists()

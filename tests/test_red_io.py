@@ -115,3 +115,77 @@ def test_save_refuses_merged_state(make_tiny, tmp_path):
     edited = _trained_like(make_tiny("gpt2")).merge()
     with pytest.raises(red.EditFileError, match="unmerge"):
         edited.save(tmp_path / "e")
+
+
+# ---- everything that is loaded is covered by the checksum ---------------------------------------
+def _rewrite_metadata(path, change, tensors=None):
+    """Rewrite the file with ``change(meta)`` applied (and ``tensors`` if given); the checksum is left as it was
+    unless ``change`` recomputes it."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["redflow"])
+    change(meta)
+    save_file(tensors if tensors is not None else load_file(str(path)), str(path), metadata={"redflow": json.dumps(meta)})
+
+
+@pytest.mark.parametrize("field,change", [
+    ("labels", lambda m: m["extra"]["label_list"].reverse()),
+    ("base path", lambda m: m["base_model"].update(name="/elsewhere/other-model")),
+    ("model class", lambda m: m["base_model"].update({"class": "GPT2LMHeadModel"})),
+    ("config", lambda m: m["config"].update(kind="scale")),
+    ("task type", lambda m: m["extra"].update(task_type="regression")),
+])
+def test_metadata_changes_are_refused_like_tensor_changes(make_tiny, tmp_path, field, change):
+    path = _trained_like(make_tiny("gpt2", head="cls")).save(
+        tmp_path / "e", extra={"label_list": ["negative", "positive"], "task_type": "classification"})
+    _rewrite_metadata(path, change)
+    with pytest.raises(red.EditFileError, match="checksum"):
+        read_edit(path)
+
+
+def test_non_finite_edits_are_neither_written_nor_read(make_tiny, tmp_path):
+    from red.io import metadata_sha256, tensors_sha256
+
+    edited = _trained_like(make_tiny("gpt2"))
+    path = edited.save(tmp_path / "e")
+    with torch.no_grad():
+        edited.edit_parameters()[0][3] = float("nan")
+    with pytest.raises(red.EditFileError, match="NaN"):
+        edited.save(tmp_path / "nan")
+    assert not (tmp_path / "nan.safetensors").exists()
+    tensors = load_file(str(path))  # a file that says NaN with a valid checksum (another writer)
+    name = sorted(tensors)[0]
+    tensors[name][0] = float("inf")
+
+    def resign(meta):
+        meta["tensors_sha256"] = tensors_sha256(tensors)
+        meta["sha256"] = metadata_sha256(meta)
+
+    _rewrite_metadata(path, resign, tensors)
+    with pytest.raises(red.EditFileError, match="NaN/inf"):
+        read_edit(path)
+
+
+def test_loading_onto_another_architecture_is_an_edit_mismatch(tiny_checkpoints, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from red.pretrained import load_pretrained_edit
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_checkpoints["bert"], num_labels=2)
+    path = _trained_like(model).save(tmp_path / "e", base_model=tiny_checkpoints["bert"],
+                                     extra={"task_type": "classification", "label_list": ["a", "b"]})
+    with pytest.raises(red.EditMismatchError, match="bert.*gpt2|gpt2.*bert"):
+        load_pretrained_edit(path, base_model=tiny_checkpoints["gpt2"], device="cpu")
+    with pytest.raises(red.EditMismatchError, match="bert"):
+        load_edit(AutoModelForSequenceClassification.from_pretrained(tiny_checkpoints["gpt2"], num_labels=2), path)
+
+
+def test_an_edit_that_cannot_attach_to_another_size_is_an_edit_mismatch(make_tiny, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = attach(make_tiny("llama"), EditConfig(method="loreft", rank=8, layers=[1])).save(tmp_path / "e")
+    narrow = LlamaForCausalLM(LlamaConfig(vocab_size=99, hidden_size=4, intermediate_size=8, num_hidden_layers=1,
+                                          num_attention_heads=1, num_key_value_heads=1))
+    with pytest.raises(red.EditMismatchError, match="cannot be attached"):
+        load_edit(narrow, path)

@@ -18,7 +18,7 @@ import red
 from red import EditConfig, attach, load_edit, read_edit
 from red.positions import prompt_mask, split_first_last, to_indices
 from red.params import load_config, meta_model
-from red.reft import DiReFT, LoReFT, count_reft_parameters
+from red.reft import DiReFT, LoReFT, NodiReFT, count_reft_parameters
 
 PAD = 0
 PROMPTS = [[11, 12, 13, 14, 15, 16, 17, 18, 19], [21, 22, 23, 24, 25], [31, 32]]  # 9, 5 and 2 tokens
@@ -137,7 +137,7 @@ def test_parameter_counts_and_shared_weights(make_tiny):
     assert count_reft_parameters(t5, EditConfig(method="direft", rank=1, share_weights=True)) == 12 * (2 * 768 + 1)
 
 
-@pytest.mark.parametrize("method", ["loreft", "direft"])
+@pytest.mark.parametrize("method", ["loreft", "direft", "nodireft"])
 def test_training_lowers_the_loss_and_keeps_R_orthonormal(make_tiny, method):
     model = make_tiny("llama")
     edited = reft(model, method)
@@ -162,11 +162,13 @@ def test_training_lowers_the_loss_and_keeps_R_orthonormal(make_tiny, method):
     assert losses[-1] < losses[0] - 0.1 and losses[-1] == min(losses), losses  # a tiny random model: ~0.2 nats
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the base stays frozen
     for unit in units(edited):
-        if isinstance(unit, LoReFT):
+        if isinstance(unit, (LoReFT, DiReFT)):  # pyreft's LoreftIntervention and DireftIntervention
             R = unit.R.detach()
             torch.testing.assert_close(R @ R.T, torch.eye(2), atol=1e-5, rtol=0)
-        else:
-            assert isinstance(unit, DiReFT) and not hasattr(unit, "rotate")
+        else:  # pyreft's NodireftIntervention: an unconstrained projection
+            assert isinstance(unit, NodiReFT) and not hasattr(unit, "rotate")
+            P = unit.proj.weight.detach()
+            assert not torch.allclose(P @ P.T, torch.eye(2), atol=1e-2)
 
 
 def test_gradient_checkpointing_edits_the_same_positions_when_blocks_rerun(make_tiny):

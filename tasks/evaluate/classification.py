@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import glue_metrics, is_regression, logits_to_predictions, metric_names, primary_metric
+from .metrics import glue_metrics, is_regression, logits_to_predictions, metric_names, metric_set, primary_metric
 from .report import EvalReport
 
 
@@ -53,23 +53,27 @@ def predict_classification(model: torch.nn.Module, rows: Iterable[Mapping[str, A
 
 def evaluate_classification(model: torch.nn.Module, rows: Iterable[Mapping[str, Any]] | Any, task: str, *,
                             batch_size: int = 32, pad_token_id: int | None = None, name: str | None = None,
-                            model_name: str = "") -> EvalReport:
+                            model_name: str = "", primary: str | None = None) -> EvalReport:
     """GLUE metrics of ``model`` on encoded ``rows`` (a datasets.Dataset or a list of dicts) for ``task``.
 
-    ``task`` is a GLUE task ('sst2', 'cola', 'stsb'...) or a metric name
-    ('accuracy', 'mcc', 'pearson', 'f1'), e.g. ``TaskData.metric``.
+    ``task`` is a GLUE task ('sst2', 'cola', 'stsb'...: its whole metric set is reported) or a
+    metric name ('accuracy', 'mcc', 'pearson', 'f1'). ``primary`` (e.g. ``TaskData.metric``)
+    overrides the task's primary metric (the paper's: MCC for CoLA, Pearson for STS-B, accuracy
+    otherwise) and is reported too.
     """
-    regression = is_regression(task)
+    primary = metric_names(primary)[0] if primary else primary_metric(task)
+    names = metric_set(task, primary)
+    regression = all(is_regression(m) for m in names)
     preds, labels = predict_classification(model, rows, batch_size=batch_size, pad_token_id=pad_token_id,
                                            regression=regression)
     if labels.size == 0:
         raise ValueError("the rows have no 'labels' column: cannot score (GLUE test splits are unlabelled)")
-    metrics = glue_metrics(task, preds, labels)
-    details: dict[str, Any] = {"n": int(len(labels)), "metric_set": list(metric_names(task))}
+    metrics = glue_metrics(names, preds, labels)
+    details: dict[str, Any] = {"n": int(len(labels)), "metric_set": list(names)}
     if not regression:
         classes, counts = np.unique(preds, return_counts=True)
         details["predicted_class_counts"] = {str(int(c)): int(n) for c, n in zip(classes, counts)}
-    return EvalReport(name=name or task, kind="classification", metrics=metrics, primary=primary_metric(task),
+    return EvalReport(name=name or task, kind="classification", metrics=metrics, primary=primary,
                       model=model_name, details=details)
 
 

@@ -1,7 +1,8 @@
 """lm-eval-harness suites for (edited) language models.
 
-``evaluate_lm`` wraps the model instance in lm-eval's ``HFLM`` (a
-``red.EditedModel`` is unwrapped to its hooked base model: the same forward),
+``evaluate_lm`` wraps the model instance in lm-eval's ``HFLM`` (a RED
+``red.EditedModel`` is unwrapped to its hooked base model: the same forward; a
+ReFT one is scored with its context as the prompt, see ``lm_eval_model``),
 runs ``lm_eval.simple_evaluate`` once per few-shot setting, checks the scores
 are not degenerate, and returns one ``EvalReport`` with per-task metrics and
 the average of each task's headline metric.
@@ -104,7 +105,6 @@ def evaluate_lm(model: torch.nn.Module, tokenizer: Any, tasks: TaskSpec = "openl
     tasks' headline metrics (the primary metric).
     """
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
     label, suite = resolve_tasks(tasks)
     check_generative(model)
@@ -115,8 +115,8 @@ def evaluate_lm(model: torch.nn.Module, tokenizer: Any, tasks: TaskSpec = "openl
     task_manager = _task_manager([t.task for t in suite], include_path, builtin_tasks)
 
     was_training = base.training
-    lm = HFLM(pretrained=base, tokenizer=tok, backend=backend, batch_size=batch_size, max_length=max_length,
-              add_bos_token=add_bos, logits_cache=True)
+    lm = lm_eval_model(model, tok, backend=backend, batch_size=batch_size, max_length=max_length,
+                       add_bos_token=add_bos)
     results: dict[str, dict[str, Any]] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     n_samples: dict[str, Any] = {}
@@ -184,6 +184,95 @@ def _per_row(samples: dict[str, list[dict[str, Any]]], metrics: dict[str, float]
                 if key in metrics and isinstance(value, (int, float)):  # bools (exact match) count as 0/1
                     out.setdefault(key, []).append(float(value))
     return {k: v for k, v in out.items() if v and abs(sum(v) / len(v) - metrics[k]) < 1e-9}
+
+
+# ---- the lm-eval model ------------------------------------------------------------------------
+def _is_reft(model: torch.nn.Module) -> bool:
+    config = getattr(model, "edit_config", None)
+    return bool(getattr(config, "is_reft", False))
+
+
+def lm_eval_model(model: torch.nn.Module, tokenizer: Any, *, backend: str = "causal", batch_size: int = 8,
+                  max_length: int | None = None, add_bos_token: bool | None = None):
+    """The lm-eval ``LM`` that scores ``model``: lm-eval's ``HFLM``, or for a ReFT-edited causal LM a
+    ``HFLM`` whose log-likelihoods treat each request's context as the prompt (``score_continuations``).
+
+    HFLM scores causal models on right-padded batches without an attention mask: harmless for a
+    plain or RED-edited model (causal attention never looks right, and RED edits every position
+    alike), but ReFT edits the first/last *prompt* tokens, so it would count padding and the scored
+    continuation as prompt and give a request a different log-likelihood in each batch.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    kwargs = dict(tokenizer=tokenizer, backend=backend, batch_size=batch_size, max_length=max_length,
+                  add_bos_token=add_bos_token)
+    if backend == "causal" and _is_reft(model):
+        return _context_prompt_lm_class()(pretrained=model, logits_cache=False, **kwargs)
+    return HFLM(pretrained=unwrap_model(model), logits_cache=True, **kwargs)
+
+
+@torch.no_grad()
+def score_continuations(model: torch.nn.Module, requests: Sequence[tuple[Any, list[int], list[int]]], *,
+                        batch_size: int, max_length: int, pad_token_id: int,
+                        device: torch.device | str | None = None) -> list[tuple[float, bool]]:
+    """``(log-likelihood, is greedy)`` of each ``(key, context_tokens, continuation_tokens)`` under a ReFT model.
+
+    Like lm-eval's causal scoring (``(context + continuation)[-(max_length + 1):][:-1]`` as input,
+    the continuation's log-probabilities summed), but each row carries its attention mask and its
+    prompt, the context tokens (``red.reft.given_prompt``): the edit lands on the first/last
+    tokens of the context, as in ``generate()``, never on padding or scored tokens, so a request
+    gets the same score in any batch. Rows are batched longest first; results come back in order.
+    """
+    from red.reft import given_prompt
+
+    device = device or next(model.parameters()).device
+    rows = []
+    for _, context, continuation in requests:
+        if not context or not continuation or len(continuation) > max_length:
+            raise ValueError("each request needs a non-empty context and a continuation of at most max_length tokens")
+        inputs = (list(context) + list(continuation))[-(max_length + 1):][:-1]
+        rows.append((inputs, len(inputs) - len(continuation) + 1, list(continuation)))
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    results: list[tuple[float, bool] | None] = [None] * len(rows)
+    for start in range(0, len(order), max(1, int(batch_size))):
+        chunk = order[start:start + max(1, int(batch_size))]
+        width = max(len(rows[i][0]) for i in chunk)
+        ids = torch.full((len(chunk), width), int(pad_token_id), dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        prompt = torch.zeros(len(chunk), width, dtype=torch.bool)
+        for r, i in enumerate(chunk):
+            inputs, n_context, _ = rows[i]
+            ids[r, :len(inputs)] = torch.tensor(inputs)
+            mask[r, :len(inputs)] = 1
+            prompt[r, :n_context] = True
+        with given_prompt(model, prompt.to(device)):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for r, i in enumerate(chunk):
+            inputs, _, continuation = rows[i]
+            scored = logprobs[r, len(inputs) - len(continuation):len(inputs)]
+            target = torch.tensor(continuation, device=scored.device)
+            results[i] = (float(scored.gather(1, target[:, None]).sum()), bool((scored.argmax(-1) == target).all()))
+    return results  # type: ignore[return-value]
+
+
+def _context_prompt_lm_class():
+    from lm_eval.models.huggingface import HFLM
+
+    class ContextPromptLM(HFLM):
+        """HFLM whose log-likelihood requests are scored by ``score_continuations`` (ReFT-edited causal LMs)."""
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            batch = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 1)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
+            results = score_continuations(self.model, requests, batch_size=batch, max_length=self.max_length,
+                                          pad_token_id=pad, device=self.device)
+            for (key, _, _), answer in zip(requests, results):
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
+            return results
+
+    return ContextPromptLM
 
 
 # ---- helpers ------------------------------------------------------------------------------

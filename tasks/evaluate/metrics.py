@@ -29,9 +29,9 @@ GLUE_TASK_METRICS: dict[str, tuple[str, ...]] = {
     "wnli": ("accuracy",),
     "ax": ("mcc",),
 }
-# The single number each task is ranked by (the first of its set, as in the GLUE leaderboard's main column).
+# The single number each task is ranked by: the RED paper's Table 1 (as LoRA's and BitFit's GLUE tables):
+# MCC for CoLA, Pearson for STS-B, accuracy for every other task (MRPC and QQP included).
 GLUE_PRIMARY: dict[str, str] = {task: metrics[0] for task, metrics in GLUE_TASK_METRICS.items()}
-GLUE_PRIMARY.update({"mrpc": "f1", "qqp": "f1"})
 
 REGRESSION_METRICS = frozenset({"pearson", "spearman"})
 METRIC_ALIASES = {
@@ -68,6 +68,20 @@ def metric_names(task_or_metric: str) -> tuple[str, ...]:
     return (metric,)
 
 
+def metric_set(task: str | None, metric: str) -> tuple[str, ...]:
+    """The metrics to report for a task: ``metric`` (its primary) first, then the rest of GLUE's set for a GLUE task.
+
+    ``task`` is the data's GLUE task (``TaskData.task``: 'mrpc', 'stsb'...) or None/a non-GLUE name;
+    ``metric`` the primary metric (``TaskData.metric``). MRPC with 'accuracy' -> ('accuracy', 'f1').
+    """
+    primary = metric_names(metric)[0] if metric else None
+    glue = GLUE_TASK_METRICS.get(normalize_task(task), ()) if task else ()
+    names = ([primary] if primary else []) + [m for m in glue if m != primary]
+    if not names:
+        raise ValueError("metric_set needs a metric or a GLUE task")
+    return tuple(names)
+
+
 def primary_metric(task_or_metric: str) -> str:
     task = normalize_task(task_or_metric)
     return GLUE_PRIMARY.get(task) or metric_names(task_or_metric)[0]
@@ -77,16 +91,20 @@ def is_regression(task_or_metric: str) -> bool:
     return all(m in REGRESSION_METRICS for m in metric_names(task_or_metric))
 
 
-def glue_metrics(task_or_metric: str, predictions: Sequence[Any] | np.ndarray,
+def glue_metrics(task_or_metric: str | Sequence[str], predictions: Sequence[Any] | np.ndarray,
                  labels: Sequence[Any] | np.ndarray) -> dict[str, float]:
     """Metrics of ``predictions`` against ``labels`` for a GLUE task ('cola', 'SST-2'...) or a metric name.
 
+    ``task_or_metric`` may also be a list of metric names (e.g. from ``metric_set``).
     Predictions are class ids (classification) or scores (STS-B). F1 is the
     binary F1 of class 1 when there are two classes (GLUE's MRPC/QQP
     convention) and macro F1 otherwise. Correlations of a constant prediction
     are undefined: they come back as NaN with a warning, never as 0.
     """
-    names = metric_names(task_or_metric)
+    if isinstance(task_or_metric, str):
+        names = metric_names(task_or_metric)
+    else:
+        names = tuple(metric_names(m)[0] for m in task_or_metric)
     preds = np.asarray(predictions)
     refs = np.asarray(labels)
     if preds.shape[0] != refs.shape[0]:
@@ -164,15 +182,17 @@ def logits_to_predictions(logits: Any, regression: bool | None = None) -> np.nda
 
 
 def make_compute_metrics(task_or_metric: str, *, regression: bool | None = None,
-                         prefix: str = "") -> Callable[[Any], dict[str, float]]:
+                         prefix: str = "", metrics: Sequence[str] | None = None) -> Callable[[Any], dict[str, float]]:
     """A ``compute_metrics`` for ``transformers.Trainer``: EvalPrediction -> {metric: value}.
 
     Regression is decided by the task (STS-B, pearson/spearman) unless given;
-    Trainer prefixes the keys with ``eval_`` itself, so ``prefix`` is only for
-    other callers.
+    ``metrics`` (e.g. ``metric_set(data.task, data.metric)``) overrides which metrics
+    are computed; Trainer prefixes the keys with ``eval_`` itself, so ``prefix`` is
+    only for other callers.
     """
     if regression is None:
         regression = is_regression(task_or_metric)
+    which: str | Sequence[str] = tuple(metrics) if metrics else task_or_metric
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
         if isinstance(eval_pred, (tuple, list)):
@@ -183,7 +203,7 @@ def make_compute_metrics(task_or_metric: str, *, regression: bool | None = None,
         labels = np.asarray(labels).reshape(-1)
         if regression:
             labels = labels.astype(float)
-        return {f"{prefix}{k}": v for k, v in glue_metrics(task_or_metric, preds, labels).items()}
+        return {f"{prefix}{k}": v for k, v in glue_metrics(which, preds, labels).items()}
 
     compute_metrics.__qualname__ = f"compute_metrics[{task_or_metric}]"
     return compute_metrics
