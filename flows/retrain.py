@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from . import steps
+from . import console, steps
 from .config import RetrainConfig, TaskSpec, load_config
 from .runners import make_task_runner
 
@@ -22,21 +22,27 @@ from .runners import make_task_runner
 @task(name="prepare-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="prepare-{task.name}",
       retry_condition_fn=lambda t, r, s: _transient(s))
 def prepare_data_task(cfg: RetrainConfig, task: TaskSpec):
+    console.report(task.name, "prepare")
     return steps.prepare_step(cfg, task)
 
 
 @task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="plan-{task.name}",
       retry_condition_fn=lambda t, r, s: _transient(s))
 def plan_task(cfg: RetrainConfig, task: TaskSpec, data, force: bool):
+    console.report(task.name, "plan")
     plan = steps.plan_step(cfg, task, data, force=force)
     get_run_logger().info("%s: %s (%s)", task.name, plan.action, "; ".join(plan.reasons))
+    if plan.action == steps.UNCHANGED:
+        console.report(task.name, "unchanged", f"same inputs as v{plan.latest_version}")
     return plan
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="train-{task.name}",
       retry_condition_fn=lambda t, r, s: _transient(s))
 def train_task(cfg: RetrainConfig, task: TaskSpec, data, plan, run_key: str):
-    result = steps.train_step(cfg, task, data, plan, run_key)
+    if plan.action == steps.TRAIN:
+        console.report(task.name, "train")
+    result = steps.train_step(cfg, task, data, plan, run_key, callbacks=[console.training_callback(task.name)])
     if result is not None:
         logger = get_run_logger()
         for note in result.notes:
@@ -49,20 +55,27 @@ def train_task(cfg: RetrainConfig, task: TaskSpec, data, plan, run_key: str):
 @task(name="evaluate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="evaluate-{task.name}",
       retry_condition_fn=lambda t, r, s: _transient(s))
 def evaluate_task(cfg: RetrainConfig, task: TaskSpec, result, data):
+    if result is not None:
+        console.report(task.name, "evaluate")
     return steps.evaluate_step(cfg, task, result, data)
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="register-{task.name}",
       retry_condition_fn=lambda t, r, s: _transient(s))
 def register_task(cfg: RetrainConfig, task: TaskSpec, result, evaluation):
+    if result is not None:
+        console.report(task.name, "register")
     return steps.register_step(cfg, task, result, evaluation)
 
 
 @task(name="gate-and-promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       task_run_name="promote-{task.name}", retry_condition_fn=lambda t, r, s: _transient(s))
 def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result, evaluation, data):
+    if registered is not None:
+        console.report(task.name, "gate", f"v{registered['version']} vs production")
     decision = steps.promote_step(cfg, task, registered, result, evaluation, data)
     if decision is not None:
+        console.report(task.name, "done", f"v{decision.version} " + ("promoted" if decision.promoted else "kept out"))
         get_run_logger().info("%s v%s: %s (%s)", task.name, decision.version,
                               "promoted" if decision.promoted else "not promoted", decision.reason)
     return decision
@@ -110,6 +123,7 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
             future.wait()
         summary[name] = summary_row(name, chain)
         if summary[name]["status"] in ("failed", "diverged"):
+            console.report(name, summary[name]["status"], f"at {summary[name]['step']}")
             logger.error("task %s %s: %s", name, summary[name]["status"], summary[name]["error"])
     return summary
 

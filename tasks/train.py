@@ -291,6 +291,20 @@ def _divergence_guard(factor: float):
     return DivergenceGuard()
 
 
+def _quiet_console_logging(trainer) -> None:
+    """Training metrics go to the result (and MLflow), not as raw dicts on stdout: keep the tqdm bar
+    (``REDFLOW_PROGRESS=1``, the default for library use) but drop the callbacks that print log dicts."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgress)
+
+
 def _precision(choice: str) -> dict[str, bool]:
     if choice == "auto":
         use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -397,6 +411,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         data_collator=collator, compute_metrics=_compute_metrics_fn(data) if classification else None,
         callbacks=guards + list(callbacks or []),
     )
+    _quiet_console_logging(trainer)
     resume = str(resume_from) if resume_from else None
     start_step = _checkpoint_step(resume)
     if resume:

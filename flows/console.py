@@ -1,0 +1,130 @@
+"""What a person sees while a retrain runs: one line per task, its current step, a bar while it trains.
+
+The CLI installs a reporter for the duration of a command (``reporting(...)``); flow tasks and the
+Trainer callback report to whichever is installed (``report``/``progress``; by default nothing, so
+library use, tests and Dask/Ray workers are silent). On a terminal the lines are a live rich
+display; anywhere else (a log file, CI) each step change is one plain line, never cursor escapes.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+class Reporter:
+    """Receives step changes and training progress; the base class ignores them."""
+
+    def step(self, task: str, step: str, detail: str = "") -> None:  # noqa: D401 - a sink
+        pass
+
+    def progress(self, task: str, done: int, total: int, detail: str = "") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PlainReporter(Reporter):
+    """One line per step change (and per epoch while training): for logs and non-terminals."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+        self._lock = threading.Lock()
+        self._last: dict[str, str] = {}
+
+    def step(self, task: str, step: str, detail: str = "") -> None:
+        self._line(task, f"{step}{': ' + detail if detail else ''}")
+
+    def progress(self, task: str, done: int, total: int, detail: str = "") -> None:
+        if detail:  # epochs and evaluations, not every optimizer step
+            self._line(task, f"train {done}/{total} steps: {detail}")
+
+    def _line(self, task: str, text: str) -> None:
+        with self._lock:
+            if self._last.get(task) == text:
+                return
+            self._last[task] = text
+            self.console.print(f"{time.strftime('%H:%M:%S')} {task}: {text}", markup=False, highlight=False,
+                               soft_wrap=True)
+
+
+class RichReporter(Reporter):
+    """A live display on a terminal: per task its step, and a progress bar labelled with it while training."""
+
+    def __init__(self, console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.fields[name]:<12.12}", markup=False),
+                                  TextColumn("{task.fields[step]:<9.9}", markup=False), BarColumn(bar_width=20),
+                                  MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TextColumn("{task.fields[detail]}", markup=False),
+                                  console=console, transient=False, refresh_per_second=4)
+        self._ids: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._progress.start()
+
+    def _id(self, task: str):
+        if task not in self._ids:
+            self._ids[task] = self._progress.add_task("", total=None, name=task, step="", detail="")
+        return self._ids[task]
+
+    def step(self, task: str, step: str, detail: str = "") -> None:
+        with self._lock:
+            self._progress.update(self._id(task), step=step, detail=detail[:40])
+
+    def progress(self, task: str, done: int, total: int, detail: str = "") -> None:
+        with self._lock:
+            fields = {"detail": detail[:40]} if detail else {}
+            self._progress.update(self._id(task), completed=done, total=total, **fields)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+_current: Reporter = Reporter()
+
+
+def report(task: str, step: str, detail: str = "") -> None:
+    """Tell whoever watches that ``task`` is now at ``step`` (prepare, plan, train, evaluate, ...)."""
+    _current.step(task, step, detail)
+
+
+def progress(task: str, done: int, total: int, detail: str = "") -> None:
+    _current.progress(task, done, total, detail)
+
+
+@contextlib.contextmanager
+def reporting(console, *, live: bool | None = None) -> Iterator[Reporter]:
+    """Install a reporter for ``console`` (live on a terminal, plain lines elsewhere) until the block ends."""
+    global _current
+    live = console.is_terminal if live is None else live
+    reporter: Reporter = RichReporter(console) if live else PlainReporter(console)
+    previous, _current = _current, reporter
+    try:
+        yield reporter
+    finally:
+        _current = previous
+        reporter.close()
+
+
+def training_callback(task: str):
+    """A transformers ``TrainerCallback`` that reports the task's optimizer steps, epochs and validation."""
+    from transformers import TrainerCallback
+
+    class ReportTraining(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            progress(task, state.global_step, state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            progress(task, state.global_step, state.max_steps)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            shown = {k[len("eval_"):]: v for k, v in (metrics or {}).items()
+                     if k.startswith("eval_") and isinstance(v, float) and not k.endswith(("runtime", "per_second"))}
+            text = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:2])
+            progress(task, state.global_step, state.max_steps, f"epoch {state.epoch:.0f}: {text}")
+
+    return ReportTraining()
