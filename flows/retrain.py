@@ -58,7 +58,7 @@ def _transient(state) -> bool:
 
 
 class RetrainFailed(RuntimeError):
-    """Some tasks failed; the others were registered. The message lists which and why."""
+    """Some (or all) tasks failed; any others were registered. The message lists which and why."""
 
 
 def _tracking(cfg: RetrainConfig) -> str:
@@ -141,8 +141,9 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
                              description=f"retrain {cfg.name}: per-task metrics, versions and promotion decisions")
     failed = [n for n, row in summary.items() if row["status"] != "ok"]
     if failed:
-        raise RetrainFailed(f"{len(failed)} of {len(summary)} tasks failed ({', '.join(failed)}); the others were "
-                            "registered. " + "; ".join(f"{n}: {summary[n]['error']}" for n in failed))
+        others = "; the others were registered" if len(failed) < len(summary) else ""
+        raise RetrainFailed(f"{len(failed)} of {len(summary)} tasks failed ({', '.join(failed)}){others}. "
+                            + "; ".join(f"{n}: {summary[n]['error']}" for n in failed))
     return summary
 
 

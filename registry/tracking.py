@@ -1,12 +1,10 @@
-"""Tracking URI handling and run logging: one MLflow run per task training.
+"""Run logging: one MLflow run per task training.
 
-Storage layout (local default)::
+Storage layout (local default; which store is used is decided in ``registry.store``)::
 
     <runs_dir>/mlflow.db                     SQLite backend store (runs, registry)
     <runs_dir>/mlartifacts/<experiment>/...   run artifacts and logged models
 
-The legacy file store (``file:`` URIs, plain directories) is refused: it lacks the model
-registry's transactional guarantees the promotion logic relies on and MLflow deprecates it.
 Remote tracking servers (``http(s)://``) keep their own artifact store (``mlflow server
 --artifacts-destination``; see ``registry.server``).
 """
@@ -15,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import subprocess
 import time
@@ -23,90 +20,22 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from .store import (ARTIFACTS_DIRNAME, DB_FILENAME, DEFAULT_RUNS_DIR, default_tracking_uri,  # noqa: F401 - re-exported
+                    local_artifact_root, setup_tracking, sqlite_path)
+from .store import normalize_uri as _normalize_uri  # noqa: F401
+
 if TYPE_CHECKING:  # tasks is only needed for type hints
     from tasks.result import TrainResult
 
-DEFAULT_RUNS_DIR = "runs"
-ARTIFACTS_DIRNAME = "mlartifacts"
-DB_FILENAME = "mlflow.db"
 _MAX_PARAM_VALUE = 6000        # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _MAX_TAG_VALUE = 8000          # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _MAX_KEY = 250
 _BATCH_METRICS = 1000          # log_batch limits
 _BATCH_PARAMS = 100
-
-
-# ---------------------------------------------------------------------------------------------
-# tracking URI
-# ---------------------------------------------------------------------------------------------
-def default_tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
-    """``sqlite:///<abs runs_dir>/mlflow.db``."""
-    return f"sqlite:///{Path(runs_dir).expanduser().resolve() / DB_FILENAME}"
-
-
-def _normalize_uri(uri: str) -> str:
-    """Accept a database URI, an http(s) server, or a path to a ``.db`` file; refuse the file store."""
-    uri = uri.strip()
-    if uri.startswith("file:"):
-        raise ValueError(
-            f"tracking URI {uri!r} is MLflow's legacy file store, which redflow does not use. "
-            "Use a database (e.g. 'sqlite:///runs/mlflow.db') or a tracking server ('http://host:5000')."
-        )
-    if "://" in uri or uri.startswith(("databricks", "sqlite:")):
-        return uri
-    path = Path(uri).expanduser()
-    if path.suffix == ".db" or (path.is_file() and not path.is_dir()):
-        return f"sqlite:///{path.resolve()}"
-    raise ValueError(
-        f"tracking URI {uri!r} looks like a directory (MLflow's legacy file store), which redflow does not use. "
-        f"Pass a database such as 'sqlite:///{path / DB_FILENAME}' or an http(s) tracking server."
-    )
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for other URIs or in-memory SQLite).
-
-    SQLAlchemy convention: ``sqlite:///rel/path.db`` is relative, ``sqlite:////abs/path.db`` absolute.
-    """
-    if not uri.startswith("sqlite://"):
-        return None
-    rest = uri[len("sqlite://"):].split("?", 1)[0]
-    if not rest.startswith("/") or rest in ("/", "/:memory:"):
-        return None
-    return Path(rest[1:])
-
-
-def local_artifact_root(uri: str | None = None) -> Path | None:
-    """For a SQLite backend, ``<db dir>/mlartifacts``; None for remote servers."""
-    db = sqlite_path(uri or mlflow.get_tracking_uri())
-    return db.parent / ARTIFACTS_DIRNAME if db is not None else None
-
-
-def setup_tracking(uri: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
-    """Point MLflow (tracking and registry) at ``uri`` and return the normalized URI.
-
-    ``uri`` None: ``$REDFLOW_TRACKING_URI`` if set, else ``sqlite:///<runs_dir>/mlflow.db``
-    (artifacts in ``<runs_dir>/mlartifacts``). ``$MLFLOW_TRACKING_URI`` is deliberately not read:
-    ``mlflow.set_tracking_uri`` exports it, so it reflects whatever this process (or its parent)
-    pointed MLflow at last, not a configuration; pass it explicitly if you mean it. File-store
-    URIs raise ``ValueError``. The URI is process-wide (MLflow keeps it global and exports it to
-    subprocesses).
-    """
-    if uri is None:
-        uri = os.environ.get("REDFLOW_TRACKING_URI") or default_tracking_uri(runs_dir)
-    uri = _normalize_uri(uri)
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        (db.parent / ARTIFACTS_DIRNAME).mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
 
 
 def _slug(text: str) -> str:

