@@ -42,6 +42,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "default"
 
 
+# MLflow's experiment kind: the UI opens a "custom model development" experiment on its training runs
+# rather than on the GenAI (traces) pages. MLflow 3.17's UI takes the view from its own workflow switch,
+# so links redflow prints also carry ``?workflowType=machine_learning`` (flows/cli.py experiment_url).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+PRIMARY = "primary"  # test_primary, validation_primary, epoch/validation_primary: one name across tasks
+
+
 def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> str:
     """Experiment id of ``name``, creating it (artifacts under ``<runs_dir>/mlartifacts/<name>``
     for SQLite backends) if needed. Safe when two processes create it at once."""
@@ -54,7 +61,7 @@ def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> s
     root = local_artifact_root(client.tracking_uri)
     location = (root / _slug(name)).resolve().as_uri() if root is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException as exc:
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -193,22 +200,45 @@ def _dir_size(path: Path) -> int:
 # ---------------------------------------------------------------------------------------------
 # log_training
 # ---------------------------------------------------------------------------------------------
+_REFT = ("loreft", "direft")
+_METHOD_PARAMS = {  # parameter prefix -> the methods it belongs to (others do not log it)
+    "lora_": ("lora",),
+    "edit.position": ("red",), "edit.kind": ("red",),
+    "edit.rank": _REFT, "edit.positions": _REFT, "edit.share_weights": _REFT, "edit.dropout": _REFT,
+    "edit.": ("red",) + _REFT,
+}
+
+
+def _belongs(key: str, method: str) -> bool:
+    """Whether parameter ``key`` is one of ``method``'s (a RED run logs no LoRA rank, a LoRA run no edit kind)."""
+    prefix = next((p for p in _METHOD_PARAMS if key == p.rstrip(".") or key.startswith(p)), None)
+    return prefix is None or method in _METHOD_PARAMS[prefix]
+
+
 def training_params(result: "TrainResult", meta: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """Flat run params: the hyperparameters, method, base model, data and the edit config."""
+    """Flat run params: the hyperparameters of the method that ran, method, base model (by name), data, edit config."""
+    from tasks.models import display_name
+
     params: dict[str, Any] = {
         "task": result.task,
         "method": result.method,
         "task_type": result.task_type,
-        "base_model": result.base_model,
+        "base_model": display_name(result.base_model),
         "base_revision": result.base_revision,
         "primary_metric": result.primary_metric,
         "data_hash": result.data_hash,
     }
-    params.update(flatten(result.params or {}))
+    params.update({k: v for k, v in flatten(result.params or {}).items() if k not in ("model", "method")})
     if meta:
         params.update(flatten(meta.get("config") or {}, prefix="edit"))
         params["edit.targets"] = len(meta.get("targets") or {})
-    return {_key(k): _param_value(v) for k, v in params.items() if v is not None and v != ""}
+    return {_key(k): _param_value(v) for k, v in params.items()
+            if v is not None and v != "" and _belongs(k, result.method)}
+
+
+def default_run_name(result: "TrainResult", when: float | None = None) -> str:
+    """``<task> <method> <UTC date time>``: runs of one task tell apart at a glance."""
+    return f"{result.task} {result.method} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(when))}"
 
 
 def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metric]:
@@ -222,8 +252,12 @@ def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metri
         epoch = int(row.get("epoch", 0))
         out += [_metric(f"epoch/{k}", v, epoch, ts) for k, v in row.items() if k != "epoch"]
     best = int(result.best_epoch or 0)
+    primary = result.primary_metric
+    for row in result.epochs or []:  # the primary metric's curve under one name for every task
+        out.append(_metric(f"epoch/validation_{PRIMARY}", row.get(f"validation_{primary}"), int(row.get("epoch", 0)), ts))
     for split, values in (("validation", result.validation), ("test", result.test)):
         out += [_metric(final_metric_key(split, k), v, best, ts) for k, v in (values or {}).items()]
+        out.append(_metric(f"{split}_{PRIMARY}", (values or {}).get(primary), best, ts))
     out += [
         _metric("best_epoch", result.best_epoch, 0, ts),
         _metric("trainable_parameters", result.trainable_parameters, 0, ts),
@@ -245,8 +279,11 @@ def log_training(
 ) -> str:
     """Log one task training as one MLflow run and return its run id.
 
-    Logs params (hyperparameters, method, base model, edit config), per-step and per-epoch
-    metrics, the final ``validation_*``/``test_*`` metrics, the edit file with its metadata
+    The run is named ``<task> <method> <UTC time>``; tags ``base_model`` (its name: hub id,
+    ``all-MiniLM-L6-v2``, else the folder's name) and ``base_model_path``. Logs params (the
+    hyperparameters of the method that ran, base model, edit config), per-step and per-epoch
+    metrics, the final ``validation_*``/``test_*`` metrics (the primary one also as
+    ``validation_primary``/``test_primary``, and its curve as ``epoch/validation_primary``), the edit file with its metadata
     JSON (``edit/``), the TrainResult JSON, evaluation reports (``evaluation/<name>.json|.md``,
     metrics as ``eval/<name>/<metric>``), the run config (``config.json``) and plots
     (``plots/training_curves.png``, ``plots/edit_heatmap.png``). The run ends FINISHED, or
@@ -257,12 +294,15 @@ def log_training(
     client = MlflowClient()
     experiment_id = get_or_create_experiment(experiment, client)
     tensors, meta = _read_edit_meta(result.edit_path)
+    from tasks.models import display_name
+
     run_tags = {
-        "mlflow.runName": run_name or f"{result.task}-{result.method}",
+        "mlflow.runName": run_name or default_run_name(result),
         "redflow.run_kind": "train",
         "task": result.task,
         "method": result.method,
-        "base_model": result.base_model,
+        "base_model": display_name(result.base_model),
+        "base_model_path": result.base_model,
         "primary_metric": result.primary_metric,
         "data_hash": result.data_hash,
         "code_version": code_version(),
