@@ -63,11 +63,14 @@ def promote_version(model_name: str, version: int, *, force: bool = False, polic
     Returns the gate's ``PromotionDecision`` (``force``: the ``AliasMove``). Raises ``ModelNotFound``
     for a model or version that does not exist.
     """
-    from registry import PromotionPolicy, gate_and_promote, move_alias
+    from registry import AliasMove, PromotionPolicy, gate_and_promote, move_alias, production_version
     from registry.views import require_version
 
     require_version(model_name, version)
     if force:
+        if production_version(model_name) == int(version):  # nothing to move, and no self-move in the history
+            return AliasMove(model_name=model_name, alias="production", version=int(version), previous=int(version),
+                             action="none", reason=f"version {version} is already production")
         return move_alias(model_name, "production", version, action="force-promote",
                           reason=reason or "promoted by hand without the gate")
     return gate_and_promote(model_name, version, PromotionPolicy(**(policy or {})))

@@ -136,7 +136,8 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
             raise ValueError(f"unknown task(s) {unknown}; the config has {[t.name for t in cfg.tasks]}")
         cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in only]})
     uri = _tracking(cfg)
-    summary = retrain_tasks.with_options(task_runner=make_task_runner(cfg.task_runner, cfg.max_workers))(cfg)
+    runner = make_task_runner(cfg.task_runner, cfg.max_workers, cfg.runs_dir)
+    summary = retrain_tasks.with_options(task_runner=runner)(cfg)
     create_markdown_artifact(key=f"retrain-{_slug(cfg.name)}", markdown=summary_markdown(cfg, summary, uri),
                              description=f"retrain {cfg.name}: per-task metrics, versions and promotion decisions")
     failed = [n for n, row in summary.items() if row["status"] != "ok"]

@@ -81,6 +81,10 @@ def test_every_method_registers_without_pickle_and_serves_what_it_trained(tmp_pa
                 keys = list(f.keys())
             assert keys and all(k.endswith(".bias") or k.startswith("classifier.") for k in keys)
 
+        params = client.get_run(mv.run_id).data.params  # each run logs its own method's parameters only
+        assert ("lora_r" in params) == (method == "lora") and ("edit.kind" in params) == (method == "red")
+        assert ("edit.rank" in params) == (method == "loreft")
+
         # the registered pyfunc predicts what the trained model predicts, on the task's test rows
         result = TrainResult.load(client.download_artifacts(mv.run_id, "train_result.json"))
         test = prepare_step(cfg, task).test

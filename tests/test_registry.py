@@ -178,6 +178,8 @@ def test_log_training_records_params_curves_metrics_artifacts_and_plots(edits, t
     assert run.data.tags["base_model_path"] == result.base_model and "lora_r" not in p and "edit.rank" not in p
     assert run.data.tags["mlflow.runName"].startswith("sst2 red 20")
     assert run.data.metrics["test_primary"] == pytest.approx(0.81)  # one name for the primary metric
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the training runs
     assert p["learning_rate"] == "0.001" and p["scheduler.warmup_ratio"] == "0.06"
     assert p["edit.kind"] == "scale+bias" and p["edit.position"] == "ffn" and p["edit.targets"] == "6"
     m = run.data.metrics
