@@ -14,6 +14,7 @@ authentication token in its environment rather than Ray writing a new one to ``~
 """
 from __future__ import annotations
 
+import importlib
 import os
 import secrets
 from pathlib import Path
@@ -46,11 +47,16 @@ def _ray_auth_configured() -> bool:
         Path.home() / ".ray" / "auth_token").is_file()
 
 
-def _ray_runner(max_workers: int, runs_dir: str | Path | None):
+def _runner_class(module: str, name: str, package: str):
+    """A task runner class from an optional integration, or a ValueError that says what to install."""
     try:
-        from prefect_ray import RayTaskRunner
+        return getattr(importlib.import_module(module), name)
     except ImportError as exc:
-        raise ValueError("task_runner: ray needs prefect-ray. Fix: pip install 'redflow[ray]'") from exc
+        raise ValueError(f"task_runner needs {module.replace('_', '-')}. Fix: pip install {package}") from exc
+
+
+def _ray_runner(max_workers: int, runs_dir: str | Path | None):
+    RayTaskRunner = _runner_class("prefect_ray", "RayTaskRunner", "'redflow[ray]'")  # noqa: N806 - a class
     address = os.environ.get("REDFLOW_RAY_ADDRESS")
     if address:
         return RayTaskRunner(address=address)
@@ -72,10 +78,7 @@ def make_task_runner(kind: str, max_workers: int = 2, runs_dir: str | Path | Non
 
         return ThreadPoolTaskRunner(max_workers=max_workers)
     if kind == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError as exc:
-            raise ValueError("task_runner: dask needs prefect-dask. Fix: pip install prefect-dask") from exc
+        DaskTaskRunner = _runner_class("prefect_dask", "DaskTaskRunner", "prefect-dask")  # noqa: N806 - a class
         address = os.environ.get("REDFLOW_DASK_ADDRESS")
         if address:
             return DaskTaskRunner(address=address)
