@@ -205,7 +205,7 @@ def retrain(config: Path = typer.Argument(..., help="Retrain YAML (see configs/)
         overrides = {k: v for k, v in {"tracking_uri": tracking_uri, "task_runner": task_runner}.items() if v}
         cfg = load_config(config, overrides)
         _check_only(cfg, config, _split(only))
-        _announce_store(cfg)
+        _announce_store(cfg, tracking_uri)
         summary = _run_retrain(config, overrides, _split(only))
         print_summary(summary)
         print_next_steps(cfg)

@@ -44,7 +44,7 @@ def require_model(name: str, client: MlflowClient | None = None) -> RegisteredMo
         if exc.error_code not in _MISSING:
             raise
     names = registered_model_names(client)
-    listed = ", ".join(names) if names else "none"
+    listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "") if names else "none"
     raise ModelNotFound(f"no registered model {name!r} in {client.tracking_uri} (registered: {listed}). "
                         "Fix: check the name, or pass the --tracking-uri of the store that holds it")
 

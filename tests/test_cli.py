@@ -181,3 +181,20 @@ def test_a_retrain_whose_only_task_fails_exits_1_and_claims_nothing_else_registe
     out = _cli("retrain", str(path))
     assert out.exit_code == 1 and "1 of 1 tasks failed (broken)" in out.output
     assert "others were registered" not in out.output
+
+
+def test_prefect_temporary_server_gets_three_minutes_to_start_unless_the_user_chose_a_timeout():
+    """Fresh processes: Prefect reads its settings once per process."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from flows.orchestrator import ephemeral_server_grace\n"
+              "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as S\n"
+              "with ephemeral_server_grace() as t:\n    print(t, S.value())\nprint(S.value())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    default = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert default.stdout.split() == ["180", "180", "20"], default.stderr  # only inside the block, Prefect's 20 after
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "33"
+    chosen = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert chosen.stdout.split() == ["33", "33", "33"], chosen.stderr
