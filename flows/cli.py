@@ -345,9 +345,12 @@ def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. r
         else:
             result = promote_version(model_name, version, force=force, policy=policy).to_dict()
         _print_json(result)
-        if not force and not result.get("promoted"):
+        if result.get("previous") == version and not result.get("promoted"):
+            note(f"{model_name}: v{version} is already production")  # the state asked for: success
+        elif not force and not result.get("promoted"):
             raise Negative(f"{model_name} v{version} not promoted: {result.get('reason')}")
-        note(f"{model_name}: production -> v{version}" + (" (forced)" if force else ""))
+        else:
+            note(f"{model_name}: production -> v{version}" + (" (forced)" if force else ""))
 
 
 @app.command()

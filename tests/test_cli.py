@@ -121,6 +121,8 @@ def two_versions(tmp_path, minilm_path):
 def test_versions_history_promote_and_rollback_tell_scripts_what_happened(tmp_path, two_versions, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _cli("promote", "red-sst2", "1").exit_code == 0  # the first production version
+    out = _cli("promote", "red-sst2", "1")
+    assert out.exit_code == 0 and "already production" in out.output  # the state asked for: not a failure
     out = _cli("promote", "red-sst2", "2", "--margin", "0.01")
     assert out.exit_code == 1 and _json(out.output)["promoted"] is False  # the gate said no: not a success
     assert "no: red-sst2 v2 not promoted" in out.output and "MLflow store: sqlite:///" in out.output
