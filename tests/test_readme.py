@@ -95,10 +95,10 @@ def test_every_readme_command_works_after_the_demo(tmp_path, tiny_checkpoints, m
 
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "redflow").write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" '
-                                  f'exec "{sys.executable}" -m flows.cli "$@"\n')
+    (shim / "redflow").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m flows.cli "$@"\n')
     (shim / "redflow").chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),  # this checkout
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # `mlflow ui` without its background job workers: CPU
     ports = _free_ports(commands)
     ran, skipped = [], []
