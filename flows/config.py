@@ -76,27 +76,67 @@ class RetrainConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
-        for i, t in enumerate(self.tasks):
-            self.train_config(t)  # validate the merged training config now, not mid-run
-            metric = self.promotion_for(t).metric
-            if metric:
-                from tasks.evaluate.suites import check_gate_metric
-
-                try:
-                    check_gate_metric(metric, t.evaluate, _known_task_type(t))
-                except ValueError as exc:
-                    raise ValueError(f"tasks.{i} ({t.name}) promotion.metric: {exc}") from None
+        issues = [issue for i, t in enumerate(self.tasks) for issue in self._task_issues(i, t)]
+        if issues:  # the merged training and edit configs, validated now rather than mid-run
+            raise ConfigIssues(issues)
         return self
 
-    def train_config(self, task: TaskSpec) -> TrainConfig:
+    def _merged(self, task: TaskSpec) -> dict[str, Any]:
         from tasks.models import resolve_model
 
         merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
         merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
+        return merged
+
+    def train_config(self, task: TaskSpec) -> TrainConfig:
+        """The task's TrainConfig: base model, then ``defaults``, then the task's ``train`` (``edit`` merged key by key)."""
         try:
-            return TrainConfig(**merged)
+            return TrainConfig(**self._merged(task))
         except ValidationError as exc:
-            raise ValueError(f"task {task.name!r}: {_first_error(exc, prefix='train')}") from exc
+            raise ConfigIssues([(self._yaml_path(task, e["loc"]), _msg(e, TrainConfig)) for e in exc.errors()]) from exc
+
+    def _task_issues(self, index: int, task: TaskSpec) -> list[tuple[str, str]]:
+        """Problems in task ``index``'s merged training config and its ``edit`` (checked by red.EditConfig)."""
+        from red import EditConfig
+        from tasks.train import EDIT_METHODS
+
+        try:
+            tc = TrainConfig(**self._merged(task))
+        except ValidationError as exc:
+            return [(self._yaml_path(task, e["loc"], index), _msg(e, TrainConfig)) for e in exc.errors()]
+        metric = self.promotion_for(task).metric
+        if metric:  # a gate metric the task never produces would only fail at night
+            from tasks.evaluate.suites import check_gate_metric
+
+            try:
+                check_gate_metric(metric, task.evaluate, _known_task_type(task))
+            except ValueError as exc:
+                where = f"tasks.{index}.promotion.metric" if task.promotion and task.promotion.metric \
+                    else "promotion.metric"
+                return [(where, str(exc))]
+        if tc.method not in EDIT_METHODS:
+            return []
+        edit = dict(tc.edit)
+        if edit.get("method", tc.method) != tc.method:
+            return [(self._yaml_path(task, ("edit", "method"), index),
+                     f"{edit['method']!r} differs from the task's method {tc.method!r}; set `method` under train only")]
+        try:
+            EditConfig(**{**edit, "method": tc.method})
+        except ValidationError as exc:
+            return [(self._yaml_path(task, ("edit", *e["loc"]), index), _msg(e, EditConfig)) for e in exc.errors()]
+        return []
+
+    def _yaml_path(self, task: TaskSpec, loc: tuple, index: int | None = None) -> str:
+        """Where in the YAML a merged TrainConfig field came from: the task's ``train``, else ``defaults``."""
+        i = self.tasks.index(task) if index is None else index
+        keys = [str(k) for k in loc]
+        if keys and keys[0] == "edit" and len(keys) > 1:
+            own = keys[1] in (task.train.get("edit") or {})
+            where = f"tasks.{i}.train" if own or keys[1] not in (self.defaults.get("edit") or {}) else "defaults"
+        else:
+            own = bool(keys) and keys[0] in task.train
+            where = f"tasks.{i}.train" if own or not keys or keys[0] not in self.defaults else "defaults"
+        return ".".join([where, *keys])
 
     def promotion_for(self, task: TaskSpec) -> Promotion:
         if task.promotion is None:
@@ -124,14 +164,38 @@ def _known_task_type(task: TaskSpec) -> str | None:
     return None
 
 
-def _first_error(exc: ValidationError, prefix: str = "") -> str:
-    errors = exc.errors()
-    parts = []
-    for e in errors[:3]:
-        loc = ".".join(str(x) for x in ((prefix,) if prefix else ()) + tuple(e["loc"]))
-        parts.append(f"{loc}: {e['msg']}")
-    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-    return "; ".join(parts) + more
+class ConfigIssues(ValueError):
+    """Problems found in merged task settings, each with its YAML path (``tasks.0.train.edit.kind``)."""
+
+    def __init__(self, issues: list[tuple[str, str]]):
+        self.issues = issues
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in issues))
+
+
+def _msg(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:
+    """Pydantic's message without its 'Value error, ' prefix; an unknown field also lists the known ones."""
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    if error.get("type") == "extra_forbidden" and model is not None:
+        msg += f" (known fields: {', '.join(model.model_fields)})"
+    return msg
+
+
+def _issues(exc: ValidationError) -> list[tuple[str, str]]:
+    """(YAML path, message) per error; errors raised as ConfigIssues by a validator keep their own paths."""
+    out: list[tuple[str, str]] = []
+    for e in exc.errors():
+        inner = (e.get("ctx") or {}).get("error")
+        if isinstance(inner, ConfigIssues):
+            out += inner.issues
+        else:
+            out.append((".".join(str(x) for x in e["loc"]) or "(top level)", _msg(e)))
+    return out
+
+
+def _first_error(exc: ValidationError) -> str:
+    issues = _issues(exc)
+    more = f" (+{len(issues) - 3} more)" if len(issues) > 3 else ""
+    return "; ".join(f"{path}: {msg}" for path, msg in issues[:3]) + more
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RetrainConfig:
@@ -149,4 +213,4 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     try:
         return RetrainConfig(**raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_first_error(exc)}") from exc
+        raise ConfigError(f"{path}: {_first_error(exc)}. Fix: correct the named field(s) in {path}") from exc

@@ -1,7 +1,8 @@
 """Flows that act on registered versions: re-evaluate, promote, roll back.
 
-Each is a thin Prefect flow over a plain function (``*_version``), which the CLI
-and the tests can also call directly.
+Each is a thin Prefect flow over a plain function (``evaluate_version`` here, ``promote_version`` and
+``rollback_version`` in ``flows.operations``), which the CLI calls directly when no Prefect API is
+configured, and tests can call too.
 """
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from .config import RetrainConfig, load_config
+from .operations import open_store, promote_version, rollback_version  # noqa: F401 - promote_version: API
 
 
 def _tracking(cfg: RetrainConfig | None, tracking_uri: str | None) -> str:
-    from registry import setup_tracking
-
-    if cfg is not None:
-        return setup_tracking(tracking_uri or cfg.tracking_uri, cfg.runs_dir)
-    return setup_tracking(tracking_uri)
+    """Point MLflow at the existing store (flag > config > env > default); never creates one."""
+    return open_store(tracking_uri, cfg=cfg).uri
 
 
 def evaluate_version(model_name: str, version_or_alias: int | str, suites: list[Any], *,
@@ -28,6 +27,7 @@ def evaluate_version(model_name: str, version_or_alias: int | str, suites: list[
     """Evaluate one registered version on ``suites`` and record each report on that version."""
     from red.pretrained import load_pretrained_edit
     from registry import download_edit, record_evaluation, resolve_version
+    from registry.champion import trained_max_length
     from tasks.evaluate.suites import run_suite, suite_name
 
     from mlflow import MlflowClient
@@ -35,11 +35,12 @@ def evaluate_version(model_name: str, version_or_alias: int | str, suites: list[
     version = resolve_version(model_name, version_or_alias)
     edit_path = download_edit(model_name, version, Path(out_dir) / model_name / str(version))
     loaded = load_pretrained_edit(edit_path)
-    max_length = _trained_max_length(MlflowClient().get_model_version(model_name, str(version)))
+    max_length = trained_max_length(MlflowClient().get_model_version(model_name, str(version)))
     data = None
     if any(suite_name(s) in ("test", "classification", "glue") for s in suites):
         if cfg is None or task_name is None:
-            raise ValueError("suite 'test' needs the task's data: pass the retrain config and the task name")
+            raise ValueError("suite 'test' needs the task's data. Fix: pass --config (the retrain config) "
+                             "and, if the model is not red-<task>, --task")
         from tasks.data import prepare_data
 
         task = next((t for t in cfg.tasks if t.name == task_name), None)
@@ -56,31 +57,31 @@ def evaluate_version(model_name: str, version_or_alias: int | str, suites: list[
     return reports
 
 
-def _trained_max_length(mv) -> int:
-    """The max length a version was trained with (its tag, else its training run's param; 256 if unrecorded)."""
-    value = mv.tags.get("max_length")
-    if value is None and mv.run_id:
-        from mlflow import MlflowClient
-
-        value = MlflowClient().get_run(mv.run_id).data.params.get("max_length")
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return 256
-
-
 class ReevaluationFailed(RuntimeError):
     """Some versions could not be re-evaluated; the others were, and recorded. The message names which and why."""
+
+
+def evaluate_reports(model_name: str, version_or_alias: str = "production", suites: list[Any] | None = None,
+                     config: str | None = None, task: str | None = None, tracking_uri: str | None = None) -> list:
+    """The body of ``evaluate`` as a plain function: resolve the store and the task, evaluate, record."""
+    from registry.views import require_model
+
+    from .operations import task_for_model
+
+    cfg = load_config(config) if config else None
+    _tracking(cfg, tracking_uri)
+    require_model(model_name)
+    if cfg is not None:
+        task = task_for_model(cfg, model_name, task).name
+    return evaluate_version(model_name, version_or_alias, suites or ["test"], cfg=cfg, task_name=task,
+                            out_dir=Path(cfg.runs_dir if cfg else "runs") / "eval")
 
 
 @flow(name="evaluate-version")
 def evaluate(model_name: str, version_or_alias: str = "production", suites: list[Any] | None = None,
              config: str | None = None, task: str | None = None, tracking_uri: str | None = None) -> dict:
     """Re-evaluate any version or alias on any suites; the result is recorded on that version."""
-    cfg = load_config(config) if config else None
-    _tracking(cfg, tracking_uri)
-    reports = evaluate_version(model_name, version_or_alias, suites or ["test"], cfg=cfg, task_name=task,
-                               out_dir=Path(cfg.runs_dir if cfg else "runs") / "eval")
+    reports = evaluate_reports(model_name, version_or_alias, suites, config, task, tracking_uri)
     md = "\n\n".join(r.to_markdown() for r in reports)
     create_markdown_artifact(key="evaluation", markdown=f"# {model_name}@{version_or_alias}\n\n{md}")
     return {r.name: r.metrics for r in reports}
@@ -128,68 +129,28 @@ def reevaluate(config: str = "configs/demo.yaml", alias: str = "production") -> 
     return results
 
 
-def promote_version(model_name: str, version: int, *, force: bool = False, policy: dict | None = None,
-                    reason: str = "", cfg: RetrainConfig | None = None, task_name: str | None = None) -> Any:
-    """Promote through the gate (or unconditionally with ``force``, which is recorded as such).
-
-    With the task's retrain config (``cfg`` and ``task_name``) the candidate and the current
-    production are both scored on the task's current test rows at the candidate's max length,
-    and the gate decides on that pair, with the config's promotion policy under ``policy``.
-    Without it the gate can only promote a first version (on its recorded score).
-    """
-    from registry import PromotionPolicy, gate_and_promote, move_alias
-
-    if force:
-        return move_alias(model_name, "production", version, action="force-promote",
-                          reason=reason or "promoted by hand without the gate")
-    if cfg is None:
-        return gate_and_promote(model_name, version, PromotionPolicy(**(policy or {})))
-    from mlflow import MlflowClient
-
-    from registry.champion import score_version
-    from tasks.evaluate.suites import find_suite
-
-    from .steps import prepare_step
-
-    task = _task(cfg, task_name)
-    merged = {**cfg.promotion_for(task).model_dump(), **{k: v for k, v in (policy or {}).items() if v is not None}}
-    gate_policy = PromotionPolicy(**merged)
-    mv = MlflowClient().get_model_version(model_name, str(version))
-    metric = gate_policy.metric_name(mv.tags.get("primary_metric"))
-    suite = find_suite(task.evaluate, metric)
-    data = prepare_step(cfg, task)
-    work = Path(cfg.runs_dir) / "cache" / "gate"
-
-    def score(v: int):
-        return score_version(model_name, v, data, metric=metric, suite=suite, work_dir=work,
-                             max_length=_trained_max_length(mv))
-
-    return gate_and_promote(model_name, version, gate_policy, challenger=score(int(version)), score_champion=score)
-
-
-def _task(cfg: RetrainConfig, task_name: str | None):
-    task = next((t for t in cfg.tasks if t.name == task_name), None)
-    if task is None:
-        raise ValueError(f"task {task_name!r} is not in config {cfg.name!r}: {[t.name for t in cfg.tasks]}")
-    return task
-
-
 @flow(name="promote")
-def promote(model_name: str, version: int, force: bool = False, margin: float = 0.0, minimum: float | None = None,
-            metric: str | None = None, tracking_uri: str | None = None, runs_dir: str = "runs") -> dict:
-    from registry import setup_tracking
+def promote(model_name: str, version: int, force: bool = False, margin: float | None = None,
+            minimum: float | None = None, metric: str | None = None, tracking_uri: str | None = None,
+            runs_dir: str = "runs", higher_is_better: bool | None = None, config: str | None = None,
+            task: str | None = None) -> dict:
+    """Move 'production' to ``version`` through the gate (``force``: without it, recorded as forced).
 
-    setup_tracking(tracking_uri, runs_dir)
-    result = promote_version(model_name, version, force=force,
-                             policy={"margin": margin, "minimum": minimum, "metric": metric})
-    return result.to_dict()
+    With ``config`` both versions are scored on the task's current rows (see ``operations.promote_version``).
+    """
+    from .operations import promotion_policy, task_for_model
+
+    cfg = load_config(config) if config else None
+    open_store(tracking_uri, runs_dir, cfg=cfg)
+    spec = task_for_model(cfg, model_name, task) if cfg is not None else None
+    policy = promotion_policy(cfg, spec, margin=margin, minimum=minimum, metric=metric,
+                              higher_is_better=higher_is_better)
+    return promote_version(model_name, version, force=force, policy=policy, cfg=cfg, task=spec).to_dict()
 
 
 @flow(name="rollback")
 def rollback(model_name: str, to_version: int | None = None, reason: str = "", tracking_uri: str | None = None,
              runs_dir: str = "runs") -> dict:
-    from registry import rollback as registry_rollback
-    from registry import setup_tracking
-
-    setup_tracking(tracking_uri, runs_dir)
-    return registry_rollback(model_name, to_version=to_version, reason=reason or "rollback").to_dict()
+    """Move 'production' back to the version it replaced (or ``to_version``)."""
+    open_store(tracking_uri, runs_dir)
+    return rollback_version(model_name, to_version, reason).to_dict()

@@ -211,8 +211,8 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
         cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in only]})
     uri = _tracking(cfg)
     run_key = steps.new_run_key()
-    summary = retrain_tasks.with_options(task_runner=make_task_runner(cfg.task_runner, cfg.max_workers))(
-        cfg, run_key, force)
+    runner = make_task_runner(cfg.task_runner, cfg.max_workers, cfg.runs_dir)
+    summary = retrain_tasks.with_options(task_runner=runner)(cfg, run_key, force)
     create_markdown_artifact(key=f"retrain-{_slug(cfg.name)}", markdown=summary_markdown(cfg, summary, uri),
                              description=f"retrain {cfg.name}: per task trained/unchanged/failed, steps, "
                                          "champion vs challenger on the same rows, decision")

@@ -1,7 +1,8 @@
 """registry: the MLflow side of redflow.
 
-* ``tracking``  - tracking URI handling (SQLite by default, never the legacy file store) and
-  ``log_training`` (one MLflow run per task training: params, curves, metrics, artifacts, plots).
+* ``store``     - which MLflow store: ``--tracking-uri`` > config > ``$REDFLOW_TRACKING_URI`` /
+  ``$MLFLOW_TRACKING_URI`` > ``sqlite:///<runs_dir>/mlflow.db``; reading never creates a store.
+* ``tracking``  - ``log_training`` (one MLflow run per task training: params, curves, metrics, artifacts, plots).
 * ``plots``     - matplotlib (Agg) figures: training curves, per-layer edit heatmap.
 * ``pyfunc``    - ``RedEditModel``, the MLflow pyfunc that loads base model + edit and predicts.
 * ``models``    - ``register_edit`` (one registered model per task, ``red-<task>``) and
@@ -21,8 +22,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "setup_tracking": "tracking",
-    "default_tracking_uri": "tracking",
+    "setup_tracking": "store",
+    "default_tracking_uri": "store",
+    "resolve_tracking_uri": "store",
+    "use_tracking": "store",
+    "require_store": "store",
+    "StoreNotFound": "store",
+    "TrackingTarget": "store",
     "get_or_create_experiment": "tracking",
     "log_training": "tracking",
     "code_version": "tracking",

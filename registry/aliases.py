@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -39,6 +40,7 @@ HISTORY_TAG = "redflow.alias_history"
 STATUS_TAG = "redflow.status"
 READY = "ready"
 _MAX_TAG = 100_000  # MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
+_log = logging.getLogger(__name__)
 
 
 class RollbackError(RuntimeError):
@@ -187,6 +189,7 @@ def _append(client: MlflowClient, name: str, entry: dict[str, Any], versions: li
     rm = client.get_registered_model(name)
     history = _json_list(rm.tags.get(HISTORY_TAG)) + [entry]
     client.set_registered_model_tag(name, HISTORY_TAG, _bounded(history))
+    _describe_history(client, name, history)
     for v in dict.fromkeys(v for v in versions if v is not None):
         try:
             mv = client.get_model_version(name, str(v))
@@ -194,6 +197,16 @@ def _append(client: MlflowClient, name: str, entry: dict[str, Any], versions: li
             continue  # a deleted version
         client.set_model_version_tag(name, str(v), HISTORY_TAG,
                                      _bounded(_json_list(mv.tags.get(HISTORY_TAG)) + [entry]))
+
+
+def _describe_history(client: MlflowClient, name: str, history: list[dict[str, Any]]) -> None:
+    """Render the history into the model's description (readable in the UI); the tag stays the record."""
+    from .views import update_history_description
+
+    try:
+        update_history_description(client, name, history)
+    except MlflowException as exc:  # a description is a courtesy: never undo a recorded move for it
+        _log.warning("could not render the alias history of %s into its description: %s", name, exc)
 
 
 def _move_locked(client: MlflowClient, name: str, alias: str, version: int, *, action: str, reason: str,

@@ -39,3 +39,16 @@ def score_version(name: str, version: int, data: Any, *, metric: str, max_length
         return suite_scores(report, metric)
     finally:
         del model
+
+
+def trained_max_length(mv) -> int:
+    """The max length a version was trained with (its tag, else its training run's param; 256 if unrecorded)."""
+    value = mv.tags.get("max_length")
+    if value is None and mv.run_id:
+        from mlflow import MlflowClient
+
+        value = MlflowClient().get_run(mv.run_id).data.params.get("max_length")
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return 256

@@ -34,6 +34,7 @@ All writers of one registry must use the same kind (they do when they use the sa
 """
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import socket
@@ -57,8 +58,16 @@ class LockTimeout(TimeoutError):
     """The promotion lock could not be acquired in time (someone else holds it)."""
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+    """Who holds the lock: ``user@host:pid:thread:nonce`` (recorded as ``by`` in the alias history)."""
+    return f"{_user()}@{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
 
 
 def _slug(name: str) -> str:

@@ -46,6 +46,7 @@ _logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RED_DIR = REPO_ROOT / "red"
 REGISTRY_DIR = Path(__file__).resolve().parent
+MODEL_CODE = REGISTRY_DIR / "model_code.py"  # the pyfunc, logged as models-from-code
 MODEL_ARTIFACT = "model"
 _MAX_VERSION_TAG = 5000
 
@@ -80,6 +81,10 @@ def download_edit(name: str, version_or_alias: int | str, out_dir: str | Path) -
     client = MlflowClient()
     version = resolve_version(name, version_or_alias, client)
     mv = client.get_model_version(name, str(version))
+    method = mv.tags.get("method", "")
+    if method in _KIND:
+        raise ValueError(f"{name} v{version} is a {_KIND[method]} ({method}), not an edit file. Fix: load it as a "
+                         f"pyfunc (mlflow.pyfunc.load_model('models:/{name}/{version}')) to evaluate it")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(out)))
@@ -93,6 +98,54 @@ def download_edit(name: str, version_or_alias: int | str, out_dir: str | Path) -
         raise ValueError(f"{name} version {version}: the downloaded edit's checksum {meta.get('tensors_sha256')} "
                          f"differs from the registered {expected}")
     return found[0]
+
+
+_KIND = {"lora": "LoRA adapter", "bitfit": "BitFit biases", "full": "fully fine-tuned checkpoint"}
+
+
+def registration_artifacts(result: "TrainResult", text_columns: list[str] | tuple[str, ...] | None = None
+                           ) -> tuple[dict[str, str], dict | None, dict[str, Any]]:
+    """``(artifacts, tensors, meta)`` a version of ``result`` is logged with.
+
+    Edit methods (red, loreft, direft): the checked edit file (``edit``) and its JSON (``edit_meta``);
+    ``tensors``/``meta`` are the file's. Baselines (``registry.baselines``): ``adapter`` (LoRA),
+    ``bitfit`` (biases + head, cut out of the trained checkpoint here) or ``checkpoint`` (full);
+    ``meta`` is built from the result. Raises ``RegistrationError`` for anything else.
+    """
+    from red import read_edit
+
+    from .baselines import ARTIFACT_KEYS, BaselineArtifactError, artifact_sha256, refuse_pickle, save_bitfit
+
+    path = Path(result.edit_path) if result.edit_path else None
+    if result.method in ARTIFACT_KEYS:
+        if path is None or not path.is_dir():
+            raise RegistrationError(f"{result.task}/{result.method}: expected the trained folder, got {result.edit_path!r}")
+        extra = {"task": result.task, "task_type": result.task_type, "label_list": result.label_list,
+                 "text_columns": list(text_columns) if text_columns else None}
+        try:
+            if result.method == "bitfit":
+                path = save_bitfit(path, path.parent / f"{result.task}.bitfit.safetensors", base_model=result.base_model,
+                                   revision=result.base_revision, task_type=result.task_type,
+                                   label_list=result.label_list, extra=extra)
+            else:
+                refuse_pickle(path)
+        except BaselineArtifactError as exc:
+            raise RegistrationError(f"{result.task}/{result.method}: {exc}") from exc
+        meta = {"method": result.method, "extra": extra, "artifact_sha256": artifact_sha256(path),
+                "base_model": {"name": result.base_model, "revision": result.base_revision}}
+        return {ARTIFACT_KEYS[result.method]: str(path)}, None, meta
+    if path is None or path.suffix != ".safetensors" or not path.is_file():
+        raise RegistrationError(f"{result.task}/{result.method}: expected a redflow edit file (.safetensors), "
+                                f"got {result.edit_path!r}")
+    tensors, meta = read_edit(path)
+    recorded = (meta.get("base_model") or {}).get("fingerprint")
+    if result.base_fingerprint and recorded and result.base_fingerprint != recorded:
+        raise RegistrationError(f"the TrainResult's base fingerprint {result.base_fingerprint} differs from the edit "
+                                f"file's {recorded}: the result does not belong to this edit file")
+    artifacts = {"edit": str(path)}
+    if path.with_suffix(".json").is_file():
+        artifacts["edit_meta"] = str(path.with_suffix(".json"))
+    return artifacts, tensors, meta
 
 
 def _requirements() -> list[str]:
@@ -130,13 +183,16 @@ def _str(value: Any) -> str:
 
 
 def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) -> dict[str, str]:
-    """Tags identifying what a version is and how good it was."""
+    """Tags identifying what a version is and how good it was (``base_model`` by name, ``base_model_path``)."""
+    from tasks.models import display_name
+
     base = meta.get("base_model") or {}
     tags: dict[str, Any] = {
         "task": result.task,
         "method": result.method,
         "task_type": result.task_type,
-        "base_model": result.base_model or base.get("name"),
+        "base_model": display_name(result.base_model or base.get("name")),
+        "base_model_path": result.base_model or base.get("name"),
         "base_revision": result.base_revision or base.get("revision") or "",
         "base_fingerprint": result.base_fingerprint or base.get("fingerprint") or "",
         "data_hash": result.data_hash,
@@ -144,6 +200,7 @@ def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) ->
         "score": result.score,
         "code_version": code_version(),
         "edit_sha256": meta.get("tensors_sha256", ""),
+        "artifact_sha256": meta.get("artifact_sha256") or meta.get("tensors_sha256", ""),
         "edit_parameters": result.edit_parameters or meta.get("edit_parameters", 0),
         "trainable_parameters": result.trainable_parameters,
         "best_epoch": result.best_epoch,
@@ -294,38 +351,25 @@ def register_edit(
     installed - at the price that a process loading such a model imports those copies instead
     of the installed packages if it had not imported them yet.
     """
-    from red import read_edit
-
-    from .pyfunc import (RedEditModel, build_model_config, default_input_example, load_in_process,
-                         model_signature, serving_config, shared_loads)
+    from .pyfunc import (build_model_config, default_input_example, load_in_process, model_signature,
+                         serving_config, shared_loads)
 
     client = MlflowClient()
     name = model_name or model_name_for(result.task)
-    edit_path = Path(result.edit_path) if result.edit_path else None
-    if edit_path is None or edit_path.suffix != ".safetensors" or not edit_path.is_file():
-        raise RegistrationError(
-            f"{result.task}/{result.method}: register_edit registers redflow edit files (.safetensors: red, loreft, "
-            f"direft); got {result.edit_path!r}")
-    tensors, meta = read_edit(edit_path)
-    recorded = (meta.get("base_model") or {}).get("fingerprint")
-    if result.base_fingerprint and recorded and result.base_fingerprint != recorded:
-        raise RegistrationError(f"the TrainResult's base fingerprint {result.base_fingerprint} differs from the edit "
-                                f"file's {recorded}: the result does not belong to this edit file")
     params = result.params or {}
+    artifacts, tensors, meta = registration_artifacts(result, text_columns or params.get("text_columns"))
     config = build_model_config(
         task=result.task, task_type=result.task_type, meta=meta, tensors=tensors, base_model=result.base_model,
         base_revision=result.base_revision, text_columns=text_columns or params.get("text_columns"),
-        label_list=result.label_list, max_length=int(params.get("max_length") or 256))
+        label_list=result.label_list, max_length=int(params.get("max_length") or 256), method=result.method,
+        artifact_sha256=meta.get("artifact_sha256") or meta.get("tensors_sha256"))
     serving = serving_config(config)
     signature = model_signature(config)
     example = input_example if input_example is not None else default_input_example(config)
-    artifacts = {"edit": str(edit_path)}
-    if edit_path.with_suffix(".json").is_file():
-        artifacts["edit_meta"] = str(edit_path.with_suffix(".json"))
     with shared_loads():  # the smoke test and MLflow's input-example validation load the base model once
         if validate:
             try:
-                predictions = load_in_process(edit_path, config).predict(None, example)
+                predictions = load_in_process(artifacts, config).predict(None, example)
                 if len(predictions) != len(example):
                     raise ValueError(f"{len(predictions)} predictions for {len(example)} inputs")
             except Exception as exc:
@@ -334,7 +378,7 @@ def register_edit(
         with _resumed_run(run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
-                python_model=RedEditModel(),
+                python_model=str(MODEL_CODE),  # models-from-code: the version holds source, not a pickle
                 artifacts=artifacts,
                 code_paths=[str(RED_DIR), str(REGISTRY_DIR)] if bundle_code else None,
                 signature=signature,
@@ -343,6 +387,7 @@ def register_edit(
                 model_config=config,
                 metadata={"redflow": {"task": result.task, "method": result.method, "task_type": result.task_type,
                                       "base_model": serving["base_model"], "edit_sha256": meta.get("tensors_sha256"),
+                                      "artifact_sha256": serving["artifact_sha256"],
                                       "code_version": code_version(), "bundled_code": bundle_code,
                                       "requires": "the redflow package (red, registry) unless bundled_code"}},
                 tags={"task": result.task, "method": result.method},
@@ -362,7 +407,7 @@ def register_edit(
         mv = client.create_model_version(
             name, source=info.model_uri, run_id=run_id, tags={**all_tags, STATUS_TAG: "registering"},
             model_id=info.model_id,
-            description=f"{result.method} edit for {result.task} on {serving['base_model']} "
+            description=f"{_KIND.get(result.method, result.method + ' edit')} for {result.task} on {serving['base_model']} "
                         f"({result.primary_metric}={result.score:.4g} on test)")
         version = str(mv.version)
         client.set_model_version_tag(name, version, STATUS_TAG, READY)

@@ -78,6 +78,8 @@ def build_model_config(
     batch_size: int = 16,
     max_new_tokens: int = 64,
     dtype: str = "auto",
+    method: str | None = None,
+    artifact_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The pyfunc's ``model_config``: everything ``load_context``/``predict`` need besides the edit file.
 
@@ -115,6 +117,8 @@ def build_model_config(
         "max_new_tokens": int(max_new_tokens),
         "device": "auto",
         "dtype": dtype,
+        "method": method or meta.get("method"),
+        "artifact_sha256": artifact_sha256 or meta.get("tensors_sha256"),
     }}
 
 
@@ -173,7 +177,9 @@ def shared_loads():
 
 
 class RedEditModel(PythonModel):
-    """Base model + RED edit as an MLflow pyfunc (artifacts: ``edit`` = the .safetensors file)."""
+    """Base model + RED/ReFT edit as an MLflow pyfunc (artifact ``edit`` = the .safetensors file); also serves
+    the baselines (artifact ``adapter``, ``bitfit`` or ``checkpoint``: ``registry.baselines``) with the same
+    predict() contract. Registered as models-from-code (``registry/model_code.py``): no pickle."""
 
     def load_context(self, context: PythonModelContext) -> None:
         import torch
@@ -182,6 +188,9 @@ class RedEditModel(PythonModel):
         from red.pretrained import load_pretrained_edit
 
         cfg = serving_config(context.model_config)
+        if "edit" not in context.artifacts:  # LoRA adapter, BitFit tensors or a full checkpoint
+            self._load_baseline(cfg, dict(context.artifacts))
+            return
         edit_path = context.artifacts["edit"]
         _, meta = read_edit(edit_path)
         task_type = cfg.get("task_type", CLASSIFICATION)
@@ -206,6 +215,35 @@ class RedEditModel(PythonModel):
         self.config = cfg
         self.device = device
         self.meta = meta
+
+    def _load_baseline(self, cfg: dict[str, Any], artifacts: dict[str, str]) -> None:
+        """A registered LoRA/BitFit/full-fine-tuning version (``registry.baselines``); same predict() contract."""
+        import torch
+
+        from .baselines import ARTIFACT_KEYS, load_baseline
+
+        method = cfg.get("method") or next((m for m, key in ARTIFACT_KEYS.items() if key in artifacts), "")
+        key = ARTIFACT_KEYS.get(method)
+        if key not in artifacts:
+            raise ValueError(f"this model's artifacts {sorted(artifacts)} hold no edit and no {method!r} artifact")
+        task_type = cfg.get("task_type", CLASSIFICATION)
+        device = cfg.get("device", "auto")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        cache = getattr(_shared, "cache", None)
+        cache_key = (method, cfg.get("base_model"), cfg.get("base_revision"), task_type, str(cfg.get("label_list")),
+                     cfg.get("artifact_sha256") or artifacts[key], device)
+        if cache is not None and cache_key in cache:
+            self.edited, tokenizer = cache[cache_key]
+        else:
+            self.edited, tokenizer = load_baseline(
+                method, artifacts[key], base_model=cfg.get("base_model") or None, revision=cfg.get("base_revision"),
+                task_type=task_type, label_list=cfg.get("label_list"), device=device)
+            if cache is not None:
+                cache[cache_key] = (self.edited, tokenizer)
+        if task_type == "causal_lm":
+            tokenizer.padding_side = "left"
+        self.tokenizer, self.config, self.device, self.meta = tokenizer, cfg, device, {}
 
     # -----------------------------------------------------------------------------------------
     def _texts(self, frame: pd.DataFrame) -> list[list[str]]:
@@ -271,8 +309,10 @@ class RedEditModel(PythonModel):
         return pd.DataFrame({"generation": out})
 
 
-def load_in_process(edit_path: str | Path, model_config: dict[str, Any]) -> RedEditModel:
-    """A loaded RedEditModel without MLflow artifacts (pre-registration smoke test, notebooks)."""
+def load_in_process(artifact: str | Path | dict[str, str], model_config: dict[str, Any]) -> RedEditModel:
+    """A loaded RedEditModel without MLflow (pre-registration smoke test, notebooks): ``artifact`` is an
+    edit file, or the artifacts dict a version is logged with (``{"adapter": dir}``, ``{"bitfit": file}``...)."""
+    artifacts = {k: str(v) for k, v in artifact.items()} if isinstance(artifact, dict) else {"edit": str(artifact)}
     model = RedEditModel()
-    model.load_context(PythonModelContext(artifacts={"edit": str(edit_path)}, model_config=dict(model_config)))
+    model.load_context(PythonModelContext(artifacts=artifacts, model_config=dict(model_config)))
     return model

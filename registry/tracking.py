@@ -1,12 +1,10 @@
-"""Tracking URI handling and run logging: one MLflow run per task training.
+"""Run logging: one MLflow run per task training.
 
-Storage layout (local default)::
+Storage layout (local default; which store is used is decided in ``registry.store``)::
 
     <runs_dir>/mlflow.db                     SQLite backend store (runs, registry)
     <runs_dir>/mlartifacts/<experiment>/...   run artifacts and logged models
 
-The legacy file store (``file:`` URIs, plain directories) is refused: it lacks the model
-registry's transactional guarantees the promotion logic relies on and MLflow deprecates it.
 Remote tracking servers (``http(s)://``) keep their own artifact store (``mlflow server
 --artifacts-destination``; see ``registry.server``).
 """
@@ -15,26 +13,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tasks.provenance import code_version  # noqa: F401 - part of this module's API
+from .store import (ARTIFACTS_DIRNAME, DB_FILENAME, DEFAULT_RUNS_DIR, default_tracking_uri,  # noqa: F401 - re-exported
+                    local_artifact_root, setup_tracking, sqlite_path)
+from .store import normalize_uri as _normalize_uri  # noqa: F401
 
 if TYPE_CHECKING:  # tasks is only needed for type hints
     from tasks.result import TrainResult
 
-DEFAULT_RUNS_DIR = "runs"
-ARTIFACTS_DIRNAME = "mlartifacts"
-DB_FILENAME = "mlflow.db"
 _MAX_PARAM_VALUE = 6000        # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _MAX_TAG_VALUE = 8000          # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _MAX_KEY = 250
@@ -42,76 +38,15 @@ _BATCH_METRICS = 1000          # log_batch limits
 _BATCH_PARAMS = 100
 
 
-# ---------------------------------------------------------------------------------------------
-# tracking URI
-# ---------------------------------------------------------------------------------------------
-def default_tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
-    """``sqlite:///<abs runs_dir>/mlflow.db``."""
-    return f"sqlite:///{Path(runs_dir).expanduser().resolve() / DB_FILENAME}"
-
-
-def _normalize_uri(uri: str) -> str:
-    """Accept a database URI, an http(s) server, or a path to a ``.db`` file; refuse the file store."""
-    uri = uri.strip()
-    if uri.startswith("file:"):
-        raise ValueError(
-            f"tracking URI {uri!r} is MLflow's legacy file store, which redflow does not use. "
-            "Use a database (e.g. 'sqlite:///runs/mlflow.db') or a tracking server ('http://host:5000')."
-        )
-    if "://" in uri or uri.startswith(("databricks", "sqlite:")):
-        return uri
-    path = Path(uri).expanduser()
-    if path.suffix == ".db" or (path.is_file() and not path.is_dir()):
-        return f"sqlite:///{path.resolve()}"
-    raise ValueError(
-        f"tracking URI {uri!r} looks like a directory (MLflow's legacy file store), which redflow does not use. "
-        f"Pass a database such as 'sqlite:///{path / DB_FILENAME}' or an http(s) tracking server."
-    )
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for other URIs or in-memory SQLite).
-
-    SQLAlchemy convention: ``sqlite:///rel/path.db`` is relative, ``sqlite:////abs/path.db`` absolute.
-    """
-    if not uri.startswith("sqlite://"):
-        return None
-    rest = uri[len("sqlite://"):].split("?", 1)[0]
-    if not rest.startswith("/") or rest in ("/", "/:memory:"):
-        return None
-    return Path(rest[1:])
-
-
-def local_artifact_root(uri: str | None = None) -> Path | None:
-    """For a SQLite backend, ``<db dir>/mlartifacts``; None for remote servers."""
-    db = sqlite_path(uri or mlflow.get_tracking_uri())
-    return db.parent / ARTIFACTS_DIRNAME if db is not None else None
-
-
-def setup_tracking(uri: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
-    """Point MLflow (tracking and registry) at ``uri`` and return the normalized URI.
-
-    ``uri`` None: ``$REDFLOW_TRACKING_URI`` if set, else ``sqlite:///<runs_dir>/mlflow.db``
-    (artifacts in ``<runs_dir>/mlartifacts``). ``$MLFLOW_TRACKING_URI`` is deliberately not read:
-    ``mlflow.set_tracking_uri`` exports it, so it reflects whatever this process (or its parent)
-    pointed MLflow at last, not a configuration; pass it explicitly if you mean it. File-store
-    URIs raise ``ValueError``. The URI is process-wide (MLflow keeps it global and exports it to
-    subprocesses).
-    """
-    if uri is None:
-        uri = os.environ.get("REDFLOW_TRACKING_URI") or default_tracking_uri(runs_dir)
-    uri = _normalize_uri(uri)
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        (db.parent / ARTIFACTS_DIRNAME).mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "default"
+
+
+# MLflow's experiment kind: the UI opens a "custom model development" experiment on its training runs
+# rather than on the GenAI (traces) pages. MLflow 3.17's UI takes the view from its own workflow switch,
+# so links redflow prints also carry ``?workflowType=machine_learning`` (flows/cli.py experiment_url).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+PRIMARY = "primary"  # test_primary, validation_primary, epoch/validation_primary: one name across tasks
 
 
 def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> str:
@@ -126,7 +61,7 @@ def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> s
     root = local_artifact_root(client.tracking_uri)
     location = (root / _slug(name)).resolve().as_uri() if root is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException as exc:
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -245,22 +180,45 @@ def _dir_size(path: Path) -> int:
 # ---------------------------------------------------------------------------------------------
 # log_training
 # ---------------------------------------------------------------------------------------------
+_REFT = ("loreft", "direft")
+_METHOD_PARAMS = {  # parameter prefix -> the methods it belongs to (others do not log it)
+    "lora_": ("lora",),
+    "edit.position": ("red",), "edit.kind": ("red",),
+    "edit.rank": _REFT, "edit.positions": _REFT, "edit.share_weights": _REFT, "edit.dropout": _REFT,
+    "edit.": ("red",) + _REFT,
+}
+
+
+def _belongs(key: str, method: str) -> bool:
+    """Whether parameter ``key`` is one of ``method``'s (a RED run logs no LoRA rank, a LoRA run no edit kind)."""
+    prefix = next((p for p in _METHOD_PARAMS if key == p.rstrip(".") or key.startswith(p)), None)
+    return prefix is None or method in _METHOD_PARAMS[prefix]
+
+
 def training_params(result: "TrainResult", meta: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """Flat run params: the hyperparameters, method, base model, data and the edit config."""
+    """Flat run params: the hyperparameters of the method that ran, method, base model (by name), data, edit config."""
+    from tasks.models import display_name
+
     params: dict[str, Any] = {
         "task": result.task,
         "method": result.method,
         "task_type": result.task_type,
-        "base_model": result.base_model,
+        "base_model": display_name(result.base_model),
         "base_revision": result.base_revision,
         "primary_metric": result.primary_metric,
         "data_hash": result.data_hash,
     }
-    params.update(flatten(result.params or {}))
+    params.update({k: v for k, v in flatten(result.params or {}).items() if k not in ("model", "method")})
     if meta:
         params.update(flatten(meta.get("config") or {}, prefix="edit"))
         params["edit.targets"] = len(meta.get("targets") or {})
-    return {_key(k): _param_value(v) for k, v in params.items() if v is not None and v != ""}
+    return {_key(k): _param_value(v) for k, v in params.items()
+            if v is not None and v != "" and _belongs(k, result.method)}
+
+
+def default_run_name(result: "TrainResult", when: float | None = None) -> str:
+    """``<task> <method> <UTC date time>``: runs of one task tell apart at a glance."""
+    return f"{result.task} {result.method} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(when))}"
 
 
 def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metric]:
@@ -274,8 +232,12 @@ def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metri
         epoch = int(row.get("epoch", 0))
         out += [_metric(f"epoch/{k}", v, epoch, ts) for k, v in row.items() if k != "epoch"]
     best = int(result.best_epoch or 0)
+    primary = result.primary_metric
+    for row in result.epochs or []:  # the primary metric's curve under one name for every task
+        out.append(_metric(f"epoch/validation_{PRIMARY}", row.get(f"validation_{primary}"), int(row.get("epoch", 0)), ts))
     for split, values in (("validation", result.validation), ("test", result.test)):
         out += [_metric(final_metric_key(split, k), v, best, ts) for k, v in (values or {}).items()]
+        out.append(_metric(f"{split}_{PRIMARY}", (values or {}).get(primary), best, ts))
     out += [
         _metric("best_epoch", result.best_epoch, 0, ts),
         _metric("trainable_parameters", result.trainable_parameters, 0, ts),
@@ -305,8 +267,11 @@ def log_training(
 ) -> str:
     """Log one task training as one MLflow run and return its run id.
 
-    Logs params (hyperparameters, method, base model, edit config), per-step and per-epoch
-    metrics, the final ``validation_*``/``test_*`` metrics, the edit file with its metadata
+    The run is named ``<task> <method> <UTC time>``; tags ``base_model`` (its name: hub id,
+    ``all-MiniLM-L6-v2``, else the folder's name) and ``base_model_path``. Logs params (the
+    hyperparameters of the method that ran, base model, edit config), per-step and per-epoch
+    metrics, the final ``validation_*``/``test_*`` metrics (the primary one also as
+    ``validation_primary``/``test_primary``, and its curve as ``epoch/validation_primary``), the edit file with its metadata
     JSON (``edit/``), the TrainResult JSON, evaluation reports (``evaluation/<name>.json|.md``,
     metrics as ``eval/<name>/<metric>``), the run config (``config.json``) and plots
     (``plots/training_curves.png``, ``plots/edit_heatmap.png``). The run ends FINISHED, or
@@ -327,13 +292,16 @@ def log_training(
             return run.info.run_id
         client.delete_run(run.info.run_id)  # half-logged by a try that failed
     tensors, meta = _read_edit_meta(result.edit_path)
+    from tasks.models import display_name
+
     run_tags = {
         "redflow.training_id": training_id,
-        "mlflow.runName": run_name or f"{result.task}-{result.method}",
+        "mlflow.runName": run_name or default_run_name(result),
         "redflow.run_kind": "train",
         "task": result.task,
         "method": result.method,
-        "base_model": result.base_model,
+        "base_model": display_name(result.base_model),
+        "base_model_path": result.base_model,
         "primary_metric": result.primary_metric,
         "data_hash": result.data_hash,
         "code_version": code_version(),

@@ -436,7 +436,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
                for h in history if "loss" in h and "step" in h],
         validation=validation, test=test, trainable_parameters=trainable, edit_parameters=edit_parameters,
         params={"method": config.method, "model": config.model, "revision": config.revision, "preset": config.preset,
-                "seed": config.seed, "precision": config.precision,
+                "seed": config.seed, "precision": config.precision, "text_columns": list(data.text_columns),
                 "base_dtype": dtype_of(model),
                 **{f"edit.{k}": v for k, v in config.edit.items()},
                 **hp},

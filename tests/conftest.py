@@ -19,6 +19,8 @@ for _k, _v in {
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_k, _v)
+for _k in ("MLFLOW_TRACKING_URI", "REDFLOW_TRACKING_URI", "PREFECT_API_URL"):
+    os.environ.pop(_k, None)  # tests use their own stores and Prefect server, never a team's
 
 from pathlib import Path
 

@@ -111,7 +111,8 @@ def test_deployments_in_prefect_yaml_deploy_with_their_schedules(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "REDFLOW_HOME": str(repo)}
+    env = {k: v for k, v in os.environ.items() if k != "REDFLOW_HOME"}  # as the README deploys: no REDFLOW_HOME
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     prefect = [sys.executable, "-m", "prefect"]
     run = dict(cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     out = subprocess.run(prefect + ["work-pool", "create", "redflow-process", "--type", "process",
@@ -135,3 +136,6 @@ def test_deployments_in_prefect_yaml_deploy_with_their_schedules(tmp_path):
     assert nightly.work_pool_name == "redflow-process" and nightly.entrypoint == "flows/retrain.py:retrain"
     assert nightly.parameters == {"config": "configs/demo.yaml"}
     assert weekly.entrypoint == "flows/manage.py:reevaluate"
+    # the pull step keeps its placeholder: Prefect fills in REDFLOW_HOME when a run starts, from the worker's env
+    assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                   {"directory": "{{ $REDFLOW_HOME }}"}}]

@@ -171,7 +171,7 @@ def direct_probabilities(minilm_path: str, edit_path: Path, texts: list[str], ma
 # ---------------------------------------------------------------------------------------------
 def test_setup_tracking_defaults_to_sqlite_and_refuses_file_store(tmp_path, monkeypatch):
     monkeypatch.delenv("REDFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # exported by MLflow itself: not config
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = setup_tracking(None, tmp_path / "runs")
     assert uri == default_tracking_uri(tmp_path / "runs") == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
     assert sqlite_path(uri) == (tmp_path / "runs" / "mlflow.db").resolve()
@@ -195,7 +195,13 @@ def test_log_training_records_params_curves_metrics_artifacts_and_plots(edits, t
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     p = run.data.params
-    assert p["method"] == "red" and p["base_model"] == result.base_model and p["task"] == "sst2"
+    assert p["method"] == "red" and p["task"] == "sst2"
+    assert p["base_model"] == run.data.tags["base_model"] == "all-MiniLM-L6-v2"  # by name; the path is a tag
+    assert run.data.tags["base_model_path"] == result.base_model and "lora_r" not in p and "edit.rank" not in p
+    assert run.data.tags["mlflow.runName"].startswith("sst2 red 20")
+    assert run.data.metrics["test_primary"] == pytest.approx(0.81)  # one name for the primary metric
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the training runs
     assert p["learning_rate"] == "0.001" and p["scheduler.warmup_ratio"] == "0.06"
     assert p["edit.kind"] == "scale+bias" and p["edit.position"] == "ffn" and p["edit.targets"] == "6"
     m = run.data.metrics
@@ -235,7 +241,8 @@ def test_register_edit_tags_candidate_and_pyfunc_predicts_like_the_edit(edits, m
     client = MlflowClient()
     mv = client.get_model_version(name, "1")
     t = mv.tags
-    assert t["redflow.status"] == "ready" and t["method"] == "red" and t["base_model"] == result.base_model
+    assert t["redflow.status"] == "ready" and t["method"] == "red" and t["base_model"] == "all-MiniLM-L6-v2"
+    assert t["base_model_path"] == result.base_model
     assert t["base_fingerprint"] == result.base_fingerprint and t["data_hash"] == "d4t4h45h"
     assert t["primary_metric"] == "accuracy" and float(t["score"]) == pytest.approx(0.81)
     assert float(t["metric.test_accuracy"]) == pytest.approx(0.81) and "metric.validation_accuracy" in t

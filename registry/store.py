@@ -1,0 +1,147 @@
+"""Where the MLflow store is: one documented resolution order, and no empty store created by reading.
+
+Resolution order (the first that is set wins)::
+
+    1. an explicit URI: the ``--tracking-uri`` flag (commands merge it over the config)
+    2. the config's ``tracking_uri``
+    3. ``$REDFLOW_TRACKING_URI``, then ``$MLFLOW_TRACKING_URI`` (what MLflow users export to reach the
+       team's server)
+    4. ``sqlite:///<runs_dir>/mlflow.db`` (artifacts in ``<runs_dir>/mlartifacts``)
+
+``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI`` into this process's environment (so that
+subprocesses inherit it). A value redflow exported itself is therefore not a configuration: it is
+only honoured when it equals what the environment held when this module was imported (the user's
+own export, or the parent process's resolution for a Dask/Ray worker).
+
+The legacy file store (``file:`` URIs, plain directories) is refused: it lacks the model registry's
+transactional guarantees the promotion logic relies on and MLflow deprecates it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+DEFAULT_RUNS_DIR = "runs"
+ARTIFACTS_DIRNAME = "mlartifacts"
+DB_FILENAME = "mlflow.db"
+ENV_REDFLOW = "REDFLOW_TRACKING_URI"
+ENV_MLFLOW = "MLFLOW_TRACKING_URI"
+
+_ENV_AT_IMPORT = os.environ.get(ENV_MLFLOW)   # the user's (or the parent process's) export
+_EXPORTED: set[str] = set()                    # URIs this process exported through mlflow.set_tracking_uri
+
+
+class StoreNotFound(FileNotFoundError):
+    """A command that only reads found no MLflow store where the tracking URI points."""
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """A resolved tracking URI and where it came from (``flag``, ``config``, an env var, ``default``)."""
+
+    uri: str
+    source: str
+
+    def describe(self) -> str:
+        return f"MLflow store: {self.uri} (from {self.source})"
+
+
+def default_tracking_uri(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> str:
+    """``sqlite:///<abs runs_dir>/mlflow.db``."""
+    return f"sqlite:///{Path(runs_dir).expanduser().resolve() / DB_FILENAME}"
+
+
+def normalize_uri(uri: str) -> str:
+    """Accept a database URI, an http(s) server, or a path to a ``.db`` file; refuse the file store."""
+    uri = uri.strip()
+    if uri.startswith("file:"):
+        raise ValueError(
+            f"tracking URI {uri!r} is MLflow's legacy file store, which redflow does not use. "
+            "Use a database (e.g. 'sqlite:///runs/mlflow.db') or a tracking server ('http://host:5000')."
+        )
+    if "://" in uri or uri.startswith(("databricks", "sqlite:")):
+        return uri
+    path = Path(uri).expanduser()
+    if path.suffix == ".db" or (path.is_file() and not path.is_dir()):
+        return f"sqlite:///{path.resolve()}"
+    raise ValueError(
+        f"tracking URI {uri!r} looks like a directory (MLflow's legacy file store), which redflow does not use. "
+        f"Pass a database such as 'sqlite:///{path / DB_FILENAME}' or an http(s) tracking server."
+    )
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other URIs or in-memory SQLite).
+
+    SQLAlchemy convention: ``sqlite:///rel/path.db`` is relative, ``sqlite:////abs/path.db`` absolute.
+    """
+    if not uri.startswith("sqlite://"):
+        return None
+    rest = uri[len("sqlite://"):].split("?", 1)[0]
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        return None
+    return Path(rest[1:])
+
+
+def local_artifact_root(uri: str | None = None) -> Path | None:
+    """For a SQLite backend, ``<db dir>/mlartifacts``; None for remote servers."""
+    db = sqlite_path(uri or mlflow.get_tracking_uri())
+    return db.parent / ARTIFACTS_DIRNAME if db is not None else None
+
+
+def _user_mlflow_env() -> str | None:
+    value = os.environ.get(ENV_MLFLOW)
+    if value and value in _EXPORTED and value != _ENV_AT_IMPORT:
+        return None  # exported by this process's own setup_tracking, not configured by anyone
+    return value or None
+
+
+def resolve_tracking_uri(uri: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR, *,
+                         config_uri: str | None = None, source: str = "flag") -> TrackingTarget:
+    """The tracking URI to use, by the order in the module docstring, normalized, with its source.
+
+    ``uri`` is the explicit value (reported as ``source``); ``config_uri`` the config's. Raises
+    ``ValueError`` for a file-store URI.
+    """
+    for value, origin in ((uri, source), (config_uri, "config tracking_uri"),
+                          (os.environ.get(ENV_REDFLOW), f"${ENV_REDFLOW}"), (_user_mlflow_env(), f"${ENV_MLFLOW}")):
+        if value:
+            return TrackingTarget(normalize_uri(value), origin)
+    return TrackingTarget(default_tracking_uri(runs_dir), f"default under runs_dir {runs_dir}")
+
+
+def require_store(target: TrackingTarget) -> None:
+    """Raise ``StoreNotFound`` if ``target`` is a SQLite file that does not exist (reading must not create it)."""
+    db = sqlite_path(target.uri)
+    if db is not None and not db.is_file():
+        raise StoreNotFound(
+            f"no MLflow store at {db} (tracking URI from {target.source}). Fix: pass --tracking-uri "
+            "(e.g. sqlite:///path/to/runs/mlflow.db), set MLFLOW_TRACKING_URI, or run from the folder that holds runs/")
+
+
+def use_tracking(target: TrackingTarget, *, create: bool = True) -> str:
+    """Point MLflow (tracking and registry) at ``target``; with ``create=False`` the store must exist."""
+    db = sqlite_path(target.uri)
+    if not create:
+        require_store(target)
+    elif db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        (db.parent / ARTIFACTS_DIRNAME).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(target.uri)
+    mlflow.set_registry_uri(target.uri)
+    _EXPORTED.add(target.uri)
+    return target.uri
+
+
+def setup_tracking(uri: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR, *, create: bool = True) -> str:
+    """Point MLflow (tracking and registry) at ``uri`` (or the resolved default) and return the normalized URI.
+
+    ``uri`` None: ``$REDFLOW_TRACKING_URI``, then ``$MLFLOW_TRACKING_URI`` (when the user set it), else
+    ``sqlite:///<runs_dir>/mlflow.db``. ``create=False`` (commands that only read) raises
+    ``StoreNotFound`` instead of creating an empty SQLite store. File-store URIs raise ``ValueError``.
+    The URI is process-wide (MLflow keeps it global and exports it to subprocesses).
+    """
+    return use_tracking(resolve_tracking_uri(uri, runs_dir), create=create)
