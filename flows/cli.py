@@ -149,6 +149,9 @@ def main_options(
 ) -> None:
     """redflow: scheduled multi-task fine-tuning with RED edits (Prefect + MLflow)."""
     _state["debug"] = debug
+    from .console import quiet_libraries
+
+    quiet_libraries()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,3 +128,29 @@ def training_callback(task: str):
             progress(task, state.global_step, state.max_steps, f"epoch {state.epoch:.0f}: {text}")
 
     return ReportTraining()
+
+
+def quiet_libraries() -> None:
+    """No third-party progress bars or load reports on the console (the log file keeps the detail).
+
+    transformers prints a bar and a "LOAD REPORT" for every model it loads (the head it reports
+    as "newly initialized" is trained and saved with the edit), datasets a bar per map/save, and
+    MLflow one per artifact download; a retrain loads several models per task.
+    """
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - best effort: output only
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except Exception:  # noqa: BLE001
+        pass

@@ -97,9 +97,13 @@ class RetrainFailed(RuntimeError):
 
 
 def _tracking(cfg: RetrainConfig) -> str:
-    from registry import setup_tracking
+    """Point MLflow at the store and create its schema and the experiment here, once, before tasks fan out
+    (several workers creating a new SQLite store at once race on its migrations)."""
+    from registry import get_or_create_experiment, setup_tracking
 
-    return setup_tracking(cfg.tracking_uri, cfg.runs_dir)
+    uri = setup_tracking(cfg.tracking_uri, cfg.runs_dir)
+    get_or_create_experiment(cfg.experiment)
+    return uri
 
 
 STEPS = ("prepare", "plan", "train", "evaluate", "register", "promote")

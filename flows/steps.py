@@ -163,14 +163,14 @@ def evaluate_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     """Score the saved artifact on the test rows (row by row) and run the task's other suites."""
     if result is None:
         return None
-    from red.pretrained import load_pretrained_edit
+    from registry.champion import load_trained
     from tasks.evaluate.paired import rows_report, score_split
     from tasks.evaluate.suites import find_suite, run_suite, suite_name, suite_scores
 
     metric = gate_metric(cfg, task, result)
     max_length = int(result.params.get("max_length", 256))
     out = Path(result.output_dir) / "eval"
-    loaded = load_pretrained_edit(result.edit_path)
+    loaded = load_trained(result)  # the saved artifact, loaded the way its version will serve
     model, tokenizer, _ = loaded
     rows = score_split(model, tokenizer, data, metric=metric if "/" not in metric else result.primary_metric,
                        max_length=max_length)

@@ -56,8 +56,13 @@ def _sample(t: torch.Tensor, n: int) -> torch.Tensor | None:
 
 def fingerprint(model: nn.Module, module_names: Iterable[str]) -> str:
     """sha256 (hex, first 16 chars) of names, shapes and sample sign bits; identical for any float dtype."""
+    return tensors_fingerprint(_items(model, module_names))
+
+
+def tensors_fingerprint(items: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """:func:`fingerprint` of explicit ``(name, tensor)`` pairs (e.g. a state dict's frozen weights), in order."""
     h = hashlib.sha256()
-    for name, p in _items(model, module_names):
+    for name, p in items:
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         sample = _sample(p, SAMPLES_PER_TENSOR)

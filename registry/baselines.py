@@ -66,29 +66,17 @@ def _checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def is_head(name: str) -> bool:
-    """A tensor of the task head (``classifier.*``, ``score.*`` ... - red.targets.HEAD_NAMES, top level)."""
-    from red.targets import HEAD_NAMES
-
-    return name.split(".", 1)[0] in HEAD_NAMES
-
-
-def is_bitfit_trained(name: str) -> bool:
-    """What BitFit trains (tasks.train.prepare_model): every bias, plus the task head."""
-    return name.endswith(".bias") or is_head(name)
+def is_bitfit_trained(name: str, heads: list[str]) -> bool:
+    """What BitFit trains (tasks.train.prepare_model): every bias, plus the task head modules ``heads``
+    (``red.targets.task_head_modules`` of the task model)."""
+    return name.endswith(".bias") or name.split(".", 1)[0] in heads
 
 
 def frozen_fingerprint(tensors: dict[str, torch.Tensor], names: list[str]) -> str:
-    """sha256 (16 hex) of ``names``' shapes and a strided bf16 sample of their values (red.fingerprint's recipe)."""
-    from red.fingerprint import tensor_sample
+    """``red.fingerprint``'s dtype-stable fingerprint of the frozen weights ``names`` (sorted) of a state dict."""
+    from red.fingerprint import tensors_fingerprint
 
-    h = hashlib.sha256()
-    for name in sorted(names):
-        t = tensors[name]
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(tensor_sample(t))
-    return h.hexdigest()[:16]
+    return tensors_fingerprint((name, tensors[name]) for name in sorted(names))
 
 
 def save_bitfit(checkpoint: str | Path, path: str | Path, *, base_model: str, revision: str | None = None,
@@ -104,7 +92,10 @@ def save_bitfit(checkpoint: str | Path, path: str | Path, *, base_model: str, re
     tensors = _checkpoint_tensors(checkpoint)
     base, info = _auto_model(base_model, task_type, label_list, revision, output_loading_info=True)
     absent = set(info.get("missing_keys") or []) | {k for k, *_ in info.get("mismatched_keys") or []}
-    trained = {k: v.contiguous() for k, v in tensors.items() if is_bitfit_trained(k) or k in absent}
+    from red.targets import task_head_modules
+
+    heads = task_head_modules(base)
+    trained = {k: v.contiguous() for k, v in tensors.items() if is_bitfit_trained(k, heads) or k in absent}
     if not any(k.endswith(".bias") for k in trained):
         raise BaselineArtifactError(f"{checkpoint}: no bias tensors found; is this a BitFit checkpoint?")
     state = base.state_dict()

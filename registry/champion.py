@@ -14,31 +14,45 @@ if TYPE_CHECKING:
     from tasks.evaluate.paired import RowScores
 
 
-def score_version(name: str, version: int, data: Any, *, metric: str, max_length: int, work_dir: str | Path,
-                  suite: Any = None) -> "RowScores":
-    """Per-row scores of ``name`` version ``version`` on ``data``'s test rows, or on ``suite``'s rows.
+def load_registered(name: str, version: int):
+    """``(model, tokenizer, meta)`` of a registered version, loaded exactly as a model server loads it
+    (``mlflow.pyfunc.load_model``: artifact checks, fingerprint, dtype): what is compared is what serves."""
+    import mlflow
 
-    The version's edit is downloaded under ``work_dir`` (and checked against its registered
-    checksum), loaded on the base model it records, scored, and released.
-    """
-    from red.pretrained import load_pretrained_edit
+    served = mlflow.pyfunc.load_model(f"models:/{name}/{int(version)}").unwrap_python_model()
+    return served.edited, served.tokenizer, getattr(served, "meta", None) or {"extra": {"task": name}}
+
+
+def load_trained(result: Any):
+    """``(model, tokenizer, meta)`` of a training's saved artifact, loaded the way its version will serve."""
+    from .models import serving_artifacts
+    from .pyfunc import load_in_process
+
+    artifacts, _, meta, config = serving_artifacts(result)
+    served = load_in_process(artifacts, config)
+    return served.edited, served.tokenizer, getattr(served, "meta", None) or meta
+
+
+def score_loaded(loaded: tuple, data: Any, *, metric: str, max_length: int, suite: Any = None,
+                 artifact: str | Path = "", out_dir: str | Path = "eval") -> "RowScores":
+    """Per-row scores of a loaded ``(model, tokenizer, meta)`` on ``data``'s test rows, or on ``suite``'s rows."""
     from tasks.evaluate.paired import score_split
 
-    from .models import download_edit
+    model, tokenizer, _ = loaded
+    if suite is None:
+        return score_split(model, tokenizer, data, metric=metric, max_length=max_length)
+    from tasks.evaluate.suites import run_suite, suite_scores
 
-    folder = Path(work_dir) / name / str(version)
-    edit = download_edit(name, version, folder)
-    model, tokenizer, meta = load_pretrained_edit(edit)
-    try:
-        if suite is None:
-            return score_split(model, tokenizer, data, metric=metric, max_length=max_length)
-        from tasks.evaluate.suites import run_suite, suite_scores
+    report = run_suite(suite, artifact, data=data, out_dir=out_dir, max_length=max_length, loaded=loaded)
+    return suite_scores(report, metric)
 
-        report = run_suite(suite, edit, data=data, out_dir=folder / "eval", max_length=max_length,
-                           loaded=(model, tokenizer, meta))
-        return suite_scores(report, metric)
-    finally:
-        del model
+
+def score_version(name: str, version: int, data: Any, *, metric: str, max_length: int, work_dir: str | Path,
+                  suite: Any = None) -> "RowScores":
+    """Per-row scores of ``name`` version ``version`` on ``data``'s test rows, or on ``suite``'s rows."""
+    loaded = load_registered(name, version)
+    return score_loaded(loaded, data, metric=metric, max_length=max_length, suite=suite,
+                        artifact=f"models:/{name}/{version}", out_dir=Path(work_dir) / name / str(version))
 
 
 def trained_max_length(mv) -> int:
