@@ -173,25 +173,37 @@ def _announce_store(cfg, tracking_uri: Optional[str] = None) -> str:
     return target.uri
 
 
-def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force: bool = False):
+def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force: bool = False) -> None:
+    """Run the retrain flow with a live status line per task, full logs in a file; print the summary.
+
+    The summary is printed also when tasks failed (then the command exits 1 after it).
+    """
+    from .config import load_config
+    from .console import logging_to, reporting
     from .orchestrator import ephemeral_server_grace
     from .retrain import RetrainFailed, retrain as retrain_flow
 
+    cfg = load_config(config, overrides)
     if overrides:  # the flow reads its config from a file: write the overridden one beside the runs
         import yaml
 
-        from .config import load_config
-
-        cfg = load_config(config, overrides)
         tmp = Path(cfg.runs_dir) / f".{Path(config).stem}.effective.yaml"
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
         config = tmp
-    try:
-        with ephemeral_server_grace():
-            return retrain_flow(config=str(config), only=only, force=force)
-    except RetrainFailed as exc:
-        raise Negative(str(exc)) from exc
+    log_path = Path(cfg.runs_dir) / cfg.name / "logs" / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    failure: RetrainFailed | None = None
+    with logging_to(log_path), ephemeral_server_grace(), reporting(err):
+        try:
+            summary = retrain_flow(config=str(config), only=only, force=force)
+        except RetrainFailed as exc:
+            summary, failure = exc.summary, exc
+    if summary:
+        print_summary(summary)
+    note(f"full log: {log_path}")
+    print_next_steps(cfg)
+    if failure is not None:
+        raise Negative(str(failure)) from failure
 
 
 @app.command()
@@ -211,9 +223,7 @@ def retrain(config: Path = typer.Argument(..., help="Retrain YAML (see configs/)
         cfg = load_config(config, overrides)
         _check_only(cfg, config, _split(only))
         _announce_store(cfg, tracking_uri)
-        summary = _run_retrain(config, overrides, _split(only), force)
-        print_summary(summary)
-        print_next_steps(cfg)
+        _run_retrain(config, overrides, _split(only), force)
 
 
 @app.command()
@@ -228,53 +238,61 @@ def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="The demo c
         overrides = {"runs_dir": str(runs_dir)} if runs_dir else {}
         cfg = load_config(config, overrides)
         _announce_store(cfg)
-        summary = _run_retrain(config, overrides, None)
-        print_summary(summary)
-        print_next_steps(cfg)
+        _run_retrain(config, overrides, None)
 
 
 def print_summary(summary: dict) -> None:
-    """One row per task (trained / unchanged / failed), then the reasons, which are too long for a cell."""
-    table = Table(title="retrain summary")
-    for col in ("task", "status", "steps", "metric", "new", "prod", "version", "decision"):
-        table.add_column(col)
+    """One row per task (trained / unchanged / failed / diverged), then each task's why and gate reason.
+
+    Fits 80 columns: names fold instead of being cut; "new"/"prod" are the candidate's and production's
+    scores on the same rows (the gate's pair).
+    """
+    from rich import box
+
+    table = Table(title="retrain summary", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for col, justify in (("task", "left"), ("status", "left"), ("steps", "right"), ("metric", "left"),
+                         ("new", "right"), ("prod", "right"), ("ver", "right"), ("decision", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
     notes = []
     for row in summary.values():
-        status = row["status"]
+        status, task = row["status"], Text(row["task"])
         if status in ("failed", "diverged"):
-            table.add_row(row["task"], f"[red]{status}[/]", "", "", "", "", "", "")
-            notes.append((row["task"], row.get("error", "")))
+            table.add_row(task, Text(status, style="red"), "", "", "", "", "", Text(f"at {row.get('step', '')}"))
+            notes.append((row["task"], row.get("error", ""), "red"))
             continue
         if status == "unchanged":
-            table.add_row(row["task"], "unchanged", "0", "", "", "", f"v{row['version']}", "-")
-            notes.append((row["task"], row["reason"]))
+            table.add_row(task, "unchanged", "0", "", "", "", f"v{row['version']}", "nothing new")
+            notes.append((row["task"], row["reason"], "dim"))
             continue
-        champion = "" if row.get("champion") is None else f"{row['champion']:.3f}"
-        table.add_row(row["task"], "trained", str(row["steps_trained"]), row["metric"],
-                      "" if row.get("challenger") is None else f"{row['challenger']:.3f}", champion,
-                      f"v{row['version']}", "[green]promoted[/]" if row["promoted"] else "kept")
-        notes.append((row["task"], row["reason"]))
+        score = (lambda x: "" if x is None else f"{x:.3f}")
+        decision = Text("promoted", style="green") if row["promoted"] else Text("kept out")
+        table.add_row(task, "trained", str(row["steps_trained"]), Text(row["metric"]), score(row.get("challenger")),
+                      score(row.get("champion")), f"v{row['version']}", decision)
+        notes.append((row["task"], f"{row['why']}. Gate: {row['reason']}", "dim"))
     console.print(table)
-    for task, note in notes:
-        console.print(f"  {task}: ", Text(str(note)), sep="")
+    for task, text, style in notes:
+        console.print(Text.assemble((f"{task}: ", "bold"), (str(text), style)), soft_wrap=False)
 
 
 def print_next_steps(cfg) -> None:
     from registry import setup_tracking
 
     uri = setup_tracking(cfg.tracking_uri, cfg.runs_dir)
-    console.print(
-        "\n[bold]Look at the results[/]\n"
-        f"  MLflow UI (compare runs, see aliases):  mlflow ui --backend-store-uri {escape(uri)} --port 5000\n"
-        f"     then open {escape(experiment_url('http://127.0.0.1:5000', cfg.experiment))} (the training runs: "
-        "select runs → Compare) and Models → red-<task> (aliases candidate/production, alias history)\n"
-        "  Prefect UI (flow runs, artifacts):     prefect server start   then open http://127.0.0.1:4200\n"
-        f"  Serve a task:  MLFLOW_TRACKING_URI={escape(uri)} mlflow models serve "
-        "-m models:/red-<task>@production --env-manager local --port 5001\n"
-        "  Versions / history:  redflow versions red-<task>   ·   redflow history red-<task>\n"
-        "  Promote / roll back:  redflow promote red-<task> <version>   ·   redflow rollback red-<task>",
-        highlight=False,
-    )
+    steps = [
+        ("Compare runs and see aliases (then open the link below)",
+         f"mlflow ui --backend-store-uri {uri} --port 5000"),
+        ("", experiment_url("http://127.0.0.1:5000", cfg.experiment)),
+        ("Flow runs and their summaries", "prefect server start"),
+        ("Versions and the alias history of a task", "redflow versions red-<task>; redflow history red-<task>"),
+        ("Serve a task", f"MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/red-<task>@production "
+                         "--env-manager local --port 5001"),
+        ("Promote or roll back", "redflow promote red-<task> <version>; redflow rollback red-<task>"),
+    ]
+    console.print(Text("\nNext", style="bold"))
+    for what, command in steps:  # one command per line, never wrapped by us: copy-paste it whole
+        if what:
+            console.print(Text(f"  {what}:", style="dim"))
+        console.print(Text(f"    {command}"), soft_wrap=True, highlight=False)
 
 
 def experiment_url(ui: str, experiment: str) -> str:

@@ -124,8 +124,9 @@ def training_callback(task: str):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             shown = {k[len("eval_"):]: v for k, v in (metrics or {}).items()
                      if k.startswith("eval_") and isinstance(v, float) and not k.endswith(("runtime", "per_second"))}
-            text = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:2])
-            progress(task, state.global_step, state.max_steps, f"epoch {state.epoch:.0f}: {text}")
+            if shown:  # the final evaluations on the test split report under another prefix
+                text = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:2])
+                progress(task, state.global_step, state.max_steps, f"epoch {state.epoch:.0f}: {text}")
 
     return ReportTraining()
 
@@ -154,3 +155,58 @@ def quiet_libraries() -> None:
         datasets.disable_progress_bars()
     except Exception:  # noqa: BLE001
         pass
+
+
+@contextlib.contextmanager
+def logging_to(path) -> Iterator[None]:
+    """Within the block, send every log record (Prefect's flow and task runs, redflow's steps, MLflow, Python
+    warnings) to the file ``path`` and keep them off the console, where the reporter shows one line per task.
+    Everything is restored afterwards.
+    """
+    import logging
+    import os
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved_levels: list[tuple[Any, int]] = [(root, root.level)]
+    env = {k: os.environ.get(k) for k in ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "REDFLOW_PROGRESS")}
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"  # if Prefect configures logging later
+    os.environ["REDFLOW_PROGRESS"] = "0"  # no tqdm bar from the Trainer: the reporter shows progress
+    for h in root.handlers:  # if Prefect configured logging already; left quiet: its temporary server logs
+        if type(h).__name__ == "PrefectConsoleHandler":  # its shutdown at exit, after this block
+            h.setLevel(logging.CRITICAL)
+    for name in ("mlflow", "alembic"):  # libraries with console handlers of their own
+        for h in logging.getLogger(name).handlers:
+            if type(h) is logging.StreamHandler:
+                saved_levels.append((h, h.level))
+                h.setLevel(logging.CRITICAL)
+    targets = [root] + [logging.getLogger(n) for n in ("mlflow", "alembic")]
+    for logger in targets:
+        logger.addHandler(handler)
+    levels = {"flows": logging.INFO, "tasks": logging.INFO, "registry": logging.INFO, "red": logging.INFO,
+              "prefect.flow_runs": logging.INFO, "prefect.task_runs": logging.INFO,  # whatever PREFECT_LOGGING_LEVEL
+              "httpx": logging.WARNING}  # one line per API call otherwise
+    for name, level in levels.items():
+        logger = logging.getLogger(name)
+        saved_levels.append((logger, logger.level))
+        logger.setLevel(level)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for logger in targets:
+            logger.removeHandler(handler)
+        handler.close()
+        for obj, level in saved_levels:
+            obj.setLevel(level)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -93,7 +93,15 @@ def _transient(state) -> bool:
 
 
 class RetrainFailed(RuntimeError):
-    """Some tasks failed (or diverged); whatever else was trained was registered. The message lists which and why."""
+    """Some tasks failed (or diverged); whatever else was trained was registered. The message lists which and why;
+    ``summary`` holds every task's row, the failed ones included."""
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.summary = summary or {}
+
+    def __reduce__(self):  # Prefect may pickle the exception between processes
+        return (type(self), (str(self), self.summary))
 
 
 def _tracking(cfg: RetrainConfig) -> str:
@@ -157,7 +165,7 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
                resumed_from=r.resumed_from, init=r.init, why="; ".join(r.notes or plan.reasons),
                validation=r.validation.get(r.primary_metric), best_epoch=r.best_epoch,
                edit_parameters=r.edit_parameters, seconds=r.seconds, model_name=reg["model_name"],
-               version=reg["version"], run_id=reg["run_id"], challenger=d.value, champion=d.previous_value,
+               version=reg["version"], run_id=reg["run_id"], experiment_id=reg.get("experiment_id"), challenger=d.value, champion=d.previous_value,
                champion_version=d.previous, difference=comparison.get("difference"),
                ci=(comparison.get("ci_low"), comparison.get("ci_high")) if comparison else None,
                rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
@@ -171,9 +179,11 @@ def retrain_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict
 
 
 def summary_markdown(cfg: RetrainConfig, summary: dict[str, Any], tracking_uri: str) -> str:
+    """The Prefect artifact: one row per task (status, steps trained, champion vs challenger on the same rows,
+    decision) with links to its MLflow run and model version, then each task's reasons."""
     lines = [f"# Retrain `{cfg.name}`", "", f"MLflow: `{tracking_uri}` · experiment `{cfg.experiment}`", "",
              "| task | status | steps | metric | challenger | champion | improvement (95% CI) | version | decision |",
-             "|---|---|---:|---|---:|---:|---|---:|---|"]
+             "|---|---|---:|---|---:|---:|---|---|---|"]
     notes = []
     for row in summary.values():
         status = row["status"]
@@ -190,10 +200,20 @@ def summary_markdown(cfg: RetrainConfig, summary: dict[str, Any], tracking_uri: 
                 and ci else "")
         champion = (f"{_f(row['champion'])} (v{row['champion_version']})" if row.get("champion") is not None
                     else "none" if row.get("champion_version") is None else "")
+        version = _link(f"v{row['version']}", tracking_uri, f"models/{row['model_name']}/versions/{row['version']}")
+        run = _link("run", tracking_uri, f"experiments/{row.get('experiment_id', '')}/runs/{row['run_id']}")
         lines.append(f"| {row['task']} | trained | {row['steps_trained']} | {row['metric']} | "
-                     f"{_f(row['challenger'])} | {champion} | {gain} | v{row['version']} | {row['decision']} |")
-        notes.append(f"- {row['task']}: {row['why']}. Gate: {row['reason']}")
+                     f"{_f(row['challenger'])} | {champion} | {gain} | {version} ({run}) | {row['decision']} |")
+        notes.append(f"- {row['task']}: {row['why']}. Gate: {row['reason']}. MLflow run `{row['run_id']}`, "
+                     f"model `models:/{row['model_name']}/{row['version']}`")
     return "\n".join(lines + [""] + notes)
+
+
+def _link(text: str, tracking_uri: str, page: str) -> str:
+    """A link into the MLflow UI when the store is a server; the bare text for a local SQLite store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"[{text}]({tracking_uri.rstrip('/')}/#/{page})"
+    return text
 
 
 def _f(x) -> str:
@@ -226,7 +246,7 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
         raise RetrainFailed(
             f"{len(failed)} of {len(summary)} tasks failed ({', '.join(failed)})"
             + (f"; the other {others} completed. " if others else ". ")
-            + "; ".join(f"{n}: {summary[n]['error']}" for n in failed))
+            + "; ".join(f"{n}: {summary[n]['error']}" for n in failed), summary)
     return summary
 
 

@@ -199,7 +199,10 @@ def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     run_id = log_training(result, experiment=cfg.experiment, eval_reports=evaluation.reports if evaluation else [],
                           config={"retrain": cfg.name, "task": task.name})
     version = register_edit(result, run_id, model_name=cfg.model_name(task))
-    return {"run_id": run_id, "model_name": cfg.model_name(task), "version": int(version)}
+    from mlflow import MlflowClient
+
+    return {"run_id": run_id, "model_name": cfg.model_name(task), "version": int(version),
+            "experiment_id": MlflowClient().get_run(run_id).info.experiment_id}
 
 
 def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any] | None, result: TrainResult | None,

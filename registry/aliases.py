@@ -286,9 +286,10 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
                 continue  # production moved while we scored it: score the new one
             mv = client.get_model_version(name, str(version))
             metric = policy.metric_name(mv.tags.get("primary_metric"))
-            stored = {f"v{version}": metric_value(mv, f"test_{metric}")}
-            if prod is not None:
-                stored[f"v{champion_version}"] = metric_value(prod, f"test_{metric}")
+            stored = {}  # what earlier runs recorded, on their own test rows: shown beside a comparison, never used
+            if prod is not None and champion_version != version:
+                stored = {f"v{version}": metric_value(mv, f"test_{metric}"),
+                          f"v{champion_version}": metric_value(prod, f"test_{metric}")}
             stored = {k: v for k, v in stored.items() if v is not None}
             decision = _decide(name, mv, version, champion_version, policy, metric, challenger, champion_rows,
                                champion_error, stored, paired_bootstrap)
