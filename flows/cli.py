@@ -260,8 +260,9 @@ def print_summary(summary: dict) -> None:
             table.add_row(task, Text(status, style="red"), "", "", "", "", "", Text(f"at {row.get('step', '')}"))
             notes.append((row["task"], row.get("error", ""), "red"))
             continue
-        if status == "unchanged":
-            table.add_row(task, "unchanged", "0", "", "", "", f"v{row['version']}", "nothing new")
+        if status in ("unchanged", "busy"):
+            version = f"v{row['version']}" if row.get("version") else ""
+            table.add_row(task, status, "0", "", "", "", version, "nothing new")
             notes.append((row["task"], row["reason"], "dim"))
             continue
         score = (lambda x: "" if x is None else f"{x:.3f}")

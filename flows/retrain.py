@@ -142,6 +142,7 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
 
 def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
     """One task's line of the retrain summary: trained / unchanged / failed / diverged, steps, champion vs challenger."""
+    from tasks.attempts import AttemptBusy
     from tasks.train import TrainingDiverged
 
     row: dict[str, Any] = {"task": name}
@@ -149,6 +150,9 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
     if failed is not None:  # the first step that did not complete is the cause; the rest never ran
         step, future = failed
         exc = future.state.result(raise_on_failure=False)
+        if isinstance(exc, AttemptBusy):  # not a failure: the same training is running elsewhere
+            row.update(status="busy", steps_trained=0, version=None, reason=str(exc), promoted=False, decision="-")
+            return row
         row.update(status="diverged" if isinstance(exc, TrainingDiverged) else "failed", step=step,
                    error=f"{step}: {type(exc).__name__}: {exc}")
         return row
@@ -191,8 +195,9 @@ def summary_markdown(cfg: RetrainConfig, summary: dict[str, Any], tracking_uri: 
             lines.append(f"| {row['task']} | **{status}** | | | | | | | |")
             notes.append(f"- **{row['task']}**: {row.get('error', '')}")
             continue
-        if status == "unchanged":
-            lines.append(f"| {row['task']} | unchanged | 0 | | | | | v{row['version']} | nothing registered |")
+        if status in ("unchanged", "busy"):
+            version = f"v{row['version']}" if row.get("version") else ""
+            lines.append(f"| {row['task']} | {status} | 0 | | | | | {version} | nothing registered |")
             notes.append(f"- {row['task']}: {row['reason']}")
             continue
         ci = row.get("ci")

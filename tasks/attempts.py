@@ -17,6 +17,8 @@ Rules (the nightly job's correctness depends on them):
    is not either: resuming would repeat it.
 4. A retry inside the same run (same run key) picks up its own folder.
 5. Incomplete checkpoints (a crash while writing one) are skipped with a warning.
+6. While another live process trains the same inputs, a second run does not train them again
+   (:class:`AttemptBusy`): two schedules or a manual run beside the nightly one never register twins.
 """
 from __future__ import annotations
 
@@ -42,6 +44,10 @@ LOCK_FILE = "attempt.lock"
 CHECKPOINTS = "checkpoints"
 
 TRAINING, TRAINED, FAILED = "training", "trained", "failed"
+
+
+class AttemptBusy(RuntimeError):
+    """Another live process is training exactly these inputs right now: a second training would only duplicate it."""
 
 
 @dataclass
@@ -199,11 +205,17 @@ def _adopt(folder: Path, identity: Identity, notes: list[str], *, own_run: bool)
     theirs = Identity.from_dict(state.get("identity"))
     if theirs != identity:
         if status == TRAINING or own_run:
-            why = "; ".join(identity.diff(theirs)) or "its identity is unreadable"
-            notes.append(f"not resuming crashed attempt {name}: {why}")
+            probe = _try_lock(folder)
+            if probe is not None:  # not a live run: a crash, worth saying why it is not resumed
+                probe.release()
+                why = "; ".join(identity.diff(theirs)) or "its identity is unreadable"
+                notes.append(f"not resuming crashed attempt {name}: {why}")
         return None
     lock = _try_lock(folder)
     if lock is None:
+        if status == TRAINING and not own_run:
+            raise AttemptBusy(f"attempt {name} is training the same inputs in another live process "
+                              f"(pid {state.get('pid')} on {state.get('host')}); this run leaves it to finish")
         notes.append(f"attempt {name} is being trained by another live process: not touching it")
         return None
     checkpoints = complete_checkpoints(folder / CHECKPOINTS)

@@ -77,12 +77,15 @@ def test_deterministic_failures_are_not_resumed_but_transient_ones_are(tmp_path)
     retry.close()
 
 
-def test_an_attempt_held_by_a_live_process_is_never_adopted(tmp_path):
+def test_the_same_inputs_are_not_trained_twice_at_once(tmp_path):
+    from tasks.attempts import AttemptBusy
+
     live = open_attempt(tmp_path, SAME, "running")
     _checkpoint(live.folder, 4)
-    other = open_attempt(tmp_path, SAME, "concurrent")  # `live` still holds its lock
-    assert other.folder != live.folder and other.resume_from is None
-    assert any("another live process" in n for n in other.notes)
+    with pytest.raises(AttemptBusy, match=r"training the same inputs in another live process"):
+        open_attempt(tmp_path, SAME, "concurrent")  # `live` still holds its lock
+    other = open_attempt(tmp_path, Identity(**{**SAME.to_dict(), "data_hash": "d2"}), "other-data")
+    assert other.folder != live.folder and other.resume_from is None  # other inputs: trained beside it
     other.close()
     live.close()
 
