@@ -535,8 +535,8 @@ def serve(config: Optional[Path] = typer.Argument(None, help="YAML serving confi
           runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP)) -> None:
     """Serve many registered tasks from one base model, following their 'production' alias.
 
-    Answers /ping, /health and /invocations as `mlflow models serve` does; each request row names its
-    `task` (task or registered model name). Also POST /reload and GET /tasks (docs/serving.md).
+    Answers /ping, /health and /invocations as `mlflow models serve` does; each request row names its `task`.
+    Also POST /reload (check the registry now) and GET /tasks (what is served). See docs/serving.md.
     """
     from registry.serve_app import check_port, serve as serve_forever
 

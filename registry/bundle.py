@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ def register_bundle(name: str, config: ServingConfig | dict[str, Any], *, promot
             model.close()
     _ensure_bundle_model(client, name)
     experiment_id = get_or_create_experiment(experiment, client)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"bundle {name}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"bundle {name}") as run, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # no input example, no type hints
         info = mlflow.pyfunc.log_model(
             name="bundle", python_model=str(BUNDLE_CODE), model_config=cfg.to_dict(),
             signature=bundle_signature(cfg), pip_requirements=_requirements(),

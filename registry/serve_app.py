@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ def build_model(config: ServingConfig):
     from .models import _requirements
     from .multitask import bundle_signature
 
-    with tempfile.TemporaryDirectory(prefix="redflow-bundle-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="redflow-bundle-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # no input example, no type hints
         path = Path(tmp) / "bundle"
         mlflow.pyfunc.save_model(path=str(path), python_model=str(BUNDLE_CODE), model_config=config.to_dict(),
                                  signature=bundle_signature(config), pip_requirements=_requirements())
