@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -307,7 +308,7 @@ class MultiTaskModel(PythonModel):
         shutil.rmtree(self._cache, ignore_errors=True)
 
     # ---- predicting ------------------------------------------------------------------------
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Answer every row of ``model_input`` from one snapshot (see ``registry.routing`` for the formats)."""
         snap = self._snapshot
         rows = route(model_input, snap.lookup, snap.tasks.values(), snap.ambiguous)

@@ -91,6 +91,8 @@ def route(model_input: Any, lookup: Mapping[str, ServedTask], served: Iterable[S
     name shared by several served models to those models' names.
     """
     frame = as_frame(model_input)
+    if len(frame) == 0:
+        return RoutedRows(requested=[], tasks=[], texts=[])
     served = list(served)
     ambiguous = ambiguous or {}
     tail = f" This server serves: {served_list(served)}."
