@@ -102,7 +102,11 @@ def rows_for(tasks: list[TaskSpec], n: int, rng: random.Random, *, with_task: bo
 
 # ---- measuring --------------------------------------------------------------------------------
 def tree_memory(pid: int) -> dict:
-    """VmRSS and PSS (MiB) of ``pid`` and all its descendants (Linux /proc)."""
+    """VmRSS, PSS and USS (MiB) of ``pid`` and all its descendants (Linux /proc).
+
+    RSS counts shared pages (the torch and Python libraries) in full in every process; PSS splits them among
+    the processes that map them; USS (private clean + dirty) is what each further copy of the process adds.
+    """
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -123,12 +127,14 @@ def tree_memory(pid: int) -> dict:
             rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
         except OSError:
             continue
-        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        pss = next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
-        per[p] = {"rss_mib": rss / 1024, "pss_mib": pss / 1024}
+        def kib(text: str, key: str) -> int:
+            return next(int(line.split()[1]) for line in text.splitlines() if line.startswith(key + ":"))
+
+        per[p] = {"rss_mib": kib(status, "VmRSS") / 1024, "pss_mib": kib(rollup, "Pss") / 1024,
+                  "uss_mib": (kib(rollup, "Private_Clean") + kib(rollup, "Private_Dirty")) / 1024}
     largest = max(per.values(), key=lambda m: m["rss_mib"])
-    return {"processes": len(per), "rss_mib": sum(m["rss_mib"] for m in per.values()),
-            "pss_mib": sum(m["pss_mib"] for m in per.values()), "model_process_rss_mib": largest["rss_mib"]}
+    return {"processes": len(per), **{k: sum(m[k] for m in per.values()) for k in ("rss_mib", "pss_mib", "uss_mib")},
+            "model_process_rss_mib": largest["rss_mib"]}
 
 
 def timed_invoke(server, rows) -> tuple[float, list]:
@@ -207,6 +213,9 @@ def run(args) -> dict:
 
     from registry.server import free_port, start_model_server, start_server_process
 
+    from flows.console import quiet_libraries
+
+    quiet_libraries()  # no progress bars or load reports from the in-process registrations
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -286,6 +295,9 @@ def render(result: dict, markdown: bool) -> str:
           f"{s['model_process_rss_mib']:.0f}", f"{m['model_process_rss_mib'] / s['model_process_rss_mib']:.2f}"],
          ["proportional set size, tree (PSS MiB)", f"{m['pss_mib']:.0f}", f"{s['pss_mib']:.0f}",
           f"{m['pss_mib'] / s['pss_mib']:.2f}"],
+         *([["private memory, tree (USS MiB)", f"{m['uss_mib']:.0f}", f"{s['uss_mib']:.0f}",
+             f"{m['uss_mib'] / s['uss_mib']:.2f} (vs {k} servers: {m['uss_mib'] / (k * s['uss_mib']):.3f})"]]
+           if "uss_mib" in m else []),
          [f"throughput (rows/s, median; multi: mixed stream of {k} tasks)",
           f"{thr['multi_rows_per_s']['median']:.1f}", f"{thr['single_rows_per_s']['median']:.1f}",
           f"{ratio['median']:.3f} [95% CI {ratio['ci95'][0]:.3f}-{ratio['ci95'][1]:.3f}]"],

@@ -193,6 +193,7 @@ class MultiTaskModel(PythonModel):
         self._cache = Path(tempfile.mkdtemp(prefix="redflow-serve-"))
         self._groups: dict[tuple, _Group] = {}
         self._refused: dict[str, dict[str, Any]] = {}
+        self._gone: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -217,9 +218,10 @@ class MultiTaskModel(PythonModel):
             wanted = wanted_versions(self.config, self.client, strict=strict)
             current = dict(snap.tasks) if snap else {}
             for name, task in current.items():
-                if name not in wanted:
+                if name not in wanted and name not in self._gone:
                     _log.warning("%s: no %r version any more; still serving v%s", name, self.config.alias,
                                  task.version)
+            self._gone = {name for name in current if name not in wanted}
             changed, refused = [], []
             tasks = dict(current)
             for name, version in sorted(wanted.items()):
@@ -237,6 +239,12 @@ class MultiTaskModel(PythonModel):
                     refused.append(self._refused[name])
                     _log.error("refused %s v%s: %s; %s", name, version, exc,
                                f"still serving v{current[name].version}" if name in current else "not served")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - e.g. the store is busy: the other models go on
+                    if strict:
+                        raise
+                    _log.warning("could not load %s v%s (%s: %s); trying again at the next check", name, version,
+                                 type(exc).__name__, exc)
                     continue
                 tasks[name] = task
                 changed.append({"model": name, "from": current[name].version if name in current else None,

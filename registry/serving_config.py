@@ -41,7 +41,7 @@ class ServingConfig(BaseModel):
     poll_interval: float = Field(default=30.0, ge=0)
     batch_size: int = Field(default=16, ge=1, le=4096)
     max_new_tokens: int = Field(default=64, ge=1)
-    device: str = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     tracking_uri: str | None = None
 
     @field_validator("models", mode="before")
