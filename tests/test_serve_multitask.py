@@ -257,6 +257,10 @@ def test_serve_refuses_unknown_models_reft_edits_and_bad_settings_before_listeni
     assert out.exit_code == 2 and "needs `models`" in out.output
     out = serve("--models", "red-*", "--batch-size", "0")
     assert out.exit_code == 2 and "batch_size" in out.output
+    config = tmp_path / "serving.yaml"
+    config.write_text("models: ['red-*']\npoll_interval: -1\n")
+    out = serve(str(config))
+    assert out.exit_code == 2 and "poll_interval" in out.output and "greater than or equal to 0" in out.output
     with __import__("socket").socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -311,3 +315,26 @@ def test_classification_regression_and_generation_tasks_share_one_model(store, t
                 assert got["label"] == want["label"]
                 assert got["probabilities"] == pytest.approx({k[5:]: v for k, v in want.items()
                                                               if k.startswith("prob_")}, abs=1e-5)
+
+
+def test_rows_route_by_task_or_model_name_and_a_shared_task_name_must_name_the_model():
+    from registry.routing import RequestError, route
+    from registry.served_tasks import ServedTask
+
+    def task(model, name, columns=("sentence",)):
+        return ServedTask(model=model, version=1, task=name, task_type="classification", text_columns=columns,
+                          label_list=("a", "b"), max_length=8, edit_path="", edit_sha256="", base_model="",
+                          base_revision=None, model_class=None, dtype=None)
+
+    red, reft, topic = task("red-sst2", "sst2"), task("other-sst2", "sst2"), task("red-topic", "topic")
+    lookup = {"red-sst2": red, "other-sst2": reft, "red-topic": topic, "topic": topic}
+    rows = route(pd.DataFrame({"task": ["red-sst2", "topic", " other-sst2 "], "sentence": ["x", 7, "z"]}), lookup,
+                 [red, reft, topic], {"sst2": ["other-sst2", "red-sst2"]})
+    assert [t.model for t in rows.tasks] == ["red-sst2", "red-topic", "other-sst2"]
+    assert rows.texts == [("x",), ("7",), ("z",)]          # a number read from CSV is text
+    with pytest.raises(RequestError, match=r"row 0: task 'sst2' is served by other-sst2, red-sst2; name the model"):
+        route(pd.DataFrame({"task": ["sst2"], "sentence": ["x"]}), lookup, [red, reft, topic],
+              {"sst2": ["other-sst2", "red-sst2"]})
+    with pytest.raises(RequestError, match=r"rows 0, 1: no task"):
+        route(pd.DataFrame({"task": [None, ""], "sentence": ["x", "y"]}), lookup, [red])
+    assert len(route(pd.DataFrame([]), lookup, [red])) == 0   # an empty request gets an empty answer
