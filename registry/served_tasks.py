@@ -162,7 +162,8 @@ def fetch_task(client: MlflowClient, name: str, version: int, dest: str | Path, 
 
     from red import EditFileError, read_edit
 
-    from .pyfunc import head_num_labels, serving_config
+    from .pyfunc import head_num_labels
+    from .pyfunc import serving_config as version_settings  # the version's own model_config, flat
 
     mv = client.get_model_version(name, str(version))
     status = mv.tags.get(STATUS_TAG, READY)
@@ -173,7 +174,7 @@ def fetch_task(client: MlflowClient, name: str, version: int, dest: str | Path, 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest),
                                                      tracking_uri=uri, registry_uri=uri))
     flavor = Model.load(str(local)).flavors.get("python_function") or {}
-    cfg = serving_config(flavor.get("config"))
+    cfg = version_settings(flavor.get("config"))
     artifact = ((flavor.get("artifacts") or {}).get("edit") or {}).get("path")
     if not artifact or not (local / artifact).is_file():
         raise VersionRefused(f"{name} v{version} holds no edit file (artifacts: {sorted(flavor.get('artifacts') or {})})")
