@@ -17,8 +17,16 @@ are exactly what the task alone gives and the rest can never be mistaken for a
 score; ``split_outputs`` returns each row's own part. Loss computation by the base
 model (``labels=``) is refused when the tasks' heads differ: compute it per task.
 
-Thread safety: the task ids of a call are kept per thread (``threading.local``), so
-concurrent calls from a server's threads each get their own result; the per-task
+State and swaps. Everything that describes the K tasks (names, stacks, head copies,
+widths) is one ``BankState``, built beside the serving one and never changed
+afterwards. The bank's hooks sit on the base model once; each call captures the
+bank's current state when it starts (``tasks()``), and ``swap(new_state)`` replaces
+that reference in one assignment. A call in flight therefore finishes on the state it
+started with, the next call sees the new one, and no call ever mixes the two (a
+second bank on the same base would apply its edits on top instead: one bank per base).
+
+Thread safety: the task ids and state of a call are kept per thread (``threading.local``),
+so concurrent calls from a server's threads each get their own result; the per-task
 head copies are applied without swapping any module's parameters.
 """
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +44,7 @@ from torch import nn
 
 from .config import EditConfig
 from .errors import EditConfigError
+from .fingerprint import fingerprint, weight_sample
 from .io import check_compatible, check_weights, read_edit
 from .layer import apply_scale_bias
 from .targets import Target, find_targets
@@ -44,32 +54,35 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class _Calls(threading.local):
-    def __init__(self) -> None:
-        self.ids: torch.Tensor | None = None
+class BankState(nn.Module):
+    """The K tasks of a bank: names, (K, H) scale/bias stacks per target layer, per-task head copies.
 
+    Built from edit files for one base model (checked: method, architecture, weight fingerprint)
+    and not modified afterwards: a change of tasks or versions builds a new state and
+    ``EditBank.swap`` puts it in place. ``fingerprints`` caches the base's fingerprint per target
+    set (the base is frozen, so it is computed once per bank, not once per state).
+    """
 
-class EditBank(nn.Module):
-    """K RED edits (with their task heads) on one frozen base model; route rows with ``task_ids``."""
-
-    PAD = float("nan")
-
-    def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None,
-                 *, check_fingerprint: bool = True):
+    def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None, *,
+                 check_fingerprint: bool = True, fingerprints: dict | None = None):
         super().__init__()
         if not edits:
             raise EditConfigError("an EditBank needs at least one edit file")
-        self.base_model = model
         self.names = list(names or [Path(e).stem for e in edits])
         if len(self.names) != len(edits):
             raise EditConfigError(f"{len(edits)} edit files but {len(self.names)} names")
         files = [read_edit(e) for e in edits]
+        cache = {} if fingerprints is None else fingerprints
         for (_, meta), name in zip(files, self.names):
             if meta["method"] != "red":
                 raise EditConfigError(f"EditBank serves RED edits; {name!r} is a {meta['method']} edit")
             check_compatible(model, meta)
             if check_fingerprint:
-                check_weights(model, meta, where=f"edit {name!r}")
+                key = tuple(sorted(meta["targets"]))
+                if key not in cache:
+                    cache[key] = (fingerprint(model, key), weight_sample(model, key))
+                fp, sample = cache[key]
+                check_weights(model, meta, base_fingerprint=fp, sample=sample, where=f"edit {name!r}")
         self.task_types = [str((meta.get("extra") or {}).get("task_type", "")) or None for _, meta in files]
         # Union of the targets of all tasks; a task that does not edit a layer gets the identity there.
         targets: dict[str, Target] = {}
@@ -92,18 +105,9 @@ class EditBank(nn.Module):
         self.head_names = sorted({h for _, meta in files for h in meta["head"]}, key=order.index)
         self.heads = nn.ModuleList(self._task_heads(model, files))
         self.output_widths: list[int | None] = [self._width(heads) for heads in self.heads]
-        for p in model.parameters():
-            p.requires_grad_(False)
         self.to(next(model.parameters()).device)
-        self._calls = _Calls()
-        self._handles = []
-        modules = dict(model.named_modules())
-        for t in self.targets:
-            self._handles.append(modules[t.name].register_forward_hook(self._edit_hook(_key(t.name))))
-        for head_name in self.head_names:
-            self._handles.append(modules[head_name].register_forward_hook(self._head_hook(head_name), with_kwargs=True))
+        object.__setattr__(self, "_base", weakref.ref(model))  # not a submodule: the base is the bank's
 
-    # ---- construction ---------------------------------------------------------------------
     def _task_heads(self, model: nn.Module, files) -> list[nn.ModuleDict]:
         """Per task, a copy of every head module with that task's tensors (the base module's where it has none)."""
         modules = dict(model.named_modules())
@@ -139,38 +143,129 @@ class EditBank(nn.Module):
         weights = [p for n, p in last.named_parameters() if n.endswith("weight") and p.ndim == 2]
         return int(weights[-1].shape[0]) if weights else None
 
+    def built_for(self, model: nn.Module) -> bool:
+        return self._base() is model
+
+    def heads_differ(self) -> bool:
+        return len({(w, t) for w, t in zip(self.output_widths, self.task_types)}) > 1
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"task": n, "task_type": t, "outputs": w} for n, t, w in
+                zip(self.names, self.task_types, self.output_widths)]
+
+
+class _Calls(threading.local):
+    def __init__(self) -> None:
+        self.ids: torch.Tensor | None = None
+        self.state: BankState | None = None
+
+
+class EditBank(nn.Module):
+    """K RED edits (with their task heads) on one frozen base model; route rows with ``task_ids``."""
+
+    PAD = float("nan")
+
+    def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None,
+                 *, check_fingerprint: bool = True):
+        super().__init__()
+        self.base_model = model
+        self._fingerprints: dict = {}
+        self._calls = _Calls()
+        self._handles: list = []
+        self._hooked: set[str] = set()
+        self._swap_lock = threading.Lock()
+        state = self.load_state(edits, names, check_fingerprint=check_fingerprint)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._install_hooks(state)
+        self.state = state
+
+    # ---- the current state ------------------------------------------------------------
+    def load_state(self, edits: Sequence[str | Path], names: Sequence[str] | None = None, *,
+                   check_fingerprint: bool = True) -> BankState:
+        """A new ``BankState`` for this bank's base model (checked; not yet serving: see ``swap``)."""
+        return BankState(self.base_model, edits, names, check_fingerprint=check_fingerprint,
+                         fingerprints=self._fingerprints)
+
+    def swap(self, state: BankState) -> BankState:
+        """Serve ``state`` from the next call on and return the previous state; calls in flight keep theirs.
+
+        Hooks for layers the new state edits and the old did not are installed first (they are the
+        identity for any state that does not edit their layer), then the state is replaced in one
+        assignment.
+        """
+        if not isinstance(state, BankState) or not state.built_for(self.base_model):
+            raise EditConfigError("swap() takes a BankState built by this bank's load_state()")
+        with self._swap_lock:
+            self._install_hooks(state)
+            previous = self.state
+            self.state = state
+        return previous
+
+    def _install_hooks(self, state: BankState) -> None:
+        modules = dict(self.base_model.named_modules())
+        for t in state.targets:
+            if t.name not in self._hooked:
+                self._handles.append(modules[t.name].register_forward_hook(self._edit_hook(_key(t.name))))
+                self._hooked.add(t.name)
+        for head_name in state.head_names:
+            if ("head", head_name) not in self._hooked:
+                self._handles.append(modules[head_name].register_forward_hook(self._head_hook(head_name),
+                                                                              with_kwargs=True))
+                self._hooked.add(("head", head_name))
+
+    # the current state's fields, as attributes of the bank
+    names = property(lambda self: self.state.names)
+    task_types = property(lambda self: self.state.task_types)
+    targets = property(lambda self: self.state.targets)
+    scales = property(lambda self: self.state.scales)
+    biases = property(lambda self: self.state.biases)
+    head_names = property(lambda self: self.state.head_names)
+    heads = property(lambda self: self.state.heads)
+    output_widths = property(lambda self: self.state.output_widths)
+
     # ---- routing ----------------------------------------------------------------------
-    def _row_ids(self, batch: int) -> torch.Tensor:
-        ids = self._calls.ids
-        if ids is None:
+    def _current(self, batch: int) -> tuple[BankState, torch.Tensor]:
+        """This thread's call: its state and the task id of each of ``batch`` rows."""
+        ids, state = self._calls.ids, self._calls.state
+        if ids is None or state is None:
             raise EditConfigError("no task ids set: call the bank with task_ids=... or inside `with bank.tasks(ids):`")
         if batch != ids.shape[0]:
             if batch % ids.shape[0]:
                 raise EditConfigError(f"batch of {batch} rows but {ids.shape[0]} task ids")
             ids = ids.repeat_interleave(batch // ids.shape[0])  # beams / num_return_sequences
-        return ids
+        return state, ids
 
     def _edit_hook(self, key: str):
         def hook(module, args, output):
             h = output[0] if isinstance(output, tuple) else output
-            ids = self._row_ids(h.shape[0]).to(h.device)
+            state, ids = self._current(h.shape[0])
+            if key not in state.scales:
+                return None  # no task of this state edits this layer
+            ids = ids.to(h.device)
             shape = (h.shape[0],) + (1,) * (h.dim() - 2) + (h.shape[-1],)
-            h = apply_scale_bias(h, self.scales[key][ids].view(shape), self.biases[key][ids].view(shape))
+            h = apply_scale_bias(h, state.scales[key][ids].view(shape), state.biases[key][ids].view(shape))
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
         return hook
 
     def _head_hook(self, head_name: str):
         key = _key(head_name)
 
-        def hook(module, args, kwargs, output):
+        def hook(module, args, *rest):
+            # (module, args, kwargs, output); also (module, args, output) in case a call starts while
+            # torch is still registering this hook's with_kwargs flag on another thread
+            kwargs, output = (rest[0], rest[1]) if len(rest) == 2 else ({}, rest[0])
             x = args[0] if args else next(iter(kwargs.values()))
-            rest = tuple(args[1:]) if args else ()
+            rest_args = tuple(args[1:]) if args else ()
             extra = kwargs if args else dict(list(kwargs.items())[1:])
-            ids = self._row_ids(x.shape[0]).to(x.device)
+            state, ids = self._current(x.shape[0])
+            if head_name not in state.head_names:
+                return None
+            ids = ids.to(x.device)
             groups = []
             for task in ids.unique().tolist():
                 rows = (ids == task).nonzero(as_tuple=True)[0]
-                groups.append((rows, self.heads[task][key](x[rows], *rest, **extra)))
+                groups.append((rows, state.heads[task][key](x[rows], *rest_args, **extra)))
             width = max(y.shape[-1] for _, y in groups)
             like = groups[0][1]
             out = like.new_full((x.shape[0],) + tuple(like.shape[1:-1]) + (width,), self.PAD)
@@ -180,49 +275,59 @@ class EditBank(nn.Module):
         return hook
 
     @contextlib.contextmanager
-    def tasks(self, task_ids: Sequence[int] | torch.Tensor) -> Iterator[None]:
-        """Within this block (this thread only), calls of the base model route row i to task ``task_ids[i]``."""
+    def tasks(self, task_ids: Sequence[int] | torch.Tensor, state: BankState | None = None) -> Iterator[None]:
+        """Within this block (this thread only), calls of the base model route row i to task ``task_ids[i]``.
+
+        The block runs on ``state`` (default: the bank's current state, captured now): a ``swap`` during
+        the block does not affect it.
+        """
+        state = self.state if state is None else state
         ids = torch.as_tensor(task_ids, dtype=torch.long).reshape(-1)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.names)):
-            raise EditConfigError(f"task ids must be in [0, {len(self.names)}); got {ids.tolist()}")
-        previous, self._calls.ids = self._calls.ids, ids
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(state.names)):
+            raise EditConfigError(f"task ids must be in [0, {len(state.names)}); got {ids.tolist()}")
+        if not state.built_for(self.base_model):
+            raise EditConfigError("this BankState was built for another base model")
+        previous = (self._calls.ids, self._calls.state)
+        self._calls.ids, self._calls.state = ids, state
         try:
             yield
         finally:
-            self._calls.ids = previous
+            self._calls.ids, self._calls.state = previous
 
     def task_index(self, name: str) -> int:
-        return self.names.index(name)
+        return self.state.names.index(name)
 
     def _heads_differ(self) -> bool:
-        return len({(w, t) for w, t in zip(self.output_widths, self.task_types)}) > 1
+        return self.state.heads_differ()
 
     def forward(self, *args, task_ids, **kwargs):
         """The base model's forward with row i routed to task ``task_ids[i]``; outputs as described above."""
-        if kwargs.get("labels") is not None and self._heads_differ():
+        state = self.state
+        if kwargs.get("labels") is not None and state.heads_differ():
             raise EditConfigError("the tasks of this bank have different heads (label counts or regression), so the "
                                   "base model cannot compute one loss; call without labels and score each task's rows")
-        with self.tasks(task_ids):
+        with self.tasks(task_ids, state):
             return self.base_model(*args, **kwargs)
 
     def generate(self, *args, task_ids, **kwargs):
         with self.tasks(task_ids):
             return self.base_model.generate(*args, **kwargs)
 
-    def split_outputs(self, outputs: torch.Tensor, task_ids: Sequence[int] | torch.Tensor) -> list[torch.Tensor]:
+    def split_outputs(self, outputs: torch.Tensor, task_ids: Sequence[int] | torch.Tensor,
+                      state: BankState | None = None) -> list[torch.Tensor]:
         """Row i of ``outputs`` (logits from the bank) without the padding of tasks with fewer outputs."""
+        widths = (state or self.state).output_widths
         ids = torch.as_tensor(task_ids, dtype=torch.long).reshape(-1).tolist()
         if len(ids) != outputs.shape[0]:
             raise EditConfigError(f"{outputs.shape[0]} rows but {len(ids)} task ids")
-        return [row if self.output_widths[t] is None else row[..., : self.output_widths[t]]
-                for row, t in zip(outputs, ids)]
+        return [row if widths[t] is None else row[..., : widths[t]] for row, t in zip(outputs, ids)]
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"task": n, "task_type": t, "outputs": w} for n, t, w in
-                zip(self.names, self.task_types, self.output_widths)]
+        return self.state.describe()
 
     def close(self) -> nn.Module:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._hooked = set()
         return self.base_model

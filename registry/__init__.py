@@ -10,6 +10,9 @@
 * ``aliases``   - ``PromotionPolicy``, ``gate_and_promote``, ``rollback``, ``alias_history``.
 * ``locks``     - the promotion lock (MLflow has no compare-and-set on aliases).
 * ``server``    - start/stop a local ``mlflow server`` or ``mlflow models serve`` (tests, demo).
+* ``multitask`` - ``MultiTaskModel``: many registered RED edits on one base, following their alias
+  (``serving_config``, ``served_tasks``, ``routing``; ``bundle`` registers it, ``serve_app`` is
+  ``redflow serve``; see docs/serving.md).
 
 Imports are lazy (PEP 562) so that ``import registry.pyfunc`` - what a model server does when it
 loads a registered version - pulls in neither matplotlib nor ``tasks`` nor Prefect. Importing the
@@ -60,6 +63,11 @@ _EXPORTS = {
     "free_port": "server",
     "ServerProcess": "server",
     "ServerStartError": "server",
+    "MultiTaskModel": "multitask",
+    "load_multitask": "multitask",
+    "ServingConfig": "serving_config",
+    "ServingConfigError": "serving_config",
+    "register_bundle": "bundle",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,3 +52,16 @@ def test_inference_smoke(tmp_path):
     assert "bank3_throughput_vs_bank1>=0.9" in result["targets"]
     rendered = run("inference.py", "--render", str(out), "--markdown")
     assert rendered.stdout.startswith("| variant |")
+
+
+@pytest.mark.slow
+def test_serving_smoke(tmp_path):
+    """Both servers start, every measurement runs, the alias moves take effect with no failed request."""
+    out = tmp_path / "serving.json"
+    proc = run("serving.py", "--tasks", "2", "--rows", "4", "--requests", "2", "--latency-requests", "2", "--big-rows", "4",
+               "--poll-interval", "0.5", "--work-dir", str(tmp_path / "work"), "--out", str(out), "--markdown")
+    assert "| resident memory, process tree (RSS MiB) |" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["alias_moves"]["failed_requests"] == 0 and result["alias_moves"]["requests_with_two_versions"] == 0
+    assert len(result["throughput"]["seconds"]["multi"]) == 2 and result["memory"]["multi"]["processes"] == 1
+    assert run("serving.py", "--render", str(out)).stdout.startswith("K = 2 tasks")

@@ -1,0 +1,414 @@
+"""The multi-task pyfunc: one base model, the ``production`` edit of many registered models, one forward pass.
+
+``MultiTaskModel`` loads a serving config (``registry.serving_config``: which registered models, which
+alias, how often to look), fetches and checks the alias's version of each model (``registry.served_tasks``),
+loads each base model once and puts the tasks' RED edits into one ``red.EditBank`` per base. A request's
+rows (``registry.routing``: a ``task`` column beside the text columns) are routed to their tasks; rows of
+tasks on the same base share forward passes of ``batch_size`` rows (classification with any label
+count and regression together; generation tasks on a causal/seq2seq base in their own passes). Every
+answer row names the registered model and version that served it.
+
+Following the registry. Every ``poll_interval`` seconds (and on ``refresh()``, which ``redflow serve``
+exposes as ``POST /reload``) the alias of every model is read again. A model whose alias moved gets its
+new version downloaded and checked beside the serving one (checksum, method, labels, the base weights'
+fingerprint); then a new *snapshot* - the task table and one ``BankState`` per base - is built and
+replaced in one assignment. A request reads the snapshot once when it starts and is answered entirely
+from it, so requests in flight finish on the old versions, the next ones get the new, and no request
+mixes the two. A version that fails a check is refused: logged (ERROR) with the reason, listed under
+``refused`` in ``status()``, not retried until the alias moves again, and the old version keeps
+serving. Models are added (a new model fitting a pattern) and updated, never dropped while running: a
+model whose alias disappears keeps its last version, with a warning.
+
+Concurrency: ``predict`` may run on many threads at once (MLflow's scoring server runs each request on
+a worker thread). Per-call state lives in the bank's thread-local calls, the snapshot is immutable, and
+each base's tokenizer is used under a lock (a fast tokenizer keeps its truncation length in shared
+state, and tasks differ in max length).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from .routing import RoutedRows, answer_frame, route
+from .served_tasks import ServedTask, VersionRefused, fetch_task, wanted_versions
+from .serving_config import ServingConfig, ServingConfigError, serving_config
+
+_log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def bundle_signature(config: ServingConfig | dict | None = None) -> ModelSignature:
+    """No input schema (each task reads its own columns; ``registry.routing`` checks them with errors that
+    name the task), the answer columns, and the generation params a request may pass."""
+    cfg = serving_config(config) if config is not None else None
+    outputs = Schema([ColSpec("string", "task"), ColSpec("string", "model"), ColSpec("long", "version"),
+                      ColSpec("string", "label", required=False), ColSpec("double", "score", required=False),
+                      ColSpec("string", "generation", required=False)])
+    params = ParamSchema([ParamSpec("max_new_tokens", "long", int(cfg.max_new_tokens if cfg else 64)),
+                          ParamSpec("do_sample", "boolean", False)])
+    return ModelSignature(inputs=None, outputs=outputs, params=params)
+
+
+# ---------------------------------------------------------------------------------------------
+# one base model and its bank
+# ---------------------------------------------------------------------------------------------
+class _Group:
+    """One loaded base model (one checkpoint, model class and dtype), its tokenizer and its EditBank."""
+
+    def __init__(self, key: tuple, first: ServedTask, device: str):
+        from red.pretrained import as_dtype, load_base_model, load_tokenizer
+
+        self.key = key
+        self.device = device
+        self.generative = first.generative
+        self.causal = first.task_type == "causal_lm"
+        labels = list(first.label_list) if first.label_list else None
+        self.tokenizer = load_tokenizer(first.base_model, revision=first.base_revision)
+        if self.causal:
+            self.tokenizer.padding_side = "left"  # generation continues after the prompt
+        self.model, self.fresh = load_base_model(
+            first.base_model, first.task_type, revision=first.base_revision, dtype=as_dtype(first.dtype),
+            label_list=labels, num_labels=len(labels) if labels else None, model_class=first.model_class,
+            tokenizer=self.tokenizer)
+        self.model.to(device).eval()
+        self.bank = None
+        self.tokenize_lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        base, revision, model_class, dtype = self.key
+        return {"base_model": base, "revision": revision, "model_class": model_class, "dtype": dtype,
+                "device": self.device}
+
+    def check(self, task: ServedTask) -> None:
+        """Refuse an edit that leaves freshly initialised head weights random, or that fails the bank's checks
+        (architecture, widths, the base weights' fingerprint)."""
+        from red import RedError, read_edit
+        from red.bank import BankState
+
+        if task.generative != self.generative:
+            raise VersionRefused(f"{task.model} v{task.version}: a {task.task_type} task cannot share a base loaded "
+                                 f"for {'generation' if self.generative else 'scoring'}")
+        tensors, _ = read_edit(task.edit_path)
+        uncovered = sorted({m for m in self.fresh for p, _ in self.model.get_submodule(m).named_parameters()
+                            if f"head.{m}.{p}" not in tensors})
+        if uncovered:
+            raise VersionRefused(f"{task.model} v{task.version}: loading {task.base_model} initialises {uncovered[:4]} "
+                                 "randomly and the edit does not hold them; retrain it with this redflow")
+        try:
+            if self.bank is None:
+                BankState(self.model, [task.edit_path], [task.model])
+            else:
+                self.bank.load_state([task.edit_path], [task.model])
+        except RedError as exc:
+            raise VersionRefused(f"{task.model} v{task.version}: {exc}") from exc
+
+    def state_for(self, tasks: list[ServedTask]):
+        """A ``BankState`` holding ``tasks`` in this order (the bank is created with the first one)."""
+        from red import EditBank
+
+        paths, names = [t.edit_path for t in tasks], [t.model for t in tasks]
+        if self.bank is None:
+            self.bank = EditBank(self.model, paths, names)
+            return self.bank.state
+        return self.bank.load_state(paths, names)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything one request is answered from; replaced whole, never modified."""
+
+    tasks: dict[str, ServedTask]                        # by registered model name
+    groups: dict[tuple, tuple[_Group, Any]]             # base key -> (group, BankState)
+    slots: dict[str, tuple[tuple, int]]                 # model -> (base key, index in that state)
+    lookup: dict[str, ServedTask] = field(default_factory=dict)
+    ambiguous: dict[str, list[str]] = field(default_factory=dict)
+    since: str = ""
+
+    @classmethod
+    def build(cls, tasks: dict[str, ServedTask], groups: dict[tuple, _Group]) -> "_Snapshot":
+        by_key: dict[tuple, list[ServedTask]] = {}
+        for name in sorted(tasks):
+            by_key.setdefault(tasks[name].base_key, []).append(tasks[name])
+        states, slots = {}, {}
+        for key, members in by_key.items():
+            states[key] = (groups[key], groups[key].state_for(members))
+            slots.update({t.model: (key, i) for i, t in enumerate(members)})
+        lookup: dict[str, ServedTask] = dict(tasks)
+        owners: dict[str, list[str]] = {}
+        for t in tasks.values():
+            owners.setdefault(t.task, []).append(t.model)
+        ambiguous = {}
+        for short, models in owners.items():
+            if short in tasks:
+                continue  # a model's own name wins
+            if len(models) == 1:
+                lookup[short] = tasks[models[0]]
+            else:
+                ambiguous[short] = sorted(models)
+        return cls(tasks=tasks, groups=states, slots=slots, lookup=lookup, ambiguous=ambiguous, since=_now())
+
+
+# ---------------------------------------------------------------------------------------------
+# the pyfunc
+# ---------------------------------------------------------------------------------------------
+class MultiTaskModel(PythonModel):
+    """Many registered RED edits on shared base models, following an alias (see the module docstring).
+
+    Registered as models-from-code (``registry/bundle_code.py``) with a serving config as its
+    ``model_config``; ``redflow serve`` builds the same model from flags or a YAML file.
+    """
+
+    _snapshot: _Snapshot | None = None
+
+    def load_context(self, context: PythonModelContext) -> None:
+        self.setup(serving_config(context.model_config))
+
+    def setup(self, config: ServingConfig, *, follow: bool = True) -> "MultiTaskModel":
+        """Load every task (``ServingConfigError``/``VersionRefused`` if any cannot serve) and, with ``follow``
+        and a positive ``poll_interval``, start following the alias on a background thread."""
+        import mlflow
+        import torch
+        from mlflow.tracking import MlflowClient
+
+        self.config = config
+        self.tracking_uri = config.tracking_uri or mlflow.get_tracking_uri()
+        self.registry_uri = config.tracking_uri or mlflow.get_registry_uri()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        self.device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self._cache = Path(tempfile.mkdtemp(prefix="redflow-serve-"))
+        self._groups: dict[tuple, _Group] = {}
+        self._refused: dict[str, dict[str, Any]] = {}
+        self._gone: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.checked_at = ""
+        _show_swaps()
+        try:
+            self.refresh(strict=True)
+        except BaseException:
+            self.close()
+            raise
+        if follow and config.poll_interval > 0:
+            self._poller = threading.Thread(target=self._follow, name="redflow-alias-poller", daemon=True)
+            self._poller.start()
+        return self
+
+    # ---- following the registry -------------------------------------------------------------
+    def refresh(self, *, strict: bool = False) -> dict[str, Any]:
+        """Read the alias of every model now; load, check and swap in what moved. Returns what changed,
+        what was refused, and what is served. ``strict`` (start-up): any problem raises instead."""
+        with self._lock:
+            snap = self._snapshot
+            wanted = wanted_versions(self.config, self.client, strict=strict)
+            current = dict(snap.tasks) if snap else {}
+            for name, task in current.items():
+                if name not in wanted and name not in self._gone:
+                    _log.warning("%s: no %r version any more; still serving v%s", name, self.config.alias,
+                                 task.version)
+            self._gone = {name for name in current if name not in wanted}
+            changed, refused = [], []
+            tasks = dict(current)
+            for name, version in sorted(wanted.items()):
+                if name in current and current[name].version == version:
+                    self._refused.pop(name, None)
+                    continue
+                if self._refused.get(name, {}).get("version") == version:
+                    continue  # refused before: not retried until the alias moves again
+                try:
+                    task = self._load(name, version)
+                except VersionRefused as exc:
+                    if strict:
+                        raise ServingConfigError(str(exc)) from exc
+                    self._refused[name] = {"model": name, "version": version, "reason": str(exc), "at": _now()}
+                    refused.append(self._refused[name])
+                    _log.error("refused %s v%s: %s; %s", name, version, exc,
+                               f"still serving v{current[name].version}" if name in current else "not served")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - e.g. the store is busy: the other models go on
+                    if strict:
+                        raise
+                    _log.warning("could not load %s v%s (%s: %s); trying again at the next check", name, version,
+                                 type(exc).__name__, exc)
+                    continue
+                tasks[name] = task
+                changed.append({"model": name, "from": current[name].version if name in current else None,
+                                "to": version})
+            if changed or snap is None:
+                self._swap(tasks)
+                for c in changed:
+                    _log.info("%s: now serving v%s (was %s)", c["model"], c["to"],
+                              f"v{c['from']}" if c["from"] is not None else "not served")
+            self.checked_at = _now()
+            return {"changed": changed, "refused": refused, **self.status()}
+
+    def _load(self, name: str, version: int) -> ServedTask:
+        task = fetch_task(self.client, name, version, self._cache / name / str(version),
+                          tracking_uri=self.registry_uri)
+        group = self._groups.get(task.base_key)
+        if group is None:  # a base not loaded yet: load it beside the serving ones, keep it only if the task passes
+            try:
+                group = _Group(task.base_key, task, self.device)
+            except Exception as exc:  # noqa: BLE001 - a base that does not load refuses this version only
+                raise VersionRefused(f"{name} v{version}: its base model {task.base_model!r} does not load: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+        group.check(task)
+        self._groups.setdefault(task.base_key, group)
+        return task
+
+    def _swap(self, tasks: dict[str, ServedTask]) -> None:
+        from red import RedError
+
+        try:
+            snap = _Snapshot.build(tasks, self._groups)
+        except RedError as exc:  # checked task by task already; a combined state failing is a bug or a race
+            raise ServingConfigError(f"the tasks cannot share their base: {exc}") from exc
+        for group, state in snap.groups.values():
+            if group.bank.state is not state:
+                group.bank.swap(state)  # hooks for new layers first; calls pass their snapshot's state anyway
+        self._snapshot = snap  # one assignment: the next request sees the new versions
+        self._groups = {k: g for k, g in self._groups.items() if k in snap.groups}  # unused bases are freed
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.config.poll_interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - keep serving what we have; try again next time
+                _log.warning("could not check the registry (%s: %s); still serving %s", type(exc).__name__, exc,
+                             self._served_versions())
+
+    def _served_versions(self) -> str:
+        snap = self._snapshot
+        return ", ".join(f"{t.model} v{t.version}" for t in snap.tasks.values()) if snap else "nothing"
+
+    def status(self) -> dict[str, Any]:
+        """What is served (task, model, version, columns, labels), the bases, and the refused versions."""
+        snap = self._snapshot
+        return {
+            "alias": self.config.alias, "poll_interval": self.config.poll_interval, "since": snap.since if snap else "",
+            "checked_at": self.checked_at,
+            "tasks": [t.describe() for _, t in sorted(snap.tasks.items())] if snap else [],
+            "bases": [{**g.describe(), "tasks": [t.model for t in snap.tasks.values() if t.base_key == k]}
+                      for k, (g, _) in snap.groups.items()] if snap else [],
+            "refused": list(self._refused.values()),
+        }
+
+    def close(self) -> None:
+        """Stop following the registry and delete the downloaded versions."""
+        self._stop.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(timeout=30)
+        shutil.rmtree(self._cache, ignore_errors=True)
+
+    # ---- predicting ------------------------------------------------------------------------
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Answer every row of ``model_input`` from one snapshot (see ``registry.routing`` for the formats)."""
+        snap = self._snapshot
+        rows = route(model_input, snap.lookup, snap.tasks.values(), snap.ambiguous)
+        outputs: list[dict[str, Any]] = [{} for _ in range(len(rows))]
+        by_group: dict[tuple, list[int]] = {}
+        for i, task in enumerate(rows.tasks):
+            by_group.setdefault(snap.slots[task.model][0], []).append(i)
+        for key, indices in by_group.items():
+            group, state = snap.groups[key]
+            if group.generative:
+                self._generate(snap, group, state, rows, indices, outputs, params or {})
+            else:
+                self._score(snap, group, state, rows, indices, outputs)
+        return answer_frame(rows, outputs)
+
+    def _encode(self, group: _Group, rows: RoutedRows, indices: list[int]) -> list[dict[str, Any]]:
+        """Token ids of each row, truncated at its own task's max length (no padding yet)."""
+        features: list[dict[str, Any]] = [{} for _ in indices]
+        by_task: dict[str, list[int]] = {}
+        for p, i in enumerate(indices):
+            by_task.setdefault(rows.tasks[i].model, []).append(p)
+        with group.tokenize_lock:
+            for positions in by_task.values():
+                task = rows.tasks[indices[positions[0]]]
+                columns = [list(c) for c in zip(*(rows.texts[indices[p]] for p in positions))]
+                enc = group.tokenizer(*columns, truncation=True, max_length=task.max_length)
+                for j, p in enumerate(positions):
+                    features[p] = {k: v[j] for k, v in enc.items()}
+        return features
+
+    def _batches(self, group: _Group, snap: _Snapshot, rows: RoutedRows, indices: list[int]):
+        """``(positions, padded batch, task ids)`` of ``batch_size`` rows at a time, in request order."""
+        features = self._encode(group, rows, indices)
+        size = self.config.batch_size
+        for start in range(0, len(indices), size):
+            positions = list(range(start, min(start + size, len(indices))))
+            with group.tokenize_lock:
+                batch = group.tokenizer.pad([features[p] for p in positions], return_tensors="pt")
+            ids = [snap.slots[rows.tasks[indices[p]].model][1] for p in positions]
+            yield positions, {k: v.to(group.device) for k, v in batch.items()}, ids
+
+    def _score(self, snap, group: _Group, state, rows: RoutedRows, indices: list[int], outputs) -> None:
+        import torch
+
+        for positions, batch, ids in self._batches(group, snap, rows, indices):
+            with torch.inference_mode(), group.bank.tasks(ids, state):
+                logits = group.model(**batch).logits.float().cpu()
+            for p, part in zip(positions, group.bank.split_outputs(logits, ids, state)):
+                i = indices[p]
+                outputs[i] = _scores(rows.tasks[i], part)
+
+    def _generate(self, snap, group: _Group, state, rows: RoutedRows, indices: list[int], outputs,
+                  params: dict[str, Any]) -> None:
+        import torch
+
+        max_new = int(params.get("max_new_tokens") or self.config.max_new_tokens)
+        do_sample = bool(params.get("do_sample", False))
+        for positions, batch, ids in self._batches(group, snap, rows, indices):
+            with torch.inference_mode(), group.bank.tasks(ids, state):
+                out = group.model.generate(**batch, max_new_tokens=max_new, do_sample=do_sample,
+                                           pad_token_id=group.tokenizer.pad_token_id)
+            if group.causal:
+                out = out[:, batch["input_ids"].shape[1]:]
+            with group.tokenize_lock:
+                texts = group.tokenizer.batch_decode(out, skip_special_tokens=True)
+            for p, text in zip(positions, texts):
+                outputs[indices[p]] = {"generation": text}
+
+
+def _scores(task: ServedTask, logits) -> dict[str, Any]:
+    """One row's answer from its task's logits: as the single-task pyfunc computes it."""
+    import torch
+
+    if task.task_type == "regression":
+        return {"score": float(logits[0])}
+    probs = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
+    best = int(probs.argmax())
+    labels = task.label_list or tuple(f"LABEL_{j}" for j in range(len(probs)))
+    return {"label": labels[best], "score": float(probs[best]),
+            "probabilities": {label: float(p) for label, p in zip(labels, probs)}}
+
+
+def _show_swaps() -> None:
+    """Show this module's INFO lines (versions swapped in) when nothing configured logging (a model server)."""
+    if not logging.getLogger().handlers and not _log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        _log.addHandler(handler)
+        _log.setLevel(logging.INFO)
+
+
+def load_multitask(config: ServingConfig | dict[str, Any], *, follow: bool = False) -> MultiTaskModel:
+    """A loaded ``MultiTaskModel`` without MLflow's loader (tests, notebooks, registration checks)."""
+    return MultiTaskModel().setup(serving_config(config), follow=follow)
+

@@ -1,0 +1,86 @@
+"""``redflow serve``: the multi-task pyfunc behind MLflow's own scoring server, plus ``/reload`` and ``/tasks``.
+
+The model is the bundle's pyfunc (``registry/bundle_code.py`` with the serving config as its
+``model_config``), saved as models-from-code into a temporary folder and loaded with
+``mlflow.pyfunc.load_model`` - exactly what ``mlflow models serve`` loads for a registered bundle. The
+HTTP app is ``mlflow.pyfunc.scoring_server.init(model)``, so ``/ping``, ``/health``, ``/version`` and
+``/invocations`` (JSON ``dataframe_records``/``dataframe_split``/``instances``/``inputs``, CSV, Parquet;
+errors as MLflow's JSON with a 4xx/5xx status) are MLflow's own. Two routes are added:
+
+* ``POST /reload``: read every model's alias now and swap in what moved (the poller does this every
+  ``poll_interval`` seconds); answers what changed, what was refused and what is served.
+* ``GET /tasks``: what is served (task, registered model, version, columns, labels), the base models
+  and the refused versions.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .serving_config import ServingConfig, ServingConfigError
+
+
+def build_model(config: ServingConfig):
+    """The multi-task pyfunc as MLflow loads it (a ``PyFuncModel``), following the registry if configured."""
+    import mlflow
+
+    from .bundle import BUNDLE_CODE
+    from .models import _requirements
+    from .multitask import bundle_signature
+
+    with tempfile.TemporaryDirectory(prefix="redflow-bundle-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # no input example, no type hints
+        path = Path(tmp) / "bundle"
+        mlflow.pyfunc.save_model(path=str(path), python_model=str(BUNDLE_CODE), model_config=config.to_dict(),
+                                 signature=bundle_signature(config), pip_requirements=_requirements())
+        return mlflow.pyfunc.load_model(str(path))
+
+
+def create_app(pyfunc_model) -> Any:
+    """MLflow's scoring app for ``pyfunc_model`` with ``POST /reload`` and ``GET /tasks`` added."""
+    from fastapi.responses import JSONResponse
+    from mlflow.pyfunc import scoring_server
+
+    app = scoring_server.init(pyfunc_model)
+    model = pyfunc_model.unwrap_python_model()
+
+    @app.post("/reload")
+    async def reload() -> JSONResponse:
+        try:
+            result = await asyncio.to_thread(model.refresh)
+        except Exception as exc:  # noqa: BLE001 - the registry is unreachable: say so, keep serving
+            return JSONResponse({"error": f"{type(exc).__name__}: {exc}", **model.status()}, status_code=503)
+        return JSONResponse(result)
+
+    @app.get("/tasks")
+    async def tasks() -> JSONResponse:
+        return JSONResponse(model.status())
+
+    return app
+
+
+def check_port(host: str, port: int) -> None:
+    """``ServingConfigError`` if ``host:port`` cannot be listened on (checked before the models load)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServingConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}). Fix: pass another "
+                                     "--port, or stop the process that uses it") from exc
+
+
+def serve(config: ServingConfig, *, host: str = "127.0.0.1", port: int = 5001, log_level: str = "info") -> None:
+    """Load the tasks and serve them until interrupted (SIGINT/SIGTERM end it cleanly)."""
+    import uvicorn
+
+    check_port(host, port)
+    pyfunc_model = build_model(config)
+    try:
+        uvicorn.run(create_app(pyfunc_model), host=host, port=port, log_level=log_level, workers=1)
+    finally:
+        pyfunc_model.unwrap_python_model().close()
