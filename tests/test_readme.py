@@ -38,7 +38,7 @@ SKIP = [  # (pattern at the start of a command, why this test does not run it)
      "downloads models and data from the hub; sized for a GPU"),
     (r"redflow bench glue", "needs the GLUE files and hours of training"),
 ]
-SERVERS = [(r"mlflow ui\b", "/health"), (r"(\S+=\S+ )*mlflow models serve\b", "/ping")]
+SERVERS = [(r"mlflow ui\b", "/health"), (r"(\S+=\S+ )*mlflow models serve\b", "/ping"), (r"redflow serve\b", "/ping")]
 MAY_SAY_NO = r"redflow promote (?!.*--force)"  # a gated promotion exits 1 when the gate says no
 
 

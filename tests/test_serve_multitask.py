@@ -246,8 +246,11 @@ def test_serve_refuses_unknown_models_reft_edits_and_bad_settings_before_listeni
     from registry.models import register_edit
     from registry.tracking import get_or_create_experiment
 
+    from registry.server import free_port
+
     def serve(*args):
-        return runner.invoke(app, ["serve", *args, "--tracking-uri", store["uri"]], terminal_width=200)
+        port = [] if "--port" in args else ["--port", str(free_port())]  # 5001 may be taken on a shared machine
+        return runner.invoke(app, ["serve", *args, *port, "--tracking-uri", store["uri"]], terminal_width=200)
 
     out = serve("--models", "red-sentiment,red-nope")
     assert out.exit_code == 2 and "no registered model 'red-nope'" in out.output
