@@ -1,5 +1,9 @@
 """EditBank: serve K tasks' RED edits from one frozen base model in one batch.
 
+The routing lives in ``RoutedBank``, shared by ``EditBank`` (edits read from files, inference)
+and ``red.bank_train.TrainableBank`` (the same routing with trainable per-task vectors and heads,
+to co-train K tasks in one pass).
+
 Each row of a batch carries a task index. Every target layer holds a (K, H)
 stack of scaling and bias vectors and applies row i's task (in fp32, cast once,
 as ``RedEdit`` does): the result equals running each task alone. Works in
@@ -49,49 +53,47 @@ class _Calls(threading.local):
         self.ids: torch.Tensor | None = None
 
 
-class EditBank(nn.Module):
-    """K RED edits (with their task heads) on one frozen base model; route rows with ``task_ids``."""
+def union_targets(model: nn.Module, configs: Sequence[EditConfig]) -> list[Target]:
+    """The targets of all ``configs`` (one entry per module), in the model's module order."""
+    targets: dict[str, Target] = {}
+    for config in configs:
+        for t in find_targets(model, config):
+            targets.setdefault(t.name, t)
+    order = list(dict(model.named_modules()))
+    return [targets[n] for n in sorted(targets, key=order.index)]
+
+
+def head_copy(module: nn.Module) -> nn.Module:
+    """A copy of a head module that runs for a bank only: no hooks of the base module."""
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return module
+
+
+class RoutedBank(nn.Module):
+    """The routing of a bank of K tasks on one frozen base: per-row task ids (per thread), RED's edit applied
+    row by row from (K, H) stacks, per-task head copies with NaN padding.
+
+    Subclasses provide the stacks (:meth:`_stacks`) and call :meth:`_install` once their tensors exist:
+    :class:`EditBank` reads them from edit files (inference), :class:`red.bank_train.TrainableBank` trains them.
+    Attribute look-ups that the bank does not answer go to the base model (``bank.config``), as for
+    :class:`red.EditedModel`.
+    """
 
     PAD = float("nan")
 
-    def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None,
-                 *, check_fingerprint: bool = True):
-        super().__init__()
-        if not edits:
-            raise EditConfigError("an EditBank needs at least one edit file")
+    def _install(self, model: nn.Module, names: Sequence[str], targets: Sequence[Target], head_names: Sequence[str],
+                 heads: Sequence[nn.ModuleDict], task_types: Sequence[str | None]) -> None:
+        """Register the base, the heads and the hooks; freezes the base model's own parameters."""
         self.base_model = model
-        self.names = list(names or [Path(e).stem for e in edits])
-        if len(self.names) != len(edits):
-            raise EditConfigError(f"{len(edits)} edit files but {len(self.names)} names")
-        files = [read_edit(e) for e in edits]
-        for (_, meta), name in zip(files, self.names):
-            if meta["method"] != "red":
-                raise EditConfigError(f"EditBank serves RED edits; {name!r} is a {meta['method']} edit")
-            check_compatible(model, meta)
-            if check_fingerprint:
-                check_weights(model, meta, where=f"edit {name!r}")
-        self.task_types = [str((meta.get("extra") or {}).get("task_type", "")) or None for _, meta in files]
-        # Union of the targets of all tasks; a task that does not edit a layer gets the identity there.
-        targets: dict[str, Target] = {}
-        for _, meta in files:
-            for t in find_targets(model, EditConfig(**meta["config"])):
-                targets.setdefault(t.name, t)
-        order = list(dict(model.named_modules()))
-        self.targets = [targets[n] for n in sorted(targets, key=order.index)]
-        k = len(files)
-        self.scales = nn.ParameterDict()
-        self.biases = nn.ParameterDict()
-        for t in self.targets:
-            s = torch.ones(k, t.hidden)
-            b = torch.zeros(k, t.hidden)
-            for i, (tensors, _) in enumerate(files):
-                s[i] = tensors.get(f"edit.{t.name}.scale", s[i])
-                b[i] = tensors.get(f"edit.{t.name}.bias", b[i])
-            self.scales[_key(t.name)] = nn.Parameter(s, requires_grad=False)
-            self.biases[_key(t.name)] = nn.Parameter(b, requires_grad=False)
-        self.head_names = sorted({h for _, meta in files for h in meta["head"]}, key=order.index)
-        self.heads = nn.ModuleList(self._task_heads(model, files))
-        self.output_widths: list[int | None] = [self._width(heads) for heads in self.heads]
+        self.names = list(names)
+        self.targets = list(targets)
+        self.head_names = list(head_names)
+        self.heads = nn.ModuleList(heads)
+        self.task_types = list(task_types)
+        self.output_widths: list[int | None] = [self._width(h) for h in self.heads]
         for p in model.parameters():
             p.requires_grad_(False)
         self.to(next(model.parameters()).device)
@@ -103,33 +105,18 @@ class EditBank(nn.Module):
         for head_name in self.head_names:
             self._handles.append(modules[head_name].register_forward_hook(self._head_hook(head_name), with_kwargs=True))
 
-    # ---- construction ---------------------------------------------------------------------
-    def _task_heads(self, model: nn.Module, files) -> list[nn.ModuleDict]:
-        """Per task, a copy of every head module with that task's tensors (the base module's where it has none)."""
-        modules = dict(model.named_modules())
-        heads = []
-        for (tensors, _), name in zip(files, self.names):
-            copies = nn.ModuleDict()
-            for head in self.head_names:
-                module = copy.deepcopy(modules[head])
-                for m in module.modules():  # the copy runs for the bank only: no hooks of the base module
-                    m._forward_hooks.clear()
-                    m._forward_pre_hooks.clear()
-                prefix = f"head.{head}."
-                for key, tensor in tensors.items():
-                    if not key.startswith(prefix):
-                        continue
-                    owner, _, pname = key[len(prefix):].rpartition(".")
-                    try:
-                        sub = module.get_submodule(owner) if owner else module
-                    except AttributeError as exc:
-                        raise EditConfigError(f"edit {name!r}: head tensor {key} has no module in this model") from exc
-                    old = getattr(sub, pname, None)
-                    like = old if isinstance(old, torch.Tensor) else next(module.parameters())
-                    sub.register_parameter(pname, nn.Parameter(tensor.to(like.dtype), requires_grad=False))
-                copies[_key(head)] = module
-            heads.append(copies)
-        return heads
+    def _stacks(self, key: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(K, hidden) scaling and bias vectors of target ``key`` (None: no task has that kind there)."""
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base_model")
+            if base is None:
+                raise
+            return getattr(base, name)
 
     def _width(self, heads: nn.ModuleDict) -> int | None:
         """Output width of a task's last head module: rows of its last 2-D weight (classes, or 1 for regression)."""
@@ -155,7 +142,9 @@ class EditBank(nn.Module):
             h = output[0] if isinstance(output, tuple) else output
             ids = self._row_ids(h.shape[0]).to(h.device)
             shape = (h.shape[0],) + (1,) * (h.dim() - 2) + (h.shape[-1],)
-            h = apply_scale_bias(h, self.scales[key][ids].view(shape), self.biases[key][ids].view(shape))
+            scales, biases = self._stacks(key)
+            h = apply_scale_bias(h, None if scales is None else scales[ids].view(shape),
+                                 None if biases is None else biases[ids].view(shape))
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
         return hook
 
@@ -226,3 +215,69 @@ class EditBank(nn.Module):
             h.remove()
         self._handles = []
         return self.base_model
+
+
+class EditBank(RoutedBank):
+    """K RED edits (with their task heads) on one frozen base model; route rows with ``task_ids``."""
+
+    def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None,
+                 *, check_fingerprint: bool = True):
+        super().__init__()
+        if not edits:
+            raise EditConfigError("an EditBank needs at least one edit file")
+        names = list(names or [Path(e).stem for e in edits])
+        if len(names) != len(edits):
+            raise EditConfigError(f"{len(edits)} edit files but {len(names)} names")
+        files = [read_edit(e) for e in edits]
+        for (_, meta), name in zip(files, names):
+            if meta["method"] != "red":
+                raise EditConfigError(f"EditBank serves RED edits; {name!r} is a {meta['method']} edit")
+            check_compatible(model, meta)
+            if check_fingerprint:
+                check_weights(model, meta, where=f"edit {name!r}")
+        task_types = [str((meta.get("extra") or {}).get("task_type", "")) or None for _, meta in files]
+        # Union of the targets of all tasks; a task that does not edit a layer gets the identity there.
+        targets = union_targets(model, [EditConfig(**meta["config"]) for _, meta in files])
+        k = len(files)
+        self.scales = nn.ParameterDict()
+        self.biases = nn.ParameterDict()
+        for t in targets:
+            s = torch.ones(k, t.hidden)
+            b = torch.zeros(k, t.hidden)
+            for i, (tensors, _) in enumerate(files):
+                s[i] = tensors.get(f"edit.{t.name}.scale", s[i])
+                b[i] = tensors.get(f"edit.{t.name}.bias", b[i])
+            self.scales[_key(t.name)] = nn.Parameter(s, requires_grad=False)
+            self.biases[_key(t.name)] = nn.Parameter(b, requires_grad=False)
+        order = list(dict(model.named_modules()))
+        head_names = sorted({h for _, meta in files for h in meta["head"]}, key=order.index)
+        heads = self._task_heads(model, files, names, head_names)
+        self._install(model, names, targets, head_names, heads, task_types)
+
+    def _stacks(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scales[key], self.biases[key]
+
+    @staticmethod
+    def _task_heads(model: nn.Module, files, names, head_names) -> list[nn.ModuleDict]:
+        """Per task, a copy of every head module with that task's tensors (the base module's where it has none)."""
+        modules = dict(model.named_modules())
+        heads = []
+        for (tensors, _), name in zip(files, names):
+            copies = nn.ModuleDict()
+            for head in head_names:
+                module = head_copy(modules[head])
+                prefix = f"head.{head}."
+                for key, tensor in tensors.items():
+                    if not key.startswith(prefix):
+                        continue
+                    owner, _, pname = key[len(prefix):].rpartition(".")
+                    try:
+                        sub = module.get_submodule(owner) if owner else module
+                    except AttributeError as exc:
+                        raise EditConfigError(f"edit {name!r}: head tensor {key} has no module in this model") from exc
+                    old = getattr(sub, pname, None)
+                    like = old if isinstance(old, torch.Tensor) else next(module.parameters())
+                    sub.register_parameter(pname, nn.Parameter(tensor.to(like.dtype), requires_grad=False))
+                copies[_key(head)] = module
+            heads.append(copies)
+        return heads
