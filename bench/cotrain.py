@@ -12,8 +12,11 @@ Scenarios, each in a fresh Python process (so each has its own peak RSS):
   one          the first task trained alone (tasks.train.train): the memory reference.
   alone:S      the K tasks trained one after another in one process, training seed S (what a retrain with
                max_workers: 1 does).
-  cotrain:S    the K tasks co-trained (tasks.cotrain.co_train, default mixing: proportional, stratified; rows per
-               forward pass = the tasks' batch size; rows per optimizer step = the sum of their batch sizes), seed S.
+  cotrain:S    the K tasks co-trained (tasks.cotrain.co_train, default settings: shares proportional to size,
+               stratified; rows per forward pass = the tasks' batch size; rows per optimizer step = the sum of their
+               batch sizes; each step's rows sorted by length before they are cut into forward passes), seed S.
+  cotrain_task:S  (with --task-order) the same with micro_batches="task": each task's rows of a step kept
+               together instead of sorted by length.
   parallel     the K tasks trained at once by K trainers in K threads of one process (what a retrain with
                max_workers: K does), each stopped after --parallel-steps steps: the K-copies memory figure.
 
@@ -92,7 +95,7 @@ def run_scenario(scenario: str, args, work: Path) -> dict:
     """Run one scenario in this process; returns timings, memory and per-task scores."""
     import torch
 
-    from tasks.cotrain import CoTask, co_train
+    from tasks.cotrain import CoTask, CoTrainConfig, co_train
     from tasks.train import train
 
     torch.set_num_threads(args.threads or common.available_cores())
@@ -113,9 +116,10 @@ def run_scenario(scenario: str, args, work: Path) -> dict:
     elif kind == "alone":
         for spec, data in tasks:
             results[spec["name"]] = train(data, config(args, spec, seed), out_root / spec["name"])
-    elif kind == "cotrain":
+    elif kind in ("cotrain", "cotrain_task"):
         members = [CoTask(data, config(args, spec, seed), out_root / spec["name"]) for spec, data in tasks]
-        results = co_train(members, None, out_root)
+        results = co_train(members, CoTrainConfig(micro_batches="task" if kind == "cotrain_task" else "length"),
+                           out_root)
     elif kind == "parallel":
         errors: list[BaseException] = []
 
@@ -150,6 +154,36 @@ def run_scenario(scenario: str, args, work: Path) -> dict:
     }
 
 
+def padded_tokens(args, work: Path, seed: int) -> dict[str, int]:
+    """Token positions the training forward passes compute (rows x the longest row of their batch), per setting,
+    from the same schedules the trainers use (the Trainer's epoch orders; tasks.mixing), and the unpadded count."""
+    from accelerate.data_loader import SeedableRandomSampler
+
+    from red.pretrained import load_tokenizer
+    from tasks.data import encode
+    from tasks.mixing import Mixing
+
+    tokenizer = load_tokenizer(common.minilm_path())
+    lengths = [[len(x) for x in encode(data, tokenizer, max_length=64).train["input_ids"]]
+               for _, data in prepare(args, work)]
+    batch, epochs = 16, int(args.epochs)
+    counts = {"unpadded": epochs * sum(sum(x) for x in lengths), "alone": 0}
+    for rows in lengths:
+        for epoch in range(epochs):
+            sampler = SeedableRandomSampler(range(len(rows)), data_seed=seed)
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+            for i in range(0, len(order), batch):
+                chunk = [rows[j] for j in order[i:i + batch]]
+                counts["alone"] += max(chunk) * len(chunk)
+    for name, order in (("cotrain", "length"), ("cotrain_task", "task")):
+        mixing = Mixing([len(x) for x in lengths], rows_per_step=batch * len(lengths), micro_batch=batch,
+                        seeds=[seed] * len(lengths), order=order, lengths=lengths)
+        counts[name] = sum(max(lengths[k][i] for k, i in b) * len(b)
+                           for epoch in range(epochs) for b in mixing.epoch_batches(epoch))
+    return counts
+
+
 def child(args) -> None:
     result = run_scenario(args.child, args, Path(args.work))
     print("RESULT " + json.dumps(result))
@@ -182,7 +216,8 @@ def analyze(result: dict) -> dict:
     def growth(r):
         return r["peak_rss_mb"] - r["rss_before_mb"]
 
-    for name in ["one"] + [f"alone:{s}" for s in seeds] + [f"cotrain:{s}" for s in seeds] + ["parallel"]:
+    for name in (["one"] + [f"{kind}:{s}" for kind in ("alone", "cotrain", "cotrain_task") for s in seeds]
+                 + ["parallel"]):
         if name in runs:
             r = runs[name]
             analysis["memory"][name] = {"peak_rss_mb": r["peak_rss_mb"], "growth_mb": growth(r),
@@ -190,8 +225,15 @@ def analyze(result: dict) -> dict:
                                         "growth_vs_one": growth(r) / growth(one)}
     for s in seeds:
         a, c = runs[f"alone:{s}"], runs[f"cotrain:{s}"]
-        analysis["time"][str(s)] = {"alone_s": a["wall_s"], "cotrain_s": c["wall_s"],
-                                    "ratio": c["wall_s"] / a["wall_s"], "cpu_ratio": c["cpu_s"] / a["cpu_s"]}
+        row = {"alone_s": a["wall_s"], "cotrain_s": c["wall_s"], "ratio": c["wall_s"] / a["wall_s"],
+               "cpu_ratio": c["cpu_s"] / a["cpu_s"]}
+        if f"cotrain_task:{s}" in runs:
+            t = runs[f"cotrain_task:{s}"]
+            row.update(cotrain_task_s=t["wall_s"], task_ratio=t["wall_s"] / a["wall_s"])
+        tokens = result.get("padded_tokens", {}).get(str(s))
+        if tokens:
+            row["tokens"] = tokens
+        analysis["time"][str(s)] = row
     sizes = runs[f"alone:{seeds[0]}"]["sizes"]
     within = 0
     for task in runs[f"alone:{seeds[0]}"]["tasks"]:
@@ -225,10 +267,16 @@ def render(result: dict, markdown: bool) -> str:
     lines.append(common.table(["scenario", "peak RSS (MiB)", "growth over imports+data (MiB)", "peak vs one",
                                "growth vs one"], rows, markdown))
     lines.append("")
-    rows = [[s, f"{t['alone_s']:.1f}", f"{t['cotrain_s']:.1f}", f"{t['ratio']:.3f}", f"{t['cpu_ratio']:.3f}"]
+    def tokens(t, key):
+        return f"{t['tokens'][key]:,}" if "tokens" in t else "—"
+
+    rows = [[s, f"{t['alone_s']:.1f}", f"{t['cotrain_s']:.1f}", f"{t['ratio']:.3f}", f"{t['cpu_ratio']:.3f}",
+             f"{t['cotrain_task_s']:.1f} ({t['task_ratio']:.3f})" if "cotrain_task_s" in t else "—",
+             f"{tokens(t, 'alone')} / {tokens(t, 'cotrain')} / {tokens(t, 'cotrain_task')} / {tokens(t, 'unpadded')}"]
             for s, t in a["time"].items()]
     lines.append(common.table(["seed", f"{result['tasks']} tasks one after another (s)", "co-trained (s)",
-                               "wall ratio", "CPU-time ratio"], rows, markdown))
+                               "wall ratio", "CPU-time ratio", "co-trained, task order (s, ratio)",
+                               "tokens computed: alone / co-trained / task order / unpadded"], rows, markdown))
     lines.append("")
     rows = []
     for task, q in a["quality"].items():
@@ -252,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--seeds", default="1,2", help="training seeds (head init, row order)")
     ap.add_argument("--parallel-steps", type=int, default=3, help="steps per trainer in the parallel scenario")
     ap.add_argument("--no-parallel", action="store_true", help="skip the K-trainers-at-once memory scenario")
+    ap.add_argument("--task-order", action="store_true", help="also co-train with micro_batches=task")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the available cores)")
     ap.add_argument("--in-process", action="store_true", help="run the scenarios in this process (smoke tests: "
                     "memory figures are then not per scenario)")
@@ -270,7 +319,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-cotrain-"))
     prepare(args, work)  # once, so no scenario pays for it
-    scenarios = ["one"] + [x for s in seeds for x in (f"alone:{s}", f"cotrain:{s}")]
+    scenarios = ["one"] + [x for s in seeds for x in [f"alone:{s}", f"cotrain:{s}"]
+                           + ([f"cotrain_task:{s}"] if args.task_order else [])]
     if not args.no_parallel:
         scenarios.append("parallel")
     started = time.time()
@@ -279,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     result = {"command": common.command_line(), "environment": common.environment(torch.device("cpu")),
               "tasks": args.tasks, "seeds": seeds, "settings": vars(args), "tasks_spec": task_specs(args),
-              "runs": runs, "seconds": time.time() - started}
+              "runs": runs, "padded_tokens": {str(s): padded_tokens(args, work, s) for s in seeds},
+              "seconds": time.time() - started}
     result = analyze(result)
     print(render(result, args.markdown))
     common.write_json(args.out, result)

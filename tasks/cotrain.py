@@ -21,9 +21,10 @@ checkpoints, guards, epoch tables and result it reuses):
   reported (its rows leave the batches, its parameters stop moving); the others go on;
 - checkpoints (trainable tensors only) every epoch and resume, as for single tasks.
 
-For K tasks with the same number of rows, batch size b, ``rows_per_step = K * b``, ``batch_size = b``, no
-dropout and the same hyperparameters, each task's saved edit equals the one training it alone gives (same
-rows in the same order, same initial head, same per-step gradient), up to floating-point rounding.
+For K tasks with the same number of rows, batch size b, ``rows_per_step = K * b``, ``batch_size = b``,
+``micro_batches="task"``, no dropout and the same hyperparameters, each task's saved edit equals the one training
+it alone gives (same rows in the same order, same initial head, same per-step gradient), up to floating-point
+rounding.
 
 Each task's edit is an ordinary edit file (``red.load_edit``, registration) and its ``TrainResult`` reads
 as if trained alone, plus ``co_trained_with`` and the ``co_train.*`` params.
@@ -72,6 +73,10 @@ class CoTrainConfig(BaseModel):
                                    "batch_size of the tasks): the activation memory of one task's batch.")
     rows_per_step: int | None = Field(default=None, ge=1, description="Rows per optimizer step (default: the sum "
                                       "of the tasks' batch_size x grad_accum), cut into forward passes.")
+    micro_batches: Literal["length", "task"] = Field(
+        default="length", description="How a step's rows are cut into forward passes: sorted by length (least "
+        "padding), or each task's rows together (with equal shares, every pass is one task's batch in the order "
+        "training it alone takes). The step's gradient is the same either way.")
 
     def recipe(self) -> dict[str, Any]:
         """What part of a co-trained task's training identity (``tasks.train.training_identity``)."""
@@ -183,6 +188,20 @@ class _Rows(torch.utils.data.Dataset):
         row = dict(self.parts[k][index - self.starts[k]])
         row["task_ids"] = k
         return row
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A batch of rows, read task by task (one Arrow read per task instead of one per row)."""
+        by_task: dict[int, list[tuple[int, int]]] = {}
+        for position, index in enumerate(indices):
+            k = bisect.bisect_right(self.starts, index) - 1
+            by_task.setdefault(k, []).append((position, index - self.starts[k]))
+        rows: list[dict[str, Any]] = [{} for _ in indices]
+        for k, wanted in by_task.items():
+            columns = self.parts[k][[i for _, i in wanted]]
+            for j, (position, _) in enumerate(wanted):
+                rows[position] = {name: values[j] for name, values in columns.items()}
+                rows[position]["task_ids"] = k
+        return rows
 
 
 class _Collate:
@@ -422,13 +441,13 @@ def _make_multitask_trainer_class():
 
 
 # ---- the entry point ---------------------------------------------------------------------------------
-def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype):
-    """The base model (loaded as the first task's) and each task's head modules and names.
+def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str, Exception]):
+    """The base model (loaded as the first task's) and, per task, its head modules ``{name: module}``.
 
     A task's head starts as training it alone starts it: loaded by the same loader with the task's own labels
     after seeding with the task's seed (so freshly initialised heads get the same random values). A task whose
     labels and seed equal the base's shares the base's load; others load the checkpoint once more, keep only the
-    head, and free the rest.
+    head, and free the rest. A task whose head cannot be trained (TrainingError) is put in ``failed``.
     """
     from transformers import set_seed
 
@@ -436,8 +455,7 @@ def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype):
     from red.pretrained import set_pad_token
 
     base = base_key = base_fresh = None
-    heads: list[dict[str, torch.nn.Module]] = []
-    head_names: list[list[str]] = []
+    heads: dict[str, dict[str, torch.nn.Module]] = {}
     for task in tasks:
         data, config = task.data, task.config
         key = (data.task_type, data.num_labels or 2, config.seed)
@@ -448,23 +466,27 @@ def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype):
             model, fresh = load_base_model(config.model, data.task_type, revision=config.revision,
                                            num_labels=data.num_labels or 2, label_list=data.label_list, dtype=dtype,
                                            tokenizer=tokenizer)
-        names = head_for(model, config.edit, data.task_type, fresh)
-        heads.append({h: head_copy(model.get_submodule(h)) for h in names})
-        head_names.append(names)
+        try:
+            heads[task.name] = {h: head_copy(model.get_submodule(h))
+                                for h in head_for(model, config.edit, data.task_type, fresh)}
+        except TrainingError as exc:
+            failed[task.name] = TrainingError(f"task {task.name}: {exc}")
         if base is None:
             base, base_key, base_fresh = model, key, fresh
         elif model is not base:
             del model
     set_pad_token(tokenizer, base)
-    return base, heads, head_names
+    return base, heads
 
 
 def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str | Path, *,
-             resume_from: str | Path | None = None, callbacks: list | None = None) -> dict[str, TrainResult | TrainingError]:
+             resume_from: str | Path | None = None, callbacks: list | None = None) -> dict[str, TrainResult | Exception]:
     """Train ``tasks`` together (RED, one base, one Trainer); checkpoints under ``out_dir/checkpoints``.
 
-    Returns, per task name, its :class:`TrainResult` (edit file, result.json under the task's ``out_dir``) or
-    the :class:`TrainingError` / :class:`TrainingDiverged` that stopped it alone. Raises ``ValueError`` /
+    Returns, per task name (in the given order), its :class:`TrainResult` (edit file, result.json under the task's
+    ``out_dir``; ``seconds`` is the co-training's) or the error that stopped that task alone: its data does not
+    encode, its head cannot be trained, its start edit does not fit, its loss became NaN
+    (:class:`TrainingError`) or ran away (:class:`TrainingDiverged`). Raises ``ValueError`` /
     :class:`TrainingError` for what stops them all: settings the tasks must share that differ (:data:`SHARED`),
     tasks of different model families, a method other than RED, a base that cannot load.
     ``resume_from``: a complete checkpoint of a crashed co-training of the same inputs (see tasks.attempts).
@@ -491,31 +513,42 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     if len(set(families.values())) > 1:
         raise TrainingError(f"co-trained tasks must load one model class, but their task types need different ones "
                             f"({families}); group them by task type")
-    hps = [t.config.resolved(t.data.task or t.name) for t in tasks]
+    hps = {t.name: t.config.resolved(t.data.task or t.name) for t in tasks}
     first = tasks[0].config
     set_seed(first.seed)
     tokenizer = load_tokenizer(first.model, first.revision, tasks[0].data.task_type)
-    encoded = [encode(t.data, tokenizer, max_length=hp["max_length"]) for t, hp in zip(tasks, hps)]
-    empty = [t.name for t, e in zip(tasks, encoded) if len(e.train) == 0]
-    if empty:
-        raise TrainingError(f"tasks {empty} have no training rows")
-    dtype = precision_dtype(first.precision)
-    base, heads, head_names = _load_base_and_heads(tasks, tokenizer, dtype)
-    configs = [edit_config("red", t.config.edit, h) for t, h in zip(tasks, head_names)]
-    bank = TrainableBank(base, configs, names, heads=heads, task_types=[t.data.task_type for t in tasks])
-    failed: dict[int, TrainingError] = {}
-    for k, task in enumerate(tasks):
+    outcomes: dict[str, TrainResult | Exception] = {}  # failures first, then results
+    encoded = {}
+    for task in tasks:  # a task whose data does not encode fails alone
+        try:
+            encoded[task.name] = encode(task.data, tokenizer, max_length=hps[task.name]["max_length"])
+            if len(encoded[task.name].train) == 0:
+                raise TrainingError(f"task {task.name} has no training rows")
+        except (ValueError, TrainingError) as exc:
+            outcomes[task.name] = exc
+    base, heads = _load_base_and_heads([t for t in tasks if t.name not in outcomes], tokenizer,
+                                       precision_dtype(first.precision), outcomes)
+    live = [t for t in tasks if t.name not in outcomes]
+    if not live:
+        return {name: outcomes[name] for name in names}
+    live_names = [t.name for t in live]
+    configs = [edit_config("red", t.config.edit, list(heads[t.name])) for t in live]
+    bank = TrainableBank(base, configs, live_names, heads=[heads[t.name] for t in live],
+                         task_types=[t.data.task_type for t in live])
+    cannot_start: dict[int, TrainingError] = {}
+    for k, task in enumerate(live):
         if task.init_state is not None:
             try:
                 bank.task_edit(k).load_edit_state(task.init_state)
             except EditMismatchError as exc:
-                failed[k] = TrainingError(
+                cannot_start[k] = TrainingError(
                     f"task {task.name}: cannot start from {task.init_note}: its edit does not fit this training's edit "
                     f"layout ({exc}). Train with the same edit settings (position, kind, layers) and labels, or set "
                     "init: fresh.")
 
     specs = []
-    for k, (task, hp, enc) in enumerate(zip(tasks, hps, encoded)):
+    for k, task in enumerate(live):
+        enc, hp = encoded[task.name], hps[task.name]
         classification = family(task.data.task_type) == "sequence"
         metric = task.data.metric if classification else "loss"
         specs.append(_Task(
@@ -525,41 +558,43 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
             validation=enc.validation.add_column("task_ids", [k] * len(enc.validation)),
             test=enc.test.add_column("task_ids", [k] * len(enc.test)),
             compute_metrics=_compute_metrics_fn(task.data) if classification else None))
-    micro = settings.batch_size or max(hp["batch_size"] for hp in hps)
-    mixing = Mixing(sizes=[len(e.train) for e in encoded],
-                    rows_per_step=settings.rows_per_step or sum(hp["batch_size"] * hp["grad_accum"] for hp in hps),
-                    micro_batch=micro, seeds=[t.config.seed for t in tasks], temperature=settings.temperature,
-                    mode=settings.mixing, seed=first.seed)
+    live_hps = [hps[n] for n in live_names]
+    trains = [encoded[n].train for n in live_names]
+    micro = settings.batch_size or max(hp["batch_size"] for hp in live_hps)
+    mixing = Mixing(sizes=[len(t) for t in trains],
+                    rows_per_step=settings.rows_per_step or sum(hp["batch_size"] * hp["grad_accum"] for hp in live_hps),
+                    micro_batch=micro, seeds=[t.config.seed for t in live], temperature=settings.temperature,
+                    mode=settings.mixing, seed=first.seed, order=settings.micro_batches,
+                    lengths=[[len(x) for x in t["input_ids"]] for t in trains])
     args = training_arguments(
-        first, {**hps[0], "epochs": shared["epochs"], "batch_size": micro,
-                "eval_batch_size": max(hp["eval_batch_size"] for hp in hps),
+        first, {**live_hps[0], "epochs": shared["epochs"], "batch_size": micro,
+                "eval_batch_size": max(hp["eval_batch_size"] for hp in live_hps),
                 "grad_accum": mixing.micro_batches_per_step, "weight_decay": 0.0, "label_smoothing": 0.0},
         out_dir, load_best_model_at_end=False, metric_for_best_model=None, save_total_limit=None,
-        logging_steps=min(t.config.logging_steps for t in tasks))
-    sequence = families[names[0]] == "sequence"
-    inner = (DataCollatorWithPadding(tokenizer) if sequence
+        logging_steps=min(t.config.logging_steps for t in live))
+    inner = (DataCollatorWithPadding(tokenizer) if families[names[0]] == "sequence"
              else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
     trainer = _make_multitask_trainer_class()(
-        model=bank, args=args, train_dataset=_Rows([e.train for e in encoded]),
+        model=bank, args=args, train_dataset=_Rows(trains),
         eval_dataset={f"t{k}": s.validation for k, s in enumerate(specs)}, data_collator=_Collate(inner),
         callbacks=list(callbacks or []), tasks=specs, mixing=mixing)
-    for k, error in failed.items():
+    for k, error in cannot_start.items():
         trainer._stop(k, error)
     resume = str(resume_from) if resume_from else None
     start_step = _checkpoint_step(resume)
     if resume:
-        log.info("resuming the co-training of %s from %s (step %d)", ", ".join(names), resume, start_step)
-    trainer.train(resume_from_checkpoint=resume)
+        log.info("resuming the co-training of %s from %s (step %d)", ", ".join(live_names), resume, start_step)
+    if len(trainer.stopped) < len(live):
+        trainer.train(resume_from_checkpoint=resume)
     bank.eval()
 
-    outcomes: dict[str, TrainResult | TrainingError] = {}
-    for k, (task, hp, enc, spec) in enumerate(zip(tasks, hps, encoded, specs)):
+    for k, (task, spec) in enumerate(zip(live, specs)):
         if k in trainer.stopped:
             outcomes[task.name] = trainer.stopped[k]
-            continue
-        outcomes[task.name] = _task_result(trainer, bank, k, task, hp, enc, spec, settings, mixing, names,
-                                           started, resume, start_step)
-    return outcomes
+        else:
+            outcomes[task.name] = _task_result(trainer, bank, k, task, hps[task.name], encoded[task.name], spec,
+                                             settings, mixing, live_names, started, resume, start_step)
+    return {name: outcomes[name] for name in names}
 
 
 def _task_view(history: list[dict], k: int) -> list[dict]:
@@ -606,7 +641,8 @@ def _task_result(trainer, bank, k, task: CoTask, hp, enc, spec: _Task, settings:
     others = [n for n in names if n != task.name]
     params = result_params(task.config, hp, bank.base_model)
     params.update({"co_train.tasks": ",".join(names), "co_train.temperature": settings.temperature,
-                   "co_train.mixing": settings.mixing, "co_train.batch_size": mixing.micro_batch,
+                   "co_train.mixing": settings.mixing, "co_train.micro_batches": settings.micro_batches,
+                   "co_train.batch_size": mixing.micro_batch,
                    "co_train.rows_per_step": mixing.rows_per_step, "co_train.steps_per_epoch": mixing.steps_per_epoch,
                    "co_train.share": round(mixing.weights[k], 6)})
     result = TrainResult(

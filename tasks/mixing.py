@@ -15,12 +15,15 @@
   ordered exactly as the Trainer orders epoch e of a single-task training with seed ``seed_k``
   (accelerate's ``SeedableRandomSampler``: ``randperm(n_k)`` seeded with ``seed_k + e``). The stream runs on
   across steps and epochs: a task that gets more rows than it has repeats them in a new order.
-- **Micro-batches.** A step's rows, grouped by task, are cut into ``G = ceil(R / micro_batch)`` forward
-  passes of at most ``micro_batch`` rows (the Trainer's gradient accumulation), so the activation memory
-  is that of one ``micro_batch``, whatever K.
+- **Micro-batches.** A step's rows are cut into ``G = ceil(R / micro_batch)`` forward passes of at most
+  ``micro_batch`` rows (the Trainer's gradient accumulation), so the activation memory is that of one
+  ``micro_batch``, whatever K. ``order="length"`` (default) sorts the step's rows by length first, so each
+  pass pads little (tasks of different lengths would otherwise share a pass padded to the longest);
+  ``order="task"`` keeps each task's rows together in stream order. The order of the rows inside a step does
+  not change the step's gradient (each task's loss is its mean over the whole step), only the rounding.
 
-So for K tasks of equal size n with batch size b, ``R = K * b`` and ``micro_batch = b``, every forward pass
-is one task's batch, in the order training that task alone would use.
+So for K tasks of equal size n with batch size b, ``R = K * b``, ``micro_batch = b`` and ``order="task"``,
+every forward pass is one task's batch, in the order training that task alone would use.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from typing import Literal
 import torch
 
 Mode = Literal["stratified", "random"]
+Order = Literal["length", "task"]
 
 
 def mixing_weights(sizes: Sequence[int], temperature: float = 1.0) -> list[float]:
@@ -70,6 +74,8 @@ class Mixing:
     temperature: float = 1.0
     mode: Mode = "stratified"
     seed: int = 42
+    order: Order = "length"
+    lengths: list[list[int]] | None = None   # tokens of each task's rows (order="length")
     weights: list[float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +85,10 @@ class Mixing:
             raise ValueError(f"rows_per_step and micro_batch must be >= 1; got {self.rows_per_step}, {self.micro_batch}")
         if self.mode not in ("stratified", "random"):
             raise ValueError(f"mixing must be 'stratified' or 'random'; got {self.mode!r}")
+        if self.order not in ("length", "task"):
+            raise ValueError(f"micro-batch order must be 'length' or 'task'; got {self.order!r}")
+        if self.lengths is not None and [len(x) for x in self.lengths] != list(self.sizes):
+            raise ValueError("lengths must give one length per training row of every task")
         self.weights = mixing_weights(self.sizes, self.temperature)
         self._quota_cache: list[list[int]] = []
         self._carry = [0.0] * len(self.sizes)
@@ -154,13 +164,16 @@ class Mixing:
             for k, q in enumerate(self.quotas(step)):
                 rows += [(k, i) for i in self._stream(k, position[k], q)]
                 position[k] += q
+            if self.order == "length" and self.lengths is not None:
+                rows.sort(key=lambda row: -self.lengths[row[0]][row[1]])  # stable: ties keep the task order
             g = self.micro_batches_per_step
             cuts = [round(j * len(rows) / g) for j in range(g + 1)]
             batches += [rows[cuts[j]:cuts[j + 1]] for j in range(g)]
         return batches
 
     def describe(self) -> dict[str, object]:
-        return {"temperature": self.temperature, "mixing": self.mode, "rows_per_step": self.rows_per_step,
+        return {"temperature": self.temperature, "mixing": self.mode, "order": self.order,
+                "rows_per_step": self.rows_per_step,
                 "micro_batch": self.micro_batch, "micro_batches_per_step": self.micro_batches_per_step,
                 "steps_per_epoch": self.steps_per_epoch, "weights": [round(w, 6) for w in self.weights]}
 

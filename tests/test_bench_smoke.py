@@ -52,3 +52,18 @@ def test_inference_smoke(tmp_path):
     assert "bank3_throughput_vs_bank1>=0.9" in result["targets"]
     rendered = run("inference.py", "--render", str(out), "--markdown")
     assert rendered.stdout.startswith("| variant |")
+
+
+def test_cotrain_smoke(tmp_path):
+    out = tmp_path / "cotrain.json"
+    proc = run("cotrain.py", "--tasks", "2", "--sizes", "16", "--n-dev", "8", "--epochs", "1", "--seeds", "1",
+               "--threads", "1", "--no-parallel", "--in-process", "--work", str(tmp_path / "work"), "--out", str(out),
+               "--markdown")
+    assert "| scenario | peak RSS (MiB) |" in proc.stdout
+    result = json.loads(out.read_text())
+    assert [r["scenario"] for r in result["runs"]] == ["one", "alone:1", "cotrain:1"]
+    assert set(result["runs"][2]["tasks"]) == {"sentiment0", "topic1"}
+    assert {"cotrain_peak_rss_vs_one<=1.2", "cotrain_wall_vs_sequential<=1.0", "tasks_within_seed_spread"} <= set(
+        result["analysis"]["targets"])
+    rendered = run("cotrain.py", "--render", str(out), "--markdown")  # re-analysis without training
+    assert "| task | train rows |" in rendered.stdout

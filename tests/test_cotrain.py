@@ -101,6 +101,11 @@ def test_mixing_shares_rows_by_size_or_temperature_and_orders_them_as_the_traine
     sampler.set_epoch(0)
     assert rows == list(sampler)  # task 2's epoch order is a single-task Trainer's epoch 0 with its seed
 
+    by_length = Mixing([3, 3], rows_per_step=6, micro_batch=3, seeds=[0, 1], lengths=[[5, 1, 9], [2, 8, 4]])
+    assert [[by_length.lengths[k][i] for k, i in b] for b in by_length.epoch_batches(0)] == [[9, 8, 5], [4, 2, 1]]
+    by_task = Mixing([3, 3], rows_per_step=6, micro_batch=3, seeds=[0, 1], order="task")
+    assert [sorted({k for k, _ in b}) for b in by_task.epoch_batches(0)] == [[0], [1]]
+
     uniform = Mixing([64, 640], rows_per_step=32, micro_batch=16, seeds=[0, 1], temperature=float("inf"))
     assert uniform.quotas(0) == [16, 16]  # equal shares: every step holds 16 rows of each task
     assert mixing_weights([100, 400], temperature=2.0) == pytest.approx([1 / 3, 2 / 3])
@@ -157,11 +162,13 @@ GROUPS = {
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2"])
 def test_co_trained_edits_equal_training_each_task_alone(kind, dropout_free, tmp_path):
-    """Same rows per task in every step, no dropout: each task's saved edit is the edit training it alone gives."""
+    """Same rows per task in every step, no dropout: each task's saved edit is the edit training it alone gives.
+
+    (With the default ``micro_batches="length"`` the passes mix tasks: the same gradients, rounded differently.)"""
     rows = {"bert": dict(n_train=48, n_dev=32), "gpt2": dict(n_train=24, n_dev=16)}[kind]
     tasks = [CoTask(_data(tmp_path, name, task, seed=i, **rows), _config(dropout_free[kind], max_length=40, **kw),
                     tmp_path / "co" / name) for i, (name, task, kw) in enumerate(GROUPS[kind])]
-    results = co_train(tasks, CoTrainConfig(), tmp_path / "co")
+    results = co_train(tasks, CoTrainConfig(micro_batches="task"), tmp_path / "co")  # each pass: one task's batch
     for task in tasks:
         together = results[task.name]
         alone = train(task.data, task.config, tmp_path / "alone" / task.name)
@@ -185,7 +192,7 @@ def test_co_trained_edits_equal_training_each_task_alone(kind, dropout_free, tmp
     assert meta["extra"]["task"] == tasks[0].name and edited.num_edit_parameters == first.edit_parameters
 
 
-def test_a_task_that_nans_or_diverges_stops_alone_and_the_others_are_untouched(dropout_free, tmp_path):
+def test_a_task_that_nans_diverges_or_cannot_encode_stops_alone_and_the_others_are_untouched(dropout_free, tmp_path):
     model = dropout_free["bert"]
     good = _data(tmp_path, "good", "sentiment", seed=1)
     poisoned = _data(tmp_path, "poisoned", "sentiment", seed=2)
@@ -196,12 +203,15 @@ def test_a_task_that_nans_or_diverges_stops_alone_and_the_others_are_untouched(d
     results = co_train([CoTask(good, _config(model, epochs=3), tmp_path / "co" / "good"),
                         CoTask(poisoned, _config(model, epochs=3), tmp_path / "co" / "poisoned", init_state=start,
                                init_note="production v1"),
-                        CoTask(wild, _config(model, epochs=3, learning_rate=1e6), tmp_path / "co" / "wild")],
+                        CoTask(wild, _config(model, epochs=3, learning_rate=1e6), tmp_path / "co" / "wild"),
+                        CoTask(_data(tmp_path, "short", "topic", seed=4), _config(model, epochs=3, max_length=1),
+                               tmp_path / "co" / "short")],
                        None, tmp_path / "co")
     assert isinstance(results["poisoned"], TrainingError) and "poisoned: the training loss became nan" in str(
         results["poisoned"])
     assert isinstance(results["wild"], TrainingDiverged) and "wild: the training loss rose" in str(results["wild"])
-    assert not (tmp_path / "co" / "poisoned").exists() and not (tmp_path / "co" / "wild").exists()
+    assert isinstance(results["short"], ValueError) and "max_length must be at least 2" in str(results["short"])
+    assert not any((tmp_path / "co" / name).exists() for name in ("poisoned", "wild", "short"))
     alone = train(good, _config(model, epochs=3), tmp_path / "alone")
     mine, theirs = red.read_edit(results["good"].edit_path)[0], red.read_edit(alone.edit_path)[0]
     for key in theirs:
