@@ -104,9 +104,10 @@ def run_scenario(scenario: str, args, work: Path) -> dict:
     transformers.logging.set_verbosity_error()
     tasks = prepare(args, work)
     out_root = Path(tempfile.mkdtemp(prefix=f"{scenario.replace(':', '-')}-", dir=work))
-    kind, _, seed_text = scenario.partition(":")
+    kind, _, seed_text = scenario.split("@")[0].partition(":")
     seed = int(seed_text or 1)
     rss_before = _status_mb("VmRSS")
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     cpu_started = time.process_time()
     results: dict = {}
@@ -145,7 +146,7 @@ def run_scenario(scenario: str, args, work: Path) -> dict:
     if failed:
         raise RuntimeError(f"{scenario}: tasks failed: {failed}")
     return {
-        "scenario": scenario, "seed": seed, "wall_s": wall, "cpu_s": cpu,
+        "scenario": scenario, "seed": seed, "wall_s": wall, "cpu_s": cpu, "loadavg_at_start": load,
         "rss_before_mb": rss_before, "peak_rss_mb": _status_mb("VmHWM"),
         "tasks": {n: {"test_accuracy": r.test.get("accuracy"), "validation_accuracy": r.validation.get("accuracy"),
                       "best_epoch": r.best_epoch, "optimizer_steps": r.global_step, "seconds": r.seconds}
@@ -216,20 +217,28 @@ def analyze(result: dict) -> dict:
     def growth(r):
         return r["peak_rss_mb"] - r["rss_before_mb"]
 
-    for name in (["one"] + [f"{kind}:{s}" for kind in ("alone", "cotrain", "cotrain_task") for s in seeds]
-                 + ["parallel"]):
+    for name in sorted(runs, key=lambda n: (n != "one", n == "parallel", n)):
         if name in runs:
             r = runs[name]
             analysis["memory"][name] = {"peak_rss_mb": r["peak_rss_mb"], "growth_mb": growth(r),
                                         "peak_vs_one": r["peak_rss_mb"] / one["peak_rss_mb"],
                                         "growth_vs_one": growth(r) / growth(one)}
+    def rounds(name):
+        return [r for key, r in runs.items() if key.split("@")[0] == name]
+
+    def total(name, field):
+        return sum(r[field] for r in rounds(name))
+
     for s in seeds:
-        a, c = runs[f"alone:{s}"], runs[f"cotrain:{s}"]
-        row = {"alone_s": a["wall_s"], "cotrain_s": c["wall_s"], "ratio": c["wall_s"] / a["wall_s"],
-               "cpu_ratio": c["cpu_s"] / a["cpu_s"]}
-        if f"cotrain_task:{s}" in runs:
-            t = runs[f"cotrain_task:{s}"]
-            row.update(cotrain_task_s=t["wall_s"], task_ratio=t["wall_s"] / a["wall_s"])
+        a, c = f"alone:{s}", f"cotrain:{s}"
+        row = {"alone_s": total(a, "wall_s"), "cotrain_s": total(c, "wall_s"), "rounds": len(rounds(a)),
+               "ratio": total(c, "wall_s") / total(a, "wall_s"), "alone_cpu_s": total(a, "cpu_s"),
+               "cotrain_cpu_s": total(c, "cpu_s"), "cpu_ratio": total(c, "cpu_s") / total(a, "cpu_s"),
+               "per_round": [[x["wall_s"], y["wall_s"]] for x, y in zip(rounds(a), rounds(c))],
+               "load": [r.get("loadavg_at_start") for r in rounds(a) + rounds(c)]}
+        if rounds(f"cotrain_task:{s}"):
+            row.update(cotrain_task_s=total(f"cotrain_task:{s}", "wall_s"),
+                       task_ratio=total(f"cotrain_task:{s}", "wall_s") / total(a, "wall_s"))
         tokens = result.get("padded_tokens", {}).get(str(s))
         if tokens:
             row["tokens"] = tokens
@@ -246,10 +255,15 @@ def analyze(result: dict) -> dict:
         analysis["quality"][task] = {"alone": alone, "cotrain": co, "difference": diff, "spread": spread,
                                      "within": ok, "train_rows": sizes[task]["train"], "test_rows": sizes[task]["test"]}
     cos = [runs[f"cotrain:{s}"] for s in seeds]
+    repeats = [(name, r) for name, r in runs.items() if "@" in name]
+    analysis["repeat_runs_identical_scores"] = all(
+        r["tasks"] == {k: {**v, "seconds": r["tasks"][k]["seconds"]} for k, v in runs[name.split("@")[0]]["tasks"].items()}
+        for name, r in repeats) if repeats else None
     analysis["targets"] = {
         "cotrain_peak_rss_vs_one<=1.2": max(runs[f"cotrain:{s}"]["peak_rss_mb"] for s in seeds) / one["peak_rss_mb"],
         "cotrain_rss_growth_vs_one": max(growth(c) for c in cos) / growth(one),
         "cotrain_wall_vs_sequential<=1.0": max(analysis["time"][str(s)]["ratio"] for s in seeds),
+        "cotrain_cpu_time_vs_sequential": max(analysis["time"][str(s)]["cpu_ratio"] for s in seeds),
         "tasks_within_seed_spread": f"{within}/{len(analysis['quality'])}",
     }
     if "parallel" in runs:
@@ -270,12 +284,18 @@ def render(result: dict, markdown: bool) -> str:
     def tokens(t, key):
         return f"{t['tokens'][key]:,}" if "tokens" in t else "—"
 
-    rows = [[s, f"{t['alone_s']:.1f}", f"{t['cotrain_s']:.1f}", f"{t['ratio']:.3f}", f"{t['cpu_ratio']:.3f}",
+    def load(t):
+        return ", ".join("—" if x is None else f"{x:.1f}" for x in t.get("load", []))
+
+    rows = [[s, f"{t['alone_s']:.1f} ({t.get('alone_cpu_s', float('nan')):.1f})",
+             f"{t['cotrain_s']:.1f} ({t.get('cotrain_cpu_s', float('nan')):.1f})", f"{t['ratio']:.3f}",
+             f"{t['cpu_ratio']:.3f}", load(t),
              f"{t['cotrain_task_s']:.1f} ({t['task_ratio']:.3f})" if "cotrain_task_s" in t else "—",
              f"{tokens(t, 'alone')} / {tokens(t, 'cotrain')} / {tokens(t, 'cotrain_task')} / {tokens(t, 'unpadded')}"]
             for s, t in a["time"].items()]
-    lines.append(common.table(["seed", f"{result['tasks']} tasks one after another (s)", "co-trained (s)",
-                               "wall ratio", "CPU-time ratio", "co-trained, task order (s, ratio)",
+    lines.append(common.table(["seed", f"{result['tasks']} tasks one after another: wall (CPU) s, all rounds",
+                               "co-trained: wall (CPU) s, all rounds", "wall ratio", "CPU-time ratio", "load avg at start",
+                               "co-trained, task order (s, ratio)",
                                "tokens computed: alone / co-trained / task order / unpadded"], rows, markdown))
     lines.append("")
     rows = []
@@ -301,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--parallel-steps", type=int, default=3, help="steps per trainer in the parallel scenario")
     ap.add_argument("--no-parallel", action="store_true", help="skip the K-trainers-at-once memory scenario")
     ap.add_argument("--task-order", action="store_true", help="also co-train with micro_batches=task")
+    ap.add_argument("--rounds", type=int, default=1, help="timed runs of each setting per seed (ABBA order); quality "
+                    "and memory from the first")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the available cores)")
     ap.add_argument("--in-process", action="store_true", help="run the scenarios in this process (smoke tests: "
                     "memory figures are then not per scenario)")
@@ -318,16 +340,20 @@ def main(argv: list[str] | None = None) -> dict | None:
         return saved
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-cotrain-"))
+    import torch
+
+    environment = common.environment(common.setup("cpu", args.threads))
     prepare(args, work)  # once, so no scenario pays for it
-    scenarios = ["one"] + [x for s in seeds for x in [f"alone:{s}", f"cotrain:{s}"]
-                           + ([f"cotrain_task:{s}"] if args.task_order else [])]
+    scenarios = ["one"]
+    for s in seeds:  # rounds in ABBA order (alone, co-trained, co-trained, alone, ...): a drifting load cancels
+        pair = [f"alone:{s}", f"cotrain:{s}"] + ([f"cotrain_task:{s}"] if args.task_order else [])
+        for r in range(args.rounds):
+            scenarios += [f"{x}@{r + 1}" if r else x for x in (pair if r % 2 == 0 else pair[::-1])]
     if not args.no_parallel:
         scenarios.append("parallel")
     started = time.time()
     runs = [run_scenario(s, args, work) if args.in_process else run_child(s, args, work) for s in scenarios]
-    import torch
-
-    result = {"command": common.command_line(), "environment": common.environment(torch.device("cpu")),
+    result = {"command": common.command_line(), "environment": environment,
               "tasks": args.tasks, "seeds": seeds, "settings": vars(args), "tasks_spec": task_specs(args),
               "runs": runs, "padded_tokens": {str(s): padded_tokens(args, work, s) for s in seeds},
               "seconds": time.time() - started}
