@@ -446,35 +446,39 @@ def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str
 
     A task's head starts as training it alone starts it: loaded by the same loader with the task's own labels
     after seeding with the task's seed (so freshly initialised heads get the same random values). A task whose
-    labels and seed equal the base's shares the base's load; others load the checkpoint once more, keep only the
-    head, and free the rest. A task whose head cannot be trained (TrainingError) is put in ``failed``.
+    labels, seed and head settings equal an earlier task's starts from copies of the same modules; others load the
+    checkpoint once more, keep only the head, and free the rest. A task whose head cannot be trained
+    (TrainingError) is put in ``failed``.
     """
     from transformers import set_seed
 
     from red.bank import head_copy
     from red.pretrained import set_pad_token
 
-    base = base_key = base_fresh = None
+    base = None
+    loaded: dict[str, dict[str, torch.nn.Module] | TrainingError] = {}  # by labels, seed and head settings
     heads: dict[str, dict[str, torch.nn.Module]] = {}
     for task in tasks:
         data, config = task.data, task.config
-        key = (data.task_type, data.num_labels or 2, config.seed)
-        if base is not None and key == base_key:
-            model, fresh = base, base_fresh
-        else:
+        key = json.dumps([data.task_type, data.num_labels or 2, config.seed, config.edit.get("head", "auto")])
+        if key not in loaded:
             set_seed(config.seed)
             model, fresh = load_base_model(config.model, data.task_type, revision=config.revision,
                                            num_labels=data.num_labels or 2, label_list=data.label_list, dtype=dtype,
                                            tokenizer=tokenizer)
-        try:
-            heads[task.name] = {h: head_copy(model.get_submodule(h))
-                                for h in head_for(model, config.edit, data.task_type, fresh)}
-        except TrainingError as exc:
-            failed[task.name] = TrainingError(f"task {task.name}: {exc}")
-        if base is None:
-            base, base_key, base_fresh = model, key, fresh
-        elif model is not base:
-            del model
+            try:
+                loaded[key] = {h: head_copy(model.get_submodule(h))
+                               for h in head_for(model, config.edit, data.task_type, fresh)}
+            except TrainingError as exc:
+                loaded[key] = exc
+            if base is None:
+                base = model
+            else:
+                del model
+        if isinstance(loaded[key], TrainingError):
+            failed[task.name] = TrainingError(f"task {task.name}: {loaded[key]}")
+        else:
+            heads[task.name] = {name: head_copy(module) for name, module in loaded[key].items()}
     set_pad_token(tokenizer, base)
     return base, heads
 
