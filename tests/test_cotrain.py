@@ -80,6 +80,28 @@ def test_gradients_equal_those_of_training_each_task_alone(make_tiny, kind):
             torch.testing.assert_close(ours[name].grad, p.grad, atol=1e-6, rtol=0, msg=name)
 
 
+def test_each_task_saves_an_ordinary_edit_file_that_serves_as_it_trained(make_tiny, tmp_path):
+    """A trained task of the bank is an edit file: an EditBank of those files gives the trainable bank's outputs."""
+    base = make_tiny("roberta", head="cls")
+    four = copy.deepcopy(base.config)
+    four.num_labels = 4
+    configs = [EditConfig(head=["classifier"]), EditConfig(position="attn", kind="scale", head=["classifier"])]
+    bank = TrainableBank(copy.deepcopy(base), configs, ["two", "four"],
+                         heads=[{"classifier": base.classifier}, {"classifier": type(base)(four).classifier}],
+                         task_types=["classification"] * 2).eval()
+    _perturb([p for k in range(2) for p in bank.task_parameters(k).values()], seed=3)
+    paths = [bank.task_edit(k).save(tmp_path / name, extra={"task": name, "task_type": "classification"})
+             for k, name in enumerate(bank.names)]
+    ids, tasks = torch.randint(3, 90, (5, 6), generator=torch.Generator().manual_seed(0)), [1, 0, 1, 1, 0]
+    served = red.EditBank(copy.deepcopy(base), paths)
+    with torch.no_grad():
+        trained = bank(input_ids=ids, task_ids=tasks).logits
+        again = served(input_ids=ids, task_ids=tasks).logits
+    assert served.output_widths == [2, 4] and trained.shape == (5, 4)
+    torch.testing.assert_close(again, trained, atol=1e-6, rtol=0, equal_nan=True)  # NaN: the 2-label rows' padding
+    assert red.read_edit(paths[1])[1]["config"]["kind"] == "scale"
+
+
 def test_a_trainable_bank_refuses_reft(make_tiny):
     with pytest.raises(red.EditConfigError, match=r"co-training trains RED edits only; task 'b' is loreft"):
         TrainableBank(make_tiny("bert"), [EditConfig(), EditConfig(method="loreft")], ["a", "b"])
