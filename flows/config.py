@@ -6,11 +6,12 @@ field's path in the message (``tasks.1.train.learning_rate: Input should be a va
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from tasks.cotrain import CoTrainConfig
 from tasks.data import DataSpec
 from tasks.train import TrainConfig
 
@@ -52,6 +53,9 @@ class TaskSpec(BaseModel):
         default_factory=lambda: ["test"], description="Evaluation suites (see tasks/evaluate/suites.py).")
     promotion: Promotion | None = None
     model_name: str | None = Field(default=None, description="Registered model name (default red-<task>).")
+    co_train: bool | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
+        default=None, description="Co-training: null follows the config's co_train; false trains this task "
+        "alone; true joins the default group; a name co-trains it with the tasks of that group name.")
 
 
 class RetrainConfig(BaseModel):
@@ -68,6 +72,10 @@ class RetrainConfig(BaseModel):
                                "older finished ones are deleted.")
     defaults: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for every task.")
     promotion: Promotion = Field(default_factory=Promotion)
+    co_train: bool | CoTrainConfig = Field(
+        default=False, description="Train the tasks that need training and share base model and method in one pass "
+        "over one copy of the base (tasks.cotrain): true, or the mixing settings (temperature, mixing, batch_size, "
+        "rows_per_step). Each task is still evaluated, registered and gated on its own.")
     tasks: list[TaskSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -79,7 +87,29 @@ class RetrainConfig(BaseModel):
         issues = [issue for i, t in enumerate(self.tasks) for issue in self._task_issues(i, t)]
         if issues:  # the merged training and edit configs, validated now rather than mid-run
             raise ConfigIssues(issues)
+        groups: dict[str, dict[str, TrainConfig]] = {}
+        for t in self.tasks:
+            group = self.co_train_group(t)
+            if group is not None:
+                groups.setdefault(group, {})[t.name] = self.train_config(t)
+        for group, configs in groups.items():
+            from tasks.cotrain import shared_settings
+
+            try:
+                shared_settings(configs, {t.name: t.data.task or t.name for t in self.tasks if t.name in configs})
+            except ValueError as exc:
+                raise ValueError(f"co_train group {group!r}: {exc}") from None
         return self
+
+    def co_train_group(self, task: TaskSpec) -> str | None:
+        """The co-training group ``task`` belongs to, or None when it trains alone."""
+        if task.co_train is False or (task.co_train is None and self.co_train is False):
+            return None
+        return task.co_train if isinstance(task.co_train, str) else "default"
+
+    def co_train_settings(self) -> CoTrainConfig:
+        """How co-trained tasks' rows are mixed (the defaults when only tasks name groups)."""
+        return self.co_train if isinstance(self.co_train, CoTrainConfig) else CoTrainConfig()
 
     def _merged(self, task: TaskSpec) -> dict[str, Any]:
         from tasks.models import resolve_model

@@ -4,6 +4,11 @@ Tasks fan out through the flow's task runner (threads by default, Dask or Ray
 for more machines). Each task's chain is independent: one task failing never
 stops the others, and whatever succeeded is registered. The flow ends Failed
 when any task failed, after every other task is done, so a schedule alerts.
+
+With ``co_train`` the tasks of a group whose plan says ``train`` are trained in one
+Prefect task (``co-train``, one pass over one copy of the base); each then goes on
+through its own evaluate/register/promote chain exactly as if trained alone. A task
+whose data or plan fails, fails alone; a group with one task to train trains it alone.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import allow_failure
 
 from . import console, steps
 from .config import RetrainConfig, TaskSpec, load_config
@@ -50,6 +56,31 @@ def train_task(cfg: RetrainConfig, task: TaskSpec, data, plan, run_key: str):
         logger.info("%s: trained %d optimizer steps (%s start)%s", task.name, result.steps_trained, result.init,
                     f", resumed from {result.resumed_from}" if result.resumed_from else "")
     return result
+
+
+@task(name="co-train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="co-train-{group}",
+      retry_condition_fn=lambda t, r, s: _transient(s))
+def cotrain_task(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: list, plans: list, run_key: str):
+    results = steps.cotrain_step(cfg, group, tasks, datas, plans, run_key)
+    logger = get_run_logger()
+    for name, result in results.items():
+        if isinstance(result, BaseException):
+            logger.error("%s: stopped, the other tasks went on: %s: %s", name, type(result).__name__, result)
+        else:
+            logger.info("%s: co-trained %d optimizer steps (%s start) with %s", name, result.steps_trained,
+                        result.init, ", ".join(result.co_trained_with))
+    return results
+
+
+@task(name="co-trained", cache_policy=NO_CACHE, task_run_name="co-trained-{task.name}")
+def cotrained_task(task: TaskSpec, results):
+    """One task's share of a co-training: its TrainResult, or the error that stopped it (or the whole group)."""
+    if isinstance(results, BaseException):
+        raise results
+    outcome = results[task.name]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="evaluate-{task.name}",
@@ -121,14 +152,16 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
     """Submit every task's chain and collect the outcome of each (the body of the flow)."""
     logger = get_run_logger()
     chains = {}
+    waiting = []
     for t in cfg.tasks:
         data = prepare_data_task.submit(cfg, t)
         plan = plan_task.submit(cfg, t, data, force)
-        result = train_task.submit(cfg, t, data, plan, run_key)
-        evaluation = evaluate_task.submit(cfg, t, result, data)
-        registered = register_task.submit(cfg, t, result, evaluation)
-        decision = promote_task.submit(cfg, t, registered, result, evaluation, data)
-        chains[t.name] = dict(zip(STEPS, (data, plan, result, evaluation, registered, decision)))
+        if cfg.co_train_group(t) is None:
+            chains[t.name] = _chain(cfg, t, data, plan, train_task.submit(cfg, t, data, plan, run_key))
+        else:
+            waiting.append((t, data, plan))
+    chains.update(_co_train_chains(cfg, waiting, run_key))
+    chains = {t.name: chains[t.name] for t in cfg.tasks}
     summary: dict[str, Any] = {}
     for name, chain in chains.items():
         for future in chain.values():
@@ -138,6 +171,42 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
             console.report(name, summary[name]["status"], f"at {summary[name]['step']}")
             logger.error("task %s %s: %s", name, summary[name]["status"], summary[name]["error"])
     return summary
+
+
+def _chain(cfg: RetrainConfig, t: TaskSpec, data, plan, result) -> dict[str, Any]:
+    """A task's evaluate -> register -> promote after its training future ``result``: the futures by step."""
+    evaluation = evaluate_task.submit(cfg, t, result, data)
+    registered = register_task.submit(cfg, t, result, evaluation)
+    decision = promote_task.submit(cfg, t, registered, result, evaluation, data)
+    return dict(zip(STEPS, (data, plan, result, evaluation, registered, decision)))
+
+
+def _co_train_chains(cfg: RetrainConfig, waiting: list, run_key: str) -> dict[str, dict[str, Any]]:
+    """The chains of co-trained tasks: once their plans are known, one co-train task per group of tasks to train.
+
+    A task whose data or plan failed keeps the failed step as its chain's end; an unchanged task (and a group with
+    one task to train) takes the ordinary chain.
+    """
+    chains: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list] = {}
+    for t, data, plan in waiting:
+        plan.wait()
+        if not plan.state.is_completed():
+            chains[t.name] = {"prepare": data, "plan": plan}
+        elif plan.result().action != steps.TRAIN:
+            chains[t.name] = _chain(cfg, t, data, plan, train_task.submit(cfg, t, data, plan, run_key))
+        else:
+            groups.setdefault(steps.co_train_key(cfg, t, data.result()), []).append((t, data, plan))
+    for group, members in groups.items():
+        if len(members) == 1:
+            t, data, plan = members[0]
+            chains[t.name] = _chain(cfg, t, data, plan, train_task.submit(cfg, t, data, plan, run_key))
+            continue
+        trained = cotrain_task.submit(cfg, group, [m[0] for m in members], [m[1] for m in members],
+                                      [m[2] for m in members], run_key)
+        for t, data, plan in members:
+            chains[t.name] = _chain(cfg, t, data, plan, cotrained_task.submit(t, allow_failure(trained)))
+    return chains
 
 
 def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +242,7 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
                champion_version=d.previous, difference=comparison.get("difference"),
                ci=(comparison.get("ci_low"), comparison.get("ci_high")) if comparison else None,
                rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
-               reason=d.reason)
+               reason=d.reason, co_trained_with=list(r.co_trained_with))
     return row
 
 

@@ -8,14 +8,19 @@ notebook) can call each step directly without Prefect. What makes a *nightly* re
   trained or registered) unless ``force``;
 - ``train_step`` trains in this run's own folder and resumes only a crashed training of the
   same inputs (``tasks.attempts``); ``init: production`` starts from the production edit;
+- ``cotrain_step`` trains a co-training group's tasks in one pass over one copy of the base
+  (``tasks.cotrain``), in the group's own attempt folder; each task's result then goes through the same
+  evaluate/register/promote steps as a task trained alone;
 - ``evaluate_step`` scores the saved artifact row by row on the test split;
 - ``promote_step`` scores the current production on the same rows and gates on the paired
   difference (``registry.aliases.gate_and_promote``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +92,8 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
 
     _tracking(cfg)
     config = cfg.train_config(task)
-    identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base")
+    co_train = cfg.co_train_settings().recipe() if cfg.co_train_group(task) is not None else None
+    identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base", co_train=co_train)
     name = cfg.model_name(task)
     latest = latest_version(name)
     previous = version_identity(latest)
@@ -109,11 +115,31 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
     return Plan(TRAIN, identity, reasons, latest_version=latest_number, init_version=init_version)
 
 
+@contextlib.contextmanager
+def failures_recorded(attempt) -> Iterator[None]:
+    """Record in the attempt how the training inside failed (then re-raise): deterministic (bad data or config,
+    NaN, divergence: never resumed), transient (I/O, a lost worker: a rerun may resume from the last
+    checkpoint), or interrupted (left as a crash, resumable by the next run of the same inputs)."""
+    from tasks.train import TrainingError
+
+    try:
+        yield
+    except (TrainingError, ValueError, TypeError, KeyError) as exc:  # would fail again with the same inputs
+        attempt.fail(exc, transient=False)
+        raise
+    except Exception as exc:
+        attempt.fail(exc, transient=True)
+        raise
+    except BaseException:
+        attempt.close()
+        raise
+
+
 def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: str,
                callbacks: list | None = None) -> TrainResult | None:
     """Train in this run's own folder (resuming only a crashed twin); None when the plan says unchanged."""
     from tasks.attempts import open_attempt, prune
-    from tasks.train import TrainingError, train
+    from tasks.train import train
 
     if plan.action != TRAIN:
         return None
@@ -124,23 +150,75 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
     attempt = open_attempt(task_dir(cfg, task), plan.identity, run_key, resume=config.resume)
     for note in attempt.notes:
         log.info("%s: %s", task.name, note)
-    try:
+    with failures_recorded(attempt):
         result = train(data, config, attempt.folder, resume_from=attempt.resume_from, init_state=init_state,
                        init_note=init_note, identity=plan.identity, callbacks=callbacks)
-    except (TrainingError, ValueError, TypeError, KeyError) as exc:  # would fail again with the same inputs
-        attempt.fail(exc, transient=False)
-        raise
-    except Exception as exc:  # I/O, a lost worker...: a rerun may resume from the last checkpoint
-        attempt.fail(exc, transient=True)
-        raise
-    except BaseException:  # interrupted: left as a crash, resumable by the next run of the same inputs
-        attempt.close()
-        raise
     result.notes = plan.reasons + attempt.notes
     result.save(attempt.folder / "result.json")
     attempt.finish()
     prune(task_dir(cfg, task), keep=cfg.keep_attempts)
     return result
+
+
+def co_train_key(cfg: RetrainConfig, task: TaskSpec, data) -> str | None:
+    """The co-training group a task to train joins (``<group>.<model family>``), or None when it trains alone.
+
+    The config's validation already made a group's tasks share base model, method and schedule; the data
+    decides the model class (sequence classification/regression, causal LM, seq2seq).
+    """
+    from tasks.cotrain import family
+
+    group = cfg.co_train_group(task)
+    return None if group is None else f"{group}.{family(data.task_type)}"
+
+
+def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: list, plans: list[Plan],
+                 run_key: str, callbacks: list | None = None) -> dict[str, TrainResult | Exception]:
+    """Train the tasks of one co-training group together; per task, its TrainResult or the error that stopped it.
+
+    The group trains in its own attempt folder (``runs/<config>/@cotrain/<group>/attempts/...``), under an
+    identity combining its tasks' identities and the co-training settings, so only a crashed co-training of
+    exactly the same inputs is resumed. Each task's edit and result go to ``<attempt>/tasks/<task>/``. A task
+    that cannot start (its production edit does not load) or that stops (NaN, divergence) fails alone; what
+    stops them all (bad shared settings, the base does not load, an I/O error) is raised.
+    """
+    from tasks.attempts import open_attempt, prune
+    from tasks.cotrain import CoTask, co_train, group_identity
+
+    settings = cfg.co_train_settings()
+    outcomes: dict[str, TrainResult | Exception] = {}
+    members = []
+    for task, data, plan in zip(tasks, datas, plans):
+        init_state, init_note = None, "fresh"
+        try:
+            if plan.init_version is not None:
+                init_state, init_note = _production_state(cfg, task, plan.init_version)
+        except Exception as exc:  # noqa: BLE001 - this task cannot start; the others still train
+            outcomes[task.name] = exc
+            continue
+        members.append((task, data, plan, init_state, init_note))
+    if not members:
+        return outcomes
+    identity = group_identity({t.name: p.identity for t, _, p, _, _ in members}, settings)
+    folder = Path(cfg.runs_dir) / cfg.name / "@cotrain" / group
+    configs = {t.name: cfg.train_config(t) for t, *_ in members}
+    attempt = open_attempt(folder, identity, run_key, resume=all(c.resume for c in configs.values()))
+    for note in attempt.notes:
+        log.info("co-train %s: %s", group, note)
+    co_tasks = [CoTask(data=d, config=configs[t.name], out_dir=attempt.folder / "tasks" / t.name,
+                       init_state=state, init_note=note, identity=p.identity) for t, d, p, state, note in members]
+    with failures_recorded(attempt):
+        results = co_train(co_tasks, settings, attempt.folder, resume_from=attempt.resume_from, callbacks=callbacks)
+    for task, _, plan, _, _ in members:
+        result = results[task.name]
+        if isinstance(result, TrainResult):
+            result.notes = plan.reasons + attempt.notes + [
+                f"co-trained with {', '.join(result.co_trained_with)} in one pass (group {group})"]
+            result.save(Path(result.output_dir) / "result.json")
+        outcomes[task.name] = result
+    attempt.finish()
+    prune(folder, keep=cfg.keep_attempts)
+    return outcomes
 
 
 def _production_state(cfg: RetrainConfig, task: TaskSpec, version: int):

@@ -7,6 +7,7 @@ This package imports neither Prefect nor MLflow.
 """
 from .architectures import ARCHITECTURES
 from .bank import EditBank
+from .bank_train import TrainableBank
 from .config import EditConfig
 from .errors import (EditConfigError, EditFileError, EditMismatchError, MergeError, RedError,
                      UnknownArchitectureError)
@@ -16,6 +17,6 @@ from .params import count_parameters
 
 __all__ = [
     "ARCHITECTURES", "EditBank", "EditConfig", "EditConfigError", "EditFileError", "EditMismatchError",
-    "EditedModel", "MergeError", "RedError", "UnknownArchitectureError", "attach", "count_parameters",
-    "load_edit", "read_edit", "save_edit",
+    "EditedModel", "MergeError", "RedError", "TrainableBank", "UnknownArchitectureError", "attach",
+    "count_parameters", "load_edit", "read_edit", "save_edit",
 ]

@@ -1,5 +1,9 @@
 """EditBank: serve K tasks' RED edits from one frozen base model in one batch.
 
+The routing lives in ``RoutedBank``, shared by ``EditBank`` (edits read from files, inference,
+states swapped atomically) and ``red.bank_train.TrainableBank`` (the same routing with trainable
+per-task vectors and heads, to co-train K tasks in one pass).
+
 Each row of a batch carries a task index. Every target layer holds a (K, H)
 stack of scaling and bias vectors and applies row i's task (in fp32, cast once,
 as ``RedEdit`` does): the result equals running each task alone. Works in
@@ -54,7 +58,51 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class BankState(nn.Module):
+def union_targets(model: nn.Module, configs: Sequence[EditConfig]) -> list[Target]:
+    """The targets of all ``configs`` (one entry per module), in the model's module order; a task that does
+    not edit one of them gets the identity there."""
+    targets: dict[str, Target] = {}
+    for config in configs:
+        for t in find_targets(model, config):
+            targets.setdefault(t.name, t)
+    order = list(dict(model.named_modules()))
+    return [targets[n] for n in sorted(targets, key=order.index)]
+
+
+def head_copy(module: nn.Module) -> nn.Module:
+    """A copy of a head module that runs for a bank only: no hooks of the base module."""
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return module
+
+
+class TaskSet:
+    """What a bank state says about its K tasks (mixed into :class:`BankState` and the trainable bank)."""
+
+    names: list[str]
+    task_types: list[str | None]
+    head_names: list[str]
+    output_widths: list[int | None]
+
+    def _width(self, heads: nn.ModuleDict) -> int | None:
+        """Output width of a task's last head module: rows of its last 2-D weight (classes, or 1 for regression)."""
+        if not self.head_names:
+            return None
+        last = heads[_key(self.head_names[-1])]
+        weights = [p for n, p in last.named_parameters() if n.endswith("weight") and p.ndim == 2]
+        return int(weights[-1].shape[0]) if weights else None
+
+    def heads_differ(self) -> bool:
+        return len({(w, t) for w, t in zip(self.output_widths, self.task_types)}) > 1
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"task": n, "task_type": t, "outputs": w} for n, t, w in
+                zip(self.names, self.task_types, self.output_widths)]
+
+
+class BankState(TaskSet, nn.Module):
     """The K tasks of a bank: names, (K, H) scale/bias stacks per target layer, per-task head copies.
 
     Built from edit files for one base model (checked: method, architecture, weight fingerprint)
@@ -84,13 +132,8 @@ class BankState(nn.Module):
                 fp, sample = cache[key]
                 check_weights(model, meta, base_fingerprint=fp, sample=sample, where=f"edit {name!r}")
         self.task_types = [str((meta.get("extra") or {}).get("task_type", "")) or None for _, meta in files]
-        # Union of the targets of all tasks; a task that does not edit a layer gets the identity there.
-        targets: dict[str, Target] = {}
-        for _, meta in files:
-            for t in find_targets(model, EditConfig(**meta["config"])):
-                targets.setdefault(t.name, t)
+        self.targets = union_targets(model, [EditConfig(**meta["config"]) for _, meta in files])
         order = list(dict(model.named_modules()))
-        self.targets = [targets[n] for n in sorted(targets, key=order.index)]
         k = len(files)
         self.scales = nn.ParameterDict()
         self.biases = nn.ParameterDict()
@@ -115,10 +158,7 @@ class BankState(nn.Module):
         for (tensors, _), name in zip(files, self.names):
             copies = nn.ModuleDict()
             for head in self.head_names:
-                module = copy.deepcopy(modules[head])
-                for m in module.modules():  # the copy runs for the bank only: no hooks of the base module
-                    m._forward_hooks.clear()
-                    m._forward_pre_hooks.clear()
+                module = head_copy(modules[head])
                 prefix = f"head.{head}."
                 for key, tensor in tensors.items():
                     if not key.startswith(prefix):
@@ -135,23 +175,15 @@ class BankState(nn.Module):
             heads.append(copies)
         return heads
 
-    def _width(self, heads: nn.ModuleDict) -> int | None:
-        """Output width of a task's last head module: rows of its last 2-D weight (classes, or 1 for regression)."""
-        if not self.head_names:
-            return None
-        last = heads[_key(self.head_names[-1])]
-        weights = [p for n, p in last.named_parameters() if n.endswith("weight") and p.ndim == 2]
-        return int(weights[-1].shape[0]) if weights else None
+    def stacks(self, key: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(K, hidden) scaling and bias vectors of target ``key``; (None, None) where no task edits it."""
+        if key not in self.scales:
+            return None, None
+        return self.scales[key], self.biases[key]
 
     def built_for(self, model: nn.Module) -> bool:
         return self._base() is model
 
-    def heads_differ(self) -> bool:
-        return len({(w, t) for w, t in zip(self.output_widths, self.task_types)}) > 1
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [{"task": n, "task_type": t, "outputs": w} for n, t, w in
-                zip(self.names, self.task_types, self.output_widths)]
 
 
 class _Calls(threading.local):
@@ -160,49 +192,40 @@ class _Calls(threading.local):
         self.state: BankState | None = None
 
 
-class EditBank(nn.Module):
-    """K RED edits (with their task heads) on one frozen base model; route rows with ``task_ids``."""
+class RoutedBank(nn.Module):
+    """The routing of a bank of K tasks on one frozen base: per-call task ids and state (per thread), RED's edit
+    applied row by row from the state's (K, H) stacks, per-task head copies with NaN padding.
+
+    A *state* describes the K tasks: ``names``, ``task_types``, ``head_names``, ``heads`` (per task a
+    ModuleDict of head copies), ``output_widths``, ``stacks(key)``, ``heads_differ()``, ``built_for(model)``
+    and ``describe()``. :class:`EditBank` serves immutable :class:`BankState` s read from edit files and swaps
+    them; :class:`red.bank_train.TrainableBank` is its own (trainable) state. Attribute look-ups that the bank
+    does not answer go to the base model (``bank.config``), as for :class:`red.EditedModel`.
+    """
 
     PAD = float("nan")
 
-    def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None,
-                 *, check_fingerprint: bool = True):
-        super().__init__()
+    def _route(self, model: nn.Module) -> None:
+        """Set up the routing for ``model`` (call from ``__init__`` after ``nn.Module.__init__``)."""
         self.base_model = model
-        self._fingerprints: dict = {}
         self._calls = _Calls()
         self._handles: list = []
-        self._hooked: set[str] = set()
-        self._swap_lock = threading.Lock()
-        state = self.load_state(edits, names, check_fingerprint=check_fingerprint)
+        self._hooked: set = set()
         for p in model.parameters():
             p.requires_grad_(False)
-        self._install_hooks(state)
-        self.state = state
 
-    # ---- the current state ------------------------------------------------------------
-    def load_state(self, edits: Sequence[str | Path], names: Sequence[str] | None = None, *,
-                   check_fingerprint: bool = True) -> BankState:
-        """A new ``BankState`` for this bank's base model (checked; not yet serving: see ``swap``)."""
-        return BankState(self.base_model, edits, names, check_fingerprint=check_fingerprint,
-                         fingerprints=self._fingerprints)
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_modules", {}).get("base_model")
+            if base is None:
+                raise
+            return getattr(base, name)
 
-    def swap(self, state: BankState) -> BankState:
-        """Serve ``state`` from the next call on and return the previous state; calls in flight keep theirs.
-
-        Hooks for layers the new state edits and the old did not are installed first (they are the
-        identity for any state that does not edit their layer), then the state is replaced in one
-        assignment.
-        """
-        if not isinstance(state, BankState) or not state.built_for(self.base_model):
-            raise EditConfigError("swap() takes a BankState built by this bank's load_state()")
-        with self._swap_lock:
-            self._install_hooks(state)
-            previous = self.state
-            self.state = state
-        return previous
-
-    def _install_hooks(self, state: BankState) -> None:
+    def _install_hooks(self, state) -> None:
+        """Hooks on the target layers and head modules of ``state`` not hooked yet (each hook reads the call's
+        state, and is the identity for a state that does not edit its layer)."""
         modules = dict(self.base_model.named_modules())
         for t in state.targets:
             if t.name not in self._hooked:
@@ -213,16 +236,6 @@ class EditBank(nn.Module):
                 self._handles.append(modules[head_name].register_forward_hook(self._head_hook(head_name),
                                                                               with_kwargs=True))
                 self._hooked.add(("head", head_name))
-
-    # the current state's fields, as attributes of the bank
-    names = property(lambda self: self.state.names)
-    task_types = property(lambda self: self.state.task_types)
-    targets = property(lambda self: self.state.targets)
-    scales = property(lambda self: self.state.scales)
-    biases = property(lambda self: self.state.biases)
-    head_names = property(lambda self: self.state.head_names)
-    heads = property(lambda self: self.state.heads)
-    output_widths = property(lambda self: self.state.output_widths)
 
     # ---- routing ----------------------------------------------------------------------
     def _current(self, batch: int) -> tuple[BankState, torch.Tensor]:
@@ -240,11 +253,13 @@ class EditBank(nn.Module):
         def hook(module, args, output):
             h = output[0] if isinstance(output, tuple) else output
             state, ids = self._current(h.shape[0])
-            if key not in state.scales:
+            scales, biases = state.stacks(key)
+            if scales is None and biases is None:
                 return None  # no task of this state edits this layer
             ids = ids.to(h.device)
             shape = (h.shape[0],) + (1,) * (h.dim() - 2) + (h.shape[-1],)
-            h = apply_scale_bias(h, state.scales[key][ids].view(shape), state.biases[key][ids].view(shape))
+            h = apply_scale_bias(h, None if scales is None else scales[ids].view(shape),
+                                 None if biases is None else biases[ids].view(shape))
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
         return hook
 
@@ -331,3 +346,49 @@ class EditBank(nn.Module):
         self._handles = []
         self._hooked = set()
         return self.base_model
+
+
+class EditBank(RoutedBank):
+    """K RED edits (with their task heads) on one frozen base model; route rows with ``task_ids``."""
+
+    def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None,
+                 *, check_fingerprint: bool = True):
+        super().__init__()
+        self._route(model)
+        self._fingerprints: dict = {}
+        self._swap_lock = threading.Lock()
+        state = self.load_state(edits, names, check_fingerprint=check_fingerprint)
+        self._install_hooks(state)
+        self.state = state
+
+    # ---- the current state ------------------------------------------------------------
+    def load_state(self, edits: Sequence[str | Path], names: Sequence[str] | None = None, *,
+                   check_fingerprint: bool = True) -> BankState:
+        """A new ``BankState`` for this bank's base model (checked; not yet serving: see ``swap``)."""
+        return BankState(self.base_model, edits, names, check_fingerprint=check_fingerprint,
+                         fingerprints=self._fingerprints)
+
+    def swap(self, state: BankState) -> BankState:
+        """Serve ``state`` from the next call on and return the previous state; calls in flight keep theirs.
+
+        Hooks for layers the new state edits and the old did not are installed first (they are the
+        identity for any state that does not edit their layer), then the state is replaced in one
+        assignment.
+        """
+        if not isinstance(state, BankState) or not state.built_for(self.base_model):
+            raise EditConfigError("swap() takes a BankState built by this bank's load_state()")
+        with self._swap_lock:
+            self._install_hooks(state)
+            previous = self.state
+            self.state = state
+        return previous
+
+    # the current state's fields, as attributes of the bank
+    names = property(lambda self: self.state.names)
+    task_types = property(lambda self: self.state.task_types)
+    targets = property(lambda self: self.state.targets)
+    scales = property(lambda self: self.state.scales)
+    biases = property(lambda self: self.state.biases)
+    head_names = property(lambda self: self.state.head_names)
+    heads = property(lambda self: self.state.heads)
+    output_widths = property(lambda self: self.state.output_widths)

@@ -35,7 +35,64 @@ def make_edit(target: Target, config: EditConfig) -> nn.Module:
     return RedEdit(target, config.kind)
 
 
-class EditedModel(nn.Module):
+class EditTensors:
+    """What an edit file holds, for anything with edits and a head: :class:`EditedModel`, and one task of a
+    :class:`red.bank_train.TrainableBank` (``TaskEdit``). Subclasses give ``edit_items()`` (target, edit module)
+    and ``head_parameters()`` (``{"<module>.<param>": parameter}``); file keys are ``edit.<target>.<param>`` and
+    ``head.<module>.<param>``.
+    """
+
+    merged = False
+
+    def edit_items(self) -> Iterator[tuple[Target, nn.Module]]:
+        raise NotImplementedError
+
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        raise NotImplementedError
+
+    def edit_parameters(self) -> list[nn.Parameter]:
+        return [p for _, edit in self.edit_items() for p in edit.parameters()]
+
+    @property
+    def num_edit_parameters(self) -> int:
+        """Trainable edit parameters, excluding any task head (the paper's count)."""
+        return sum(p.numel() for p in self.edit_parameters())
+
+    def file_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters an edit file holds, by their key in the file."""
+        own = {f"edit.{t.name}.{pn}": p for t, e in self.edit_items() for pn, p in e.named_parameters()}
+        own.update({f"head.{n}": p for n, p in self.head_parameters().items()})
+        return own
+
+    def edit_state(self) -> dict[str, torch.Tensor]:
+        """All tensors an edit file holds: edit vectors and head weights, fp32 on CPU."""
+        return {k: p.detach().float().cpu().contiguous() for k, p in self.file_parameters().items()}
+
+    @torch.no_grad()
+    def load_edit_state(self, state: dict[str, torch.Tensor]) -> None:
+        from .errors import EditMismatchError
+
+        own = self.file_parameters()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise EditMismatchError(
+                f"edit tensors do not match this model's edit layout (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); attach with the EditConfig stored in the file"
+            )
+        for k, p in own.items():
+            if tuple(p.shape) != tuple(state[k].shape):
+                raise EditMismatchError(f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(p.shape)} in the model")
+            p.copy_(state[k].to(p.device, p.dtype))
+
+    def save(self, path: str | Path, **kwargs) -> Path:
+        """Write the edit file (``red.io.save_edit``: base_model=, revision=, extra=)."""
+        from .io import save_edit
+
+        return save_edit(self, path, **kwargs)
+
+
+class EditedModel(EditTensors, nn.Module):
     """A base model plus trainable edits. Calls and attribute look-ups go to the base model."""
 
     def __init__(self, base_model: nn.Module, config: EditConfig | None = None):
@@ -91,51 +148,13 @@ class EditedModel(nn.Module):
         for t in self.targets:
             yield t, self.edits[_key(t.name)]
 
-    def edit_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.edits.parameters()]
-
     def head_parameters(self) -> dict[str, nn.Parameter]:
         modules = dict(self.base_model.named_modules())
         return {f"{name}.{pn}": p for name in self.head_names for pn, p in modules[name].named_parameters()}
 
     @property
-    def num_edit_parameters(self) -> int:
-        """Trainable edit parameters, excluding any task head (the paper's count)."""
-        return sum(p.numel() for p in self.edit_parameters())
-
-    @property
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def edit_state(self) -> dict[str, torch.Tensor]:
-        """All tensors an edit file holds: edit vectors and head weights, fp32 on CPU."""
-        state = {}
-        for t, edit in self.edit_items():
-            for pn, p in edit.named_parameters():
-                state[f"edit.{t.name}.{pn}"] = p.detach().float().cpu().contiguous()
-        for name, p in self.head_parameters().items():
-            state[f"head.{name}"] = p.detach().float().cpu().contiguous()
-        return state
-
-    @torch.no_grad()
-    def load_edit_state(self, state: dict[str, torch.Tensor]) -> None:
-        own = {f"edit.{t.name}.{pn}": p for t, e in self.edit_items() for pn, p in e.named_parameters()}
-        own.update({f"head.{n}": p for n, p in self.head_parameters().items()})
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            from .errors import EditMismatchError
-
-            raise EditMismatchError(
-                f"edit tensors do not match this model's edit layout (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}); attach with the EditConfig stored in the file"
-            )
-        for k, p in own.items():
-            if tuple(p.shape) != tuple(state[k].shape):
-                from .errors import EditMismatchError
-
-                raise EditMismatchError(f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(p.shape)} in the model")
-            p.copy_(state[k].to(p.device, p.dtype))
 
     # ---- merging ----------------------------------------------------------------------
     @property
@@ -177,11 +196,6 @@ class EditedModel(nn.Module):
         return self.base_model
 
     # ---- persistence (see io.py / merge.py) ---------------------------------------------
-    def save(self, path: str | Path, **kwargs) -> Path:
-        from .io import save_edit
-
-        return save_edit(self, path, **kwargs)
-
     def export_merged(self, out_dir: str | Path, tokenizer=None) -> Path:
         from .merge import export_merged
 

@@ -36,6 +36,7 @@ class TrainResult:
     init: str = "fresh"               # "fresh", or where the starting edit came from ("production v3")
     identity: dict[str, str] = field(default_factory=dict)  # tasks.provenance.Identity of the inputs
     notes: list[str] = field(default_factory=list)  # why it trained, what was resumed (for the run summary)
+    co_trained_with: list[str] = field(default_factory=list)  # the other tasks of its co-training (tasks.cotrain)
 
     @property
     def score(self) -> float:

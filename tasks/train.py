@@ -177,6 +177,17 @@ def task_head(model, edit: dict[str, Any], fresh: list[str]) -> list[str]:
     return head + [m for m in fresh if not any(m == h or m.startswith(h + ".") for h in head)]
 
 
+def head_for(model, edit: dict[str, Any], task_type: str, fresh: list[str]) -> list[str]:
+    """The modules trained and saved with a task of ``task_type`` (see :func:`task_head`); none for language
+    models, which must load complete (TrainingError when loading left modules freshly initialised)."""
+    if task_type in ("classification", "regression"):
+        return task_head(model, edit, fresh)
+    if fresh:
+        raise TrainingError(f"loading the base as a {task_type} model initialises {fresh} fresh (the checkpoint lacks "
+                            "them); an edit trains on a complete language model: use a checkpoint that has them")
+    return []
+
+
 def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], task_type: str,
                   fresh: list[str] | None = None):
     """Freeze the base model and make the method's parameters trainable. Returns (model, edit_parameter_count).
@@ -184,18 +195,11 @@ def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], 
     Trainable parameters are kept in fp32 whatever the base dtype (mixed precision computes in
     the base dtype; the optimizer updates fp32 values).
     """
-    from red import EditConfig, attach
+    from red import attach
 
-    if task_type in ("classification", "regression"):
-        head = task_head(model, edit, fresh or [])
-    elif fresh:
-        raise TrainingError(f"loading the base as a {task_type} model initialises {fresh} fresh (the checkpoint lacks "
-                            "them); an edit trains on a complete language model: use a checkpoint that has them")
-    else:
-        head = []
+    head = head_for(model, edit, task_type, fresh or [])
     if method in EDIT_METHODS:
-        config = {**edit, "head": head} if head and edit.get("head", "auto") == "auto" else edit
-        edited = attach(model, EditConfig(method=method, **config))
+        edited = attach(model, edit_config(method, edit, head))
         _trainable_fp32(edited)
         return edited, edited.num_edit_parameters
     if method == "lora":
@@ -221,6 +225,14 @@ def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], 
     _trainable_fp32(model)
     count = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith(head_prefixes))
     return model, count
+
+
+def edit_config(method: str, edit: dict[str, Any], head: list[str]):
+    """The ``red.EditConfig`` an edit method trains: the config's ``edit`` fields, with the task head made explicit."""
+    from red import EditConfig
+
+    config = {**edit, "head": head} if head and edit.get("head", "auto") == "auto" else edit
+    return EditConfig(method=method, **config)
 
 
 def _trainable_fp32(model) -> None:
@@ -261,14 +273,34 @@ def _make_trainer_class():
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not torch.isfinite(loss).all():
-                raise TrainingError(
-                    f"the training loss became {loss.item()} at step {self.state.global_step + 1}. Lower the learning "
-                    f"rate (now {self.args.learning_rate}), use fp32/bf16 instead of fp16, or check the data for empty "
-                    "or extreme rows, then rerun (a changed config trains afresh)."
-                )
+                raise TrainingError(nan_message(loss.item(), self.state.global_step + 1, self.args.learning_rate))
             return loss
 
     return EditTrainer
+
+
+def nan_message(loss: float, step: int, learning_rate: float) -> str:
+    """What a non-finite training loss means and what to change (the NaN guard's error)."""
+    return (f"the training loss became {loss} at step {step}. Lower the learning rate (now {learning_rate}), use "
+            "fp32/bf16 instead of fp16, or check the data for empty or extreme rows, then rerun (a changed config "
+            "trains afresh).")
+
+
+def divergence_message(losses: list[float], factor: float, step: int, learning_rate: float) -> str | None:
+    """The divergence guard's verdict on the logged losses so far: None, or why the training diverged.
+
+    Diverged: the mean of the last (up to 5) logged losses exceeds ``factor`` times the first one
+    (a finite loss that ran away, e.g. a learning rate far too high).
+    """
+    if len(losses) < 2:
+        return None
+    first, recent = losses[0], losses[-min(len(losses) - 1, 5):]
+    current = sum(recent) / len(recent)
+    if math.isfinite(current) and current > factor * max(first, 1e-3):
+        return (f"the training loss rose from {first:.4g} to {current:.4g} by step {step} (more than {factor:g}x "
+                f"where it started): the training diverged and is not registered. Lower the learning rate (now "
+                f"{learning_rate:g}) or raise divergence_factor if this is expected.")
+    return None
 
 
 def _divergence_guard(factor: float):
@@ -278,15 +310,9 @@ def _divergence_guard(factor: float):
     class DivergenceGuard(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             losses = [h["loss"] for h in state.log_history if "loss" in h and "step" in h]
-            if len(losses) < 2:
-                return
-            first, recent = losses[0], losses[-min(len(losses) - 1, 5):]
-            current = sum(recent) / len(recent)
-            if math.isfinite(current) and current > factor * max(first, 1e-3):
-                raise TrainingDiverged(
-                    f"the training loss rose from {first:.4g} to {current:.4g} by step {state.global_step} "
-                    f"(more than {factor:g}x where it started): the training diverged and is not registered. Lower "
-                    f"the learning rate (now {args.learning_rate:g}) or raise divergence_factor if this is expected.")
+            message = divergence_message(losses, factor, state.global_step, args.learning_rate)
+            if message:
+                raise TrainingDiverged(message)
 
     return DivergenceGuard()
 
@@ -311,6 +337,43 @@ def _precision(choice: str) -> dict[str, bool]:
         return {"bf16": use_bf16, "fp16": False}
     cpu_bf16 = choice == "bf16" and not torch.cuda.is_available()  # CPU autocast runs bf16; Trainer wants it said
     return {"bf16": choice == "bf16", "fp16": choice == "fp16", **({"use_cpu": True} if cpu_bf16 else {})}
+
+
+def training_arguments(config: TrainConfig, hp: dict[str, Any], out_dir: Path, **overrides):
+    """The ``TrainingArguments`` of a training in ``out_dir`` (checkpoints under ``out_dir/checkpoints``):
+    evaluation and a checkpoint every epoch (once, at the end, with ``max_steps``), best epoch loaded at the
+    end; ``overrides`` replace any field."""
+    from transformers import TrainingArguments
+
+    values = dict(
+        output_dir=str(Path(out_dir) / "checkpoints"),
+        num_train_epochs=hp["epochs"],
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=hp["batch_size"],
+        per_device_eval_batch_size=hp["eval_batch_size"],
+        gradient_accumulation_steps=hp["grad_accum"],
+        learning_rate=hp["learning_rate"],
+        weight_decay=hp["weight_decay"],
+        warmup_steps=hp["warmup_steps"] or hp["warmup_ratio"],  # transformers 5: a float < 1 is a ratio
+        lr_scheduler_type=hp["lr_scheduler"],
+        label_smoothing_factor=hp["label_smoothing"],
+        eval_strategy="epoch" if not config.max_steps else "steps",
+        save_strategy="epoch" if not config.max_steps else "steps",
+        eval_steps=config.max_steps or None,
+        save_steps=config.max_steps or None,
+        load_best_model_at_end=True,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=not bool(os.environ.get("REDFLOW_PROGRESS", "1") == "1"),
+        **_precision(config.precision),
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
 
 
 def _compute_metrics_fn(data):
@@ -343,7 +406,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
 
     Raises :class:`TrainingError` (NaN loss, bad model or data) and :class:`TrainingDiverged`.
     """
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, TrainingArguments, set_seed
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, set_seed
 
     from tasks.data import encode
 
@@ -370,37 +433,8 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     classification = data.task_type in ("classification", "regression")
     metric = data.metric if classification else "loss"
     greater = metric != "loss"
-    precision = _precision(config.precision)
-    args = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
-        num_train_epochs=hp["epochs"],
-        max_steps=config.max_steps or -1,
-        per_device_train_batch_size=hp["batch_size"],
-        per_device_eval_batch_size=hp["eval_batch_size"],
-        gradient_accumulation_steps=hp["grad_accum"],
-        learning_rate=hp["learning_rate"],
-        weight_decay=hp["weight_decay"],
-        warmup_steps=hp["warmup_steps"] or hp["warmup_ratio"],  # transformers 5: a float < 1 is a ratio
-        lr_scheduler_type=hp["lr_scheduler"],
-        label_smoothing_factor=hp["label_smoothing"],
-        eval_strategy="epoch" if not config.max_steps else "steps",
-        save_strategy="epoch" if not config.max_steps else "steps",
-        eval_steps=config.max_steps or None,
-        save_steps=config.max_steps or None,
-        load_best_model_at_end=True,
-        metric_for_best_model=f"eval_{metric}",
-        greater_is_better=greater,
-        save_total_limit=None if config.method in EDIT_METHODS else 2,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        report_to=[],
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=not bool(os.environ.get("REDFLOW_PROGRESS", "1") == "1"),
-        **precision,
-    )
+    args = training_arguments(config, hp, out_dir, metric_for_best_model=f"eval_{metric}", greater_is_better=greater,
+                              save_total_limit=None if config.method in EDIT_METHODS else 2)
     if classification:
         collator = DataCollatorWithPadding(tokenizer)
     else:
@@ -424,8 +458,6 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     test = _metrics(trainer.evaluate(encoded.test, metric_key_prefix="test"), "test_")
     best_epoch = _best_epoch(epochs, metric, greater)
     model.eval()
-    from red.io import base_dtype as dtype_of
-
     edit_path = _save_final(model, config, data, out_dir, tokenizer, validation, test)
     from red import EditedModel
 
@@ -435,11 +467,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         steps=[{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate", 0.0)}
                for h in history if "loss" in h and "step" in h],
         validation=validation, test=test, trainable_parameters=trainable, edit_parameters=edit_parameters,
-        params={"method": config.method, "model": config.model, "revision": config.revision, "preset": config.preset,
-                "seed": config.seed, "precision": config.precision, "text_columns": list(data.text_columns),
-                "base_dtype": dtype_of(model),
-                **{f"edit.{k}": v for k, v in config.edit.items()},
-                **hp},
+        params=result_params(config, hp, model, data.text_columns),
         data_hash=data.data_hash, base_revision=config.revision,
         base_fingerprint=model.base_fingerprint if isinstance(model, EditedModel) else None,
         task_type=data.task_type, label_list=data.label_list, truncated=dict(encoded.truncated),
@@ -488,13 +516,27 @@ def _best_epoch(epochs: list[dict], metric: str, greater: bool) -> int:
     return int((max if greater else min)(scored, key=lambda e: e[key])["epoch"])
 
 
+def edit_extra(data, validation: dict[str, float], test: dict[str, float]) -> dict[str, Any]:
+    """The ``extra`` an edit file records about its task: what serving and registration read back."""
+    return {"task": data.name, "task_type": data.task_type, "label_list": data.label_list,
+            "text_columns": list(data.text_columns), "metric": data.metric, "data_hash": data.data_hash,
+            "validation": validation, "test": test}
+
+
+def result_params(config: TrainConfig, hp: dict[str, Any], model, text_columns=()) -> dict[str, Any]:
+    """The flat hyperparameters a ``TrainResult`` records (logged as the MLflow run's params)."""
+    from red.io import base_dtype
+
+    return {"method": config.method, "model": config.model, "revision": config.revision, "preset": config.preset,
+            "seed": config.seed, "precision": config.precision, "base_dtype": base_dtype(model),
+            "text_columns": list(text_columns), **{f"edit.{k}": v for k, v in config.edit.items()}, **hp}
+
+
 def _save_final(model, config: TrainConfig, data, out_dir: Path, tokenizer, validation, test) -> Path:
     """The artifact of the best epoch: an edit file for edit methods, else a PEFT adapter or a checkpoint."""
     from red import EditedModel
 
-    extra = {"task": data.name, "task_type": data.task_type, "label_list": data.label_list,
-             "text_columns": list(data.text_columns), "metric": data.metric, "data_hash": data.data_hash,
-             "validation": validation, "test": test}
+    extra = edit_extra(data, validation, test)
     if isinstance(model, EditedModel):
         return model.save(out_dir / f"{data.name}.safetensors", base_model=config.model, revision=config.revision,
                           extra=extra)
@@ -504,9 +546,18 @@ def _save_final(model, config: TrainConfig, data, out_dir: Path, tokenizer, vali
     return target
 
 
-def training_identity(data, config: TrainConfig, *, cache_dir: str | Path | None = None) -> Identity:
-    """The :class:`~tasks.provenance.Identity` of training ``config`` on ``data``: equal means the same edit."""
-    return Identity(data_hash=data.data_hash, config_hash=config_hash(config.recipe(data.task or data.name)),
+def training_identity(data, config: TrainConfig, *, cache_dir: str | Path | None = None,
+                      co_train: dict[str, Any] | None = None) -> Identity:
+    """The :class:`~tasks.provenance.Identity` of training ``config`` on ``data``: equal means the same edit.
+
+    ``co_train``: the co-training settings when the task is co-trained (``tasks.cotrain.CoTrainConfig.recipe``);
+    they are part of the recipe, so switching co-training on or off, or changing them, retrains the task. The
+    other tasks of the group are not: a task whose inputs did not change is not retrained because another did.
+    """
+    recipe = config.recipe(data.task or data.name)
+    if co_train is not None:
+        recipe["co_train"] = co_train
+    return Identity(data_hash=data.data_hash, config_hash=config_hash(recipe),
                     base_id=base_id(config.model, config.revision, cache_dir), code_version=code_version())
 
 

@@ -65,3 +65,17 @@ def test_serving_smoke(tmp_path):
     assert result["alias_moves"]["failed_requests"] == 0 and result["alias_moves"]["requests_with_two_versions"] == 0
     assert len(result["throughput"]["seconds"]["multi"]) == 2 and result["memory"]["multi"]["processes"] == 1
     assert run("serving.py", "--render", str(out)).stdout.startswith("K = 2 tasks")
+
+def test_cotrain_smoke(tmp_path):
+    out = tmp_path / "cotrain.json"
+    proc = run("cotrain.py", "--tasks", "2", "--sizes", "16", "--n-dev", "8", "--epochs", "1", "--seeds", "1",
+               "--threads", "1", "--no-parallel", "--in-process", "--work", str(tmp_path / "work"), "--out", str(out),
+               "--markdown")
+    assert "| scenario | peak RSS (MiB) |" in proc.stdout
+    result = json.loads(out.read_text())
+    assert [r["scenario"] for r in result["runs"]] == ["one", "alone:1", "cotrain:1"]
+    assert set(result["runs"][2]["tasks"]) == {"sentiment0", "topic1"}
+    assert {"cotrain_peak_rss_vs_one<=1.2", "cotrain_wall_vs_sequential<=1.0", "tasks_within_seed_spread"} <= set(
+        result["analysis"]["targets"])
+    rendered = run("cotrain.py", "--render", str(out), "--markdown")  # re-analysis without training
+    assert "| task | train rows |" in rendered.stdout
