@@ -174,6 +174,32 @@ def _announce_store(cfg, tracking_uri: Optional[str] = None) -> str:
     return target.uri
 
 
+@contextmanager
+def _stop_training_on_interrupt() -> Iterator[None]:
+    """Ctrl-C stops training at the next optimizer step (it runs in worker threads, which the main thread's
+    KeyboardInterrupt does not reach); the attempt is left resumable, and the CLI exits 130."""
+    import signal
+    import threading
+
+    from tasks.train import clear_stop, request_stop
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupted(signum, frame):
+        request_stop()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        clear_stop()
+
+
 def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force: bool = False) -> None:
     """Run the retrain flow with a live status line per task, full logs in a file; print the summary.
 
@@ -194,7 +220,7 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
         config = tmp
     log_path = Path(cfg.runs_dir) / cfg.name / "logs" / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}.log"
     failure: RetrainFailed | None = None
-    with logging_to(log_path), ephemeral_server_grace(), reporting(err):
+    with logging_to(log_path), ephemeral_server_grace(), reporting(err), _stop_training_on_interrupt():
         try:
             summary = retrain_flow(config=str(config), only=only, force=force)
         except RetrainFailed as exc:

@@ -41,13 +41,12 @@ def evaluate_version(model_name: str, version_or_alias: int | str, suites: list[
         if cfg is None or task_name is None:
             raise ValueError("suite 'test' needs the task's data. Fix: pass --config (the retrain config) "
                              "and, if the model is not red-<task>, --task")
-        from tasks.data import prepare_data
+        from .steps import prepare_step
 
         task = next((t for t in cfg.tasks if t.name == task_name), None)
         if task is None:
             raise ValueError(f"task {task_name!r} is not in config {cfg.name!r}: {[t.name for t in cfg.tasks]}")
-        spec = task.data if task.data.name else task.data.model_copy(update={"name": task.name})
-        data = prepare_data(spec, seed=cfg.train_config(task).seed, cache_dir=Path(cfg.runs_dir) / "cache" / "data")
+        data = prepare_step(cfg, task)  # the rows the retrain flow splits off, whatever the training seed
     reports = []
     for suite in suites:
         report = run_suite(suite, edit_path, data=data, out_dir=Path(out_dir) / model_name / str(version),

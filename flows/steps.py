@@ -81,7 +81,7 @@ def prepare_step(cfg: RetrainConfig, task: TaskSpec):
     from tasks.data import prepare_data
 
     spec = task.data if task.data.name else task.data.model_copy(update={"name": task.name})
-    return prepare_data(spec, seed=cfg.train_config(task).seed, cache_dir=Path(cfg.runs_dir) / "cache" / "data")
+    return prepare_data(spec, seed=spec.split_seed, cache_dir=Path(cfg.runs_dir) / "cache" / "data")
 
 
 def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) -> Plan:
@@ -92,6 +92,17 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
 
     _tracking(cfg)
     config = cfg.train_config(task)
+    metric = cfg.promotion_for(task).metric
+    if metric:  # the config could not tell the task type (a CSV's labels decide it): check now, before training
+        from tasks.evaluate.suites import check_gate_metric
+
+        try:
+            check_gate_metric(metric, task.evaluate, data.task_type)
+        except ValueError as exc:
+            from .config import ConfigError
+
+            raise ConfigError(f"promotion.metric of task {task.name!r} ({data.task_type} data): {exc}. Fix: gate "
+                              "on a metric this task produces") from None
     co_train = cfg.co_train_settings().recipe() if cfg.co_train_group(task) is not None else None
     identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base", co_train=co_train)
     name = cfg.model_name(task)
@@ -120,15 +131,17 @@ def failures_recorded(attempt) -> Iterator[None]:
     """Record in the attempt how the training inside failed (then re-raise): deterministic (bad data or config,
     NaN, divergence: never resumed), transient (I/O, a lost worker: a rerun may resume from the last
     checkpoint), or interrupted (left as a crash, resumable by the next run of the same inputs)."""
-    from tasks.train import TrainingError
-
     try:
         yield
-    except (TrainingError, ValueError, TypeError, KeyError) as exc:  # would fail again with the same inputs
-        attempt.fail(exc, transient=False)
-        raise
-    except Exception as exc:
+    except (OSError, ConnectionError, TimeoutError, MemoryError) as exc:  # I/O, a lost worker: may pass
         attempt.fail(exc, transient=True)
+        raise
+    except Exception as exc:  # NaN, divergence, bad data or config, a torch error: would fail again
+        if attempt.resume_from:  # a resume that fails never blocks the next run: that checkpoint is skipped
+            attempt.mark_bad_checkpoint(attempt.resume_from, exc)
+            attempt.fail(exc, transient=True)
+        else:
+            attempt.fail(exc, transient=False)
         raise
     except BaseException:
         attempt.close()
@@ -138,12 +151,19 @@ def failures_recorded(attempt) -> Iterator[None]:
 def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: str,
                callbacks: list | None = None) -> TrainResult | None:
     """Train in this run's own folder (resuming only a crashed twin); None when the plan says unchanged."""
-    from tasks.attempts import open_attempt, prune
+    from tasks.attempts import finished_unregistered, open_attempt, prune
     from tasks.train import train
 
     if plan.action != TRAIN:
         return None
     config = cfg.train_config(task)
+    done = finished_unregistered(task_dir(cfg, task), plan.identity)
+    if done is not None:  # trained, then crashed before registering: register that training, do not redo it
+        result = TrainResult.load(done / "result.json")
+        result.notes = plan.reasons + [f"reusing finished attempt {done.name}: it trained the same inputs and its "
+                                       "run stopped before registering it"]
+        result.steps_trained = 0
+        return result
     init_state, init_note = None, "fresh"
     if plan.init_version is not None:
         init_state, init_note = _production_state(cfg, task, plan.init_version)
@@ -277,6 +297,9 @@ def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     run_id = log_training(result, experiment=cfg.experiment, eval_reports=evaluation.reports if evaluation else [],
                           config={"retrain": cfg.name, "task": task.name})
     version = register_edit(result, run_id, model_name=cfg.model_name(task))
+    from tasks.attempts import mark_registered
+
+    mark_registered(result.output_dir, cfg.model_name(task), version)
     from mlflow import MlflowClient
 
     return {"run_id": run_id, "model_name": cfg.model_name(task), "version": int(version),

@@ -36,10 +36,12 @@ if TYPE_CHECKING:
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
-HISTORY_TAG = "redflow.alias_history"
+HISTORY_TAG = "redflow.alias_history"            # on a version: its entries (JSON list); on a model: legacy list
+HISTORY_ENTRY = "redflow.alias_history."          # on a model: one tag per entry, <prefix><6-digit sequence>
+_MAX_MODEL_TAG = 5000    # registered_model_tags.value is VARCHAR(5000) on MLflow's SQL stores
+_MAX_VERSION_TAG = 20_000  # a version's own copy, bounded (model_version_tags.value is TEXT)
 STATUS_TAG = "redflow.status"
 READY = "ready"
-_MAX_TAG = 100_000  # MAX_MODEL_REGISTRY_TAG_VALUE_LENGTH
 _log = logging.getLogger(__name__)
 
 
@@ -152,13 +154,49 @@ def _json_list(text: str | None) -> list[dict[str, Any]]:
     return value if isinstance(value, list) else []
 
 
-def _bounded(entries: list[dict[str, Any]]) -> str:
-    """JSON of ``entries``, dropping the oldest until it fits a registry tag value."""
+def _bounded(entries: list[dict[str, Any]], limit: int = _MAX_VERSION_TAG) -> str:
+    """JSON of ``entries``, dropping the oldest until it fits ``limit`` characters."""
     text = json.dumps(entries, separators=(",", ":"))
-    while len(text) > _MAX_TAG and len(entries) > 1:
+    while len(text) > limit and len(entries) > 1:
         entries = entries[max(1, len(entries) // 10):]
         text = json.dumps(entries, separators=(",", ":"))
     return text
+
+
+def _entry_text(entry: dict[str, Any]) -> str:
+    """One history entry as JSON that fits a registered-model tag: detail is shortened, never the move itself."""
+    entry = dict(entry)
+    text = json.dumps(entry, separators=(",", ":"), default=str)
+    for key in ("comparison", "policy", "previous_value", "value"):
+        if len(text) <= _MAX_MODEL_TAG:
+            break
+        entry.pop(key, None)
+        text = json.dumps(entry, separators=(",", ":"), default=str)
+    if len(text) > _MAX_MODEL_TAG:
+        entry["reason"] = str(entry.get("reason", ""))[:max(0, _MAX_MODEL_TAG - len(text) + len(str(entry.get("reason",
+                                                                                                    ""))) - 20)]
+        text = json.dumps(entry, separators=(",", ":"), default=str)
+    return text
+
+
+def history_entries(client: MlflowClient, name: str, model=None) -> list[dict[str, Any]]:
+    """Every recorded alias move and gate decision of ``name``, oldest first.
+
+    Each entry is its own registered-model tag (``redflow.alias_history.000042``): a SQL-backed MLflow
+    store limits a model tag to 5,000 characters, so one growing JSON list would break within a week of
+    nightly runs. A list in the tag ``redflow.alias_history`` (written by earlier versions) comes first.
+    """
+    model = model or client.get_registered_model(name)
+    tags = model.tags or {}
+    entries = _json_list(tags.get(HISTORY_TAG))
+    for key in sorted(k for k in tags if k.startswith(HISTORY_ENTRY) and k[len(HISTORY_ENTRY):].isdigit()):
+        try:
+            value = json.loads(tags[key])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            entries.append(value)
+    return entries
 
 
 def alias_version(name: str, alias: str, client: MlflowClient | None = None) -> ModelVersion | None:
@@ -187,8 +225,10 @@ def metric_value(mv: ModelVersion, key: str) -> float | None:
 def _append(client: MlflowClient, name: str, entry: dict[str, Any], versions: list[int | None]) -> None:
     """Append ``entry`` to the model's history and to each involved version's (lock held)."""
     rm = client.get_registered_model(name)
-    history = _json_list(rm.tags.get(HISTORY_TAG)) + [entry]
-    client.set_registered_model_tag(name, HISTORY_TAG, _bounded(history))
+    history = history_entries(client, name, rm) + [entry]
+    numbers = [int(k[len(HISTORY_ENTRY):]) for k in (rm.tags or {})
+               if k.startswith(HISTORY_ENTRY) and k[len(HISTORY_ENTRY):].isdigit()]
+    client.set_registered_model_tag(name, f"{HISTORY_ENTRY}{max(numbers, default=0) + 1:06d}", _entry_text(entry))
     _describe_history(client, name, history)
     for v in dict.fromkeys(v for v in versions if v is not None):
         try:
@@ -291,8 +331,9 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
                 stored = {f"v{version}": metric_value(mv, f"test_{metric}"),
                           f"v{champion_version}": metric_value(prod, f"test_{metric}")}
             stored = {k: v for k, v in stored.items() if v is not None}
+            recorded = metric_value(mv, f"test_{metric}")  # its own test rows: for a first version's minimum only
             decision = _decide(name, mv, version, champion_version, policy, metric, challenger, champion_rows,
-                               champion_error, stored, paired_bootstrap)
+                               champion_error, stored, recorded, paired_bootstrap)
             decision.decided_by = owner
             _record_decision(client, name, version, decision)
             return decision
@@ -301,7 +342,7 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
 
 def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, policy: PromotionPolicy, metric: str,
             challenger, champion_rows, champion_error: str | None, stored: dict[str, float],
-            paired_bootstrap) -> PromotionDecision:
+            recorded: float | None, paired_bootstrap) -> PromotionDecision:
     """The gate's rule, on numbers already gathered (the caller holds the lock)."""
     higher = policy.higher(metric)
     better = "higher" if higher else "lower"
@@ -310,7 +351,7 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
     shown = ("; stored scores from earlier runs (other test rows, not compared): " +
              ", ".join(f"{k} {v:.4g}" for k, v in stored.items())) if stored else ""
     status = mv.tags.get(STATUS_TAG)
-    value = challenger.value() if challenger is not None else stored.get(f"v{version}")
+    value = challenger.value() if challenger is not None else recorded
     decision.value = value
     comparison = None
     if challenger is not None and champion_rows is not None:  # reported whatever rule decides
@@ -392,7 +433,7 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
         current = int(prod.version)
         target = int(to_version) if to_version is not None else None
         if target is None:
-            history = _json_list(client.get_registered_model(name).tags.get(HISTORY_TAG))
+            history = history_entries(client, name)
             for entry in reversed(history):
                 if (entry.get("alias") == PRODUCTION and entry.get("action") not in ("reject", "rollback")
                         and entry.get("version") == current):
@@ -425,7 +466,7 @@ def alias_history(name: str, alias: str | None = None, *, client: MlflowClient |
     "version", "from", "reason", "by", ...}``.
     """
     client = client or MlflowClient()
-    history = _json_list(client.get_registered_model(name).tags.get(HISTORY_TAG))
+    history = history_entries(client, name)
     return [e for e in history if alias is None or e.get("alias") == alias]
 
 

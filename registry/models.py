@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,8 +30,8 @@ from mlflow.tracking import MlflowClient
 
 from .aliases import CANDIDATE, READY, STATUS_TAG, _move_locked, alias_version
 from .locks import DEFAULT_TIMEOUT, registry_lock
-from .tracking import (_log_batches, as_dict, code_version, final_metric_key, get_or_create_experiment,
-                       is_finite, report_markdown, report_metrics, report_name)
+from .tracking import (_log_batches, _owner_alive, as_dict, code_revision, code_version, final_metric_key,
+                       get_or_create_experiment, is_finite, owner_tag, report_markdown, report_metrics, report_name)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,6 +213,7 @@ def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) ->
         "primary_metric": result.primary_metric,
         "score": result.score,
         "code_version": code_version(),
+        "code_revision": code_revision(),
         "edit_sha256": meta.get("tensors_sha256", ""),
         "artifact_sha256": meta.get("artifact_sha256") or meta.get("tensors_sha256", ""),
         "edit_parameters": result.edit_parameters or meta.get("edit_parameters", 0),
@@ -252,23 +251,6 @@ def version_identity(mv) -> "Identity | None":
     if mv is None:
         return None
     return Identity.from_dict({k[len("identity."):]: v for k, v in mv.tags.items() if k.startswith("identity.")})
-
-
-def _owner_alive(owner: str | None) -> bool | None:
-    """Whether the process that tagged itself ``host:pid`` still runs (None: another host, cannot tell)."""
-    import os
-    import socket
-
-    host, _, pid = (owner or "").rpartition(":")
-    if not host or host != socket.gethostname() or not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_versions(name: str, client: MlflowClient | None = None, *, stale_after: float = 3600.0) -> list[int]:
@@ -411,7 +393,7 @@ def register_edit(
     stale = remove_stale_versions(name, client)
     if stale:
         _logger.warning("%s: removed version(s) %s left half-registered by a crashed registration", name, stale)
-    all_tags["redflow.owner"] = f"{socket.gethostname()}:{os.getpid()}"
+    all_tags["redflow.owner"] = owner_tag()
     mv = None
     try:
         # one call: the version exists only together with its tags and status 'registering'

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tasks.provenance import code_version  # noqa: F401 - part of this module's API
+from tasks.provenance import code_revision, code_version  # noqa: F401 - part of this module's API
 from .store import (ARTIFACTS_DIRNAME, DB_FILENAME, DEFAULT_RUNS_DIR, default_tracking_uri,  # noqa: F401 - re-exported
                     local_artifact_root, setup_tracking, sqlite_path)
 from .store import normalize_uri as _normalize_uri  # noqa: F401
@@ -248,6 +248,47 @@ def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metri
     return [m for m in out if m is not None]
 
 
+def _owner_alive(owner: str | None) -> bool | None:
+    """Whether the process that tagged itself ``host:pid`` still runs (None: another host, cannot tell)."""
+    import os
+    import socket
+
+    host, _, pid = (owner or "").rpartition(":")
+    if not host or host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_tag() -> str:
+    """``host:pid`` of this process: what ``_owner_alive`` checks to tell a crashed writer from a live one."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str, *, stale_after: float = 3600.0) -> list[str]:
+    """Mark FAILED the training runs left RUNNING by a process that died (same host) or for over ``stale_after``
+    seconds (a killed registration): they are tagged ``redflow.orphaned`` and never look like live runs."""
+    closed = []
+    now_ms = time.time() * 1000
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING' and "
+                                  "tags.`redflow.run_kind` = 'train'"):
+        alive = _owner_alive(run.data.tags.get("redflow.owner"))
+        age = (now_ms - (run.info.start_time or now_ms)) / 1000
+        if alive is False or age > stale_after:
+            client.set_tag(run.info.run_id, "redflow.orphaned", "true")
+            client.set_terminated(run.info.run_id, "FAILED")
+            closed.append(run.info.run_id)
+    return closed
+
+
 def training_key(result: "TrainResult") -> str:
     """A stable id of one training: its output folder (one per attempt) and what it produced."""
     import hashlib
@@ -286,6 +327,7 @@ def log_training(
     client = MlflowClient()
     experiment_id = get_or_create_experiment(experiment, client)
     training_id = training_key(result)
+    close_orphaned_runs(client, experiment_id)
     earlier = client.search_runs([experiment_id], filter_string=f"tags.`redflow.training_id` = '{training_id}'")
     for run in earlier:
         if run.info.status == "FINISHED":
@@ -296,6 +338,7 @@ def log_training(
 
     run_tags = {
         "redflow.training_id": training_id,
+        "redflow.owner": owner_tag(),
         "mlflow.runName": run_name or default_run_name(result),
         "redflow.run_kind": "train",
         "task": result.task,
@@ -305,6 +348,7 @@ def log_training(
         "primary_metric": result.primary_metric,
         "data_hash": result.data_hash,
         "code_version": code_version(),
+        "code_revision": code_revision(),
     }
     if result.base_fingerprint or meta:
         run_tags["base_fingerprint"] = result.base_fingerprint or meta["base_model"].get("fingerprint", "")

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,11 +16,12 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .aliases import HISTORY_TAG, STATUS_TAG
+from .aliases import STATUS_TAG
 from .locks import LOCK_MODEL_PREFIX
 
 HISTORY_HEADING = "## Alias history (newest first)"
 HISTORY_ROWS_SHOWN = 50
+DESCRIPTION_CHARS = 5000  # registered_models.description is VARCHAR(5000) on MLflow's SQL stores
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
@@ -105,43 +105,48 @@ def version_rows(name: str, client: MlflowClient | None = None) -> list[dict[str
     return sorted(rows, key=lambda r: -r["version"])
 
 
-def _entries(model: RegisteredModel) -> list[dict[str, Any]]:
-    try:
-        value = json.loads((model.tags or {}).get(HISTORY_TAG) or "[]")
-    except json.JSONDecodeError:
-        return []
-    return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
-
-
 def history_rows(name: str, client: MlflowClient | None = None) -> list[dict[str, Any]]:
     """Recorded alias moves and gate decisions of ``name``, newest first (``at, alias, action, version,
     from, by, reason`` and whatever else the move recorded)."""
-    return list(reversed(_entries(require_model(name, client or MlflowClient()))))
+    from .aliases import history_entries
+
+    client = client or MlflowClient()
+    return list(reversed(history_entries(client, name, require_model(name, client))))
 
 
 def _cell(value: Any) -> str:
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def history_markdown(entries: list[dict[str, Any]], limit: int = HISTORY_ROWS_SHOWN) -> str:
-    """The alias history (oldest-first ``entries``, as stored) as a markdown table, newest first."""
+def history_markdown(entries: list[dict[str, Any]], limit: int = HISTORY_ROWS_SHOWN, *,
+                     max_chars: int | None = None, reason_chars: int = 200) -> str:
+    """The alias history (oldest-first ``entries``, as stored) as a markdown table, newest first.
+
+    ``max_chars`` bounds the text (a registered model's description holds 5,000 characters on SQL
+    stores): the oldest rows shown are dropped until it fits; ``redflow history`` shows them all.
+    """
     newest = list(reversed(entries))
-    lines = [HISTORY_HEADING, ""]
+    head = [HISTORY_HEADING, ""]
     if not newest:
-        return "\n".join(lines + ["No alias moves yet."])
-    lines += ["| when (UTC) | alias | action | version | from | by | why |", "|---|---|---|---:|---:|---|---|"]
-    for e in newest[:limit]:
-        lines.append(f"| {_cell(str(e.get('at', ''))[:19].replace('T', ' '))} | {_cell(e.get('alias'))} | "
-                     f"{_cell(e.get('action'))} | {_cell(e.get('version'))} | {_cell(e.get('from'))} | "
-                     f"{_cell(e.get('by'))} | {_cell(e.get('reason'))} |")
-    if len(newest) > limit:
-        lines.append(f"\n{len(newest) - limit} older entries are in the tag `{HISTORY_TAG}`.")
-    return "\n".join(lines)
+        return "\n".join(head + ["No alias moves yet."])
+    head += ["| when (UTC) | alias | action | version | from | by | why |", "|---|---|---|---:|---:|---|---|"]
+    rows = [f"| {_cell(str(e.get('at', ''))[:19].replace('T', ' '))} | {_cell(e.get('alias'))} | "
+            f"{_cell(e.get('action'))} | {_cell(e.get('version'))} | {_cell(e.get('from'))} | "
+            f"{_cell(e.get('by'))} | {_cell(str(e.get('reason', ''))[:reason_chars])} |" for e in newest[:limit]]
+    while True:
+        hidden = len(newest) - len(rows)
+        tail = [f"\n{hidden} older entries: `redflow history <model>`."] if hidden else []
+        text = "\n".join(head + rows + tail)
+        if max_chars is None or len(text) <= max_chars or not rows:
+            return text
+        rows.pop()
 
 
 def update_history_description(client: MlflowClient, name: str, entries: list[dict[str, Any]]) -> None:
-    """Rewrite the history section of ``name``'s description (the text above the section is kept)."""
+    """Rewrite the history section of ``name``'s description (the text above the section is kept),
+    within the 5,000 characters a SQL-backed MLflow store allows."""
     model = client.get_registered_model(name)
-    intro = (model.description or "").split(HISTORY_HEADING, 1)[0].rstrip()
-    text = (intro + "\n\n" if intro else "") + history_markdown(entries)
+    intro = (model.description or "").split(HISTORY_HEADING, 1)[0].rstrip()[:1500]
+    prefix = intro + "\n\n" if intro else ""
+    text = prefix + history_markdown(entries, max_chars=DESCRIPTION_CHARS - len(prefix))
     client.update_registered_model(name, description=text)

@@ -14,7 +14,9 @@ Rules (the nightly job's correctness depends on them):
    trained exactly the same inputs (equal :class:`tasks.provenance.Identity`), and left a
    complete checkpoint. Then the new run resumes it in place and says so.
 3. A finished attempt (``trained``) is never resumed; a deterministic failure (NaN, divergence)
-   is not either: resuming would repeat it.
+   is not either: resuming would repeat it. A finished attempt whose registration never happened
+   is registered by the next run of the same inputs instead of being trained again
+   (:func:`finished_unregistered`).
 4. A retry inside the same run (same run key) picks up its own folder.
 5. Incomplete checkpoints (a crash while writing one) are skipped with a warning.
 6. While another live process trains the same inputs, a second run does not train them again
@@ -43,7 +45,7 @@ ATTEMPT_FILE = "attempt.json"
 LOCK_FILE = "attempt.lock"
 CHECKPOINTS = "checkpoints"
 
-TRAINING, TRAINED, FAILED = "training", "trained", "failed"
+TRAINING, TRAINED, FAILED, REGISTERED = "training", "trained", "failed", "registered"
 
 
 class AttemptBusy(RuntimeError):
@@ -70,6 +72,15 @@ class Attempt:
         state = read_state(self.folder) or {}
         state.update(status=status, updated=time.time(), **extra)
         _write_json(self.folder / ATTEMPT_FILE, state)
+
+    def mark_bad_checkpoint(self, checkpoint: str | Path, error: BaseException) -> None:
+        """Record that resuming from ``checkpoint`` failed: the next adoption skips it (and a resume can never
+        fail night after night on the same file)."""
+        state = read_state(self.folder) or {}
+        bad = list(state.get("bad_checkpoints") or []) + [Path(checkpoint).name]
+        self.mark(state.get("status", TRAINING), bad_checkpoints=sorted(set(bad)),
+                  bad_checkpoint_error=f"{type(error).__name__}: {error}"[:1000])
+        log.warning("resuming from %s failed (%s); it will be skipped", checkpoint, error)
 
     def finish(self, *, keep_checkpoints: bool = False) -> None:
         """Mark it trained and drop its checkpoints (the result is saved beside them); release the lock."""
@@ -143,7 +154,25 @@ def _checkpoint_problem(folder: Path) -> str | None:
             list(handle.keys())
     except Exception as exc:  # noqa: BLE001 - any unreadable file is incomplete
         return f"unreadable trainable.safetensors: {exc}"
+    if (folder / "optimizer.pt").exists() != (folder / "scheduler.pt").exists():
+        return "optimizer.pt and scheduler.pt are not both there"
+    for archive in sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth")):
+        problem = _archive_problem(archive)
+        if problem:
+            return f"{archive.name}: {problem}"
     return None
+
+
+def _archive_problem(path: Path) -> str | None:
+    """torch.save writes a zip archive: check that every member is there and intact (CRC), without unpickling."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"not a readable archive ({exc})"
+    return f"member {bad} is corrupt" if bad else None
 
 
 def _try_lock(folder: Path) -> FileLock | None:
@@ -159,6 +188,11 @@ def open_attempt(task_dir: str | Path, identity: Identity, run_key: str, *, resu
     """The folder this run trains in, and the checkpoint to resume from if any (see the module's rules)."""
     root = Path(task_dir) / ATTEMPTS
     root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".open.lock")):  # two runs starting at once: one scans and locks, then the other
+        return _open(root, identity, run_key, resume)
+
+
+def _open(root: Path, identity: Identity, run_key: str, resume: bool) -> Attempt:
     notes: list[str] = []
     candidates = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
     own = next((p for p in candidates if (read_state(p) or {}).get("run_key") == run_key), None)
@@ -176,7 +210,8 @@ def open_attempt(task_dir: str | Path, identity: Identity, run_key: str, *, resu
                 picked.mark(TRAINING, resumed_by=run_key, pid=os.getpid(), host=socket.gethostname())
                 return picked
     now = time.time()
-    folder = root / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z-{_slug(run_key)}"
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
+    folder = root / f"{stamp}-{_slug(run_key)}"
     suffix = 1
     while folder.exists():
         folder = folder.with_name(f"{folder.name.split('~')[0]}~{suffix}")
@@ -196,7 +231,7 @@ def _adopt(folder: Path, identity: Identity, notes: list[str], *, own_run: bool)
         return None
     status = state.get("status")
     name = folder.name
-    if status == TRAINED:
+    if status in (TRAINED, REGISTERED):
         if own_run:
             notes.append(f"attempt {name} already finished: starting a new one")
         return None
@@ -218,7 +253,10 @@ def _adopt(folder: Path, identity: Identity, notes: list[str], *, own_run: bool)
                               f"(pid {state.get('pid')} on {state.get('host')}); this run leaves it to finish")
         notes.append(f"attempt {name} is being trained by another live process: not touching it")
         return None
-    checkpoints = complete_checkpoints(folder / CHECKPOINTS)
+    bad = set(state.get("bad_checkpoints") or [])
+    checkpoints = [c for c in complete_checkpoints(folder / CHECKPOINTS) if c.name not in bad]
+    if bad:
+        notes.append(f"attempt {name}: skipping {sorted(bad)}, from which resuming failed before")
     attempt = Attempt(folder=folder, identity=identity, run_key=state.get("run_key", ""), _lock=lock, notes=notes)
     if checkpoints:
         attempt.resume_from = str(checkpoints[-1])
@@ -229,13 +267,38 @@ def _adopt(folder: Path, identity: Identity, notes: list[str], *, own_run: bool)
     return attempt
 
 
+def finished_unregistered(task_dir: str | Path, identity: Identity) -> Path | None:
+    """The newest attempt that finished training exactly these inputs but was never registered (its run
+    crashed or failed between training and registration), if its result is still there: registering it
+    beats training the same thing again."""
+    root = Path(task_dir) / ATTEMPTS
+    if not root.is_dir():
+        return None
+    for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
+        state = read_state(folder) or {}
+        if (state.get("status") == TRAINED and Identity.from_dict(state.get("identity")) == identity
+                and (folder / "result.json").is_file()):
+            return folder
+    return None
+
+
+def mark_registered(folder: str | Path, model_name: str, version: int) -> None:
+    """Record that the attempt in ``folder`` became ``model_name`` version ``version`` (no-op elsewhere)."""
+    folder = Path(folder)
+    state = read_state(folder)
+    if state is None:
+        return
+    state.update(status=REGISTERED, model_name=model_name, version=int(version), updated=time.time())
+    _write_json(folder / ATTEMPT_FILE, state)
+
+
 def prune(task_dir: str | Path, keep: int = 10) -> list[Path]:
     """Delete all but the newest ``keep`` finished or failed attempts (never a locked or crashed one)."""
     root = Path(task_dir) / ATTEMPTS
     if not root.is_dir():
         return []
     done = [p for p in sorted(root.iterdir(), key=lambda p: p.name, reverse=True)
-            if p.is_dir() and (read_state(p) or {}).get("status") in (TRAINED, FAILED)]
+            if p.is_dir() and (read_state(p) or {}).get("status") in (TRAINED, FAILED, REGISTERED)]
     removed = []
     for folder in done[keep:]:
         lock = _try_lock(folder)

@@ -47,9 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .provenance import Identity
 from .result import TrainResult
 from .train import (EDIT_METHODS, TrainConfig, TrainingDiverged, TrainingError, _best_epoch, _checkpoint_step,
-                    _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, divergence_message,
-                    edit_config, edit_extra, head_for, load_base_model, load_tokenizer, nan_message,
-                    precision_dtype, result_params, training_arguments, training_identity)
+                    _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _stop_on_request,
+                    divergence_message, edit_config, edit_extra, head_for, load_base_model, load_tokenizer,
+                    nan_message, precision_dtype, result_params, training_arguments, training_identity)
 
 log = logging.getLogger(__name__)
 
@@ -581,7 +581,7 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     trainer = _make_multitask_trainer_class()(
         model=bank, args=args, train_dataset=_Rows(trains),
         eval_dataset={f"t{k}": s.validation for k, s in enumerate(specs)}, data_collator=_Collate(inner),
-        callbacks=list(callbacks or []), tasks=specs, mixing=mixing)
+        callbacks=[_stop_on_request()] + list(callbacks or []), tasks=specs, mixing=mixing)
     for k, error in cannot_start.items():
         trainer._stop(k, error)
     resume = str(resume_from) if resume_from else None

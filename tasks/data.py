@@ -109,6 +109,9 @@ class DataSpec(BaseModel):
     test_size: float = Field(default=0.1, description="Fraction of the rows that goes to test when no "
                              "test (or dev) file is given; assigned by content hash.")
     synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions)
+    split_seed: int = Field(default=42, description="Seed of the validation/test split in the retrain flow. Kept "
+                            "apart from the training seed: changing how a task trains must not move rows between "
+                            "train and test (the gate would score production on rows it trained on).")
 
     @field_validator("validation_size", "test_size")
     @classmethod

@@ -11,7 +11,8 @@ training of exactly the same inputs (see :mod:`tasks.attempts`).
                    fields that cannot change the result, such as logging, excluded).
 - ``base_id``:     content identity of the base checkpoint: sha256 of a local folder's
                    weight and config files (cached by size and mtime), or the hub commit.
-- ``code_version``: ``git:<commit>[+dirty]`` of this checkout, else ``redflow==<version>``.
+- ``code_version``: sha256 of the sources of ``red/`` and ``tasks/`` (the method and the trainer), so
+                   a real code change retrains and a docs, config or registry change does not.
 """
 from __future__ import annotations
 
@@ -31,12 +32,36 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 _CONFIG_FILES = ("config.json", "generation_config.json")
 
 
+CODE_PACKAGES = ("red", "tasks")  # what decides a trained edit: the method, data preparation, training
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """``git:<commit>[+dirty]`` of the checkout holding this package, else ``redflow==<version>``.
+    """``src:<sha256 of the Python sources of red/ and tasks/>`` (16 hex): the code that decides a trained edit.
 
-    Cached per process: it is read at every registration and a checkout does not change under a run.
+    A content hash, not the git state: a clone, a reinstall or a commit that only touches configs, docs,
+    the registry or the flows leaves it unchanged (no retraining), while any edit of the method's or the
+    trainer's code, committed or not, changes it. Cached per process (a run does not change its code).
     """
+    return source_hash(Path(__file__).resolve().parents[1])
+
+
+def source_hash(root: Path, packages: tuple[str, ...] = CODE_PACKAGES) -> str:
+    """``src:`` + sha256 (16 hex) of the ``*.py`` files of ``packages`` under ``root`` (paths and bytes)."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(f"\0{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return f"src:{digest.hexdigest()[:16]}"
+
+
+@functools.lru_cache(maxsize=1)
+def code_revision() -> str:
+    """``git:<commit>[+dirty]`` of the checkout holding this package, else ``redflow==<version>`` (shown on runs
+    and versions for people; the training identity uses :func:`code_version`)."""
     repo = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,35 @@ class TrainingError(RuntimeError):
 
 class TrainingDiverged(TrainingError):
     """The loss stayed finite but ran far above where it started: the edit is not worth registering."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on request (Ctrl-C in the CLI): the attempt is left as a crash, resumable."""
+
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every training in this process to stop at its next optimizer step (a signal handler may call it:
+    training runs in worker threads, which a KeyboardInterrupt in the main thread does not reach)."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()
+
+
+def _stop_on_request():
+    from transformers import TrainerCallback
+
+    class StopOnRequest(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if _STOP.is_set():
+                raise TrainingInterrupted(f"stopped on request at step {state.global_step}; the last checkpoint "
+                                          "is kept and the next run of the same inputs resumes from it")
+
+    return StopOnRequest()
 
 
 class TrainConfig(BaseModel):
@@ -286,15 +316,23 @@ def nan_message(loss: float, step: int, learning_rate: float) -> str:
             "trains afresh).")
 
 
-def divergence_message(losses: list[float], factor: float, step: int, learning_rate: float) -> str | None:
+def divergence_message(losses: list[float], factor: float, step: int, learning_rate: float,
+                       start: float | None = None) -> str | None:
     """The divergence guard's verdict on the logged losses so far: None, or why the training diverged.
 
-    Diverged: the mean of the last (up to 5) logged losses exceeds ``factor`` times the first one
-    (a finite loss that ran away, e.g. a learning rate far too high).
+    Diverged: the mean of the last (up to 5) logged losses exceeds ``factor`` times where training
+    started: ``start``, the loss measured before the first step, or else the first logged loss (a
+    finite loss that ran away, e.g. a learning rate far too high). With ``start`` the very first log
+    is checked too: a logged loss averages ``logging_steps`` steps, which may all have run away.
     """
-    if len(losses) < 2:
+    if start is not None and math.isfinite(start):
+        if not losses:
+            return None
+        first, recent = start, losses[-min(len(losses), 5):]
+    elif len(losses) < 2:
         return None
-    first, recent = losses[0], losses[-min(len(losses) - 1, 5):]
+    else:
+        first, recent = losses[0], losses[-min(len(losses) - 1, 5):]
     current = sum(recent) / len(recent)
     if math.isfinite(current) and current > factor * max(first, 1e-3):
         return (f"the training loss rose from {first:.4g} to {current:.4g} by step {step} (more than {factor:g}x "
@@ -303,18 +341,42 @@ def divergence_message(losses: list[float], factor: float, step: int, learning_r
     return None
 
 
-def _divergence_guard(factor: float):
+def _divergence_guard(factor: float, start: float | None = None):
     """A callback that stops training when the loss runs away while staying finite (lr far too high)."""
     from transformers import TrainerCallback
 
     class DivergenceGuard(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             losses = [h["loss"] for h in state.log_history if "loss" in h and "step" in h]
-            message = divergence_message(losses, factor, state.global_step, args.learning_rate)
+            message = divergence_message(losses, factor, state.global_step, args.learning_rate, start)
             if message:
                 raise TrainingDiverged(message)
 
     return DivergenceGuard()
+
+
+@torch.no_grad()
+def initial_loss(model, collator, rows, batch_size: int) -> float | None:
+    """The model's mean loss on the first rows of ``rows`` before training (the divergence guard's baseline).
+
+    Deterministic (evaluation mode, the dataset's first rows, no sampler): it draws nothing from any
+    random generator, so training runs exactly as without it.
+    """
+    n = min(len(rows), max(1, batch_size))
+    if n == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        batch = collator([rows[i] for i in range(n)])
+        device = next(p for p in model.parameters()).device
+        out = model(**{k: v.to(device) for k, v in batch.items() if hasattr(v, "to")})
+        loss = getattr(out, "loss", None)
+        return float(loss) if loss is not None else None
+    except Exception:  # noqa: BLE001 - a baseline only: the guard falls back to the first logged loss
+        return None
+    finally:
+        model.train(was_training)
 
 
 def _quiet_console_logging(trainer) -> None:
@@ -439,7 +501,8 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         collator = DataCollatorWithPadding(tokenizer)
     else:
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
-    guards = [_divergence_guard(config.divergence_factor)] if config.divergence_factor else []
+    guards = [_stop_on_request()] + ([_divergence_guard(config.divergence_factor, initial_loss(
+        model, collator, encoded.train, hp["batch_size"]))] if config.divergence_factor else [])
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=encoded.train, eval_dataset=encoded.validation,
         data_collator=collator, compute_metrics=_compute_metrics_fn(data) if classification else None,

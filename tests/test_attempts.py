@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import logging
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def test_a_killed_process_releases_its_attempt(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -9
-    folder = next((tmp_path / "attempts").iterdir())
+    folder = next(p for p in (tmp_path / "attempts").iterdir() if p.is_dir())
     _checkpoint(folder, 2)
     picked = open_attempt(tmp_path, SAME, "next")
     assert picked.folder == folder and picked.resume_from.endswith("checkpoint-2")
@@ -118,7 +119,7 @@ def test_prune_keeps_the_newest_finished_attempts(tmp_path):
     crashed = open_attempt(tmp_path, SAME, "crashed")
     crashed.close()
     removed = prune(tmp_path, keep=2)
-    left = sorted(p.name for p in (tmp_path / "attempts").iterdir())
+    left = sorted(p.name for p in (tmp_path / "attempts").iterdir() if p.is_dir())
     assert len(removed) == 2 and len(left) == 3 and crashed.folder.name in left
 
 
@@ -134,3 +135,53 @@ def test_identity_diff_names_what_changed(field):
     other = Identity(**{**SAME.to_dict(), field: "new"})
     assert len(other.diff(SAME)) == 1 and "-> new" in other.diff(SAME)[0]
     assert SAME.diff(SAME) == [] and Identity.from_dict({"data_hash": "x"}) is None
+
+
+def test_a_checkpoint_whose_optimizer_state_is_cut_off_is_skipped(tmp_path, caplog):
+    import torch
+
+    crashed = open_attempt(tmp_path, SAME, "night1")
+    for step in (4, 8):
+        ckpt = _checkpoint(crashed.folder, step)
+        torch.save({"state": {}}, ckpt / "optimizer.pt")
+        torch.save({"last_epoch": step}, ckpt / "scheduler.pt")
+    cut = crashed.checkpoints / "checkpoint-8" / "optimizer.pt"
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])  # killed while writing it
+    crashed.close()
+    with caplog.at_level(logging.WARNING, logger="tasks.attempts"):
+        again = open_attempt(tmp_path, SAME, "night2")
+    assert again.resume_from.endswith("checkpoint-4") and "optimizer.pt: not a readable archive" in caplog.text
+    again.close()
+
+
+def test_a_checkpoint_that_failed_to_resume_is_not_tried_again(tmp_path):
+    crashed = open_attempt(tmp_path, SAME, "night1")
+    _checkpoint(crashed.folder, 4)
+    _checkpoint(crashed.folder, 8)
+    crashed.close()
+    first = open_attempt(tmp_path, SAME, "night2")
+    assert first.resume_from.endswith("checkpoint-8")
+    first.mark_bad_checkpoint(first.resume_from, RuntimeError("cannot load"))
+    first.fail(RuntimeError("cannot load"), transient=True)
+    second = open_attempt(tmp_path, SAME, "night3")
+    assert second.folder == first.folder and second.resume_from.endswith("checkpoint-4")
+    assert any("skipping ['checkpoint-8']" in n for n in second.notes)
+    second.close()
+
+
+def test_the_code_identity_follows_the_method_and_trainer_sources_not_the_git_state(tmp_path):
+    import shutil
+
+    from tasks.provenance import code_version, source_hash
+
+    root = Path(__file__).resolve().parents[1]
+    for package in ("red", "tasks"):
+        shutil.copytree(root / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_hash(tmp_path) == code_version()  # a copy (a clone, an install) is the same code
+    (tmp_path / "tasks" / "NOTES.md").write_text("docs do not retrain")
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "cli.py").write_text("# neither does the CLI")
+    assert source_hash(tmp_path) == code_version()
+    train = tmp_path / "tasks" / "train.py"
+    train.write_text(train.read_text().replace("logging_steps: int = 10", "logging_steps: int = 11"))
+    assert source_hash(tmp_path) != code_version()  # an uncommitted change of the trainer is a change

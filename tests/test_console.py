@@ -51,3 +51,32 @@ def test_a_failed_task_is_in_the_summary_and_the_exit_code_says_no(tmp_path, tin
     assert "missing column(s) ['sentence']" in out.output  # the brackets survive
     assert "Traceback" not in out.output
     assert "no: 1 of 2 tasks failed (broken); the other 1 completed." in out.output
+
+
+def test_ctrl_c_stops_training_at_the_next_step_and_leaves_it_resumable(tmp_path, tiny_checkpoints):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = write_retrain_config(tmp_path / "c.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
+                               [synthetic_task("sentiment", "sentiment", tmp_path, n_train=64)],
+                               defaults={"method": "red", "epochs": 400, "batch_size": 16, "max_length": 32,
+                                         "learning_rate": 1e-3})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("PREFECT_API_URL", None)  # its own temporary server, like a user's shell
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "retrain", str(cfg)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    attempts = tmp_path / "runs" / "test" / "sentiment" / "attempts"
+    deadline = time.time() + 240
+    while not list(attempts.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    (folder,) = [p for p in attempts.iterdir() if p.is_dir()]
+    state = json.loads((folder / "attempt.json").read_text())
+    assert state["status"] == "training" and not (folder / "result.json").exists()  # stopped mid-way, resumable

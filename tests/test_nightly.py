@@ -213,7 +213,7 @@ def test_a_run_killed_mid_training_is_resumed_by_the_next_run_only(tmp_path, tin
     assert row["status"] == "trained" and row["resumed_from"].endswith("checkpoint-4")
     assert row["steps_trained"] == 4  # epoch 2 only
     cfg = load_config(cfg_path)
-    attempts = sorted((Path(cfg.runs_dir) / cfg.name / "sentiment" / "attempts").iterdir())
+    attempts = sorted(p for p in (Path(cfg.runs_dir) / cfg.name / "sentiment" / "attempts").iterdir() if p.is_dir())
     assert len(attempts) == 1  # it continued in the crashed run's folder, not a new one
     state = json.loads((attempts[0] / "attempt.json").read_text())
     assert state["status"] == "trained" and state["run_key"] == "killed-run"
@@ -264,3 +264,40 @@ def test_weekly_reevaluation_scores_causal_lms_by_loss_at_their_length_and_isola
     loss = float(tags["eval.chat-test.loss"])
     assert float(tags["eval.chat-test.perplexity"]) == pytest.approx(__import__("math").exp(loss))
     assert loss == pytest.approx(trained["chat"]["challenger"], rel=1e-6)  # scored at the trained max length (24)
+
+
+def test_a_finished_training_whose_run_died_before_registering_is_registered_not_retrained(tmp_path,
+                                                                                            tiny_checkpoints):
+    from flows import steps
+    from flows.retrain import retrain
+
+    cfg_path = write_retrain_config(
+        tmp_path / "reg.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
+        [{"name": "sentiment", "data": {"source": "synthetic", "task": "sentiment", "path": str(tmp_path / "d"),
+                                        "synthetic": {"n_train": 48, "n_dev": 24}}}])
+    cfg = load_config(cfg_path)
+    task = cfg.tasks[0]
+    data = steps.prepare_step(cfg, task)
+    trained = steps.train_step(cfg, task, data, steps.plan_step(cfg, task, data), "died-before-register")
+    assert trained.steps_trained > 0  # ...and then the process died: nothing registered
+    row = retrain(config=str(cfg_path))["sentiment"]
+    assert row["status"] == "trained" and row["version"] == 1 and row["steps_trained"] == 0
+    assert "reusing finished attempt" in row["why"]
+    client = _client(cfg_path)
+    assert client.get_model_version("red-sentiment", "1").tags["edit_sha256"] == \
+        __import__("red").read_edit(trained.edit_path)[1]["tensors_sha256"]
+    assert retrain(config=str(cfg_path))["sentiment"]["status"] == "unchanged"
+
+
+def test_changing_how_a_task_trains_does_not_move_its_test_rows(tmp_path):
+    from flows.steps import prepare_step
+
+    lines = ["sentence,label"] + [f"row number {i},{i % 2}" for i in range(300)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    task = {"name": "t", "data": {"source": "csv", "path": str(tmp_path / "d.csv"), "text_columns": ["sentence"]}}
+    splits = []
+    for seed in (42, 43):
+        cfg = load_config(write_retrain_config(tmp_path / f"s{seed}.yaml", "minilm", tmp_path / "runs", [task],
+                                               defaults={"method": "red", "seed": seed}))
+        splits.append(prepare_step(cfg, cfg.tasks[0]))
+    assert list(splits[0].test["sentence"]) == list(splits[1].test["sentence"])

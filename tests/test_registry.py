@@ -213,7 +213,8 @@ def test_log_training_records_params_curves_metrics_artifacts_and_plots(edits, t
     per_epoch = sorted(client.get_metric_history(run_id, "epoch/validation_accuracy"), key=lambda x: x.step)
     assert [x.step for x in per_epoch] == [1, 2, 3] and per_epoch[1].value == pytest.approx(0.82)
     assert run.data.tags["task"] == "sst2" and run.data.tags["data_hash"] == "d4t4h45h"
-    assert run.data.tags["code_version"].startswith(("git:", "redflow=="))
+    assert run.data.tags["code_version"].startswith("src:")
+    assert run.data.tags["code_revision"].startswith(("git:", "redflow=="))
 
     files = {a.path for d in ("", "edit", "evaluation", "plots") for a in client.list_artifacts(run_id, d or None)}
     assert {"train_result.json", "config.json", "edit/sst2-seed1.safetensors", "edit/sst2-seed1.json",
@@ -246,7 +247,8 @@ def test_register_edit_tags_candidate_and_pyfunc_predicts_like_the_edit(edits, m
     assert t["base_fingerprint"] == result.base_fingerprint and t["data_hash"] == "d4t4h45h"
     assert t["primary_metric"] == "accuracy" and float(t["score"]) == pytest.approx(0.81)
     assert float(t["metric.test_accuracy"]) == pytest.approx(0.81) and "metric.validation_accuracy" in t
-    assert t["code_version"].startswith(("git:", "redflow==")) and t["redflow.run_id"] == run_id
+    assert t["code_version"].startswith("src:") and t["redflow.run_id"] == run_id
+    assert t["code_revision"].startswith(("git:", "redflow=="))
     assert "base_revision" in t and t["edit_sha256"] == red.read_edit(edits[0])[1]["tensors_sha256"]
     assert int(alias_version(name, "candidate").version) == 1 and mv.run_id == run_id
     assert [e["action"] for e in alias_history(name)] == ["candidate"]
@@ -577,3 +579,39 @@ def test_log_training_is_one_run_per_training_whatever_the_retries(edits):
     second = log_training(result, experiment="retry-tests")
     runs = client.search_runs([exp])
     assert second != first and [r.info.run_id for r in runs] == [second]
+
+
+def test_months_of_alias_history_fit_a_sql_stores_limits_and_rollback_still_finds_its_way(edits):
+    """SQL-backed MLflow stores hold 5,000 characters per registered-model tag and description: the history is
+    one tag per entry, the description shows what fits, and nothing is lost."""
+    name = "red-months"
+    v1 = register(make_result(edits[0], 0.70), name=name)
+    v2 = register(make_result(edits[1], 0.72), name=name)
+    for night in range(40):  # forty moves with long reasons, back and forth
+        move_alias(name, "production", v1 if night % 2 else v2, reason=f"night {night}: " + "x" * 3000)
+    model = MlflowClient().get_registered_model(name)
+    assert max(len(v) for v in model.tags.values()) <= 5000
+    assert len(model.description) <= 5000 and "older entries" in model.description
+    history = alias_history(name, "production")
+    assert len(history) == 40 and history[-1]["reason"].startswith("night 39")
+    assert production_version(name) == v1
+    assert rollback(name).version == v2  # found through the whole history
+
+
+def test_a_training_run_left_running_by_a_dead_process_is_closed_as_failed(edits):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    client = MlflowClient()
+    exp = get_or_create_experiment("orphans")
+    import socket
+
+    orphan = client.create_run(exp, tags={"redflow.run_kind": "train",
+                                          "redflow.owner": f"{socket.gethostname()}:{dead.pid}"}).info.run_id
+    live = client.create_run(exp, tags={"redflow.run_kind": "train",
+                                        "redflow.owner": f"{socket.gethostname()}:{os.getpid()}"}).info.run_id
+    log_training(make_result(edits[0], 0.7), experiment="orphans")
+    assert client.get_run(orphan).info.status == "FAILED" and client.get_run(orphan).data.tags["redflow.orphaned"]
+    assert client.get_run(live).info.status == "RUNNING"

@@ -92,6 +92,11 @@ def test_a_finite_loss_that_runs_away_is_reported_as_diverged(sentiment, tiny_ch
 
     with pytest.raises(TrainingDiverged, match=r"rose from .* diverged .*Lower the learning rate \(now 1e\+0?6\)"):
         train(sentiment, _config(tiny_checkpoints["bert"], learning_rate=1e6, epochs=3), tmp_path)
+    # also when the first logged loss already averages steps that all ran away: the baseline is the loss
+    # measured before the first step, not the first log
+    with pytest.raises(TrainingDiverged, match=r"rose from 0\.[0-9]+ to"):
+        train(sentiment, _config(tiny_checkpoints["bert"], learning_rate=1e6, epochs=1, logging_steps=3),
+              tmp_path / "one-log")
 
 
 def test_init_from_an_earlier_edit_starts_where_it_ended(sentiment, tiny_checkpoints, tmp_path):
