@@ -211,6 +211,7 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
     from .retrain import RetrainFailed, retrain as retrain_flow
 
     cfg = load_config(config, overrides)
+    given = config
     if overrides:  # the flow reads its config from a file: write the overridden one beside the runs
         import yaml
 
@@ -228,7 +229,7 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
     if summary:
         print_summary(summary)
     note(f"full log: {log_path}")
-    print_next_steps(cfg)
+    print_next_steps(cfg, given)
     if failure is not None:
         raise Negative(str(failure)) from failure
 
@@ -302,19 +303,24 @@ def print_summary(summary: dict) -> None:
         console.print(Text.assemble((f"{task}: ", "bold"), (str(text), style)), soft_wrap=False)
 
 
-def print_next_steps(cfg) -> None:
+def print_next_steps(cfg, config: Path | str = "<retrain config>") -> None:
     from registry import setup_tracking
 
     uri = setup_tracking(cfg.tracking_uri, cfg.runs_dir)
+    if uri.startswith(("http://", "https://")):  # a tracking server: its own UI
+        ui = [("Compare runs and see aliases", experiment_url(uri.rstrip("/"), cfg.experiment))]
+    else:
+        ui = [("Compare runs and see aliases (then open the link below)",
+               f"mlflow ui --backend-store-uri {uri} --port 5000"),
+              ("", experiment_url("http://127.0.0.1:5000", cfg.experiment))]
     steps = [
-        ("Compare runs and see aliases (then open the link below)",
-         f"mlflow ui --backend-store-uri {uri} --port 5000"),
-        ("", experiment_url("http://127.0.0.1:5000", cfg.experiment)),
+        *ui,
         ("Flow runs and their summaries", "prefect server start"),
         ("Versions and the alias history of a task", "redflow versions red-<task>; redflow history red-<task>"),
         ("Serve a task", f"MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/red-<task>@production "
                          "--env-manager local --port 5001"),
-        ("Promote or roll back", "redflow promote red-<task> <version>; redflow rollback red-<task>"),
+        ("Promote (both versions scored on the task's rows) or roll back",
+         f"redflow promote red-<task> <version> --config {config}; redflow rollback red-<task>"),
     ]
     console.print(Text("\nNext", style="bold"))
     for what, command in steps:  # one command per line, never wrapped by us: copy-paste it whole

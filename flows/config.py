@@ -198,8 +198,8 @@ class ConfigIssues(ValueError):
     """Problems found in merged task settings, each with its YAML path (``tasks.0.train.edit.kind``)."""
 
     def __init__(self, issues: list[tuple[str, str]]):
-        self.issues = issues
-        super().__init__("; ".join(f"{path}: {msg}" for path, msg in issues))
+        self.issues = list(dict.fromkeys(issues))  # a top-level setting wrong for every task: said once
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in self.issues))
 
 
 def _msg(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:

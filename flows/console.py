@@ -115,8 +115,13 @@ def training_callback(task: str):
     from transformers import TrainerCallback
 
     class ReportTraining(TrainerCallback):
+        done = False
+
         def on_train_begin(self, args, state, control, **kwargs):
             progress(task, state.global_step, state.max_steps)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.done = True  # evaluations after this score the best epoch again: not a new epoch
 
         def on_step_end(self, args, state, control, **kwargs):
             progress(task, state.global_step, state.max_steps)
@@ -124,7 +129,7 @@ def training_callback(task: str):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             shown = {k[len("eval_"):]: v for k, v in (metrics or {}).items()
                      if k.startswith("eval_") and isinstance(v, float) and not k.endswith(("runtime", "per_second"))}
-            if shown:  # the final evaluations on the test split report under another prefix
+            if shown and not self.done:
                 text = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:2])
                 progress(task, state.global_step, state.max_steps, f"epoch {state.epoch:.0f}: {text}")
 
@@ -141,6 +146,7 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per finished run
     os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         import transformers

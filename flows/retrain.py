@@ -53,8 +53,8 @@ def train_task(cfg: RetrainConfig, task: TaskSpec, data, plan, run_key: str):
         logger = get_run_logger()
         for note in result.notes:
             logger.info("%s: %s", task.name, note)
-        logger.info("%s: trained %d optimizer steps (%s start)%s", task.name, result.steps_trained, result.init,
-                    f", resumed from {result.resumed_from}" if result.resumed_from else "")
+        start = f"after resuming from {result.resumed_from}" if result.resumed_from else f"{result.init} start"
+        logger.info("%s: trained %d optimizer steps (%s)", task.name, result.steps_trained, start)
     return result
 
 

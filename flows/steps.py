@@ -106,7 +106,7 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
     co_train = cfg.co_train_settings().recipe() if cfg.co_train_group(task) is not None else None
     identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base", co_train=co_train)
     name = cfg.model_name(task)
-    latest = latest_version(name)
+    latest = latest_version(name, config=cfg.name)
     previous = version_identity(latest)
     latest_number = int(latest.version) if latest is not None else None
     if previous == identity and not force:
@@ -120,6 +120,16 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
         reasons = [f"v{latest_number} records no training identity"]
     else:
         reasons = [f"since v{latest_number}: {d}" for d in identity.diff(previous)]
+        if previous.config_hash != identity.config_hash and latest.tags.get("training_config"):
+            import json
+
+            from tasks.provenance import recipe_diff
+
+            changed = recipe_diff(json.loads(latest.tags["training_config"]), json.loads(json.dumps(
+                config.recipe(data.task or data.name), default=str)))
+            reasons = [f"since v{latest_number}: training config changed: {', '.join(changed)}"
+                       if r.startswith(f"since v{latest_number}: training config changed") and changed else r
+                       for r in reasons]
     init_version = production_version(name) if config.init == "production" else None
     if config.init == "production" and init_version is None:
         reasons.append("init: production, but there is no production version yet: starting fresh")
@@ -168,8 +178,11 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
     if plan.init_version is not None:
         init_state, init_note = _production_state(cfg, task, plan.init_version)
     attempt = open_attempt(task_dir(cfg, task), plan.identity, run_key, resume=config.resume)
-    for note in attempt.notes:
+    from .console import report
+
+    for note in attempt.notes:  # resumes and skipped checkpoints: said when training starts, not only after
         log.info("%s: %s", task.name, note)
+        report(task.name, "train", note)
     with failures_recorded(attempt):
         result = train(data, config, attempt.folder, resume_from=attempt.resume_from, init_state=init_state,
                        init_note=init_note, identity=plan.identity, callbacks=callbacks)
@@ -296,7 +309,7 @@ def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     _tracking(cfg)
     run_id = log_training(result, experiment=cfg.experiment, eval_reports=evaluation.reports if evaluation else [],
                           config={"retrain": cfg.name, "task": task.name})
-    version = register_edit(result, run_id, model_name=cfg.model_name(task))
+    version = register_edit(result, run_id, model_name=cfg.model_name(task), tags={"retrain_config": cfg.name})
     from tasks.attempts import mark_registered
 
     mark_registered(result.output_dir, cfg.model_name(task), version)

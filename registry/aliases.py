@@ -442,7 +442,7 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
             if target is None:
                 raise RollbackError(
                     f"{name}: production version {current} replaced no earlier production version (it was the first, "
-                    "or production was set outside redflow); pass to_version= to choose one")
+                    "or production was set outside redflow); choose the version: --to-version N (to_version=N in Python)")
         if target == current:
             raise RollbackError(f"{name}: version {target} is already production")
         try:

@@ -226,13 +226,19 @@ def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) ->
             tags[f"metric.{final_metric_key(split, k)}"] = v
     identity = result.identity or {}
     tags.update({f"identity.{k}": v for k, v in identity.items()})
+    if getattr(result, "recipe", None):
+        tags["training_config"] = json.dumps(result.recipe, sort_keys=True, default=str)
     tags.update({"steps_trained": result.steps_trained, "init": result.init,
                  "max_length": (result.params or {}).get("max_length")})
     return {k: _str(v) for k, v in tags.items() if v is not None}
 
 
-def latest_version(name: str, client: MlflowClient | None = None):
-    """The newest fully registered (``ready``) version of ``name``, or None (also when the model does not exist)."""
+def latest_version(name: str, client: MlflowClient | None = None, *, config: str | None = None):
+    """The newest fully registered (``ready``) version of ``name``, or None (also when the model does not exist).
+
+    ``config``: only versions registered by that retrain config (tag ``retrain_config``; versions without the
+    tag count too), so two configs that share a task name do not take each other's versions for their own.
+    """
     client = client or MlflowClient()
     try:
         versions = client.search_model_versions(f"name='{name}'")
@@ -240,7 +246,8 @@ def latest_version(name: str, client: MlflowClient | None = None):
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
             return None
         raise
-    ready = [mv for mv in versions if mv.tags.get(STATUS_TAG, READY) == READY]
+    ready = [mv for mv in versions if mv.tags.get(STATUS_TAG, READY) == READY
+             and (config is None or mv.tags.get("retrain_config", config) == config)]
     return max(ready, key=lambda mv: int(mv.version)) if ready else None
 
 

@@ -255,8 +255,14 @@ class RedEditModel(PythonModel):
             frame = frame.set_axis(cols, axis=1)  # a single unnamed column is the text
             missing = []
         if missing:
-            raise ValueError(f"input is missing column(s) {missing}; this model expects {cols}, got {list(frame.columns)}")
-        return [frame[c].fillna("").astype(str).tolist() for c in cols]
+            raise _bad_input(f"input is missing column(s) {missing}; this model expects {cols}, got "
+                             f"{list(frame.columns)}")
+        blank = sorted({i for c in cols for i, v in enumerate(frame[c].tolist())
+                        if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip()})
+        if blank:  # a prediction for no text would look like an answer: refuse, naming the rows
+            shown = ", ".join(str(i) for i in blank[:10]) + (" ..." if len(blank) > 10 else "")
+            raise _bad_input(f"row(s) {shown} have no text in {cols}: send the text to score in every row")
+        return [frame[c].astype(str).tolist() for c in cols]
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         texts = self._texts(model_input)
@@ -307,6 +313,14 @@ class RedEditModel(PythonModel):
                 ids = ids[:, enc["input_ids"].shape[1]:]
             out += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return pd.DataFrame({"generation": out})
+
+
+def _bad_input(message: str) -> Exception:
+    """An error MLflow's scoring server answers with HTTP 400 (the request's fault), not 500."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def load_in_process(artifact: str | Path | dict[str, str], model_config: dict[str, Any]) -> RedEditModel:

@@ -175,3 +175,18 @@ class Identity:
                  "code_version": "code"}
         return [f"{label} changed ({getattr(other, key)} -> {getattr(self, key)})"
                 for key, label in names.items() if getattr(self, key) != getattr(other, key)]
+
+
+def recipe_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``["learning_rate 0.01 -> 0.05", "edit.kind scale+bias -> scale"]``: what changed between two recipes."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    return [f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

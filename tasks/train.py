@@ -538,6 +538,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         global_step=int(trainer.state.global_step), steps_trained=int(trainer.state.global_step) - start_step,
         resumed_from=resume, init=init_note,
         identity=(identity or training_identity(data, config)).to_dict(),
+        recipe=json.loads(json.dumps(config.recipe(data.task or data.name), default=str)),
     )
     result.save(out_dir / "result.json")
     return result

@@ -125,7 +125,7 @@ def test_causal_lm_gate_prefers_the_lower_loss(tmp_path, tiny_checkpoints):
     first = night(learning_rate=1e-2)
     assert first["promoted"] and first["metric"] == "loss"
     frozen = night(learning_rate=0.0)  # the edit stays the identity: a higher loss than v1's
-    assert frozen["status"] == "trained" and "training config changed" in frozen["why"]
+    assert frozen["status"] == "trained" and "training config changed: learning_rate 0.01 -> 0.0" in frozen["why"]
     assert not frozen["promoted"] and frozen["challenger"] > frozen["champion"] and frozen["difference"] < 0
     assert "lower is better" in frozen["reason"]
     better = night(learning_rate=3e-2, epochs=3)

@@ -284,8 +284,13 @@ def test_pyfunc_text_pairs_and_causal_lm_generation(minilm_path, tmp_path, edits
     assert list(out.columns) == ["label", "score", "prob_no", "prob_yes"] and set(out["label"]) <= {"no", "yes"}
     swapped = model.predict(None, pairs.rename(columns={"sentence1": "sentence2", "sentence2": "sentence1"}))
     assert not torch.allclose(torch.tensor(out["score"].to_numpy()), torch.tensor(swapped["score"].to_numpy()))
-    with pytest.raises(ValueError, match="missing column"):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="missing column") as info:
         model.predict(None, pd.DataFrame({"sentence1": ["x"]}))
+    assert info.value.get_http_status_code() == 400  # the request's fault, as a model server answers it
+    with pytest.raises(MlflowException, match=r"row\(s\) 1, 2 have no text"):  # never a confident answer to nothing
+        model.predict(None, pd.DataFrame({"sentence1": ["a", None, "c"], "sentence2": ["b", "d", " "]}))
 
     # causal LM: a tiny GPT-2 sharing MiniLM's tokenizer, saved as a local base model
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
