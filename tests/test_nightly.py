@@ -216,7 +216,7 @@ def test_a_run_killed_mid_training_is_resumed_by_the_next_run_only(tmp_path, tin
     attempts = sorted(p for p in (Path(cfg.runs_dir) / cfg.name / "sentiment" / "attempts").iterdir() if p.is_dir())
     assert len(attempts) == 1  # it continued in the crashed run's folder, not a new one
     state = json.loads((attempts[0] / "attempt.json").read_text())
-    assert state["status"] == "trained" and state["run_key"] == "killed-run"
+    assert state["status"] == "registered" and state["run_key"] == "killed-run" and state["version"] == 1
 
 
 def test_warm_start_from_production_and_a_diverged_run_is_not_registered(tmp_path, tiny_checkpoints):
