@@ -52,6 +52,9 @@ class TaskSpec(BaseModel):
         default_factory=lambda: ["test"], description="Evaluation suites (see tasks/evaluate/suites.py).")
     promotion: Promotion | None = None
     model_name: str | None = Field(default=None, description="Registered model name (default red-<task>).")
+    tune: dict[str, Any] | Literal[False] | None = Field(
+        default=None, description="tasks.tune.TuneConfig fields: search the learning rate with Optuna (merged key by "
+        "key over defaults.tune); false: no search for this task even if defaults has one.")
 
 
 class RetrainConfig(BaseModel):
@@ -86,6 +89,8 @@ class RetrainConfig(BaseModel):
 
         merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
         merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
+        tune = {**(self.defaults.get("tune") or {}), **(task.train.get("tune") or {}), **(task.tune or {})}
+        merged["tune"] = tune if tune and task.tune is not False else None
         return merged
 
     def train_config(self, task: TaskSpec) -> TrainConfig:
@@ -104,6 +109,10 @@ class RetrainConfig(BaseModel):
             tc = TrainConfig(**self._merged(task))
         except ValidationError as exc:
             return [(self._yaml_path(task, e["loc"], index), _msg(e, TrainConfig)) for e in exc.errors()]
+        if tc.method == "head":
+            return [(self._yaml_path(task, ("method",), index),
+                     "'head' (only the task head trained) is a floor for `redflow bench glue`, not a model to "
+                     "register; use bitfit, or an edit method")]
         metric = self.promotion_for(task).metric
         if metric:  # a gate metric the task never produces would only fail at night
             from tasks.evaluate.suites import check_gate_metric
@@ -130,6 +139,13 @@ class RetrainConfig(BaseModel):
         """Where in the YAML a merged TrainConfig field came from: the task's ``train``, else ``defaults``."""
         i = self.tasks.index(task) if index is None else index
         keys = [str(k) for k in loc]
+        if keys == ["tune"]:
+            return f"tasks.{i}.tune" if task.tune else f"tasks.{i}.train.tune" if "tune" in task.train else "defaults.tune"
+        if keys and keys[0] == "tune" and len(keys) > 1:
+            if keys[1] in (task.tune or {}):
+                return ".".join([f"tasks.{i}.tune", *keys[1:]])
+            own = keys[1] in (task.train.get("tune") or {})
+            return ".".join([f"tasks.{i}.train" if own else "defaults", *keys])
         if keys and keys[0] == "edit" and len(keys) > 1:
             own = keys[1] in (task.train.get("edit") or {})
             where = f"tasks.{i}.train" if own or keys[1] not in (self.defaults.get("edit") or {}) else "defaults"
@@ -175,6 +191,10 @@ class ConfigIssues(ValueError):
 def _msg(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:
     """Pydantic's message without its 'Value error, ' prefix; an unknown field also lists the known ones."""
     msg = str(error["msg"]).removeprefix("Value error, ")
+    if model is TrainConfig and tuple(error.get("loc", ()))[:1] == ("tune",):
+        from tasks.tune import TuneConfig
+
+        model = TuneConfig
     if error.get("type") == "extra_forbidden" and model is not None:
         msg += f" (known fields: {', '.join(model.model_fields)})"
     return msg

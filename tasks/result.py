@@ -10,7 +10,7 @@ from typing import Any
 @dataclass
 class TrainResult:
     task: str
-    method: str                       # "red", "lora", "bitfit", "full", "loreft", "direft"
+    method: str                       # "red", "lora", "bitfit", "full", "head", "loreft", "direft"
     base_model: str                   # hub name or local path
     primary_metric: str               # e.g. "accuracy", "mcc", "pearson"
     edit_path: str | None             # RED/ReFT: .safetensors edit file; LoRA: adapter dir; full/bitfit: checkpoint dir
@@ -36,6 +36,9 @@ class TrainResult:
     init: str = "fresh"               # "fresh", or where the starting edit came from ("production v3")
     identity: dict[str, str] = field(default_factory=dict)  # tasks.provenance.Identity of the inputs
     notes: list[str] = field(default_factory=list)  # why it trained, what was resumed (for the run summary)
+    floor: dict[str, float] = field(default_factory=dict)  # majority-class/chance scores of the validation split
+    learned: bool | None = None       # a validation score left the floor (tasks.floors); None: no floor (LMs)
+    tuning: dict[str, Any] = field(default_factory=dict)   # the search this result won (tasks.tune), if any
 
     @property
     def score(self) -> float:

@@ -2,7 +2,8 @@
 
 The same function trains every method the paper compares, so its Table 1 can be
 rerun: ``red`` (with position/kind variants), ``loreft``/``direft``/``nodireft`` (ReFT),
-``lora`` (PEFT), ``bitfit`` and ``full``. The Trainer does the loop, mixed
+``lora`` (PEFT), ``bitfit`` and ``full``, plus ``head`` (the frozen base with only the task
+head trained: the floor a method must beat to have learned anything of its own). The Trainer does the loop, mixed
 precision, gradient accumulation and multi-GPU (launch with ``torchrun`` or
 ``accelerate launch``); we add four things it lacks for edits:
 
@@ -23,16 +24,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 
 from .presets import preset_values
 from .provenance import Identity, base_id, code_version, config_hash
 from .result import TrainResult
+from .floors import learned, majority_scores
+from .tune import TuneConfig
 
 log = logging.getLogger(__name__)
 
-Method = Literal["red", "loreft", "direft", "nodireft", "lora", "bitfit", "full"]
+Method = Literal["red", "loreft", "direft", "nodireft", "lora", "bitfit", "full", "head"]
 EDIT_METHODS = ("red", "loreft", "direft", "nodireft")
 
 
@@ -81,6 +84,8 @@ class TrainConfig(BaseModel):
         default=5.0, gt=1, description="Stop and report 'diverged' when an epoch's mean training loss exceeds this "
         "many times the first logged loss (a finite loss that ran away); null disables the check.")
     logging_steps: int = 10
+    tune: TuneConfig | None = Field(default=None, description="Search the learning rate (and optionally warmup, "
+                                    "weight decay, LoRA rank) with Optuna instead of training once (tasks.tune).")
 
     @model_validator(mode="after")
     def _init_needs_an_edit(self) -> "TrainConfig":
@@ -88,6 +93,15 @@ class TrainConfig(BaseModel):
             raise ValueError(f"init: production continues from the production edit's vectors and head, which only "
                              f"edit methods ({', '.join(EDIT_METHODS)}) have; method {self.method!r} must start fresh")
         return self
+
+    @field_validator("tune")
+    @classmethod
+    def _rank_needs_lora(cls, tune: TuneConfig | None, info):
+        method = info.data.get("method")
+        if tune is not None and tune.lora_r is not None and method != "lora":
+            raise ValueError(f"lora_r searches LoRA's rank, but the method is {method!r}; remove lora_r or set "
+                             "method: lora")
+        return tune
 
     def resolved(self, task: str) -> dict[str, Any]:
         """Hyperparameters after the preset and defaults are applied; explicit fields win."""
@@ -118,8 +132,11 @@ class TrainConfig(BaseModel):
             from red import EditConfig
 
             edit = EditConfig(method=self.method, **self.edit).model_dump(mode="json")
-        return {"method": self.method, "edit": edit, **hp, "seed": self.seed, "precision": self.precision,
-                "max_steps": self.max_steps, "init": self.init, "divergence_factor": self.divergence_factor}
+        recipe = {"method": self.method, "edit": edit, **hp, "seed": self.seed, "precision": self.precision,
+                  "max_steps": self.max_steps, "init": self.init, "divergence_factor": self.divergence_factor}
+        if self.tune is not None:  # a searched training: the search decides the edit (untuned recipes hash as before)
+            recipe["tune"] = self.tune.recipe()
+        return recipe
 
 
 # ---- model construction ---------------------------------------------------------------------
@@ -213,9 +230,13 @@ def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], 
         lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
         return peft_model, lora
     head_prefixes = tuple(f"{h}." for h in head)
+    if method == "head" and not head:
+        raise TrainingError(f"method 'head' trains only the task head, and a {task_type} model has none")
     for name, p in model.named_parameters():
         if method == "full":
             p.requires_grad_(True)
+        elif method == "head":
+            p.requires_grad_(name.startswith(head_prefixes))
         else:  # bitfit: biases only, plus the task head
             p.requires_grad_(name.endswith(".bias") or name.startswith(head_prefixes))
     _trainable_fp32(model)
@@ -232,6 +253,10 @@ def _trainable_fp32(model) -> None:
 # ---- the Trainer with edit-sized checkpoints and a NaN guard ---------------------------------------
 def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _no_gather(tensors, *args, **kwargs):
+    return tensors
 
 
 def _make_trainer_class():
@@ -257,6 +282,15 @@ def _make_trainer_class():
 
         def _load_best_model(self):
             self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+        def evaluation_loop(self, *args, **kwargs):
+            if self.args.world_size <= 1:
+                # One process: nothing to gather. accelerate's gather_for_metrics would also trim the batch to
+                # the "remainder" of whichever dataloader of this *process* ended last (its GradientState is a
+                # process-wide singleton), so two trainings in threads (the threads runner, parallel trials)
+                # would score each other's row counts. Each loop resets gather_function afterwards.
+                self.gather_function = _no_gather
+            return super().evaluation_loop(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -347,6 +381,9 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
 
     from tasks.data import encode
 
+    if config.tune is not None:
+        raise ValueError("this config has a tune block: run its search (tasks.tune; the retrain flow and "
+                         "`redflow bench glue --tune` do), or train one config without tune")
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -423,6 +460,9 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     validation = _metrics(trainer.evaluate(encoded.validation), "eval_")
     test = _metrics(trainer.evaluate(encoded.test, metric_key_prefix="test"), "test_")
     best_epoch = _best_epoch(epochs, metric, greater)
+    floor = validation_floor(data)
+    did_learn = learned([e.get(f"validation_{metric}") for e in epochs] + [validation.get(metric)],
+                        (floor or {}).get(metric), higher_is_better=greater)
     model.eval()
     from red.io import base_dtype as dtype_of
 
@@ -447,9 +487,21 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         global_step=int(trainer.state.global_step), steps_trained=int(trainer.state.global_step) - start_step,
         resumed_from=resume, init=init_note,
         identity=(identity or training_identity(data, config)).to_dict(),
+        floor=floor or {}, learned=did_learn,
     )
     result.save(out_dir / "result.json")
     return result
+
+
+def validation_floor(data) -> dict[str, float] | None:
+    """The majority-class / chance scores of the validation split for the task's metrics (tasks.floors);
+    None for language-model tasks."""
+    if data.task_type not in ("classification", "regression") or len(data.validation) == 0:
+        return None
+    from tasks.evaluate.metrics import metric_set
+
+    return majority_scores(list(data.validation[data.label_column]), metric_set(data.task, data.metric),
+                           task_type=data.task_type)
 
 
 def _is_quality(key: str, value: Any, prefix: str) -> bool:
