@@ -423,4 +423,4 @@ def _line(r: dict[str, Any], tasks: list[str], marked: list[str], params: bool =
 
 
 def _params(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+    return "0" if n == 0 else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"

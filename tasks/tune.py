@@ -146,8 +146,12 @@ class TuneConfig(BaseModel):
         import optuna
 
         if self.sampler == "qmc":
-            return optuna.samplers.QMCSampler(scramble=True, seed=self.seed, warn_asynchronous_seeding=False,
-                                              warn_independent_sampling=False)
+            import warnings
+
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.0; its interface is what we use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.QMCSampler(scramble=True, seed=self.seed, warn_asynchronous_seeding=False,
+                                                  warn_independent_sampling=False)
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         return optuna.samplers.TPESampler(seed=self.seed)

@@ -221,3 +221,66 @@ def _study_digest(cfg_path) -> str:
     from tasks.tune import study_name
 
     return study_name("x", identity.to_dict()).split(".", 1)[1]
+
+
+# ---- the tune block, the identity and the floors (no training) -------------------------------------------
+def test_a_bad_tune_block_is_a_config_error_naming_its_yaml_path(tmp_path):
+    import yaml
+
+    from flows.config import ConfigError
+
+    def load(tasks, defaults=None):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"base_model": "minilm", "defaults": defaults or {"method": "red"},
+                                        "tasks": [{"name": f"t{i}", "data": {"source": "synthetic", "task": "topic",
+                                                                             "path": str(tmp_path)}, **t}
+                                                  for i, t in enumerate(tasks)]}))
+        return load_config(path)
+
+    with pytest.raises(ConfigError) as err:
+        load([{"tune": {"trails": 4}}, {"train": {"tune": {"learning_rate": [1e-2, 1e-4]}}},
+              {"tune": {"lora_r": [4, 8]}}, {"train": {"method": "head"}}])
+    text = str(err.value)
+    assert "tasks.0.tune.trails: Extra inputs are not permitted (known fields: trials, timeout" in text
+    assert "tasks.1.train.tune.learning_rate: learning_rate must be [low, high] with low < high" in text
+    assert "tasks.2.tune: lora_r searches LoRA's rank, but the method is 'red'" in text
+    with pytest.raises(ConfigError, match=r"tasks.0.train.method: 'head' .* is a floor"):
+        load([{"train": {"method": "head"}}])
+    with pytest.raises(ConfigError, match=r"defaults.tune.pruner: Input should be 'median'"):
+        load([{}], defaults={"tune": {"pruner": "hyperband"}})
+    cfg = load([{"tune": {"trials": 2}}, {"tune": False}], defaults={"tune": {"trials": 5, "sampler": "qmc"}})
+    first, second = (cfg.train_config(t).tune for t in cfg.tasks)
+    assert (first.trials, first.sampler) == (2, "qmc") and second is None  # merged key by key; false opts out
+
+
+def test_the_tune_block_is_part_of_the_training_identity_but_parallelism_is_not():
+    from tasks.train import TrainConfig
+
+    base = TrainConfig(model="m", learning_rate=1e-2)
+    tuned = TrainConfig(**{**base.model_dump(), "tune": {"trials": 4}})
+    assert "tune" not in base.recipe("sst2")  # untuned identities are what they were before tuning existed
+    assert tuned.recipe("sst2")["tune"]["trials"] == 4
+    assert TrainConfig(**{**base.model_dump(), "tune": {"trials": 5}}).recipe("sst2") != tuned.recipe("sst2")
+    assert TrainConfig(**{**base.model_dump(), "tune": {"trials": 4, "parallel": 8}}).recipe("sst2") == \
+        tuned.recipe("sst2")
+    space = tuned.tune.space(tuned.resolved("sst2"), "red")  # default: a decade either side of the configured rate
+    assert (space["learning_rate"].low, space["learning_rate"].high, space["learning_rate"].log) == \
+        (pytest.approx(1e-3), pytest.approx(1e-1), True)
+    from tasks.train import train
+
+    with pytest.raises(ValueError, match="this config has a tune block"):  # a search is never trained as one run
+        train(None, tuned, "/nonexistent")
+
+
+def test_floors_are_what_a_constant_answer_scores():
+    from tasks.floors import learned, majority_scores
+
+    labels = [1] * 68 + [0] * 32  # MRPC-like: 68 % equivalent
+    assert majority_scores(labels, ["accuracy", "f1"]) == pytest.approx({"accuracy": 0.68, "f1": 2 * .68 / 1.68})
+    assert majority_scores(labels, ["mcc"]) == {"mcc": 0.0}
+    assert majority_scores(labels, ["accuracy"], predict=0) == {"accuracy": pytest.approx(0.32)}
+    assert majority_scores([0.5, 3.0], ["pearson", "spearman"], task_type="regression") == {"pearson": 0.0,
+                                                                                            "spearman": 0.0}
+    assert majority_scores(["x"], ["accuracy"], task_type="causal_lm") is None
+    assert learned([0.68, 0.689], 0.68) is False and learned([0.5, 0.70], 0.68) is True
+    assert learned([2.0, 1.5], 2.0, higher_is_better=False) is True and learned([0.7], None) is None
