@@ -575,10 +575,13 @@ def bench_glue(glue_dir: Path = typer.Option(..., help="Folder in the GLUE TSV l
                out: Path = typer.Option(Path("results.json"), help="Where to write the table as JSON.")) -> None:
     """Rerun the paper's Table 1 comparison on a local GLUE folder and print it in the paper's format, with
     the majority-class and head-only floors (cells that do not beat head-only are marked)."""
+    import optuna
+
     from tasks.glue_bench import run_glue_benchmark, to_markdown
     from tasks.models import resolve_model
     from tasks.tune import TuneConfig
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial comes from the benchmark
     with guard():
         overrides: dict[str, dict] = {}
         for item in _split(lr) or []:

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from . import console, steps
 from .config import RetrainConfig, TaskSpec, load_config
-from .runners import make_task_runner
+from .runners import make_task_runner, subflow_task_runner
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="prepare-{task.name}",
@@ -172,7 +172,7 @@ def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> d
         return chain
     console.report(t.name, "tune")
     parallel = cfg.train_config(t).tune.parallel or cfg.max_workers
-    runner = make_task_runner(cfg.task_runner, parallel, cfg.runs_dir)  # joins the retrain's Dask cluster / Ray
+    runner = subflow_task_runner(cfg.task_runner, parallel, cfg.runs_dir)  # the retrain's Dask cluster / Ray
     state = tune_flow.with_options(task_runner=runner)(cfg, t, data.result(), plan.result(), run_key,
                                                          return_state=True)
     chain["train"] = _Settled(state)

@@ -87,7 +87,7 @@ def log_told(cfg: RetrainConfig, task: TaskSpec, opened, parent: str, number: in
     key = f"mlflow_run.{number}"
     if key in opened.study.user_attrs:
         return opened.study.user_attrs[key]
-    run_id = log_trial_run(cfg.experiment, parent, task.name, outcome, opened.ref.metric)
+    run_id = log_trial_run(cfg.experiment, parent, task.name, number, outcome, opened.ref.metric)
     opened.study.set_user_attr(key, run_id)
     return run_id
 

@@ -53,18 +53,18 @@ def start_study_run(experiment: str, task: str, method: str, study_name: str, st
     return run.info.run_id
 
 
-def log_trial_run(experiment: str, parent_run_id: str, task: str, outcome, metric: str) -> str:
-    """One nested run for a told trial (a ``tasks.tune.TrialOutcome`` or the exception that ended it)."""
+def log_trial_run(experiment: str, parent_run_id: str, task: str, number: int, outcome, metric: str) -> str:
+    """One nested run for told trial ``number`` (a ``tasks.tune.TrialOutcome`` or the exception that ended it)."""
     client = MlflowClient()
     experiment_id = get_or_create_experiment(experiment, client)
     failed = isinstance(outcome, BaseException)
-    number = getattr(outcome, "number", None)
     state = "fail" if failed else outcome.state
     tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": f"trial {number}",
             "redflow.run_kind": RUN_KIND_TRIAL, "task": task, "optuna.trial_number": str(number),
             "optuna.state": state}
-    if not failed and outcome.error:
-        tags["error"] = outcome.error[:5000]
+    error = f"{type(outcome).__name__}: {outcome}" if failed else outcome.error
+    if error:
+        tags["error"] = error[:5000]
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     ts = int(time.time() * 1000)
     metrics: list[Metric | None] = []

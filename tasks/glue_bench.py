@@ -72,7 +72,7 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
                     for label in labels:
                         if book.has(data.name, label, seed):
                             continue
-                        config = _config(fields(label), seed)
+                        config = _config(fields(label, task), seed)
                         started = time.time()
                         result = _train_job(data, config, out_dir / task / label / f"seed{seed}")
                         book.add(_cell(result, label, seed, time.time() - started))
@@ -87,7 +87,7 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
                 todo = [s for s in seeds if not book.has(data.name, label, s)]
                 if not todo:
                     continue
-                config = _config(fields(label), seeds[0])
+                config = _config(fields(label, task), seeds[0])
                 first = book.get(data.name, label, seeds[0])
                 if first is None:
                     first = _tuned_cell(data, config, label, tune, key, out_dir, pool, parallel, say)
@@ -112,16 +112,23 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
 
 
 # ---- one cell ------------------------------------------------------------------------------------
-def _fields(label: str, *, model: str, preset: str | None, epochs, max_length, overrides) -> dict[str, Any]:
+def _fields(label: str, task: str, *, model: str, preset: str | None, epochs, max_length,
+            overrides) -> dict[str, Any]:
     method, edit = parse_method(label)
-    fields: dict[str, Any] = {"model": model, "method": method, "preset": preset, "resume": False, "edit": edit,
-                              **overrides.get(method, {}), **overrides.get(label, {})}
+    fields: dict[str, Any] = {"model": model, "method": method, "preset": preset, "resume": False, "edit": edit}
+    if preset and method not in _preset_methods(preset):
+        # e.g. ReFT and head have no row in the paper's RoBERTa table: they borrow RED's row for the task (its
+        # epochs, batch, length, schedule and rate), so every method of a table gets the same training budget
+        from .presets import preset_values
+
+        fields["preset"] = None
+        if "red" in _preset_methods(preset):
+            fields.update(preset_values(preset, "red", task))
+    fields.update({**overrides.get(method, {}), **overrides.get(label, {})})
     if epochs is not None:
         fields["epochs"] = epochs
     if max_length is not None:
         fields["max_length"] = max_length
-    if preset and method not in _preset_methods(preset):
-        fields["preset"] = None  # e.g. ReFT and head have no row in the paper's RoBERTa table
     return fields
 
 
@@ -312,10 +319,14 @@ class _Pool:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, verbosity: int) -> None:
+    """A worker process: its share of the cores, and the parent's transformers verbosity (spawned processes
+    start from the library defaults)."""
     import torch
+    import transformers
 
     torch.set_num_threads(threads)
+    transformers.utils.logging.set_verbosity(verbosity)
 
 
 def _pool(parallel: int) -> _Pool:
@@ -327,9 +338,12 @@ def _pool(parallel: int) -> _Pool:
         return _Pool(ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench"))
     import multiprocessing
 
+    import transformers
+
     threads = max(1, (os.cpu_count() or 1) // parallel)
     return _Pool(ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_worker_init, initargs=(threads,)))
+                                     initializer=_worker_init,
+                                     initargs=(threads, transformers.utils.logging.get_verbosity())))
 
 
 def parse_method(label: str) -> tuple[str, dict[str, Any]]:

@@ -343,16 +343,23 @@ def _recover_crashed(opened: OpenStudy, storage) -> None:
 
 def enqueue_first(opened: OpenStudy, candidates: Iterable[tuple[dict[str, Any], str]]) -> list[str]:
     """Enqueue each ``(values, why)`` that lies in the search space, once per study; notes on what was done."""
-    notes = []
+    notes: list[str] = []
     if opened.study.user_attrs.get("redflow.enqueued"):
         return notes  # a resumed study enqueued them when it was created
+    queued: list[dict[str, Any]] = []
     for values, why in candidates:
         picked = in_space(values, opened.space)
         if picked is None:
             if values:
                 notes.append(f"not trying {why} first ({_fmt(values)}): outside the search space")
             continue
-        opened.study.enqueue_trial(picked, user_attrs={"source": why}, skip_if_exists=True)
+        if picked in queued:
+            continue
+        if len(queued) >= opened.remaining():
+            notes.append(f"not trying {why} ({_fmt(picked)}): the trial budget is used up by the ones before")
+            continue
+        opened.study.enqueue_trial(picked, user_attrs={"source": why})
+        queued.append(picked)
         notes.append(f"first trials include {why} ({_fmt(picked)})")
     opened.study.set_user_attr("redflow.enqueued", True)
     return notes
@@ -413,6 +420,8 @@ def pruning_callback(trial, metric: str):
                 return
             self.reported[step] = float(value)
             trial.report(float(value), step)
+            if state.max_steps and state.global_step >= state.max_steps:
+                return  # the last epoch: the trial is finished, there is nothing left to save by stopping it
             if trial.should_prune():
                 self.pruned = True
                 control.should_training_stop = True

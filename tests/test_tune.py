@@ -129,9 +129,10 @@ def test_a_tuned_task_registers_its_best_trial_and_an_untrained_floor_is_flagged
     again = retrain(config=str(cfg_path))["sentiment"]
     assert again["status"] == "unchanged" and again["version"] == 1
 
-    # night 3: more data -> a new study whose first trial reuses v1's best values
+    # night 3: more data -> a new study whose first trial reuses v1's best values; 2 trials at once in threads
     best_lr = trials[best]["params"]["learning_rate"]
-    tasks[0] = {**tasks[0], "data": _keyword_csv(tmp_path / "reviews.csv", n=144), "tune": {**tune, "trials": 1}}
+    tasks[0] = {**tasks[0], "data": _keyword_csv(tmp_path / "reviews.csv", n=144),
+                "tune": {**tune, "trials": 2, "parallel": 2}}
     cfg_path = write_retrain_config(tmp_path / "tuned.yaml", minilm_path, tmp_path / "runs", tasks[:1],
                                     defaults=DEFAULTS)
     night3 = retrain(config=str(cfg_path))["sentiment"]
@@ -139,13 +140,14 @@ def test_a_tuned_task_registers_its_best_trial_and_an_untrained_floor_is_flagged
     study = _study(cfg_path, night3["tuning"]["study"])
     first = study.trials[0]
     assert first.params == {"learning_rate": pytest.approx(best_lr)} and first.user_attrs["source"] == "v1's values"
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]  # the budget: 2, queue trimmed to it
     assert night3["tuning"]["study"] != row["tuning"]["study"]
 
 
 def test_a_study_killed_mid_trial_resumes_without_redoing_finished_trials(tmp_path, tiny_checkpoints):
-    """A real SIGKILL while trial 1 saves its first checkpoint. The next retrain resumes the study: trial 0
-    is not trained again, trial 1 is asked again with its values and continues from that checkpoint, and
-    the budget of 3 counts what the killed run finished."""
+    """A real SIGKILL while trial 1 saves its first checkpoint. The next retrain (trials in Dask worker
+    processes) resumes the study: trial 0 is not trained again, trial 1 is asked again with its values and
+    continues from that checkpoint, and the budget of 3 counts what the killed run finished."""
     import os
     import subprocess
     import sys
@@ -158,7 +160,7 @@ def test_a_study_killed_mid_trial_resumes_without_redoing_finished_trials(tmp_pa
             "first_trials": [{"learning_rate": 1e-2}, {"learning_rate": 3e-2}]}
     cfg_path = write_retrain_config(tmp_path / "crash.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
                                     [{"name": "kw", "data": _keyword_csv(tmp_path / "kw.csv", n=96), "tune": tune}],
-                                    defaults={**DEFAULTS, "epochs": 2})
+                                    defaults={**DEFAULTS, "epochs": 2}, task_runner="dask")
     script = textwrap.dedent(f"""
         import os, signal
         from transformers import TrainerCallback
