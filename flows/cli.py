@@ -596,7 +596,8 @@ def bench_glue(glue_dir: Path = typer.Option(..., help="Folder in the GLUE TSV l
                                     [int(s) for s in _split(seeds)], work_dir, epochs=epochs,
                                     max_train_samples=max_train_samples, preset=preset, max_length=max_length,
                                     overrides=overrides, tune=search, parallel=parallel, head_floor=head_floor,
-                                    progress=lambda text: console.print(text, markup=False, highlight=False))
+                                    progress=lambda text: console.print(text, markup=False, highlight=False,
+                                                                        soft_wrap=True))
         result["command"] = {"glue_dir": str(glue_dir), "tasks": tasks, "methods": methods, "model": model,
                              "seeds": seeds, "epochs": epochs, "max_train_samples": max_train_samples,
                              "max_length": max_length, "preset": preset, "lr": lr, "batch_size": batch_size,

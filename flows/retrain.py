@@ -173,8 +173,7 @@ def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> d
     console.report(t.name, "tune")
     parallel = cfg.train_config(t).tune.parallel or cfg.max_workers
     runner = subflow_task_runner(cfg.task_runner, parallel, cfg.runs_dir)  # the retrain's Dask cluster / Ray
-    state = tune_flow.with_options(task_runner=runner)(cfg, t, data.result(), plan.result(), run_key,
-                                                         return_state=True)
+    state = tune_flow.with_options(task_runner=runner)(cfg, t, plan.result(), run_key, return_state=True)
     chain["train"] = _Settled(state)
     if not state.is_completed():
         return chain

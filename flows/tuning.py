@@ -171,12 +171,21 @@ def _outcome(future):
 
 
 @flow(name="tune", flow_run_name="tune-{task.name}")
-def tune_flow(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: str) -> TrainResult:
-    """Run (or resume) the task's study and return its best trial's TrainResult (see the module doc)."""
+def tune_flow(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> TrainResult:
+    """Run (or resume) the task's study and return its best trial's TrainResult (see the module doc).
+
+    The prepared data is read back from the retrain's data cache here rather than passed in: a flow's
+    parameters are serialised to the Prefect API, and the splits are no parameter to store there."""
     from prefect.futures import as_completed
 
     from tasks.tune import run_study
 
+    from .steps import prepare_step
+
+    data = prepare_step(cfg, task)
+    if data.data_hash != plan.identity.data_hash:
+        raise RuntimeError(f"{task.name}: the data changed between planning and tuning "
+                           f"({plan.identity.data_hash} -> {data.data_hash}); run the retrain again")
     opened, parent = open_step(cfg, task, data, plan)
     tune = opened.ref.tune
     best_number = None

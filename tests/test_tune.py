@@ -36,6 +36,20 @@ def _study(cfg_path, study_name: str):
     return optuna.load_study(study_name=study_name, storage=f"sqlite:///{Path(cfg.runs_dir).resolve()}/optuna.db")
 
 
+def _latest_artifact(key: str) -> str:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return max(found, key=lambda a: a.created).data
+
+    return asyncio.run(read())
+
+
 def _noise_csv(path: Path, n: int = 160) -> Path:
     """Texts that say nothing about their labels, 3 of 4 labelled 'common': nothing to learn but the majority."""
     rng = random.Random(0)
@@ -124,6 +138,8 @@ def test_a_tuned_task_registers_its_best_trial_and_an_untrained_floor_is_flagged
     assert noise["note"].startswith("did not learn") and noise["why"].startswith("did not learn")
     markdown = summary_markdown(load_config(cfg_path), summary, "sqlite:///x")
     assert "did not learn" in markdown and "#2 learning_rate=1e-06: pruned" in markdown
+    artifact = _latest_artifact("tune-test-sentiment")  # the tune subflow's own artifact: every trial
+    assert "| trial | state | learning_rate |" in artifact and "| 2 | pruned | 1e-06 |" in artifact
 
     # night 2: same inputs, same tune block: unchanged, no new study, nothing registered
     again = retrain(config=str(cfg_path))["sentiment"]
