@@ -104,4 +104,3 @@ def subflow_task_runner(kind: str, max_workers: int = 2, runs_dir: str | Path | 
             DaskTaskRunner = _runner_class("prefect_dask", "DaskTaskRunner", "prefect-dask")  # noqa: N806 - a class
             return DaskTaskRunner(address=client.scheduler.address)
     return make_task_runner(kind, max_workers, runs_dir)
-

@@ -1,7 +1,7 @@
 """The tune branch of a retrain: a Prefect subflow per tuned task, its trials fanned out as Prefect tasks.
 
 A task with a ``tune:`` block does not train once: ``tune_flow`` opens (or resumes) the task's Optuna
-study (``tasks.tune``; storage ``sqlite:///<runs_dir>/optuna.db``), asks ``parallel`` trials at a time,
+study (``tasks.study``; storage ``sqlite:///<runs_dir>/optuna.db``), asks ``parallel`` trials at a time,
 submits each as a ``tune-trial`` task through the task runner of the retrain (threads, Dask or Ray),
 and tells each result back as it finishes (ask-and-tell). Trials report every epoch's validation score
 to the study from the process that runs them, so the study's pruner stops poor ones early. The best
@@ -40,7 +40,7 @@ def open_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan):
     configured values (``start_at_config``).
     """
     from registry.studies import start_study_run, version_hyperparameters
-    from tasks.tune import enqueue_first, open_study, storage_url, study_name
+    from tasks.study import enqueue_first, open_study, storage_url, study_name
 
     _tracking(cfg)
     _quiet_optuna()
@@ -73,8 +73,8 @@ def open_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan):
 
 def trial_step(cfg: RetrainConfig, task: TaskSpec, data, ref, number: int, params: dict[str, Any], run_key: str,
                callbacks: list | None = None):
-    """Train one trial (in whichever process the task runner chose); a ``tasks.tune.TrialOutcome``."""
-    from tasks.tune import run_trial
+    """Train one trial (in whichever process the task runner chose); a ``tasks.study.TrialOutcome``."""
+    from tasks.study import run_trial
 
     return run_trial(data, cfg.train_config(task), ref, number, params, run_key=run_key,
                      cache_dir=Path(cfg.runs_dir) / "cache" / "base", callbacks=callbacks)
@@ -94,7 +94,7 @@ def log_told(cfg: RetrainConfig, task: TaskSpec, opened, parent: str, number: in
 
 def log_earlier_trials(cfg: RetrainConfig, task: TaskSpec, opened, parent: str) -> None:
     """Nested runs for trials a crashed run told but did not log yet."""
-    from tasks.tune import outcome_of
+    from tasks.study import outcome_of
 
     for frozen in opened.study.get_trials(deepcopy=False):
         if frozen.state.is_finished() and f"mlflow_run.{frozen.number}" not in opened.study.user_attrs \
@@ -105,7 +105,7 @@ def log_earlier_trials(cfg: RetrainConfig, task: TaskSpec, opened, parent: str) 
 def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: str) -> TrainResult:
     """The best trial's TrainResult as the task's training: the task's identity, the study's notes and record."""
     from registry.studies import finish_study_run
-    from tasks.tune import best_result, discard_artifacts, summary_note, trials_table
+    from tasks.study import best_result, discard_artifacts, summary_note, trials_table
 
     rows = trials_table(opened.study)
     try:
@@ -130,7 +130,7 @@ def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: 
 
 def trials_markdown(task: TaskSpec, opened, parent: str, best_number: int | None) -> str:
     from registry.studies import trials_markdown as table
-    from tasks.tune import trials_table
+    from tasks.study import trials_table
 
     return "\n".join([f"# Tuning `{task.name}`", "", f"Study `{opened.study.study_name}` in "
                       f"`{opened.ref.storage_url}`; MLflow parent run `{parent}`; best trial "
@@ -178,7 +178,7 @@ def tune_flow(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> T
     parameters are serialised to the Prefect API, and the splits are no parameter to store there."""
     from prefect.futures import as_completed
 
-    from tasks.tune import run_study
+    from tasks.study import run_study
 
     from .steps import prepare_step
 

@@ -9,7 +9,7 @@ reader can tell learning from label frequencies:
 - **head only**: the frozen base with only the task head trained (method ``head``), tuned and seeded
   like every method. A cell that does not beat it is marked: the method added nothing of its own.
 
-With ``tune`` every method (head included) gets the same Optuna trial budget (``tasks.tune``) on the
+With ``tune`` every method (head included) gets the same Optuna trial budget (``tasks.study``) on the
 first seed; the best trial's values, chosen on validation, are then trained with every other seed.
 All seeds share one validation/test split of the dev set (the first seed's), so no seed's test rows
 ever chose a learning rate. Cells go to ``<out_dir>/cells.jsonl`` as they finish, and a rerun of the
@@ -141,7 +141,7 @@ def _config(fields: dict[str, Any], seed: int):
 def _train_job(data, config, folder: Path, discard: bool = False) -> TrainResult:
     """One plain training (a seed run); with ``discard`` only its records are kept on disk."""
     from .train import train
-    from .tune import discard_artifacts
+    from .study import discard_artifacts
 
     result = train(data, config, folder)
     if discard:
@@ -150,7 +150,7 @@ def _train_job(data, config, folder: Path, discard: bool = False) -> TrainResult
 
 
 def _trial_job(data, config, ref, run_key: str, cache_dir: str, number: int, params: dict[str, Any]):
-    from .tune import run_trial
+    from .study import run_trial
 
     return run_trial(data, config, ref, number, params, run_key=run_key, cache_dir=cache_dir)
 
@@ -159,7 +159,7 @@ def _tuned_cell(data, config, label: str, tune, key: str, out_dir: Path, pool, p
                 say: Callable[[str], None]) -> dict[str, Any]:
     """Run (or resume) the label's study on the first seed; its best trial is that seed's cell."""
     from .train import training_identity
-    from .tune import (best_result, discard_artifacts, enqueue_first, open_study, run_study, storage_url,
+    from .study import (best_result, discard_artifacts, enqueue_first, open_study, run_study, storage_url,
                        study_name, trials_table)
 
     tuned = config.model_copy(update={"tune": tune})
@@ -290,7 +290,7 @@ def _settings_key(settings: dict[str, Any]) -> str:
 
 # ---- where trials and seed runs run -------------------------------------------------------------------
 class _Pool:
-    """A concurrent.futures executor and the three calls tasks.tune.run_study needs around it."""
+    """A concurrent.futures executor and the three calls tasks.study.run_study needs around it."""
 
     def __init__(self, executor):
         self.executor = executor

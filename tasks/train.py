@@ -382,7 +382,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     from tasks.data import encode
 
     if config.tune is not None:
-        raise ValueError("this config has a tune block: run its search (tasks.tune; the retrain flow and "
+        raise ValueError("this config has a tune block: run its search (tasks.study; the retrain flow and "
                          "`redflow bench glue --tune` do), or train one config without tune")
     started = time.time()
     out_dir = Path(out_dir)

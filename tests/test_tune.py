@@ -6,7 +6,6 @@ MLflow registry on SQLite, and the packaged MiniLM on small generated tasks.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from pathlib import Path
 
@@ -182,7 +181,7 @@ def test_a_study_killed_mid_trial_resumes_without_redoing_finished_trials(tmp_pa
         from transformers import TrainerCallback
         from flows.config import load_config
         from flows import steps, tuning
-        from tasks.tune import run_study_in_threads
+        from tasks.study import run_study_in_threads
 
         class KillTrial1(TrainerCallback):
             def __init__(self, number):
@@ -236,7 +235,7 @@ def _study_digest(cfg_path) -> str:
     from tasks.train import training_identity
 
     identity = training_identity(data, cfg.train_config(task), cache_dir=Path(cfg.runs_dir) / "cache" / "base")
-    from tasks.tune import study_name
+    from tasks.study import study_name
 
     return study_name("x", identity.to_dict()).split(".", 1)[1]
 
