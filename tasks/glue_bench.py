@@ -370,11 +370,12 @@ def _preset_methods(preset: str) -> set[str]:
 # ---- the table ------------------------------------------------------------------------------------------
 def summarize(cells: list[dict[str, Any]], floors: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Mean (and std) over seeds per method and task, the average over tasks, parameters per method; the
-    head-only row and the majority-class floor apart; ``marks``: cells whose mean does not beat head-only."""
+    head-only row and the majority-class floor apart; ``marks``: the tasks where a method's mean does not beat
+    head-only's; ``below_majority``: those where it does not beat the majority class."""
     floors = floors or {}
     methods = list(dict.fromkeys(c["method"] for c in cells))
     tasks = list(dict.fromkeys([c["task"] for c in cells] + list(floors)))
-    table: dict[str, Any] = {"tasks": tasks, "rows": [], "floors": {}, "marks": {}}
+    table: dict[str, Any] = {"tasks": tasks, "rows": [], "floors": {}, "marks": {}, "below_majority": {}}
     rows = {}
     for m in methods:
         row: dict[str, Any] = {"method": m, "scores": {}, "std": {}, "seeds": {}}
@@ -401,36 +402,41 @@ def summarize(cells: list[dict[str, Any]], floors: dict[str, dict[str, Any]] | N
         table["floors"]["majority class"] = {"method": "majority class", "scores": scores, "std": {},
                                              "average": statistics.fmean(scores.values()) if scores else float("nan"),
                                              "parameters": 0, "metrics": {t: f["metric"] for t, f in floors.items()}}
+        table["below_majority"] = {r["method"]: [t for t in tasks if t in r["scores"] and t in scores
+                                                 and r["scores"][t] <= scores[t]] for r in table["rows"]}
     return table
 
 
 def to_markdown(table: dict[str, Any]) -> str:
     """The paper's layout: one row per method, #params (excluding head), per-task score, average; then the
-    floors. A score marked ``*`` does not beat head-only on that task."""
+    floors. A score marked ``*`` does not beat head-only on that task, one marked ``†`` not the majority class."""
     tasks = table["tasks"]
     every = table["rows"] + list(table.get("floors", {}).values())
     metric = {t: next((r["metrics"].get(t) for r in every if r["metrics"].get(t)), "") for t in tasks}
     head = "| method | #params | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " | avg |"
     lines = [head, "|---|---:|" + "---:|" * (len(tasks) + 1)]
-    marks = table.get("marks", {})
+    marks, below = table.get("marks", {}), table.get("below_majority", {})
     for r in table["rows"]:
-        lines.append(_line(r, tasks, marks.get(r["method"], [])))
+        lines.append(_line(r, tasks, marks.get(r["method"], []), below.get(r["method"], [])))
     for name, r in table.get("floors", {}).items():
-        lines.append(_line({**r, "method": f"*{name} (floor)*"}, tasks, [], params=name != "majority class"))
+        lines.append(_line({**r, "method": f"*{name} (floor)*"}, tasks, [], [], params=name != "majority class"))
+    total = sum(len(r["scores"]) for r in table["rows"])
+    legend = []
     if any(marks.values()):
-        n = sum(len(v) for v in marks.values())
-        total = sum(len(r["scores"]) for r in table["rows"])
-        lines += ["", f"`*` does not beat head-only on that task ({n} of {total} cells)."]
-    return "\n".join(lines)
+        legend.append(f"`*` does not beat head-only on that task ({sum(len(v) for v in marks.values())} of {total} "
+                      "cells)")
+    if any(below.values()):
+        legend.append(f"`†` does not beat the majority class ({sum(len(v) for v in below.values())} of {total})")
+    return "\n".join(lines + (["", "; ".join(legend) + "."] if legend else []))
 
 
-def _line(r: dict[str, Any], tasks: list[str], marked: list[str], params: bool = True) -> str:
+def _line(r: dict[str, Any], tasks: list[str], marked: list[str], below: list[str], params: bool = True) -> str:
     def cell(t: str) -> str:
         if t not in r["scores"]:
             return "–"
         std = r.get("std", {}).get(t)
         text = f"{r['scores'][t]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
-        return text + (" *" if t in marked else "")
+        return text + (" *" if t in marked else "") + (" †" if t in below else "")
 
     count = _params(r["parameters"]) if params else "–"
     return f"| {r['method']} | {count} | " + " | ".join(cell(t) for t in tasks) + f" | {r['average']:.1f} |"

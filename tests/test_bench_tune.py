@@ -41,7 +41,10 @@ def test_bench_glue_tune_reports_floors_marks_and_resumes(tmp_path, tiny_checkpo
         assert table["marks"][r["method"]] == [t for t in ("sst2", "rte") if r["scores"][t] <= head[t]]
         assert r["scores"]["sst2"] == sum(c["test"] * 100 for c in cells
                                           if (c["task"], c["method"]) == ("sst2", r["method"])) / 2
-    assert table["floors"]["majority class"]["scores"] == {t: f["test"] * 100 for t, f in floors.items()}
+    majority = {t: f["test"] * 100 for t, f in floors.items()}
+    assert table["floors"]["majority class"]["scores"] == majority
+    for r in table["rows"]:
+        assert table["below_majority"][r["method"]] == [t for t in ("sst2", "rte") if r["scores"][t] <= majority[t]]
     assert "*head only (floor)*" in first.output and "*majority class (floor)*" in first.output
 
     again = CliRunner().invoke(app, args)  # everything is in cells.jsonl: nothing trains, same table
