@@ -140,7 +140,9 @@ class RetrainConfig(BaseModel):
         i = self.tasks.index(task) if index is None else index
         keys = [str(k) for k in loc]
         if keys == ["tune"]:
-            return f"tasks.{i}.tune" if task.tune else f"tasks.{i}.train.tune" if "tune" in task.train else "defaults.tune"
+            if task.tune:
+                return f"tasks.{i}.tune"
+            return f"tasks.{i}.train.tune" if "tune" in task.train else "defaults.tune"
         if keys and keys[0] == "tune" and len(keys) > 1:
             if keys[1] in (task.tune or {}):
                 return ".".join([f"tasks.{i}.tune", *keys[1:]])

@@ -89,7 +89,8 @@ def finish_study_run(parent_run_id: str, study, *, best=None, trials: list[dict[
     client = MlflowClient()
     ts = int(time.time() * 1000)
     rows = trials or []
-    counts = {s: sum(1 for r in rows if r["state"] == s and not r.get("crashed")) for s in ("complete", "pruned", "fail")}
+    counts = {s: sum(1 for r in rows if r["state"] == s and not r.get("crashed"))
+              for s in ("complete", "pruned", "fail")}
     metrics = [_metric(f"trials_{'failed' if s == 'fail' else s}", n, 0, ts) for s, n in counts.items()]
     params: list[Param] = []
     if best is not None:
