@@ -77,18 +77,14 @@ class StudyRef:
     direction: str                  # "maximize" or "minimize"
     metric: str                     # the validation metric the study optimises
 
-    def load(self):
-        import optuna
-
-        return optuna.load_study(study_name=self.name, storage=make_storage(self.storage_url),
-                                 sampler=optuna.samplers.RandomSampler(), pruner=self.tune.make_pruner())
-
     def trial(self, number: int):
-        """The live :class:`optuna.trial.Trial` ``number`` (for ``report``/``should_prune`` in the trial's process)."""
+        """The live :class:`optuna.trial.Trial` ``number`` (for ``report``/``should_prune`` in the trial's process),
+        in a study loaded with the pruner (the sampler is never asked: the trial's values are set)."""
         import optuna
 
-        study = self.load()
-        storage = study._storage  # the storage load() just built; Optuna has no public accessor
+        storage = make_storage(self.storage_url)
+        study = optuna.load_study(study_name=self.name, storage=storage, sampler=optuna.samplers.RandomSampler(),
+                                  pruner=self.tune.make_pruner())
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.name),
                                                                    number)
         return optuna.trial.Trial(study, trial_id)

@@ -149,13 +149,17 @@ def trial_config(config: "TrainConfig", params: dict[str, Any]) -> "TrainConfig"
 
 def in_space(values: dict[str, Any], space: dict[str, Any]) -> dict[str, Any] | None:
     """``values`` restricted to the searched names, or None when one of them lies outside its distribution."""
+    from optuna.distributions import CategoricalDistribution
+
     picked = {k: values[k] for k in space if k in values}
     if not picked:
         return None
     for k, v in picked.items():
+        dist = space[k]
         try:
-            if not space[k]._contains(space[k].to_internal_repr(v)):
-                return None
+            inside = v in dist.choices if isinstance(dist, CategoricalDistribution) else dist.low <= float(v) <= dist.high
         except (TypeError, ValueError):
+            return None
+        if not inside:
             return None
     return picked
