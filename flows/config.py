@@ -56,6 +56,9 @@ class TaskSpec(BaseModel):
     co_train: bool | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
         default=None, description="Co-training: null follows the config's co_train; false trains this task "
         "alone; true joins the default group; a name co-trains it with the tasks of that group name.")
+    tune: dict[str, Any] | Literal[False] | None = Field(
+        default=None, description="tasks.tune.TuneConfig fields: search the learning rate with Optuna (merged key by "
+        "key over defaults.tune); false: no search for this task even if defaults has one.")
 
 
 class RetrainConfig(BaseModel):
@@ -85,6 +88,9 @@ class RetrainConfig(BaseModel):
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
         issues = [issue for i, t in enumerate(self.tasks) for issue in self._task_issues(i, t)]
+        issues += [(f"tasks[{i}] ({t.name}).co_train", "a tuned task trains alone (its study searches its own "
+                    "learning rate); remove co_train from this task or set tune: false on it")
+                   for i, t in enumerate(self.tasks) if t.co_train not in (None, False) and t.tune not in (None, False)]
         if issues:  # the merged training and edit configs, validated now rather than mid-run
             raise ConfigIssues(issues)
         groups: dict[str, dict[str, TrainConfig]] = {}
@@ -102,8 +108,14 @@ class RetrainConfig(BaseModel):
         return self
 
     def co_train_group(self, task: TaskSpec) -> str | None:
-        """The co-training group ``task`` belongs to, or None when it trains alone."""
+        """The co-training group ``task`` belongs to, or None when it trains alone.
+
+        A tuned task (``tune:``) trains alone: its study searches a learning rate for it, which one shared pass over
+        several tasks cannot honour. Naming a group on the task itself while tuning it is a config error.
+        """
         if task.co_train is False or (task.co_train is None and self.co_train is False):
+            return None
+        if self._merged(task)["tune"] is not None:
             return None
         return task.co_train if isinstance(task.co_train, str) else "default"
 
@@ -116,6 +128,8 @@ class RetrainConfig(BaseModel):
 
         merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
         merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
+        tune = {**(self.defaults.get("tune") or {}), **(task.train.get("tune") or {}), **(task.tune or {})}
+        merged["tune"] = tune if tune and task.tune is not False else None
         return merged
 
     def train_config(self, task: TaskSpec) -> TrainConfig:
@@ -134,6 +148,10 @@ class RetrainConfig(BaseModel):
             tc = TrainConfig(**self._merged(task))
         except ValidationError as exc:
             return [(self._yaml_path(task, e["loc"], index), _msg(e, TrainConfig)) for e in exc.errors()]
+        if tc.method == "head":
+            return [(self._yaml_path(task, ("method",), index),
+                     "'head' (only the task head trained) is a floor for `redflow bench glue`, not a model to "
+                     "register; use bitfit, or an edit method")]
         metric = self.promotion_for(task).metric
         if metric:  # a gate metric the task never produces would only fail at night
             from tasks.evaluate.suites import check_gate_metric
@@ -160,6 +178,15 @@ class RetrainConfig(BaseModel):
         """Where in the YAML a merged TrainConfig field came from: the task's ``train``, else ``defaults``."""
         i = self.tasks.index(task) if index is None else index
         keys = [str(k) for k in loc]
+        if keys == ["tune"]:
+            if task.tune:
+                return f"tasks.{i}.tune"
+            return f"tasks.{i}.train.tune" if "tune" in task.train else "defaults.tune"
+        if keys and keys[0] == "tune" and len(keys) > 1:
+            if keys[1] in (task.tune or {}):
+                return ".".join([f"tasks.{i}.tune", *keys[1:]])
+            own = keys[1] in (task.train.get("tune") or {})
+            return ".".join([f"tasks.{i}.train" if own else "defaults", *keys])
         if keys and keys[0] == "edit" and len(keys) > 1:
             own = keys[1] in (task.train.get("edit") or {})
             where = f"tasks.{i}.train" if own or keys[1] not in (self.defaults.get("edit") or {}) else "defaults"
@@ -205,6 +232,10 @@ class ConfigIssues(ValueError):
 def _msg(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:
     """Pydantic's message without its 'Value error, ' prefix; an unknown field also lists the known ones."""
     msg = str(error["msg"]).removeprefix("Value error, ")
+    if model is TrainConfig and tuple(error.get("loc", ()))[:1] == ("tune",):
+        from tasks.tune import TuneConfig
+
+        model = TuneConfig
     if error.get("type") == "extra_forbidden" and model is not None:
         msg += f" (known fields: {', '.join(model.model_fields)})"
     return msg

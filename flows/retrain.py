@@ -22,7 +22,7 @@ from prefect.utilities.annotations import allow_failure
 
 from . import console, steps
 from .config import RetrainConfig, TaskSpec, load_config
-from .runners import make_task_runner
+from .runners import make_task_runner, subflow_task_runner
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="prepare-{task.name}",
@@ -152,15 +152,20 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
     """Submit every task's chain and collect the outcome of each (the body of the flow)."""
     logger = get_run_logger()
     chains = {}
-    waiting = []
+    waiting, tuned = [], []
     for t in cfg.tasks:
         data = prepare_data_task.submit(cfg, t)
         plan = plan_task.submit(cfg, t, data, force)
-        if cfg.co_train_group(t) is None:
+        if cfg.train_config(t).tune is not None:  # searched below, once the untuned chains are all under way
+            chains[t.name] = {"prepare": data, "plan": plan}
+            tuned.append(t)
+        elif cfg.co_train_group(t) is None:
             chains[t.name] = _chain(cfg, t, data, plan, train_task.submit(cfg, t, data, plan, run_key))
         else:
             waiting.append((t, data, plan))
     chains.update(_co_train_chains(cfg, waiting, run_key))
+    for t in tuned:
+        chains[t.name] = _tuned_chain(cfg, t, chains[t.name]["prepare"], chains[t.name]["plan"], run_key)
     chains = {t.name: chains[t.name] for t in cfg.tasks}
     summary: dict[str, Any] = {}
     for name, chain in chains.items():
@@ -209,6 +214,43 @@ def _co_train_chains(cfg: RetrainConfig, waiting: list, run_key: str) -> dict[st
     return chains
 
 
+class _Settled:
+    """A finished subflow's State where the chain expects a future (``wait``, ``state``, ``result``)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def wait(self) -> None:
+        pass
+
+    def result(self):
+        return self.state.result()
+
+
+def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> dict[str, Any]:
+    """A tuned task's chain: its study as a subflow (trials through the same kind of task runner), then
+    evaluate, register and gate the best trial like any training."""
+    from .tuning import tune_flow
+
+    data.wait()
+    plan.wait()
+    chain: dict[str, Any] = {"prepare": data, "plan": plan}
+    if not (data.state.is_completed() and plan.state.is_completed()) or plan.result().action != steps.TRAIN:
+        return chain
+    console.report(t.name, "tune")
+    parallel = cfg.train_config(t).tune.parallel or cfg.max_workers
+    runner = subflow_task_runner(cfg.task_runner, parallel, cfg.runs_dir)  # the retrain's Dask cluster / Ray
+    state = tune_flow.with_options(task_runner=runner)(cfg, t, plan.result(), run_key, return_state=True)
+    chain["train"] = _Settled(state)
+    if not state.is_completed():
+        return chain
+    result = state.result()
+    chain["evaluate"] = evaluate_task.submit(cfg, t, result, data)
+    chain["register"] = register_task.submit(cfg, t, result, chain["evaluate"])
+    chain["promote"] = promote_task.submit(cfg, t, chain["register"], result, chain["evaluate"], data)
+    return chain
+
+
 def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
     """One task's line of the retrain summary: trained / unchanged / failed / diverged, steps, champion vs challenger."""
     from tasks.attempts import AttemptBusy
@@ -242,8 +284,21 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
                champion_version=d.previous, difference=comparison.get("difference"),
                ci=(comparison.get("ci_low"), comparison.get("ci_high")) if comparison else None,
                rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
-               reason=d.reason, co_trained_with=list(r.co_trained_with))
+               reason=d.reason, co_trained_with=list(r.co_trained_with), learned=r.learned)
+    if r.learned is False:  # whatever the method: the validation score never left the majority-class level
+        from tasks.floors import did_not_learn_note
+
+        row["note"] = did_not_learn_note(r.primary_metric, _best_validation(r), r.floor.get(r.primary_metric, 0.0))
+        row["why"] = f"{row['note']}; {row['why']}"
+    if r.tuning:
+        row["tuning"] = {k: r.tuning.get(k) for k in ("study", "best_trial", "best_params", "trials", "parent_run_id")}
     return row
+
+
+def _best_validation(r) -> float | None:
+    values = [e.get(f"validation_{r.primary_metric}") for e in r.epochs] + [r.validation.get(r.primary_metric)]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
 
 
 @flow(name="retrain-tasks")
@@ -276,11 +331,25 @@ def summary_markdown(cfg: RetrainConfig, summary: dict[str, Any], tracking_uri: 
                     else "none" if row.get("champion_version") is None else "")
         version = _link(f"v{row['version']}", tracking_uri, f"models/{row['model_name']}/versions/{row['version']}")
         run = _link("run", tracking_uri, f"experiments/{row.get('experiment_id', '')}/runs/{row['run_id']}")
-        lines.append(f"| {row['task']} | trained | {row['steps_trained']} | {row['metric']} | "
+        status = "trained, **did not learn**" if row.get("learned") is False else "trained"
+        lines.append(f"| {row['task']} | {status} | {row['steps_trained']} | {row['metric']} | "
                      f"{_f(row['challenger'])} | {champion} | {gain} | {version} ({run}) | {row['decision']} |")
         notes.append(f"- {row['task']}: {row['why']}. Gate: {row['reason']}. MLflow run `{row['run_id']}`, "
                      f"model `models:/{row['model_name']}/{row['version']}`")
+        if row.get("tuning"):
+            notes.append(_trials_line(row["tuning"]))
     return "\n".join(lines + [""] + notes)
+
+
+def _trials_line(tuning: dict[str, Any]) -> str:
+    """The trials of a tuned task, one clause each (the subflow's own artifact has the full table)."""
+    def one(t: dict[str, Any]) -> str:
+        values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+        score = f" {t['value']:.4f}" if t.get("value") is not None else ""
+        best = " (best)" if t["number"] == tuning.get("best_trial") else ""
+        return f"#{t['number']} {values}: {'crashed' if t.get('crashed') else t['state']}{score}{best}"
+
+    return f"  - trials of study `{tuning['study']}`: " + "; ".join(one(t) for t in tuning.get("trials") or [])
 
 
 def _link(text: str, tracking_uri: str, page: str) -> str:

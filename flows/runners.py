@@ -87,3 +87,20 @@ def make_task_runner(kind: str, max_workers: int = 2, runs_dir: str | Path | Non
     if kind == "ray":
         return _ray_runner(max_workers, runs_dir)
     raise ValueError(f"unknown task_runner {kind!r}. Fix: use threads, dask or ray")
+
+
+def subflow_task_runner(kind: str, max_workers: int = 2, runs_dir: str | Path | None = None):
+    """A task runner for a subflow of a running flow (a tuned task's study) on the same resources: the
+    parent's Dask cluster (by its scheduler's address), the Ray instance this process already joined, or
+    a thread pool of ``max_workers``. Outside a flow run, the same as :func:`make_task_runner`."""
+    if kind == "dask":
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        parent = context.task_runner if context is not None else None
+        client = getattr(parent, "client", None) if parent is not None and type(parent).__name__ == "DaskTaskRunner" \
+            else None
+        if client is not None:
+            DaskTaskRunner = _runner_class("prefect_dask", "DaskTaskRunner", "prefect-dask")  # noqa: N806 - a class
+            return DaskTaskRunner(address=client.scheduler.address)
+    return make_task_runner(kind, max_workers, runs_dir)

@@ -307,8 +307,11 @@ def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     from registry import log_training, register_edit
 
     _tracking(cfg)
+    tuning = result.tuning or {}
+    tags = ({"mlflow.parentRunId": tuning["parent_run_id"], "redflow.tune.study": tuning.get("study", ""),
+             "redflow.tune.best_trial": str(tuning.get("best_trial"))} if tuning.get("parent_run_id") else None)
     run_id = log_training(result, experiment=cfg.experiment, eval_reports=evaluation.reports if evaluation else [],
-                          config={"retrain": cfg.name, "task": task.name})
+                          config={"retrain": cfg.name, "task": task.name}, tags=tags)
     version = register_edit(result, run_id, model_name=cfg.model_name(task), tags={"retrain_config": cfg.name})
     from tasks.attempts import mark_registered
 

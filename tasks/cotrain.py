@@ -49,7 +49,7 @@ from .result import TrainResult
 from .train import (EDIT_METHODS, TrainConfig, TrainingDiverged, TrainingError, _best_epoch, _checkpoint_step,
                     _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _stop_on_request,
                     divergence_message, edit_config, edit_extra, head_for, load_base_model, load_tokenizer,
-                    nan_message, precision_dtype, result_params, training_arguments, training_identity)
+                    nan_message, precision_dtype, result_params, trainer_slot, training_arguments, training_identity)
 
 log = logging.getLogger(__name__)
 
@@ -570,34 +570,35 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
                     micro_batch=micro, seeds=[t.config.seed for t in live], temperature=settings.temperature,
                     mode=settings.mixing, seed=first.seed, order=settings.micro_batches,
                     lengths=[[len(x) for x in t["input_ids"]] for t in trains])
-    args = training_arguments(
-        first, {**live_hps[0], "epochs": shared["epochs"], "batch_size": micro,
-                "eval_batch_size": max(hp["eval_batch_size"] for hp in live_hps),
-                "grad_accum": mixing.micro_batches_per_step, "weight_decay": 0.0, "label_smoothing": 0.0},
-        out_dir, load_best_model_at_end=False, metric_for_best_model=None, save_total_limit=None,
-        logging_steps=min(t.config.logging_steps for t in live))
-    inner = (DataCollatorWithPadding(tokenizer) if families[names[0]] == "sequence"
-             else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
-    trainer = _make_multitask_trainer_class()(
-        model=bank, args=args, train_dataset=_Rows(trains),
-        eval_dataset={f"t{k}": s.validation for k, s in enumerate(specs)}, data_collator=_Collate(inner),
-        callbacks=[_stop_on_request()] + list(callbacks or []), tasks=specs, mixing=mixing)
-    for k, error in cannot_start.items():
-        trainer._stop(k, error)
-    resume = str(resume_from) if resume_from else None
-    start_step = _checkpoint_step(resume)
-    if resume:
-        log.info("resuming the co-training of %s from %s (step %d)", ", ".join(live_names), resume, start_step)
-    if len(trainer.stopped) < len(live):
-        trainer.train(resume_from_checkpoint=resume)
-    bank.eval()
+    with trainer_slot():
+        args = training_arguments(
+            first, {**live_hps[0], "epochs": shared["epochs"], "batch_size": micro,
+                    "eval_batch_size": max(hp["eval_batch_size"] for hp in live_hps),
+                    "grad_accum": mixing.micro_batches_per_step, "weight_decay": 0.0, "label_smoothing": 0.0},
+            out_dir, load_best_model_at_end=False, metric_for_best_model=None, save_total_limit=None,
+            logging_steps=min(t.config.logging_steps for t in live))
+        inner = (DataCollatorWithPadding(tokenizer) if families[names[0]] == "sequence"
+                 else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
+        trainer = _make_multitask_trainer_class()(
+            model=bank, args=args, train_dataset=_Rows(trains),
+            eval_dataset={f"t{k}": s.validation for k, s in enumerate(specs)}, data_collator=_Collate(inner),
+            callbacks=[_stop_on_request()] + list(callbacks or []), tasks=specs, mixing=mixing)
+        for k, error in cannot_start.items():
+            trainer._stop(k, error)
+        resume = str(resume_from) if resume_from else None
+        start_step = _checkpoint_step(resume)
+        if resume:
+            log.info("resuming the co-training of %s from %s (step %d)", ", ".join(live_names), resume, start_step)
+        if len(trainer.stopped) < len(live):
+            trainer.train(resume_from_checkpoint=resume)
+        bank.eval()
 
-    for k, (task, spec) in enumerate(zip(live, specs)):
-        if k in trainer.stopped:
-            outcomes[task.name] = trainer.stopped[k]
-        else:
-            outcomes[task.name] = _task_result(trainer, bank, k, task, hps[task.name], encoded[task.name], spec,
-                                             settings, mixing, live_names, started, resume, start_step)
+        for k, (task, spec) in enumerate(zip(live, specs)):
+            if k in trainer.stopped:
+                outcomes[task.name] = trainer.stopped[k]
+            else:
+                outcomes[task.name] = _task_result(trainer, bank, k, task, hps[task.name], encoded[task.name], spec,
+                                                 settings, mixing, live_names, started, resume, start_step)
     return {name: outcomes[name] for name in names}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 @dataclass
 class TrainResult:
     task: str
-    method: str                       # "red", "lora", "bitfit", "full", "loreft", "direft"
+    method: str                       # "red", "lora", "bitfit", "full", "head", "loreft", "direft"
     base_model: str                   # hub name or local path
     primary_metric: str               # e.g. "accuracy", "mcc", "pearson"
     edit_path: str | None             # RED/ReFT: .safetensors edit file; LoRA: adapter dir; full/bitfit: checkpoint dir
@@ -38,6 +38,9 @@ class TrainResult:
     recipe: dict[str, Any] = field(default_factory=dict)  # TrainConfig.recipe(): the resolved config hashed
     notes: list[str] = field(default_factory=list)  # why it trained, what was resumed (for the run summary)
     co_trained_with: list[str] = field(default_factory=list)  # the other tasks of its co-training (tasks.cotrain)
+    floor: dict[str, float] = field(default_factory=dict)  # majority-class/chance scores of the validation split
+    learned: bool | None = None       # a validation score left the floor (tasks.floors); None: no floor (LMs)
+    tuning: dict[str, Any] = field(default_factory=dict)   # the search this result won (tasks.tune), if any
 
     @property
     def score(self) -> float:

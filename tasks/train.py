@@ -2,7 +2,8 @@
 
 The same function trains every method the paper compares, so its Table 1 can be
 rerun: ``red`` (with position/kind variants), ``loreft``/``direft``/``nodireft`` (ReFT),
-``lora`` (PEFT), ``bitfit`` and ``full``. The Trainer does the loop, mixed
+``lora`` (PEFT), ``bitfit`` and ``full``, plus ``head`` (the frozen base with only the task
+head trained: the floor a method must beat to have learned anything of its own). The Trainer does the loop, mixed
 precision, gradient accumulation and multi-GPU (launch with ``torchrun`` or
 ``accelerate launch``); we add four things it lacks for edits:
 
@@ -14,6 +15,7 @@ precision, gradient accumulation and multi-GPU (launch with ``torchrun`` or
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,16 +26,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 
 from .presets import preset_values
 from .provenance import Identity, base_id, code_version, config_hash
 from .result import TrainResult
+from .floors import learned, majority_scores
+from .tune import TuneConfig
 
 log = logging.getLogger(__name__)
 
-Method = Literal["red", "loreft", "direft", "nodireft", "lora", "bitfit", "full"]
+Method = Literal["red", "loreft", "direft", "nodireft", "lora", "bitfit", "full", "head"]
 EDIT_METHODS = ("red", "loreft", "direft", "nodireft")
 
 
@@ -50,6 +54,27 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 _STOP = threading.Event()
+_ONE_TRAINER = threading.RLock()
+
+
+@contextlib.contextmanager
+def trainer_slot():
+    """Hold the process's one training slot while a ``Trainer`` is built, trains and evaluates.
+
+    accelerate keeps one ``AcceleratorState`` per process, and every ``TrainingArguments`` resets it: a second
+    training built in another thread (the threads task runner, tuning trials) would wipe the first one's state
+    mid-training (``AttributeError: 'AcceleratorState' object has no attribute ...``) or mix their precisions.
+    So trainings in one process take turns; data preparation, evaluation and registration still overlap, and
+    trainings run side by side in separate processes (the Dask and Ray task runners, ``bench glue --parallel``).
+    """
+    if not _ONE_TRAINER.acquire(blocking=False):
+        log.info("another training is running in this process; this one waits for it (accelerate's state is "
+                 "one per process: use the dask or ray task runner for trainings side by side)")
+        _ONE_TRAINER.acquire()
+    try:
+        yield
+    finally:
+        _ONE_TRAINER.release()
 
 
 def request_stop() -> None:
@@ -111,6 +136,8 @@ class TrainConfig(BaseModel):
         default=5.0, gt=1, description="Stop and report 'diverged' when an epoch's mean training loss exceeds this "
         "many times the first logged loss (a finite loss that ran away); null disables the check.")
     logging_steps: int = 10
+    tune: TuneConfig | None = Field(default=None, description="Search the learning rate (and optionally warmup, "
+                                    "weight decay, LoRA rank) with Optuna instead of training once (tasks.tune).")
 
     @model_validator(mode="after")
     def _init_needs_an_edit(self) -> "TrainConfig":
@@ -118,6 +145,15 @@ class TrainConfig(BaseModel):
             raise ValueError(f"init: production continues from the production edit's vectors and head, which only "
                              f"edit methods ({', '.join(EDIT_METHODS)}) have; method {self.method!r} must start fresh")
         return self
+
+    @field_validator("tune")
+    @classmethod
+    def _rank_needs_lora(cls, tune: TuneConfig | None, info):
+        method = info.data.get("method")
+        if tune is not None and tune.lora_r is not None and method != "lora":
+            raise ValueError(f"lora_r searches LoRA's rank, but the method is {method!r}; remove lora_r or set "
+                             "method: lora")
+        return tune
 
     def resolved(self, task: str) -> dict[str, Any]:
         """Hyperparameters after the preset and defaults are applied; explicit fields win."""
@@ -148,8 +184,11 @@ class TrainConfig(BaseModel):
             from red import EditConfig
 
             edit = EditConfig(method=self.method, **self.edit).model_dump(mode="json")
-        return {"method": self.method, "edit": edit, **hp, "seed": self.seed, "precision": self.precision,
-                "max_steps": self.max_steps, "init": self.init, "divergence_factor": self.divergence_factor}
+        recipe = {"method": self.method, "edit": edit, **hp, "seed": self.seed, "precision": self.precision,
+                  "max_steps": self.max_steps, "init": self.init, "divergence_factor": self.divergence_factor}
+        if self.tune is not None:  # a searched training: the search decides the edit (untuned recipes hash as before)
+            recipe["tune"] = self.tune.recipe()
+        return recipe
 
 
 # ---- model construction ---------------------------------------------------------------------
@@ -247,9 +286,13 @@ def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], 
         lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
         return peft_model, lora
     head_prefixes = tuple(f"{h}." for h in head)
+    if method == "head" and not head:
+        raise TrainingError(f"method 'head' trains only the task head, and a {task_type} model has none")
     for name, p in model.named_parameters():
         if method == "full":
             p.requires_grad_(True)
+        elif method == "head":
+            p.requires_grad_(name.startswith(head_prefixes))
         else:  # bitfit: biases only, plus the task head
             p.requires_grad_(name.endswith(".bias") or name.startswith(head_prefixes))
     _trainable_fp32(model)
@@ -276,6 +319,10 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _no_gather(tensors, *args, **kwargs):
+    return tensors
+
+
 def _make_trainer_class():
     from transformers import Trainer
 
@@ -299,6 +346,15 @@ def _make_trainer_class():
 
         def _load_best_model(self):
             self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+        def evaluation_loop(self, *args, **kwargs):
+            if self.args.world_size <= 1:
+                # One process: nothing to gather. accelerate's gather_for_metrics would also trim the batch to
+                # the "remainder" of whichever dataloader of this *process* ended last (its GradientState is a
+                # process-wide singleton), so two trainings in threads (the threads runner, parallel trials)
+                # would score each other's row counts. Each loop resets gather_function afterwards.
+                self.gather_function = _no_gather
+            return super().evaluation_loop(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
@@ -472,54 +528,62 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
 
     from tasks.data import encode
 
+    if config.tune is not None:
+        raise ValueError("this config has a tune block: run its search (tasks.study; the retrain flow and "
+                         "`redflow bench glue --tune` do), or train one config without tune")
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hp = config.resolved(data.task or data.name)  # presets are per GLUE task of the data, whatever its name
-    set_seed(config.seed)
-    tokenizer = tokenizer or load_tokenizer(config.model, config.revision, data.task_type)
-    encoded = encode(data, tokenizer, max_length=hp["max_length"])
-    fresh: list[str] = []
-    if model is None:
-        model, fresh = load_base_model(config.model, data.task_type, revision=config.revision,
-                                       num_labels=data.num_labels or 2, label_list=data.label_list,
-                                       dtype=precision_dtype(config.precision), tokenizer=tokenizer)
-    from red.pretrained import set_pad_token
+    with trainer_slot():  # the seed and the process's accelerate state are this training's until it ends
+        set_seed(config.seed)
+        tokenizer = tokenizer or load_tokenizer(config.model, config.revision, data.task_type)
+        encoded = encode(data, tokenizer, max_length=hp["max_length"])
+        fresh: list[str] = []
+        if model is None:
+            model, fresh = load_base_model(config.model, data.task_type, revision=config.revision,
+                                           num_labels=data.num_labels or 2, label_list=data.label_list,
+                                           dtype=precision_dtype(config.precision), tokenizer=tokenizer)
+        from red.pretrained import set_pad_token
 
-    set_pad_token(tokenizer, model)
-    model, edit_parameters = prepare_model(model, config.method, hp, config.edit, data.task_type, fresh)
-    if init_state is not None:
-        _load_init_state(model, init_state, init_note)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        set_pad_token(tokenizer, model)
+        model, edit_parameters = prepare_model(model, config.method, hp, config.edit, data.task_type, fresh)
+        if init_state is not None:
+            _load_init_state(model, init_state, init_note)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    classification = data.task_type in ("classification", "regression")
-    metric = data.metric if classification else "loss"
-    greater = metric != "loss"
-    args = training_arguments(config, hp, out_dir, metric_for_best_model=f"eval_{metric}", greater_is_better=greater,
-                              save_total_limit=None if config.method in EDIT_METHODS else 2)
-    if classification:
-        collator = DataCollatorWithPadding(tokenizer)
-    else:
-        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
-    guards = [_stop_on_request()] + ([_divergence_guard(config.divergence_factor, initial_loss(
-        model, collator, encoded.train, hp["batch_size"]))] if config.divergence_factor else [])
-    trainer = _make_trainer_class()(
-        model=model, args=args, train_dataset=encoded.train, eval_dataset=encoded.validation,
-        data_collator=collator, compute_metrics=_compute_metrics_fn(data) if classification else None,
-        callbacks=guards + list(callbacks or []),
-    )
-    _quiet_console_logging(trainer)
-    resume = str(resume_from) if resume_from else None
-    start_step = _checkpoint_step(resume)
-    if resume:
-        log.info("resuming %s from %s (step %d)", data.name, resume, start_step)
-    trainer.train(resume_from_checkpoint=resume)
+        classification = data.task_type in ("classification", "regression")
+        metric = data.metric if classification else "loss"
+        greater = metric != "loss"
+        args = training_arguments(config, hp, out_dir, metric_for_best_model=f"eval_{metric}",
+                                  greater_is_better=greater,
+                                  save_total_limit=None if config.method in EDIT_METHODS else 2)
+        if classification:
+            collator = DataCollatorWithPadding(tokenizer)
+        else:
+            collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+        guards = [_stop_on_request()] + ([_divergence_guard(config.divergence_factor, initial_loss(
+            model, collator, encoded.train, hp["batch_size"]))] if config.divergence_factor else [])
+        trainer = _make_trainer_class()(
+            model=model, args=args, train_dataset=encoded.train, eval_dataset=encoded.validation,
+            data_collator=collator, compute_metrics=_compute_metrics_fn(data) if classification else None,
+            callbacks=guards + list(callbacks or []),
+        )
+        _quiet_console_logging(trainer)
+        resume = str(resume_from) if resume_from else None
+        start_step = _checkpoint_step(resume)
+        if resume:
+            log.info("resuming %s from %s (step %d)", data.name, resume, start_step)
+        trainer.train(resume_from_checkpoint=resume)
 
-    history = trainer.state.log_history
-    epochs = _epoch_table(history, metric)
-    validation = _metrics(trainer.evaluate(encoded.validation), "eval_")
-    test = _metrics(trainer.evaluate(encoded.test, metric_key_prefix="test"), "test_")
+        history = trainer.state.log_history
+        epochs = _epoch_table(history, metric)
+        validation = _metrics(trainer.evaluate(encoded.validation), "eval_")
+        test = _metrics(trainer.evaluate(encoded.test, metric_key_prefix="test"), "test_")
     best_epoch = _best_epoch(epochs, metric, greater)
+    floor = validation_floor(data)
+    did_learn = learned([e.get(f"validation_{metric}") for e in epochs] + [validation.get(metric)],
+                        (floor or {}).get(metric), higher_is_better=greater)
     model.eval()
     edit_path = _save_final(model, config, data, out_dir, tokenizer, validation, test)
     from red import EditedModel
@@ -539,9 +603,21 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         resumed_from=resume, init=init_note,
         identity=(identity or training_identity(data, config)).to_dict(),
         recipe=json.loads(json.dumps(config.recipe(data.task or data.name), default=str)),
+        floor=floor or {}, learned=did_learn,
     )
     result.save(out_dir / "result.json")
     return result
+
+
+def validation_floor(data) -> dict[str, float] | None:
+    """The majority-class / chance scores of the validation split for the task's metrics (tasks.floors);
+    None for language-model tasks."""
+    if data.task_type not in ("classification", "regression") or len(data.validation) == 0:
+        return None
+    from tasks.evaluate.metrics import metric_set
+
+    return majority_scores(list(data.validation[data.label_column]), metric_set(data.task, data.metric),
+                           task_type=data.task_type)
 
 
 def _is_quality(key: str, value: Any, prefix: str) -> bool:

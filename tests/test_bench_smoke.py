@@ -79,3 +79,22 @@ def test_cotrain_smoke(tmp_path):
         result["analysis"]["targets"])
     rendered = run("cotrain.py", "--render", str(out), "--markdown")  # re-analysis without training
     assert "| task | train rows |" in rendered.stdout
+
+
+def test_glue_budget_smoke(tmp_path, tiny_checkpoints):
+    """bench/glue_budget.py measures step times on GLUE rows, then estimates a tuned table's duration."""
+    from test_data import write_glue
+
+    glue = write_glue(tmp_path / "glue", n_train=24)
+    out = tmp_path / "budget.json"
+    budget = ["--rows", "sst2=1000", "--epochs", "2", "--trials", "3", "--seeds", "2", "--parallel", "2"]
+    proc = run("glue_budget.py", "--glue-dir", str(glue), "--tasks", "sst2", "--methods", "red,head", "--model",
+               tiny_checkpoints["bert"], "--steps", "2", "--batch", "4", "--work-dir", str(tmp_path / "work"),
+               "--out", str(out), *budget)
+    result = json.loads(out.read_text())
+    cell = result["estimate"]["per_cell"]["sst2/red"]
+    assert cell["steps_per_run"] == 2 * 6 and cell["runs"] == 3 + 1  # 24 rows (fewer than asked) / batch 4
+    assert result["estimate"]["wall_seconds"] == round(result["estimate"]["cpu_seconds"] / 2)
+    assert result["tasks"]["sst2"]["methods"]["head"]["step_cpu_s"] > 0 and "| sst2 | head |" in proc.stdout
+    rendered = run("glue_budget.py", "--render", str(out), *budget)  # re-estimates from the JSON, no model
+    assert rendered.stdout.splitlines()[-1] == proc.stdout.splitlines()[-1]

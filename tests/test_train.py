@@ -129,6 +129,25 @@ def test_training_is_seeded_and_reproducible(sentiment, tiny_checkpoints, tmp_pa
     assert a.steps == b.steps and a.test == b.test
 
 
+def test_trainings_in_two_threads_match_the_same_trainings_one_after_the_other(sentiment, tiny_checkpoints,
+                                                                                 tmp_path):
+    """accelerate's state is one per process and every TrainingArguments resets it: trainings started from
+    several threads (the threads task runner, tuning trials) take turns instead of wiping each other's state,
+    and each gets exactly what it would get alone (seeds included)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    configs = [_config(tiny_checkpoints["bert"], seed=s, epochs=1) for s in (1, 2, 3)]
+    alone = [train(sentiment, c, tmp_path / f"alone{i}") for i, c in enumerate(configs)]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda ic: train(sentiment, ic[1], tmp_path / f"together{ic[0]}"),
+                                 enumerate(configs)))
+    for a, b in zip(alone, together):
+        assert [s["loss"] for s in b.steps] == [s["loss"] for s in a.steps]
+        assert b.validation == a.validation
+        ta, tb = red.read_edit(a.edit_path)[0], red.read_edit(b.edit_path)[0]
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
 @pytest.mark.parametrize("method", ["lora", "bitfit", "full", "loreft"])
 def test_baselines_run_through_the_same_pipeline(sentiment, tiny_checkpoints, tmp_path, method):
     result = train(sentiment, _config(tiny_checkpoints["bert"], method=method, epochs=1, lora_r=4,
