@@ -88,7 +88,7 @@ class RetrainConfig(BaseModel):
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
         issues = [issue for i, t in enumerate(self.tasks) for issue in self._task_issues(i, t)]
-        issues += [(f"tasks[{i}] ({t.name}).co_train", "a tuned task trains alone (its study searches its own "
+        issues += [(f"tasks.{i}.co_train", "a tuned task trains alone (its study searches its own "
                     "learning rate); remove co_train from this task or set tune: false on it")
                    for i, t in enumerate(self.tasks) if t.co_train not in (None, False) and t.tune not in (None, False)]
         if issues:  # the merged training and edit configs, validated now rather than mid-run

@@ -268,6 +268,12 @@ def test_a_bad_tune_block_is_a_config_error_naming_its_yaml_path(tmp_path):
     cfg = load([{"tune": {"trials": 2}}, {"tune": False}], defaults={"tune": {"trials": 5, "sampler": "qmc"}})
     first, second = (cfg.train_config(t).tune for t in cfg.tasks)
     assert (first.trials, first.sampler) == (2, "qmc") and second is None  # merged key by key; false opts out
+    # a tuned task trains alone: a config-wide co_train leaves it out, naming a group on it is an error
+    cfg = load([{"tune": {"trials": 2}}, {}, {}], defaults={"method": "red"})
+    cfg = cfg.model_copy(update={"co_train": True})
+    assert [cfg.co_train_group(t) for t in cfg.tasks] == [None, "default", "default"]
+    with pytest.raises(ConfigError, match=r"tasks.0.co_train: a tuned task trains alone .* set tune: false"):
+        load([{"tune": {"trials": 2}, "co_train": "g"}, {"co_train": "g"}])
 
 
 def test_the_tune_block_is_part_of_the_training_identity_but_parallelism_is_not():
