@@ -44,12 +44,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from .floors import learned
 from .provenance import Identity
 from .result import TrainResult
 from .train import (EDIT_METHODS, TrainConfig, TrainingDiverged, TrainingError, _best_epoch, _checkpoint_step,
                     _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _stop_on_request,
                     divergence_message, edit_config, edit_extra, head_for, load_base_model, load_tokenizer,
-                    nan_message, precision_dtype, result_params, trainer_slot, training_arguments, training_identity)
+                    nan_message, precision_dtype, result_params, trainer_slot, training_arguments, training_identity,
+                    validation_floor)
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,7 @@ class _Task:
     test: Any
     compute_metrics: Any = None
     groups: list[int] = field(default_factory=list)   # its optimizer parameter groups
+    start_loss: float | None = None   # its loss before the first step (the divergence guard's baseline)
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -400,7 +403,7 @@ def _make_multitask_trainer_class():
                     continue
                 losses = [h[f"loss_t{k}"] for h in self.state.log_history if f"loss_t{k}" in h]
                 message = divergence_message(losses, task.divergence_factor, self.state.global_step,
-                                             task.learning_rate)
+                                             task.learning_rate, start=task.start_loss)
                 if message:
                     self._stop(k, TrainingDiverged(f"task {task.name}: {message}"))
 
@@ -576,7 +579,7 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
                     "eval_batch_size": max(hp["eval_batch_size"] for hp in live_hps),
                     "grad_accum": mixing.micro_batches_per_step, "weight_decay": 0.0, "label_smoothing": 0.0},
             out_dir, load_best_model_at_end=False, metric_for_best_model=None, save_total_limit=None,
-            logging_steps=min(t.config.logging_steps for t in live))
+            logging_steps=max(1, min(mixing.steps_per_epoch, *(t.config.logging_steps for t in live))))
         inner = (DataCollatorWithPadding(tokenizer) if families[names[0]] == "sequence"
                  else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
         trainer = _make_multitask_trainer_class()(
@@ -585,6 +588,8 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
             callbacks=[_stop_on_request()] + list(callbacks or []), tasks=specs, mixing=mixing)
         for k, error in cannot_start.items():
             trainer._stop(k, error)
+        for k, spec in enumerate(specs):  # the same baseline a training alone measures (tasks.train.initial_loss)
+            spec.start_loss = _start_loss(trainer, bank, _Collate(inner), trains[k], k, micro)
         resume = str(resume_from) if resume_from else None
         start_step = _checkpoint_step(resume)
         if resume:
@@ -600,6 +605,25 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
                 outcomes[task.name] = _task_result(trainer, bank, k, task, hps[task.name], encoded[task.name], spec,
                                                  settings, mixing, live_names, started, resume, start_step)
     return {name: outcomes[name] for name in names}
+
+
+@torch.no_grad()
+def _start_loss(trainer, bank, collate, rows, k: int, batch_size: int) -> float | None:
+    """Task k's mean loss on its first training rows before any step (deterministic: draws no random numbers)."""
+    n = min(len(rows), max(1, batch_size))
+    if n == 0:
+        return None
+    was_training = bank.training
+    bank.eval()
+    try:
+        batch = collate([{**rows[i], "task_ids": k} for i in range(n)])
+        device = next(p for p in bank.parameters()).device
+        loss = trainer.compute_loss(bank, {key: v.to(device) if hasattr(v, "to") else v for key, v in batch.items()})
+        return float(loss) if math.isfinite(float(loss)) else None
+    except Exception:  # noqa: BLE001 - a baseline only: the guard falls back to the first logged loss
+        return None
+    finally:
+        bank.train(was_training)
 
 
 def _task_view(history: list[dict], k: int) -> list[dict]:
@@ -665,6 +689,10 @@ def _task_result(trainer, bank, k, task: CoTask, hp, enc, spec: _Task, settings:
         identity=(task.identity or training_identity(task.data, task.config, co_train=settings.recipe())).to_dict(),
         co_trained_with=others,
     )
+    floor = validation_floor(task.data)
+    result.floor = floor or {}
+    result.learned = learned([e.get(f"validation_{spec.metric}") for e in epochs] + [validation.get(spec.metric)],
+                             (floor or {}).get(spec.metric), higher_is_better=spec.greater)
     result.save(out_dir / "result.json")
     return result
 

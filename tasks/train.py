@@ -557,7 +557,10 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         greater = metric != "loss"
         args = training_arguments(config, hp, out_dir, metric_for_best_model=f"eval_{metric}",
                                   greater_is_better=greater,
-                                  save_total_limit=None if config.method in EDIT_METHODS else 2)
+                                  save_total_limit=None if config.method in EDIT_METHODS else 2,
+                                  # at least one logged loss an epoch: the divergence guard reads logged losses
+                                  logging_steps=max(1, min(config.logging_steps, math.ceil(
+                                      len(encoded.train) / (hp["batch_size"] * hp["grad_accum"])))))
         if classification:
             collator = DataCollatorWithPadding(tokenizer)
         else:

@@ -14,6 +14,7 @@ from red import EditConfig, attach
 from red.bank_train import TrainableBank
 from tasks.cotrain import CoTask, CoTrainConfig, co_train
 from tasks.data import DataSpec, prepare_data
+from tasks.floors import learned
 from tasks.mixing import Mixing, mixing_weights
 from tasks.train import TrainConfig, TrainingDiverged, TrainingError, train
 
@@ -238,6 +239,28 @@ def test_a_task_that_nans_diverges_or_cannot_encode_stops_alone_and_the_others_a
     mine, theirs = red.read_edit(results["good"].edit_path)[0], red.read_edit(alone.edit_path)[0]
     for key in theirs:
         torch.testing.assert_close(mine[key], theirs[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_a_runaway_task_is_diverged_and_a_floor_task_did_not_learn_as_if_trained_alone(dropout_free, tmp_path):
+    """With the default logging_steps (10) the first logged loss already averages runaway steps, and an epoch may
+    be shorter than 10 steps: the guard still compares with the loss before the first step, like a training alone;
+    every co-trained result says whether it left its majority-class floor."""
+    model = dropout_free["bert"]
+    calm, wild = _data(tmp_path, "calm", "sentiment", seed=1), _data(tmp_path, "wild", "sentiment", seed=2)
+
+    def config(**kw):  # 48 rows / batch 8: 6 steps an epoch, fewer than logging_steps
+        return TrainConfig(**{**dict(model=model, epochs=3, batch_size=8, learning_rate=1e-2, max_length=48), **kw})
+
+    alone = pytest.raises(TrainingDiverged, match="the training loss rose from")
+    with alone:
+        train(wild, config(learning_rate=1e4), tmp_path / "alone")
+    results = co_train([CoTask(calm, config(), tmp_path / "co" / "calm"),
+                        CoTask(wild, config(learning_rate=1e4), tmp_path / "co" / "wild")], None, tmp_path / "co")
+    assert isinstance(results["wild"], TrainingDiverged) and "wild: the training loss rose from" in str(results["wild"])
+    calm_result = results["calm"]
+    assert calm_result.floor and set(calm_result.floor) >= {"accuracy"} and calm_result.learned is not None
+    best = max([e["validation_accuracy"] for e in calm_result.epochs] + [calm_result.validation["accuracy"]])
+    assert calm_result.learned == learned([best], calm_result.floor["accuracy"])
 
 
 def test_a_crashed_co_training_resumes_from_its_checkpoint(dropout_free, tmp_path):
