@@ -84,7 +84,29 @@ def load_tokenizer(name: str, *, revision: str | None = None) -> Any:
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(name, **({"revision": revision} if revision else {}))
+    check_vocabulary(tokenizer, name)
     return set_pad_token(tokenizer)
+
+
+def check_vocabulary(tokenizer: Any, name: str) -> None:
+    """Refuse a tokenizer with no real vocabulary (only special tokens).
+
+    transformers builds one from the model config alone when a folder has weights but no tokenizer files;
+    every word then becomes ``[UNK]`` and a training "works" while learning from nothing.
+
+    Raises:
+        ValueError: naming the folder and the fix (save the tokenizer beside the weights).
+    """
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    try:
+        vocabulary = tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):
+        return
+    if vocabulary and len(set(vocabulary) - special) == 0:
+        raise ValueError(f"the tokenizer of {name!r} has no vocabulary: only its {len(vocabulary)} special tokens "
+                         f"({sorted(vocabulary)[:8]}), so every word would be unknown. The folder has the model's "
+                         "weights but not its tokenizer files: save them beside the weights "
+                         "(tokenizer.save_pretrained(folder)), or train from the hub name.")
 
 
 def fresh_modules(model: nn.Module, keys: list[str]) -> list[str]:

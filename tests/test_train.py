@@ -195,3 +195,16 @@ def test_seq2seq_t5_edits_encoder_and_decoder(tmp_path, tiny_checkpoints):
     assert result.edit_parameters == 2 * 32 * 4
     targets = red.read_edit(result.edit_path)[1]["targets"]
     assert {t.split(".")[0] for t in targets} == {"encoder", "decoder"}
+
+
+def test_a_base_folder_without_tokenizer_files_is_refused_before_training(sentiment, tmp_path):
+    """transformers invents a 5-token tokenizer from the config alone: every word would be [UNK]."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = tmp_path / "weights-only"
+    BertForSequenceClassification(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=37)).save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"has no vocabulary: only its 5 special tokens .* save them beside the "
+                                         r"weights \(tokenizer.save_pretrained"):
+        train(sentiment, _config(str(folder)), tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()
