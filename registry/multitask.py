@@ -212,7 +212,10 @@ class MultiTaskModel(PythonModel):
     # ---- following the registry -------------------------------------------------------------
     def refresh(self, *, strict: bool = False) -> dict[str, Any]:
         """Read the alias of every model now; load, check and swap in what moved. Returns what changed,
-        what was refused, and what is served. ``strict`` (start-up): any problem raises instead."""
+        what was refused, and what is served. ``strict`` (start-up): a problem with a model named in the
+        config raises instead; a model that only fits a pattern and cannot serve (a LoRA comparison model,
+        a tampered version) is refused as while running, so one bad model does not keep the others down,
+        unless nothing at all can be served."""
         with self._lock:
             snap = self._snapshot
             wanted = wanted_versions(self.config, self.client, strict=strict)
@@ -233,7 +236,7 @@ class MultiTaskModel(PythonModel):
                 try:
                     task = self._load(name, version)
                 except VersionRefused as exc:
-                    if strict:
+                    if strict and name in self.config.names:  # asked for by name: the operator must know now
                         raise ServingConfigError(str(exc)) from exc
                     self._refused[name] = {"model": name, "version": version, "reason": str(exc), "at": _now()}
                     refused.append(self._refused[name])
@@ -249,6 +252,9 @@ class MultiTaskModel(PythonModel):
                 tasks[name] = task
                 changed.append({"model": name, "from": current[name].version if name in current else None,
                                 "to": version})
+            if strict and not tasks:
+                raise ServingConfigError("no task can be served: " + "; ".join(
+                    f"{r['model']} v{r['version']}: {r['reason']}" for r in refused))
             if changed or snap is None:
                 self._swap(tasks)
                 for c in changed:

@@ -279,6 +279,18 @@ def test_serve_refuses_unknown_models_reft_edits_and_bad_settings_before_listeni
     assert out.exit_code == 2, out.output
     assert "reft-sentiment v1 is a loreft (ReFT) edit" in out.output
     assert "mlflow models serve -m models:/reft-sentiment/1" in out.output
+    out = serve("--models", "reft-*")  # a pattern whose only model cannot serve: nothing to serve
+    assert out.exit_code == 2 and "no task can be served: reft-sentiment v1: reft-sentiment v1 is a loreft" in out.output
+    # one model under a pattern that cannot serve does not keep the others down at start-up: refused, as while running
+    from registry.multitask import load_multitask
+
+    model = load_multitask({"models": ["red-*", "reft-*"], "tracking_uri": store["uri"], "poll_interval": 0})
+    try:
+        status = model.status()
+        assert [r["model"] for r in status["refused"]] == ["reft-sentiment"]
+        assert "red-sentiment" in {t["model"] for t in status["tasks"]}
+    finally:
+        model.close()
 
 
 def test_classification_regression_and_generation_tasks_share_one_model(store, tiny_checkpoints, tmp_path):
