@@ -26,6 +26,7 @@ state, and tasks differ in max length).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 import tempfile
@@ -41,6 +42,7 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from .generation import max_new_tokens
 from .routing import RoutedRows, answer_frame, route
 from .served_tasks import ServedTask, VersionRefused, fetch_task, wanted_versions
 from .serving_config import ServingConfig, ServingConfigError, serving_config
@@ -191,6 +193,8 @@ class MultiTaskModel(PythonModel):
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         self.device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self._cache = Path(tempfile.mkdtemp(prefix="redflow-serve-"))
+        # `mlflow models serve` never calls close(): remove the downloaded versions when the process exits
+        atexit.register(shutil.rmtree, self._cache, ignore_errors=True)
         self._groups: dict[tuple, _Group] = {}
         self._refused: dict[str, dict[str, Any]] = {}
         self._gone: set[str] = set()
@@ -378,9 +382,10 @@ class MultiTaskModel(PythonModel):
                   params: dict[str, Any]) -> None:
         import torch
 
-        max_new = int(params.get("max_new_tokens") or self.config.max_new_tokens)
         do_sample = bool(params.get("do_sample", False))
         for positions, batch, ids in self._batches(group, snap, rows, indices):
+            max_new = max_new_tokens(params, self.config.max_new_tokens, group.model.config,
+                                     batch["input_ids"].shape[1], causal=group.causal)
             with torch.inference_mode(), group.bank.tasks(ids, state):
                 out = group.model.generate(**batch, max_new_tokens=max_new, do_sample=do_sample,
                                            pad_token_id=group.tokenizer.pad_token_id)

@@ -35,6 +35,8 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from .generation import max_new_tokens
+
 _logger = logging.getLogger(__name__)
 
 CLASSIFICATION = "classification"
@@ -298,7 +300,6 @@ class RedEditModel(PythonModel):
     def _generate(self, prompts: list[str], params: dict[str, Any]) -> pd.DataFrame:
         import torch
 
-        max_new = int(params.get("max_new_tokens") or self.config.get("max_new_tokens", 64))
         do_sample = bool(params.get("do_sample", False))
         bs = int(self.config.get("batch_size", 16))
         out: list[str] = []
@@ -306,6 +307,8 @@ class RedEditModel(PythonModel):
             enc = self.tokenizer(prompts[i:i + bs], padding=True, truncation=True,
                                  max_length=int(self.config.get("max_length", 256)), return_tensors="pt")
             enc = {k: v.to(self.device) for k, v in enc.items()}
+            max_new = max_new_tokens(params, int(self.config.get("max_new_tokens", 64)), self.edited.config,
+                                     enc["input_ids"].shape[1], causal=self.config.get("task_type") == "causal_lm")
             with torch.inference_mode():
                 ids = self.edited.generate(**enc, max_new_tokens=max_new, do_sample=do_sample,
                                            pad_token_id=self.tokenizer.pad_token_id)

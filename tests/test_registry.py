@@ -315,6 +315,10 @@ def test_pyfunc_text_pairs_and_causal_lm_generation(minilm_path, tmp_path, edits
     with torch.no_grad():
         ids = edited.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert gen["generation"].tolist() == tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=r"max_new_tokens 100000 does not fit: the model reads at most"):
+        lm.predict(None, pd.DataFrame({"prompt": [prompt]}), params={"max_new_tokens": 100000})
 
 
 # ---------------------------------------------------------------------------------------------

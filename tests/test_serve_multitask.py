@@ -23,6 +23,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -312,6 +313,11 @@ def test_classification_regression_and_generation_tasks_share_one_model(store, t
     try:
         served = model.predict(None, pd.DataFrame(rows), params={"max_new_tokens": 4}).to_dict("records")
         bases_served = model.status()["bases"]
+        for bad, message in [(100000, r"max_new_tokens 100000 does not fit: the model reads at most 256 positions "
+                                       r"and the longest prompt of this batch takes \d+; ask for at most \d+"),
+                             (-1, "max_new_tokens must be at least 1, got -1"), ("many", "a whole number")]:
+            with pytest.raises(MlflowException, match=message):  # HTTP 400 on a server, not a stack trace
+                model.predict(None, pd.DataFrame(rows), params={"max_new_tokens": bad})
     finally:
         model.close()
     assert sorted(len(b["tasks"]) for b in bases_served) == [1, 2]  # bert: cls3 + reg in one bank; gpt2: gen
