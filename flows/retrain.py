@@ -288,7 +288,8 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
     if r.learned is False:  # whatever the method: the validation score never left the majority-class level
         from tasks.floors import did_not_learn_note
 
-        row["note"] = did_not_learn_note(r.primary_metric, _best_validation(r), r.floor.get(r.primary_metric, 0.0))
+        row["note"] = did_not_learn_note(r.primary_metric, _best_validation(r), r.floor.get(r.primary_metric, 0.0),
+                                         tuned=bool(r.tuning))
         row["why"] = f"{row['note']}; {row['why']}"
     if r.tuning:
         row["tuning"] = {k: r.tuning.get(k) for k in ("study", "best_trial", "best_params", "trials", "parent_run_id")}

@@ -74,8 +74,10 @@ def learned(scores: Iterable[float], floor: float | None, *, higher_is_better: b
     return min(finite) < floor - tolerance
 
 
-def did_not_learn_note(metric: str, best: float | None, floor: float) -> str:
-    """The summary's note for a training that stayed at the floor."""
+def did_not_learn_note(metric: str, best: float | None, floor: float, *, tuned: bool = False) -> str:
+    """The summary's note for a training that stayed at the floor (``tuned``: the best trial of a search)."""
     shown = "nan" if best is None else f"{best:.4f}"
+    fix = ("the search's best trial too: widen its learning-rate range, add trials or epochs" if tuned
+           else "try another learning rate (a `tune:` block searches one)")
     return (f"did not learn: validation {metric} {shown} never rose more than {TOLERANCE:g} above the "
-            f"majority-class/chance floor {floor:.4f}; try another learning rate (a `tune:` block searches one)")
+            f"majority-class/chance floor {floor:.4f}; {fix}")

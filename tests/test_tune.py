@@ -152,6 +152,8 @@ def test_a_tuned_task_registers_its_best_trial_and_an_untrained_floor_is_flagged
                                     defaults=DEFAULTS)
     night3 = retrain(config=str(cfg_path))["sentiment"]
     assert night3["status"] == "trained" and night3["version"] == 2
+    # the config diff names what changed in the search (the version records the recipe it hashed, tune included)
+    assert "tune.trials 3 -> 2" in night3["why"] and "tune.pruner" not in night3["why"], night3["why"]
     study = _study(cfg_path, night3["tuning"]["study"])
     first = study.trials[0]
     assert first.params == {"learning_rate": pytest.approx(best_lr)} and first.user_attrs["source"] == "v1's values"
