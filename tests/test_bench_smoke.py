@@ -94,7 +94,8 @@ def test_glue_budget_smoke(tmp_path, tiny_checkpoints):
     result = json.loads(out.read_text())
     cell = result["estimate"]["per_cell"]["sst2/red"]
     assert cell["steps_per_run"] == 2 * 6 and cell["runs"] == 3 + 1  # 24 rows (fewer than asked) / batch 4
-    assert result["estimate"]["wall_seconds"] == round(result["estimate"]["cpu_seconds"] / 2)
+    # both are rounded from the same unrounded CPU time: half of it, within rounding
+    assert abs(result["estimate"]["wall_seconds"] - result["estimate"]["cpu_seconds"] / 2) <= 1
     assert result["tasks"]["sst2"]["methods"]["head"]["step_cpu_s"] > 0 and "| sst2 | head |" in proc.stdout
     rendered = run("glue_budget.py", "--render", str(out), *budget)  # re-estimates from the JSON, no model
     assert rendered.stdout.splitlines()[-1] == proc.stdout.splitlines()[-1]
