@@ -131,7 +131,8 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
     """Resume the unfinished study ``name`` of this identity, or create it.
 
     A study is owned by one process at a time (a file lock under ``folder``); one held by a live
-    process, or one that ran to its end (unless ``reuse_finished``), is left alone and the next name
+    process, one that ran to its end (unless ``reuse_finished``), and one whose whole budget failed
+    (no trial finished: resuming would only fail again) are left alone and the next name
     (``name#2``...) is used. Trials found ``running`` in a resumed study belonged to a process that
     died: each is marked failed (``crashed``, not counted against the budget) and asked again with
     the same values first.
@@ -169,9 +170,24 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
         opened = OpenStudy(study, ref, space, resumed=True, notes=notes, _lock=lock)
         _recover_crashed(opened, storage)
         done = opened.counted()
+        if not reuse_finished and done >= tune.trials and not _any_success(study):
+            # every trial of its budget failed (diverged, out of memory, disk full): resuming would
+            # run nothing and fail again; a new study tries again (a deterministic failure fails again)
+            notes.append(f"study {current} used its {tune.trials} trials without one that finished: "
+                         "starting a new study")
+            lock.release()
+            continue
         notes.append(f"resuming study {current}: {done} of {tune.trials} trials already done"
                      + (" (finished)" if study.user_attrs.get(FINISHED_ATTR) else ""))
         return opened
+
+
+def _any_success(study) -> bool:
+    """A trial of ``study`` that ended with a value (complete, or pruned after reporting one)."""
+    from optuna.trial import TrialState
+
+    return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               for t in study.get_trials(deepcopy=False))
 
 
 def _recover_crashed(opened: OpenStudy, storage) -> None:

@@ -309,3 +309,32 @@ def test_floors_are_what_a_constant_answer_scores():
     assert majority_scores(["x"], ["accuracy"], task_type="causal_lm") is None
     assert learned([0.68, 0.689], 0.68) is False and learned([0.5, 0.70], 0.68) is True
     assert learned([2.0, 1.5], 2.0, higher_is_better=False) is True and learned([0.7], None) is None
+
+
+def test_a_study_whose_every_trial_failed_is_not_resumed_into_the_same_failure(tmp_path):
+    """All of the budget failed (diverged, out of memory): the next night starts a new study that trains
+    again, instead of resuming one with nothing left to run."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from tasks.study import open_study, storage_url
+    from tasks.tune import TuneConfig
+
+    tune, space = TuneConfig(trials=2), {"learning_rate": FloatDistribution(1e-4, 1e-1, log=True)}
+
+    def opened():
+        return open_study(storage_url(tmp_path), "cfg.task.abc", tune, space, direction="maximize",
+                          metric="accuracy", folder=tmp_path / "tune")
+
+    first = opened()
+    for _ in range(2):
+        first.study.tell(first.study.ask(space), state=TrialState.FAIL)
+    first.close()  # the run ended in a failure, never finish()ed
+    second = opened()
+    assert second.study.study_name == "cfg.task.abc#2" and not second.resumed
+    assert "study cfg.task.abc used its 2 trials without one that finished: starting a new study" in second.notes
+    second.study.tell(second.study.ask(space), 0.7)
+    second.close()
+    third = opened()  # a study with a finished trial and budget left is resumed as before
+    assert third.study.study_name == "cfg.task.abc#2" and third.resumed
+    third.close()
