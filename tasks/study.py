@@ -130,8 +130,9 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
                folder: str | Path, reuse_finished: bool = False) -> OpenStudy:
     """Resume the unfinished study ``name`` of this identity, or create it.
 
-    A study is owned by one process at a time (a file lock under ``folder``); one held by a live
-    process, one that ran to its end (unless ``reuse_finished``), and one whose whole budget failed
+    A study is owned by one process at a time (a file lock under ``folder``): one held by a live
+    process raises ``tasks.attempts.AttemptBusy`` (the run reports the task ``busy``, as for a training
+    of the same inputs). One that ran to its end (unless ``reuse_finished``), and one whose whole budget failed
     (no trial finished: resuming would only fail again) are left alone and the next name
     (``name#2``...) is used. Trials found ``running`` in a resumed study belonged to a process that
     died: each is marked failed (``crashed``, not counted against the budget) and asked again with
@@ -153,9 +154,11 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
         lock = FileLock(str(study_dir / "study.lock"))
         try:
             lock.acquire(timeout=0)
-        except Timeout:
-            notes.append(f"study {current} is being run by another live process: not touching it")
-            continue
+        except Timeout:  # the same identity searched by a live process: a twin run, as in tasks.attempts
+            from .attempts import AttemptBusy
+
+            raise AttemptBusy(f"study {current} of the same inputs is being run by another live process; this run "
+                              "leaves it to finish (it registers the result)") from None
         ref = StudyRef(url, current, tune, str(study_dir), direction, metric)
         if current not in existing:
             study = optuna.create_study(study_name=current, storage=storage, direction=direction,
