@@ -56,9 +56,9 @@ class TaskSpec(BaseModel):
     co_train: bool | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
         default=None, description="Co-training: null follows the config's co_train; false trains this task "
         "alone; true joins the default group; a name co-trains it with the tasks of that group name.")
-    tune: dict[str, Any] | Literal[False] | None = Field(
+    tune: dict[str, Any] | bool | None = Field(
         default=None, description="tasks.tune.TuneConfig fields: search the learning rate with Optuna (merged key by "
-        "key over defaults.tune); false: no search for this task even if defaults has one.")
+        "key over defaults.tune); true: the default search; false: no search for this task even if defaults has one.")
 
 
 class RetrainConfig(BaseModel):
@@ -128,8 +128,10 @@ class RetrainConfig(BaseModel):
 
         merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
         merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
-        tune = {**(self.defaults.get("tune") or {}), **(task.train.get("tune") or {}), **(task.tune or {})}
-        merged["tune"] = tune if tune and task.tune is not False else None
+        blocks = [self.defaults.get("tune"), task.train.get("tune"), task.tune]  # true: the default search
+        tune = {k: v for block in blocks if isinstance(block, dict) for k, v in block.items()}
+        wanted = bool(tune) or any(block is True for block in blocks)
+        merged["tune"] = tune if wanted and task.tune is not False else None
         return merged
 
     def train_config(self, task: TaskSpec) -> TrainConfig:

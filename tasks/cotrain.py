@@ -48,7 +48,8 @@ from .floors import learned
 from .provenance import Identity
 from .result import TrainResult
 from .train import (EDIT_METHODS, TrainConfig, TrainingDiverged, TrainingError, _best_epoch, _checkpoint_step,
-                    _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _stop_on_request,
+                    _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _quiet_console_logging,
+                    _stop_on_request,
                     divergence_message, edit_config, edit_extra, head_for, load_base_model, load_tokenizer,
                     nan_message, precision_dtype, result_params, trainer_slot, training_arguments, training_identity,
                     validation_floor)
@@ -586,6 +587,7 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
             model=bank, args=args, train_dataset=_Rows(trains),
             eval_dataset={f"t{k}": s.validation for k, s in enumerate(specs)}, data_collator=_Collate(inner),
             callbacks=[_stop_on_request()] + list(callbacks or []), tasks=specs, mixing=mixing)
+        _quiet_console_logging(trainer)
         for k, error in cannot_start.items():
             trainer._stop(k, error)
         for k, spec in enumerate(specs):  # the same baseline a training alone measures (tasks.train.initial_loss)

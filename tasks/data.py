@@ -118,6 +118,14 @@ class DataSpec(BaseModel):
     def _fraction(cls, value: float, info) -> float:
         return splits.check_fraction(info.field_name, value)
 
+    @field_validator("label_list", mode="before")
+    @classmethod
+    def _names_not_booleans(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(v, bool) for v in value):
+            raise ValueError(f"label names must be strings, got {value}: YAML reads unquoted yes/no/on/off/true/false "
+                             "as booleans; quote them, e.g. label_list: ['yes', 'no']")
+        return value
+
     @field_validator("text_columns")
     @classmethod
     def _one_or_two(cls, value: list[str] | None) -> list[str] | None:

@@ -426,7 +426,7 @@ def best_result(opened: OpenStudy) -> tuple[Any, "TrainResult"]:
         errors = [t.user_attrs.get("error", "") for t in failed]
         summary = f"{len(study.trials)} trial(s), none completed"
         if failed and all("TrainingDiverged" in e for e in errors):
-            raise TrainingDiverged(f"{summary}: every one diverged ({errors[0]}). Lower the learning-rate range")
+            raise TrainingDiverged(f"{summary}: every one diverged ({errors[0]}). Lower the learning-rate range.")
         raise TrainingError(f"{summary}" + (f"; first error: {errors[0]}" if errors else "")
                             + ". Widen the search space or raise tune.trials")
     best = study.best_trial

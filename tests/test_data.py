@@ -166,6 +166,15 @@ def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError)
 
 
+def test_unquoted_yes_no_labels_in_yaml_get_a_hint_to_quote_them(tmp_path):
+    import yaml
+    from pydantic import ValidationError
+
+    spec = yaml.safe_load("name: answers\nsource: csv\npath: a.csv\nlabel_list: [yes, no]\n")
+    with pytest.raises(ValidationError, match=r"YAML reads unquoted yes/no.* quote them, e.g. label_list: \['yes', 'no'\]"):
+        DataSpec(**spec)
+
+
 def test_missing_columns_name_the_columns_found(glue_dir):
     _write(glue_dir / "SST-2" / "dev.tsv", ["text\tlabel", "fine .\t1", "bad .\t0"])
     with pytest.raises(DataError) as err:

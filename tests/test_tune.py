@@ -270,6 +270,8 @@ def test_a_bad_tune_block_is_a_config_error_naming_its_yaml_path(tmp_path):
     cfg = load([{"tune": {"trials": 2}}, {"tune": False}], defaults={"tune": {"trials": 5, "sampler": "qmc"}})
     first, second = (cfg.train_config(t).tune for t in cfg.tasks)
     assert (first.trials, first.sampler) == (2, "qmc") and second is None  # merged key by key; false opts out
+    cfg = load([{"tune": True}, {}])  # true: the default search
+    assert cfg.train_config(cfg.tasks[0]).tune.trials == 8 and cfg.train_config(cfg.tasks[1]).tune is None
     # a tuned task trains alone: a config-wide co_train leaves it out, naming a group on it is an error
     cfg = load([{"tune": {"trials": 2}}, {}, {}], defaults={"method": "red"})
     cfg = cfg.model_copy(update={"co_train": True})
