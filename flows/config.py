@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, model_validator
 
 from tasks.cotrain import CoTrainConfig
 from tasks.data import DataSpec
@@ -56,7 +56,7 @@ class TaskSpec(BaseModel):
     co_train: bool | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
         default=None, description="Co-training: null follows the config's co_train; false trains this task "
         "alone; true joins the default group; a name co-trains it with the tasks of that group name.")
-    tune: dict[str, Any] | bool | None = Field(
+    tune: dict[str, Any] | StrictBool | None = Field(
         default=None, description="tasks.tune.TuneConfig fields: search the learning rate with Optuna (merged key by "
         "key over defaults.tune); true: the default search; false: no search for this task even if defaults has one.")
 
@@ -128,10 +128,15 @@ class RetrainConfig(BaseModel):
 
         merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
         merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
-        blocks = [self.defaults.get("tune"), task.train.get("tune"), task.tune]  # true: the default search
+        # true or {}: the default search; false (the task's own, or in its train:) turns a defaults search off
+        blocks = [self.defaults.get("tune"), task.train.get("tune"), task.tune]
         tune = {k: v for block in blocks if isinstance(block, dict) for k, v in block.items()}
-        wanted = bool(tune) or any(block is True for block in blocks)
-        merged["tune"] = tune if wanted and task.tune is not False else None
+        wanted = any(block is True or isinstance(block, dict) for block in blocks)
+        off = task.tune is False or (task.tune is None and task.train.get("tune") is False)
+        merged["tune"] = tune if wanted and not off else None
+        bad = [block for block in blocks[:2] if block is not None and not isinstance(block, (bool, dict))]
+        if bad:  # e.g. tune: "yes" in defaults: TrainConfig's validation names it
+            merged["tune"] = bad[0]
         return merged
 
     def train_config(self, task: TaskSpec) -> TrainConfig:

@@ -103,7 +103,7 @@ def check_vocabulary(tokenizer: Any, name: str) -> None:
     except (AttributeError, NotImplementedError):
         return
     if vocabulary and len(set(vocabulary) - special) == 0:
-        raise ValueError(f"the tokenizer of {name!r} has no vocabulary: only its {len(vocabulary)} special tokens "
+        raise ValueError(f"the tokenizer of {name!r} has no vocabulary, only special tokens "
                          f"({sorted(vocabulary)[:8]}), so every word would be unknown. The folder has the model's "
                          "weights but not its tokenizer files: save them beside the weights "
                          "(tokenizer.save_pretrained(folder)), or train from the hub name.")

@@ -42,7 +42,7 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from .generation import max_new_tokens
+from .generation import max_new_tokens, position_limit
 from .routing import RoutedRows, answer_frame, route
 from .served_tasks import ServedTask, VersionRefused, fetch_task, wanted_versions
 from .serving_config import ServingConfig, ServingConfigError, serving_config
@@ -205,6 +205,7 @@ class MultiTaskModel(PythonModel):
         _show_swaps()
         try:
             self.refresh(strict=True)
+            self._check_generation_default()
         except BaseException:
             self.close()
             raise
@@ -212,6 +213,16 @@ class MultiTaskModel(PythonModel):
             self._poller = threading.Thread(target=self._follow, name="redflow-alias-poller", daemon=True)
             self._poller.start()
         return self
+
+    def _check_generation_default(self) -> None:
+        """The config's ``max_new_tokens`` must fit every generative base, or every request without
+        params would be refused for the server's own setting."""
+        for group, _ in self._snapshot.groups.values():
+            limit = position_limit(group.model.config) if group.generative else None
+            if limit is not None and self.config.max_new_tokens >= limit:
+                raise ServingConfigError(
+                    f"max_new_tokens {self.config.max_new_tokens} does not fit {group.describe().get('base_model')}: "
+                    f"it reads at most {limit} positions, prompt included; set max_new_tokens well below {limit}")
 
     # ---- following the registry -------------------------------------------------------------
     def refresh(self, *, strict: bool = False) -> dict[str, Any]:

@@ -135,18 +135,20 @@ def wanted_versions(config: ServingConfig, client: MlflowClient, *, strict: bool
 # ---------------------------------------------------------------------------------------------
 # one version, fetched and checked
 # ---------------------------------------------------------------------------------------------
-def refuse_method(name: str, version: int, method: str) -> None:
+def refuse_method(name: str, version: int, method: str, tracking_uri: str | None = None) -> None:
     """``VersionRefused`` for anything but a RED edit, with the reason and how to serve it instead."""
+    store = f"MLFLOW_TRACKING_URI={tracking_uri} " if tracking_uri else ""
     if method in REFT_METHODS:
         raise VersionRefused(
             f"{name} v{version} is a {method} (ReFT) edit: it intervenes on each row's own prompt positions in the "
             "residual stream, which this server's shared batch does not route per task (it batches RED edits, which "
-            f"act on every position). Serve it on its own: mlflow models serve -m models:/{name}/{version} "
+            f"act on every position). Serve it on its own: {store}mlflow models serve -m models:/{name}/{version} "
             "--env-manager local; or retrain the task with method: red")
     if method in BASELINES:
         raise VersionRefused(
             f"{name} v{version} is {BASELINES[method]} ({method}), not an edit of the shared base: it cannot share "
-            f"the base model. Serve it on its own: mlflow models serve -m models:/{name}/{version} --env-manager local")
+            f"the base model. Serve it on its own: {store}mlflow models serve -m models:/{name}/{version} "
+            "--env-manager local")
     if method != "red":
         raise VersionRefused(f"{name} v{version} has method {method!r}; the multi-task server serves RED edits only")
 
@@ -169,8 +171,8 @@ def fetch_task(client: MlflowClient, name: str, version: int, dest: str | Path, 
     status = mv.tags.get(STATUS_TAG, READY)
     if status != READY:
         raise VersionRefused(f"{name} v{version} has status {status!r}: only fully registered versions are served")
-    refuse_method(name, version, mv.tags.get("method") or "red")
     uri = tracking_uri or client.tracking_uri
+    refuse_method(name, version, mv.tags.get("method") or "red", uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest),
                                                      tracking_uri=uri, registry_uri=uri))
     flavor = Model.load(str(local)).flavors.get("python_function") or {}
@@ -183,7 +185,7 @@ def fetch_task(client: MlflowClient, name: str, version: int, dest: str | Path, 
         tensors, meta = read_edit(edit_path)
     except EditFileError as exc:
         raise VersionRefused(f"{name} v{version}: its edit file fails its checks: {exc}") from exc
-    refuse_method(name, version, meta["method"])
+    refuse_method(name, version, meta["method"], uri)
     registered = mv.tags.get("edit_sha256")
     if not registered or registered != meta["tensors_sha256"]:
         raise VersionRefused(f"{name} v{version}: the edit's checksum {meta['tensors_sha256'][:12]}... differs from "

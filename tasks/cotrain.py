@@ -49,10 +49,9 @@ from .provenance import Identity
 from .result import TrainResult
 from .train import (EDIT_METHODS, TrainConfig, TrainingDiverged, TrainingError, _best_epoch, _checkpoint_step,
                     _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _quiet_console_logging,
-                    _stop_on_request,
-                    divergence_message, edit_config, edit_extra, head_for, load_base_model, load_tokenizer,
-                    nan_message, precision_dtype, result_params, trainer_slot, training_arguments, training_identity,
-                    validation_floor)
+                    _stop_on_request, divergence_message, edit_config, edit_extra, ended_diverged, head_for,
+                    load_base_model, load_tokenizer, nan_message, precision_dtype, result_params, trainer_slot,
+                    training_arguments, training_identity, validation_floor)
 
 log = logging.getLogger(__name__)
 
@@ -657,13 +656,20 @@ def _restore_best(trainer, bank, k: int, view: list[dict], metric: str, best_epo
 
 
 def _task_result(trainer, bank, k, task: CoTask, hp, enc, spec: _Task, settings: CoTrainConfig, mixing, names,
-                 started: float, resume, start_step: int) -> TrainResult:
+                 started: float, resume, start_step: int) -> TrainResult | TrainingDiverged:
     view = _task_view(trainer.state.log_history, k)
     epochs = _epoch_table(view, spec.metric)
     best_epoch = _best_epoch(epochs, spec.metric, spec.greater)
     _restore_best(trainer, bank, k, view, spec.metric, best_epoch)
     validation = _metrics(trainer.evaluate_task(k, spec.validation, "eval"), "eval_")
     test = _metrics(trainer.evaluate_task(k, spec.test, "test"), "test_")
+    floor = validation_floor(task.data)
+    did_learn = learned([e.get(f"validation_{spec.metric}") for e in epochs] + [validation.get(spec.metric)],
+                        (floor or {}).get(spec.metric), higher_is_better=spec.greater)
+    ended = None if did_learn is True else ended_diverged(validation.get("loss"), spec.start_loss,
+                                                          spec.divergence_factor, spec.learning_rate)
+    if ended:  # as a training alone (tasks.train): nothing of this task is written
+        return TrainingDiverged(f"task {task.name}: {ended}")
     out_dir = Path(task.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     edit = bank.task_edit(k)
@@ -691,10 +697,7 @@ def _task_result(trainer, bank, k, task: CoTask, hp, enc, spec: _Task, settings:
         identity=(task.identity or training_identity(task.data, task.config, co_train=settings.recipe())).to_dict(),
         co_trained_with=others,
     )
-    floor = validation_floor(task.data)
-    result.floor = floor or {}
-    result.learned = learned([e.get(f"validation_{spec.metric}") for e in epochs] + [validation.get(spec.metric)],
-                             (floor or {}).get(spec.metric), higher_is_better=spec.greater)
+    result.floor, result.learned = floor or {}, did_learn
     result.save(out_dir / "result.json")
     return result
 

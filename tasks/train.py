@@ -397,6 +397,21 @@ def divergence_message(losses: list[float], factor: float, step: int, learning_r
     return None
 
 
+def ended_diverged(validation_loss: float | None, start: float | None, factor: float | None,
+                   learning_rate: float) -> str | None:
+    """Why a training that ended is diverged, or None: its (best epoch's) validation loss is more than
+    ``factor`` times the loss before the first step. Catches runs too short for the training-loss guard
+    (one or two steps whose last update ran away). The caller asks only when the metric did not leave its
+    floor (or for LMs, whose metric is the loss): an overfit classifier may have a high loss and a good score."""
+    if not factor or start is None or validation_loss is None or not math.isfinite(start):
+        return None
+    if not math.isfinite(validation_loss) or validation_loss > factor * max(start, 1e-3):
+        return (f"the validation loss ended at {validation_loss:.4g}, more than {factor:g}x the loss before training "
+                f"({start:.4g}): the training diverged and is not registered. Lower the learning rate (now "
+                f"{learning_rate:g}) or raise divergence_factor if this is expected.")
+    return None
+
+
 def _divergence_guard(factor: float, start: float | None = None):
     """A callback that stops training when the loss runs away while staying finite (lr far too high)."""
     from transformers import TrainerCallback
@@ -565,8 +580,9 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
             collator = DataCollatorWithPadding(tokenizer)
         else:
             collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
-        guards = [_stop_on_request()] + ([_divergence_guard(config.divergence_factor, initial_loss(
-            model, collator, encoded.train, hp["batch_size"]))] if config.divergence_factor else [])
+        start = initial_loss(model, collator, encoded.train, hp["batch_size"]) if config.divergence_factor else None
+        guards = [_stop_on_request()] + ([_divergence_guard(config.divergence_factor, start)]
+                                         if config.divergence_factor else [])
         trainer = _make_trainer_class()(
             model=model, args=args, train_dataset=encoded.train, eval_dataset=encoded.validation,
             data_collator=collator, compute_metrics=_compute_metrics_fn(data) if classification else None,
@@ -587,6 +603,10 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     floor = validation_floor(data)
     did_learn = learned([e.get(f"validation_{metric}") for e in epochs] + [validation.get(metric)],
                         (floor or {}).get(metric), higher_is_better=greater)
+    if did_learn is not True:  # no better than the floor (or an LM): a validation loss that ran away is divergence
+        ended = ended_diverged(validation.get("loss"), start, config.divergence_factor, hp["learning_rate"])
+        if ended:
+            raise TrainingDiverged(ended)
     model.eval()
     edit_path = _save_final(model, config, data, out_dir, tokenizer, validation, test)
     from red import EditedModel

@@ -279,7 +279,7 @@ def test_serve_refuses_unknown_models_reft_edits_and_bad_settings_before_listeni
     out = serve("--models", "reft-sentiment")
     assert out.exit_code == 2, out.output
     assert "reft-sentiment v1 is a loreft (ReFT) edit" in out.output
-    assert "mlflow models serve -m models:/reft-sentiment/1" in out.output
+    assert "mlflow models serve -m models:/reft-sentiment/1" in out.output and "MLFLOW_TRACKING_URI=" in out.output
     out = serve("--models", "reft-*")  # a pattern whose only model cannot serve: nothing to serve
     assert out.exit_code == 2 and "no task can be served: reft-sentiment v1: reft-sentiment v1 is a loreft" in out.output
     # one model under a pattern that cannot serve does not keep the others down at start-up: refused, as while running
@@ -320,6 +320,10 @@ def test_classification_regression_and_generation_tasks_share_one_model(store, t
                 model.predict(None, pd.DataFrame(rows), params={"max_new_tokens": bad})
     finally:
         model.close()
+    from registry.serving_config import ServingConfigError
+
+    with pytest.raises(ServingConfigError, match=r"max_new_tokens 100000 does not fit .*reads at most 256 positions"):
+        load_multitask({"models": ["mixed-*"], "poll_interval": 0, "max_new_tokens": 100000})  # refused at start-up
     assert sorted(len(b["tasks"]) for b in bases_served) == [1, 2]  # bert: cls3 + reg in one bank; gpt2: gen
     for name, spec in specs.items():
         mine = [i for i, r in enumerate(rows) if r["task"].removeprefix("mixed-") == name]

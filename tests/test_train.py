@@ -204,7 +204,16 @@ def test_a_base_folder_without_tokenizer_files_is_refused_before_training(sentim
     folder = tmp_path / "weights-only"
     BertForSequenceClassification(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                              intermediate_size=37)).save_pretrained(folder)
-    with pytest.raises(ValueError, match=r"has no vocabulary: only its 5 special tokens .* save them beside the "
+    with pytest.raises(ValueError, match=r"has no vocabulary, only special tokens .* save them beside the "
                                          r"weights \(tokenizer.save_pretrained"):
         train(sentiment, _config(str(folder)), tmp_path / "out")
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_run_too_short_for_the_loss_guard_that_ends_diverged_is_not_a_result(sentiment, tiny_checkpoints, tmp_path):
+    """Two steps: the logged training loss is the untrained one, the last update ran away. The validation
+    loss says so, and the run is diverged rather than a registrable 'did not learn'."""
+    from tasks.train import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"the validation loss ended at .*x the loss before training"):
+        train(sentiment, _config(tiny_checkpoints["bert"], epochs=1, max_steps=2, learning_rate=1e4), tmp_path)

@@ -270,8 +270,15 @@ def test_a_bad_tune_block_is_a_config_error_naming_its_yaml_path(tmp_path):
     cfg = load([{"tune": {"trials": 2}}, {"tune": False}], defaults={"tune": {"trials": 5, "sampler": "qmc"}})
     first, second = (cfg.train_config(t).tune for t in cfg.tasks)
     assert (first.trials, first.sampler) == (2, "qmc") and second is None  # merged key by key; false opts out
-    cfg = load([{"tune": True}, {}])  # true: the default search
-    assert cfg.train_config(cfg.tasks[0]).tune.trials == 8 and cfg.train_config(cfg.tasks[1]).tune is None
+    cfg = load([{"tune": True}, {"tune": {}}, {}])  # true or {}: the default search
+    assert [getattr(cfg.train_config(t).tune, "trials", None) for t in cfg.tasks] == [8, 8, None]
+    cfg = load([{"train": {"tune": False}}, {}], defaults={"method": "red", "tune": {"trials": 3}})
+    assert [getattr(cfg.train_config(t).tune, "trials", None) for t in cfg.tasks] == [None, 3]
+    for bad in ("yes", 1):
+        with pytest.raises(ConfigError, match=r"tasks.0.tune"):
+            load([{"tune": bad}])
+    with pytest.raises(ConfigError, match=r"tune"):
+        load([{}], defaults={"method": "red", "tune": "yes"})
     # a tuned task trains alone: a config-wide co_train leaves it out, naming a group on it is an error
     cfg = load([{"tune": {"trials": 2}}, {}, {}], defaults={"method": "red"})
     cfg = cfg.model_copy(update={"co_train": True})
