@@ -21,6 +21,14 @@ from tasks.glue_bench import read_jsonl, summarize, to_markdown  # noqa: E402
 LEGACY = Path("bench/results/glue")
 
 
+
+def _model_label(model: str) -> str:
+    """A hub name as is; a local folder by its name (the packaged MiniLM's folder is ``.../<package>/model``)."""
+    path = Path(str(model))
+    if not path.is_absolute() and len(path.parts) <= 2:
+        return str(model)
+    return f"{path.parent.name}/{path.name}" if path.name == "model" else path.name
+
 def render(path: Path) -> str:
     """Every benchmark setting found in ``path``: its command, trial budget and table."""
     rows = read_jsonl(path)
@@ -34,7 +42,7 @@ def render(path: Path) -> str:
         command = next((r["command"] for r in group if r.get("kind") == "settings"), {})
         tune = command.get("tune")
         trials = [c for c in cells if c.get("trials")]
-        out.append(f"Setting `{key}`: model {Path(str(command.get('model', '?'))).name}, epochs "
+        out.append(f"Setting `{key}`: model {_model_label(command.get('model', '?'))}, epochs "
                    f"{command.get('epochs')}, max train rows {command.get('max_train_samples')}, "
                    + (f"tuned ({tune['trials']} trials, {tune['sampler']} sampler, {tune['pruner']} pruner; "
                       f"{sum(c['trials'] for c in trials)} trials run)" if tune else "not tuned")
