@@ -50,8 +50,8 @@ from .result import TrainResult
 from .train import (EDIT_METHODS, TrainConfig, TrainingDiverged, TrainingError, _best_epoch, _checkpoint_step,
                     _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _quiet_console_logging,
                     _stop_on_request, divergence_message, edit_config, edit_extra, ended_diverged, head_for,
-                    load_base_model, load_tokenizer, nan_message, precision_dtype, result_params, trainer_slot,
-                    training_arguments, training_identity, validation_floor)
+                    initial_loss, load_base_model, load_tokenizer, nan_message, precision_dtype, result_params,
+                    trainer_slot, training_arguments, training_identity, validation_floor)
 
 log = logging.getLogger(__name__)
 
@@ -590,7 +590,8 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
         for k, error in cannot_start.items():
             trainer._stop(k, error)
         for k, spec in enumerate(specs):  # the same baseline a training alone measures (tasks.train.initial_loss)
-            spec.start_loss = _start_loss(trainer, bank, _Collate(inner), trains[k], k, micro)
+            rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), micro))]
+            spec.start_loss = initial_loss(bank, _Collate(inner), rows, micro, loss_of=trainer.compute_loss)
         resume = str(resume_from) if resume_from else None
         start_step = _checkpoint_step(resume)
         if resume:
@@ -606,25 +607,6 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
                 outcomes[task.name] = _task_result(trainer, bank, k, task, hps[task.name], encoded[task.name], spec,
                                                  settings, mixing, live_names, started, resume, start_step)
     return {name: outcomes[name] for name in names}
-
-
-@torch.no_grad()
-def _start_loss(trainer, bank, collate, rows, k: int, batch_size: int) -> float | None:
-    """Task k's mean loss on its first training rows before any step (deterministic: draws no random numbers)."""
-    n = min(len(rows), max(1, batch_size))
-    if n == 0:
-        return None
-    was_training = bank.training
-    bank.eval()
-    try:
-        batch = collate([{**rows[i], "task_ids": k} for i in range(n)])
-        device = next(p for p in bank.parameters()).device
-        loss = trainer.compute_loss(bank, {key: v.to(device) if hasattr(v, "to") else v for key, v in batch.items()})
-        return float(loss) if math.isfinite(float(loss)) else None
-    except Exception:  # noqa: BLE001 - a baseline only: the guard falls back to the first logged loss
-        return None
-    finally:
-        bank.train(was_training)
 
 
 def _task_view(history: list[dict], k: int) -> list[dict]:

@@ -426,12 +426,17 @@ def _divergence_guard(factor: float, start: float | None = None):
     return DivergenceGuard()
 
 
+def _model_loss(model, batch):
+    return getattr(model(**{k: v for k, v in batch.items() if hasattr(v, "to")}), "loss", None)
+
+
 @torch.no_grad()
-def initial_loss(model, collator, rows, batch_size: int) -> float | None:
+def initial_loss(model, collator, rows, batch_size: int, loss_of=_model_loss) -> float | None:
     """The model's mean loss on the first rows of ``rows`` before training (the divergence guard's baseline).
 
-    Deterministic (evaluation mode, the dataset's first rows, no sampler): it draws nothing from any
-    random generator, so training runs exactly as without it.
+    ``loss_of(model, batch)`` computes it (default: the model's own ``loss`` output; co-training passes its
+    trainer's per-task loss). Deterministic (evaluation mode, the dataset's first rows, no sampler): it draws
+    nothing from any random generator, so training runs exactly as without it.
     """
     n = min(len(rows), max(1, batch_size))
     if n == 0:
@@ -441,9 +446,8 @@ def initial_loss(model, collator, rows, batch_size: int) -> float | None:
     try:
         batch = collator([rows[i] for i in range(n)])
         device = next(p for p in model.parameters()).device
-        out = model(**{k: v.to(device) for k, v in batch.items() if hasattr(v, "to")})
-        loss = getattr(out, "loss", None)
-        return float(loss) if loss is not None else None
+        loss = loss_of(model, {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()})
+        return float(loss) if loss is not None and math.isfinite(float(loss)) else None
     except Exception:  # noqa: BLE001 - a baseline only: the guard falls back to the first logged loss
         return None
     finally:
