@@ -15,6 +15,7 @@ them build the same model:
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,22 @@ def fresh_modules(model: nn.Module, keys: list[str]) -> list[str]:
     return owners
 
 
+_LOADING = threading.RLock()
+
+
+def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(*args, **kwargs)``, one load at a time in this process.
+
+    transformers 5 loads inside ``no_init_weights()``/``no_tie_weights()``, which replace
+    ``PreTrainedModel.init_weights``/``tie_weights`` on the class and put back what they found. Two threads
+    loading at once can put back the *replacement*: from then on no model in the process ties its weights
+    (a tied GPT-2/T5 reports ``lm_head`` as missing) or initialises fresh heads. Servers, the threads task
+    runner and tuning trials load from several threads, so every load in redflow goes through here.
+    """
+    with _LOADING:
+        return cls.from_pretrained(*args, **kwargs)
+
+
 def load_base_model(name: str, task_type: str, *, revision: str | None = None, dtype: torch.dtype | str | None = None,
                     label_list: list[str] | None = None, num_labels: int | None = None,
                     model_class: str | None = None, tokenizer: Any = None) -> tuple[nn.Module, list[str]]:
@@ -156,7 +173,7 @@ def load_base_model(name: str, task_type: str, *, revision: str | None = None, d
         kwargs["revision"] = revision
     if as_dtype(dtype) is not None:
         kwargs["dtype"] = as_dtype(dtype)
-    model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
+    model, info = from_pretrained(cls, name, output_loading_info=True, **kwargs)
     fresh = list(info.get("missing_keys") or []) + [k[0] if isinstance(k, (tuple, list)) else k
                                                      for k in info.get("mismatched_keys") or []]
     if tokenizer is not None:

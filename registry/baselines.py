@@ -126,7 +126,9 @@ def _auto_model(name: str, task_type: str, label_list: list[str] | None, revisio
                                        num_labels=len(label_list) if label_list else None)
     if revision and not Path(name).exists():
         kwargs["revision"] = revision
-    return cls.from_pretrained(name, **head_kwargs, **kwargs)
+    from red.pretrained import from_pretrained
+
+    return from_pretrained(cls, name, **head_kwargs, **kwargs)
 
 
 def _tokenizer(name: str, revision: str | None = None):
@@ -152,7 +154,9 @@ def load_baseline(method: str, artifact: str | Path, *, base_model: str | None, 
         refuse_pickle(artifact)
         if not base_model:
             raise BaselineArtifactError("a LoRA adapter needs its base model; the serving config names none")
-        model = PeftModel.from_pretrained(_auto_model(base_model, task_type, label_list, revision), str(artifact))
+        from red.pretrained import from_pretrained
+
+        model = from_pretrained(PeftModel, _auto_model(base_model, task_type, label_list, revision), str(artifact))
         tok = _tokenizer(str(artifact) if (artifact / "tokenizer_config.json").is_file() else base_model, revision)
     elif method == "bitfit":
         tensors, meta = read_bitfit(artifact)

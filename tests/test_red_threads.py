@@ -106,3 +106,21 @@ def test_concurrent_calls_of_a_red_model_equal_sequential_ones(make_tiny):
 
     want = [run(i) for i in range(len(calls))]
     _same(_concurrently(run, len(calls)), want)
+
+
+def test_loads_from_several_threads_leave_weight_tying_intact(tiny_checkpoints):
+    """transformers swaps PreTrainedModel.tie_weights/init_weights during a load and puts back what it found;
+    two loads at once used to leave the no-op in place for the rest of the process (a tied GPT-2 or T5 then
+    "lacks" its lm_head). Loads through red.pretrained take turns, so the class keeps its methods."""
+    from transformers import PreTrainedModel
+
+    from red.pretrained import load_base_model
+
+    originals = (PreTrainedModel.tie_weights, PreTrainedModel.init_weights)
+    jobs = [(tiny_checkpoints["gpt2"], "causal_lm"), (tiny_checkpoints["t5"], "seq2seq")] * 4
+    with ThreadPoolExecutor(4) as pool:
+        fresh = list(pool.map(lambda job: load_base_model(*job)[1], jobs))
+    assert fresh == [[]] * len(jobs)
+    assert (PreTrainedModel.tie_weights, PreTrainedModel.init_weights) == originals
+    model, after = load_base_model(tiny_checkpoints["gpt2"], "causal_lm")
+    assert after == [] and model.lm_head.weight is model.transformer.wte.weight

@@ -87,7 +87,9 @@ def _judge(spec: dict[str, Any] | None):
         from .judges import RewardModelJudge
 
         path = spec.pop("model")
-        return RewardModelJudge(AutoModelForSequenceClassification.from_pretrained(path).eval(),
+        from red.pretrained import from_pretrained
+
+        return RewardModelJudge(from_pretrained(AutoModelForSequenceClassification, path).eval(),
                                 AutoTokenizer.from_pretrained(path), **spec)
     raise ValueError(f"unknown judge kind {kind!r}; use chat or reward")
 
