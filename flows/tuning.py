@@ -14,6 +14,7 @@ the storage, which a run after a crash resumes without redoing finished trials.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def log_earlier_trials(cfg: RetrainConfig, task: TaskSpec, opened, parent: str) 
             log_told(cfg, task, opened, parent, frozen.number, outcome_of(frozen))
 
 
-def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: str, data=None) -> TrainResult:
+def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: str, data) -> TrainResult:
     """The best trial's TrainResult as the task's training: the task's identity, the study's notes and record."""
     from registry.studies import finish_study_run
     from tasks.study import best_result, discard_artifacts, summary_note, trials_table
@@ -119,10 +120,8 @@ def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: 
         if row["number"] != best.number and output and output != result.output_dir:
             discard_artifacts(output)
     result.identity = plan.identity.to_dict()  # the tuned task's identity: what "unchanged" compares
-    if data is not None:  # and the recipe it hashed (tune block included), which the next night's diff reads
-        import json
-
-        result.recipe = json.loads(json.dumps(cfg.train_config(task).recipe(data.task or data.name), default=str))
+    # and the recipe it hashed (tune block included), which the next night's diff reads
+    result.recipe = json.loads(json.dumps(cfg.train_config(task).recipe(data.task or data.name), default=str))
     result.notes = list(plan.reasons) + list(opened.notes) + [summary_note(opened, best)]
     result.tuning = {"study": opened.study.study_name, "storage": opened.ref.storage_url, "parent_run_id": parent,
                      "best_trial": best.number, "best_params": dict(best.params), "metric": opened.ref.metric,

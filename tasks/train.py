@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+# Resolved once, when this module is imported: transformers' lazy module is not thread-safe on first access,
+# and trials/tasks in threads that import a name at the same moment got "cannot import name 'TrainerCallback'".
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: F401
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 
