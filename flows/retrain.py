@@ -253,7 +253,7 @@ def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> d
 
 def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
     """One task's line of the retrain summary: trained / unchanged / failed / diverged, steps, champion vs challenger."""
-    from tasks.attempts import AttemptBusy
+    from tasks.lifecycle.attempts import AttemptBusy
     from tasks.train import TrainingDiverged
 
     row: dict[str, Any] = {"task": name}

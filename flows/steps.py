@@ -7,7 +7,7 @@ notebook) can call each step directly without Prefect. What makes a *nightly* re
   with those of the task's latest registered version: equal means ``unchanged`` (nothing is
   trained or registered) unless ``force``;
 - ``train_step`` trains in this run's own folder and resumes only a crashed training of the
-  same inputs (``tasks.attempts``); ``init: production`` starts from the production edit;
+  same inputs (``tasks.lifecycle.attempts``); ``init: production`` starts from the production edit;
 - ``cotrain_step`` trains a co-training group's tasks in one pass over one copy of the base
   (``tasks.cotrain``), in the group's own attempt folder; each task's result then goes through the same
   evaluate/register/promote steps as a task trained alone;
@@ -25,26 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.provenance import Identity
+from tasks.lifecycle.plan import GATE, TRAIN, UNCHANGED, Plan  # noqa: F401 - re-exported
 from tasks.result import TrainResult
 
 from .config import RetrainConfig, TaskSpec
 
 log = logging.getLogger(__name__)
-
-TRAIN, UNCHANGED = "train", "unchanged"
-
-
-@dataclass
-class Plan:
-    """What tonight's run does with a task, and why."""
-
-    action: str                         # "train" or "unchanged"
-    identity: Identity
-    reasons: list[str] = field(default_factory=list)
-    latest_version: int | None = None   # the newest registered version (what "unchanged" refers to)
-    init_version: int | None = None     # production version to start from (init: production)
-
 
 @dataclass
 class Evaluation:
@@ -123,7 +109,7 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
         if previous.config_hash != identity.config_hash and latest.tags.get("training_config"):
             import json
 
-            from tasks.provenance import recipe_diff
+            from tasks.lifecycle.identity import recipe_diff
 
             changed = recipe_diff(json.loads(latest.tags["training_config"]), json.loads(json.dumps(
                 config.recipe(data.task or data.name), default=str)))
@@ -161,7 +147,7 @@ def failures_recorded(attempt) -> Iterator[None]:
 def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: str,
                callbacks: list | None = None) -> TrainResult | None:
     """Train in this run's own folder (resuming only a crashed twin); None when the plan says unchanged."""
-    from tasks.attempts import finished_unregistered, open_attempt, prune
+    from tasks.lifecycle.attempts import finished_unregistered, open_attempt, prune
     from tasks.train import train
 
     if plan.action != TRAIN:
@@ -215,7 +201,7 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     that cannot start (its production edit does not load) or that stops (NaN, divergence) fails alone; what
     stops them all (bad shared settings, the base does not load, an I/O error) is raised.
     """
-    from tasks.attempts import open_attempt, prune
+    from tasks.lifecycle.attempts import open_attempt, prune
     from tasks.cotrain import CoTask, co_train, group_identity
 
     settings = cfg.co_train_settings()
@@ -313,7 +299,7 @@ def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     run_id = log_training(result, experiment=cfg.experiment, eval_reports=evaluation.reports if evaluation else [],
                           config={"retrain": cfg.name, "task": task.name}, tags=tags)
     version = register_edit(result, run_id, model_name=cfg.model_name(task), tags={"retrain_config": cfg.name})
-    from tasks.attempts import mark_registered
+    from tasks.lifecycle.attempts import mark_registered
 
     mark_registered(result.output_dir, cfg.model_name(task), version)
     from mlflow import MlflowClient

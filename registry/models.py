@@ -36,7 +36,7 @@ from .tracking import (_log_batches, _owner_alive, as_dict, code_revision, code_
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tasks.provenance import Identity
+    from tasks.lifecycle.identity import Identity
     from tasks.result import TrainResult
 
 _logger = logging.getLogger(__name__)
@@ -252,8 +252,8 @@ def latest_version(name: str, client: MlflowClient | None = None, *, config: str
 
 
 def version_identity(mv) -> "Identity | None":
-    """The :class:`tasks.provenance.Identity` a version was trained from (None for versions registered without)."""
-    from tasks.provenance import Identity
+    """The :class:`tasks.lifecycle.identity.Identity` a version was trained from (None for versions registered without)."""
+    from tasks.lifecycle.identity import Identity
 
     if mv is None:
         return None

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tasks.provenance import code_revision, code_version  # noqa: F401 - part of this module's API
+from tasks.lifecycle.identity import code_revision, code_version  # noqa: F401 - part of this module's API
 from .store import (ARTIFACTS_DIRNAME, DB_FILENAME, DEFAULT_RUNS_DIR, default_tracking_uri,  # noqa: F401 - re-exported
                     local_artifact_root, setup_tracking, sqlite_path)
 from .store import normalize_uri as _normalize_uri  # noqa: F401

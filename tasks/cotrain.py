@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from .floors import learned
-from .provenance import Identity
+from .lifecycle.identity import Identity
 from .result import TrainResult
 from .train import (EDIT_METHODS, TrainConfig, TrainingDiverged, TrainingError, _best_epoch, _checkpoint_step,
                     _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _quiet_console_logging,
@@ -496,7 +496,7 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     (:class:`TrainingError`) or ran away (:class:`TrainingDiverged`). Raises ``ValueError`` /
     :class:`TrainingError` for what stops them all: settings the tasks must share that differ (:data:`SHARED`),
     tasks of different model families, a method other than RED, a base that cannot load.
-    ``resume_from``: a complete checkpoint of a crashed co-training of the same inputs (see tasks.attempts).
+    ``resume_from``: a complete checkpoint of a crashed co-training of the same inputs (see tasks.lifecycle.attempts).
     """
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, set_seed
 

@@ -34,7 +34,7 @@ class TrainResult:
     steps_trained: int = 0            # optimizer steps this call actually ran (0 would mean nothing was trained)
     resumed_from: str | None = None   # the crashed training's checkpoint it continued from
     init: str = "fresh"               # "fresh", or where the starting edit came from ("production v3")
-    identity: dict[str, str] = field(default_factory=dict)  # tasks.provenance.Identity of the inputs
+    identity: dict[str, str] = field(default_factory=dict)  # tasks.lifecycle.identity.Identity of the inputs
     recipe: dict[str, Any] = field(default_factory=dict)  # TrainConfig.recipe(): the resolved config hashed
     notes: list[str] = field(default_factory=list)  # why it trained, what was resumed (for the run summary)
     co_trained_with: list[str] = field(default_factory=list)  # the other tasks of its co-training (tasks.cotrain)

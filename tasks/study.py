@@ -3,7 +3,7 @@
 - :func:`open_study`: the study in Optuna's RDB storage (SQLite next to the MLflow store), one per
   task and training identity. A study left unfinished by a crash is *resumed*: its finished trials
   stay, trials that were running when the process died are marked failed and asked again (their
-  training resumes from its last checkpoint through :mod:`tasks.attempts`).
+  training resumes from its last checkpoint through :mod:`tasks.lifecycle.attempts`).
 - :func:`run_study`: Optuna's ask-and-tell loop. Trials run wherever the caller's ``submit`` sends
   them (Prefect's task runner in a retrain: threads, Dask or Ray; a process pool in the benchmark);
   at most ``parallel`` at once, none started after the ``timeout``.
@@ -131,7 +131,7 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
     """Resume the unfinished study ``name`` of this identity, or create it.
 
     A study is owned by one process at a time (a file lock under ``folder``): one held by a live
-    process raises ``tasks.attempts.AttemptBusy`` (the run reports the task ``busy``, as for a training
+    process raises ``tasks.lifecycle.attempts.AttemptBusy`` (the run reports the task ``busy``, as for a training
     of the same inputs). One that ran to its end (unless ``reuse_finished``), and one whose whole budget failed
     (no trial finished: resuming would only fail again) are left alone and the next name
     (``name#2``...) is used. Trials found ``running`` in a resumed study belonged to a process that
@@ -154,8 +154,8 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
         lock = FileLock(str(study_dir / "study.lock"))
         try:
             lock.acquire(timeout=0)
-        except Timeout:  # the same identity searched by a live process: a twin run, as in tasks.attempts
-            from .attempts import AttemptBusy
+        except Timeout:  # the same identity searched by a live process: a twin run, as in tasks.lifecycle.attempts
+            from .lifecycle.attempts import AttemptBusy
 
             raise AttemptBusy(f"study {current} of the same inputs is being run by another live process; this run "
                               "leaves it to finish (it registers the result)") from None
@@ -306,7 +306,7 @@ def run_trial(data, config: "TrainConfig", ref: StudyRef, number: int, params: d
     rate diverging is an ordinary outcome of a search); other exceptions propagate. A crashed trial
     asked again with the same values resumes from its last complete checkpoint.
     """
-    from .attempts import open_attempt
+    from .lifecycle.attempts import open_attempt
     from .train import TrainingDiverged, TrainingError, train, training_identity
 
     started = time.time()

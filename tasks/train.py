@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from safetensors.torch import load_file, save_file
 
 from .presets import preset_values
-from .provenance import Identity, base_id, code_version, config_hash
+from .lifecycle.identity import Identity, base_id, code_version, config_hash
 from .result import TrainResult
 from .floors import learned, majority_scores
 from .tune import TuneConfig
@@ -131,7 +131,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 42
     resume: bool = Field(default=True, description="Resume a crashed training of exactly the same inputs (see "
-                         "tasks.attempts); a finished training is never resumed.")
+                         "tasks.lifecycle.attempts); a finished training is never resumed.")
     init: Literal["fresh", "production"] = Field(
         default="fresh", description="Start from the identity (fresh) or from the task's current production edit "
         "(vectors and head): a cheap incremental update. Edit methods only.")
@@ -173,7 +173,7 @@ class TrainConfig(BaseModel):
     def recipe(self, task: str) -> dict[str, Any]:
         """Everything besides data and base weights that decides what training produces.
 
-        Hashed into the training identity (:mod:`tasks.provenance`): preset and defaults are applied
+        Hashed into the training identity (:mod:`tasks.lifecycle.identity`): preset and defaults are applied
         first, so ``{}`` and the preset's explicit values hash alike; fields that cannot change the
         result (logging, evaluation batch size, resuming) and other methods' settings are left out.
         """
@@ -539,10 +539,10 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
     ``model``/``tokenizer`` may be passed in (already loaded); otherwise they are loaded from ``config.model``.
     ``callbacks`` are transformers ``TrainerCallback``s (progress reporting, early stopping...).
     ``resume_from``: a complete checkpoint of a crashed training of the same inputs (the caller decides;
-    see :mod:`tasks.attempts`). Without it training starts from step 0, whatever ``out_dir`` holds.
+    see :mod:`tasks.lifecycle.attempts`). Without it training starts from step 0, whatever ``out_dir`` holds.
     ``init_state``: edit-file tensors (``edit.*``/``head.*``) to start from instead of the identity
     (``init: production``); ``init_note`` says where they came from. ``identity``: the inputs'
-    :class:`~tasks.provenance.Identity` if the caller computed it already.
+    :class:`~tasks.lifecycle.identity.Identity` if the caller computed it already.
 
     Raises :class:`TrainingError` (NaN loss, bad model or data) and :class:`TrainingDiverged`.
     """
@@ -718,7 +718,7 @@ def _save_final(model, config: TrainConfig, data, out_dir: Path, tokenizer, vali
 
 def training_identity(data, config: TrainConfig, *, cache_dir: str | Path | None = None,
                       co_train: dict[str, Any] | None = None) -> Identity:
-    """The :class:`~tasks.provenance.Identity` of training ``config`` on ``data``: equal means the same edit.
+    """The :class:`~tasks.lifecycle.identity.Identity` of training ``config`` on ``data``: equal means the same edit.
 
     ``co_train``: the co-training settings when the task is co-trained (``tasks.cotrain.CoTrainConfig.recipe``);
     they are part of the recipe, so switching co-training on or off, or changing them, retrains the task. The

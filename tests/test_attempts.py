@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from tasks.attempts import complete_checkpoints, open_attempt, prune, read_state
-from tasks.provenance import Identity
+from tasks.lifecycle.attempts import complete_checkpoints, open_attempt, prune, read_state
+from tasks.lifecycle.identity import Identity
 
 SAME = Identity(data_hash="d1", config_hash="c1", base_id="b1", code_version="git:x")
 
@@ -45,7 +45,7 @@ def test_a_crashed_attempt_with_the_same_identity_is_resumed_in_place(tmp_path, 
     _checkpoint(crashed.folder, 4)
     _checkpoint(crashed.folder, 8, complete=False)  # killed while writing this one
     crashed.close()  # the process died: its lock is gone, its status still says "training"
-    with caplog.at_level(logging.WARNING, logger="tasks.attempts"):
+    with caplog.at_level(logging.WARNING, logger="tasks.lifecycle.attempts"):
         again = open_attempt(tmp_path, SAME, "night1-rerun")
     assert again.folder == crashed.folder and again.resume_from.endswith("checkpoint-4")
     assert "checkpoint-8" in caplog.text and "no trainer_state.json" in caplog.text
@@ -79,7 +79,7 @@ def test_deterministic_failures_are_not_resumed_but_transient_ones_are(tmp_path)
 
 
 def test_the_same_inputs_are_not_trained_twice_at_once(tmp_path):
-    from tasks.attempts import AttemptBusy
+    from tasks.lifecycle.attempts import AttemptBusy
 
     live = open_attempt(tmp_path, SAME, "running")
     _checkpoint(live.folder, 4)
@@ -95,8 +95,8 @@ def test_a_killed_process_releases_its_attempt(tmp_path):
     """A real SIGKILL: the lock dies with the process, so the next run sees a crash, not a live run."""
     script = textwrap.dedent(f"""
         import os, signal
-        from tasks.attempts import open_attempt
-        from tasks.provenance import Identity
+        from tasks.lifecycle.attempts import open_attempt
+        from tasks.lifecycle.identity import Identity
         a = open_attempt({str(tmp_path)!r}, Identity("d1", "c1", "b1", "git:x"), "killed")
         os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -148,7 +148,7 @@ def test_a_checkpoint_whose_optimizer_state_is_cut_off_is_skipped(tmp_path, capl
     cut = crashed.checkpoints / "checkpoint-8" / "optimizer.pt"
     cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])  # killed while writing it
     crashed.close()
-    with caplog.at_level(logging.WARNING, logger="tasks.attempts"):
+    with caplog.at_level(logging.WARNING, logger="tasks.lifecycle.attempts"):
         again = open_attempt(tmp_path, SAME, "night2")
     assert again.resume_from.endswith("checkpoint-4") and "optimizer.pt: not a readable archive" in caplog.text
     again.close()
@@ -172,7 +172,7 @@ def test_a_checkpoint_that_failed_to_resume_is_not_tried_again(tmp_path):
 def test_the_code_identity_follows_the_method_and_trainer_sources_not_the_git_state(tmp_path):
     import shutil
 
-    from tasks.provenance import code_version, source_hash
+    from tasks.lifecycle.identity import code_version, source_hash
 
     root = Path(__file__).resolve().parents[1]
     for package in ("red", "tasks"):

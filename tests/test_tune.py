@@ -323,7 +323,7 @@ def test_floors_are_what_a_constant_answer_scores():
 def test_a_study_whose_every_trial_failed_is_not_resumed_and_a_twin_run_is_busy(tmp_path):
     """All of the budget failed (diverged, out of memory): the next night starts a new study that trains
     again, instead of resuming one with nothing left to run. A second run of the same inputs while the
-    first searches is busy, as a twin training is (tasks.attempts)."""
+    first searches is busy, as a twin training is (tasks.lifecycle.attempts)."""
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
@@ -347,7 +347,7 @@ def test_a_study_whose_every_trial_failed_is_not_resumed_and_a_twin_run_is_busy(
     second.close()
     third = opened()  # a study with a finished trial and budget left is resumed as before
     assert third.study.study_name == "cfg.task.abc#2" and third.resumed
-    from tasks.attempts import AttemptBusy
+    from tasks.lifecycle.attempts import AttemptBusy
 
     with pytest.raises(AttemptBusy, match=r"study cfg.task.abc#2 of the same inputs is being run by another live "
                                           r"process"):

@@ -4,7 +4,7 @@ A nightly retrain compares the identity of tonight's inputs with the identity re
 on the task's latest registered version: equal means nothing changed and nothing is
 retrained (``unchanged``); different means a fresh training, and :meth:`Identity.diff`
 says why. The same identity decides whether a crashed training may be resumed: only a
-training of exactly the same inputs (see :mod:`tasks.attempts`).
+training of exactly the same inputs (see :mod:`tasks.lifecycle.attempts`).
 
 - ``data_hash``:   content hash of the prepared data (:func:`tasks.data.prepare_data`).
 - ``config_hash``: sha256 of the *resolved* training config (preset and defaults applied;
@@ -43,7 +43,7 @@ def code_version() -> str:
     the registry or the flows leaves it unchanged (no retraining), while any edit of the method's or the
     trainer's code, committed or not, changes it. Cached per process (a run does not change its code).
     """
-    return source_hash(Path(__file__).resolve().parents[1])
+    return source_hash(Path(__file__).resolve().parents[2])
 
 
 def source_hash(root: Path, packages: tuple[str, ...] = CODE_PACKAGES) -> str:
@@ -62,7 +62,7 @@ def source_hash(root: Path, packages: tuple[str, ...] = CODE_PACKAGES) -> str:
 def code_revision() -> str:
     """``git:<commit>[+dirty]`` of the checkout holding this package, else ``redflow==<version>`` (shown on runs
     and versions for people; the training identity uses :func:`code_version`)."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10)

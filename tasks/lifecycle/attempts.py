@@ -11,7 +11,7 @@ Rules (the nightly job's correctness depends on them):
 
 1. A new run trains in a new folder. It never reads another run's checkpoints, unless
 2. that run *crashed* (status ``training`` with its lock free, or a failure marked transient),
-   trained exactly the same inputs (equal :class:`tasks.provenance.Identity`), and left a
+   trained exactly the same inputs (equal :class:`tasks.lifecycle.identity.Identity`), and left a
    complete checkpoint. Then the new run resumes it in place and says so.
 3. A finished attempt (``trained``) is never resumed; a deterministic failure (NaN, divergence)
    is not either: resuming would repeat it. A finished attempt whose registration never happened
@@ -36,7 +36,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .provenance import Identity
+from .identity import Identity
 
 log = logging.getLogger(__name__)
 
