@@ -165,7 +165,9 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
                                         sampler=tune.make_sampler(), pruner=tune.make_pruner())
             study.set_user_attr("search_space", {k: repr(v) for k, v in space.items()})
             return OpenStudy(study, ref, space, resumed=False, notes=notes, _lock=lock)
-        study = optuna.load_study(study_name=current, storage=storage, sampler=tune.make_sampler(),
+        # the sampler's stream continues from the trials already in the study (never trial 0's values again)
+        asked = len(storage.get_all_trials(storage.get_study_id_from_name(current), deepcopy=False))
+        study = optuna.load_study(study_name=current, storage=storage, sampler=tune.make_sampler(asked),
                                   pruner=tune.make_pruner())
         if study.user_attrs.get(FINISHED_ATTR) and not reuse_finished:
             lock.release()

@@ -114,19 +114,31 @@ class TuneConfig(BaseModel):
         """The configured values of the searched fields (the first trial when ``start_at_config``)."""
         return {k: hp[k] for k in space if hp.get(k) is not None}
 
-    def make_sampler(self):
+    def make_sampler(self, asked: int = 0):
+        """The study's sampler, for a study that already holds ``asked`` trials (0 when it is new).
+
+        A seeded sampler is a random stream that starts over whenever it is rebuilt, and a resumed study
+        rebuilds it: with the bare seed, the first trial asked after a resume drew the values trial 0 had
+        already trained. The stream's seed is therefore ``seed + asked``: a new study samples exactly as
+        before (same seed, same first trials) and each resume draws from a stream of its own (``asked``
+        grows with every run that asked a trial). QMC keeps the bare seed for its sequence: Optuna stores
+        the sequence's position in the study (a system attribute keyed by the seed), so a resume continues
+        it; only its fallback random stream (used until a trial finishes) is offset.
+        """
         import optuna
 
+        stream = self.seed + asked
         if self.sampler == "qmc":
             import warnings
 
             with warnings.catch_warnings():  # "experimental" since Optuna 3.0; its interface is what we use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.samplers.QMCSampler(scramble=True, seed=self.seed, warn_asynchronous_seeding=False,
-                                                  warn_independent_sampling=False)
+                                                  warn_independent_sampling=False,
+                                                  independent_sampler=optuna.samplers.RandomSampler(seed=stream))
         if self.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=self.seed)
-        return optuna.samplers.TPESampler(seed=self.seed)
+            return optuna.samplers.RandomSampler(seed=stream)
+        return optuna.samplers.TPESampler(seed=stream)
 
     def make_pruner(self):
         import optuna

@@ -6,6 +6,7 @@ MLflow registry on SQLite, and the packaged MiniLM on small generated tasks.
 from __future__ import annotations
 
 import csv
+import math
 import random
 from pathlib import Path
 
@@ -353,3 +354,60 @@ def test_a_study_whose_every_trial_failed_is_not_resumed_and_a_twin_run_is_busy(
                                           r"process"):
         opened()  # a twin run of the same inputs (another schedule, a manual run): busy, not a second version
     third.close()
+
+
+@pytest.mark.parametrize("earlier", ["complete", "fail"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "qmc"])
+def test_a_resumed_study_never_samples_the_values_of_an_earlier_trial_again(tmp_path, sampler, earlier):
+    """A run asks 2 trials of a 5-trial study, tells them (both finished, or both failed: diverged), then dies.
+    The next run resumes the study: its 3 new trials must all differ from the 2 earlier ones (a sampler rebuilt
+    with the same seed used to start its stream over and ask trial 0's values again; QMC falls back to such a
+    stream until a trial finishes). The first run stays reproducible: the same seed asks the same first trials;
+    and QMC's resumed trials continue its sequence exactly as an uninterrupted study would have."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from tasks.study import TrialOutcome, open_study, run_study_in_threads, storage_url
+    from tasks.tune import TuneConfig
+
+    tune = TuneConfig(trials=5, sampler=sampler, seed=3, pruner="none")
+    space = {"learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
+             "warmup_ratio": FloatDistribution(0.0, 0.2)}
+
+    def opened(root: Path):
+        return open_study(storage_url(root), "cfg.task.abc", tune, space, direction="maximize", metric="accuracy",
+                          folder=root / "tune")
+
+    def score(number: int, params: dict) -> TrialOutcome:  # a smooth objective with one best rate
+        value = -abs(math.log10(params["learning_rate"]) + 2) - params["warmup_ratio"]
+        return TrialOutcome(number, params, "complete", value=value)
+
+    def first_run(study) -> None:  # two trials asked and told, as the run that died told them
+        for _ in range(2):
+            trial = study.ask(space)
+            if earlier == "complete":
+                study.tell(trial, score(trial.number, trial.params).value)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+
+    killed = opened(tmp_path / "a")
+    first_run(killed.study)
+    killed.close()  # the process died here: the study is not finished
+    before = [t.params for t in killed.study.trials]
+
+    resumed = opened(tmp_path / "a")
+    assert resumed.resumed and resumed.remaining() == 3
+    run_study_in_threads(resumed, score)
+    resumed.close()
+    after = [t.params for t in resumed.study.trials[2:]]
+    assert len(after) == 3
+    assert not [p for p in after if p in before], f"{sampler} asked an earlier trial's values again"
+
+    # the same seed in another storage, uninterrupted: the same first trials (a first run is reproducible)
+    uninterrupted = opened(tmp_path / "b")
+    first_run(uninterrupted.study)
+    run_study_in_threads(uninterrupted, score)
+    uninterrupted.close()
+    assert [t.params for t in uninterrupted.study.trials[:2]] == before
+    if sampler == "qmc" and earlier == "complete":  # a sequence: resuming continues it rather than restarting it
+        assert [t.params for t in uninterrupted.study.trials] == before + after
