@@ -73,6 +73,11 @@ class RetrainConfig(BaseModel):
     max_workers: int = Field(default=2, ge=1)
     keep_attempts: int = Field(default=10, ge=1, description="Training folders kept per task (newest first); "
                                "older finished ones are deleted.")
+    retrain_on_dependency_change: StrictBool = Field(
+        default=False, description="Retrain a task whose data, config, base model and code are unchanged when "
+        "Python, torch, transformers or peft differ from the versions recorded on its latest version (tags env.*). "
+        "Off (default): the change is listed in the night's reasons ('recorded, not retraining') and the task "
+        "stays unchanged.")
     defaults: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for every task.")
     promotion: Promotion = Field(default_factory=Promotion)
     co_train: bool | CoTrainConfig = Field(

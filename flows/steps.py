@@ -95,17 +95,20 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
     latest = latest_version(name, config=cfg.name)
     previous = version_identity(latest)
     latest_number = int(latest.version) if latest is not None else None
-    if previous == identity and not force:
-        return Plan(UNCHANGED, identity, [f"same data, training config, base model and code as v{latest_number}"],
+    deps = cfg.retrain_on_dependency_change  # dependency versions are always listed; they count only if asked
+    same = identity.matches(previous, dependencies=deps)
+    if same and not force:
+        return Plan(UNCHANGED, identity, [f"same data, training config, base model and code as v{latest_number}"]
+                    + [f"since v{latest_number}: {d}" for d in identity.diff(previous, dependencies=deps)],
                     latest_version=latest_number)
     if latest is None:
         reasons = ["first training of this task"]
-    elif previous == identity:
+    elif same:
         reasons = [f"forced: same inputs as v{latest_number}"]
     elif previous is None:
         reasons = [f"v{latest_number} records no training identity"]
     else:
-        reasons = [f"since v{latest_number}: {d}" for d in identity.diff(previous)]
+        reasons = [f"since v{latest_number}: {d}" for d in identity.diff(previous, dependencies=deps)]
         if previous.config_hash != identity.config_hash and latest.tags.get("training_config"):
             import json
 

@@ -28,6 +28,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tasks.lifecycle.identity import dependency_versions
+
 from .aliases import CANDIDATE, READY, STATUS_TAG, _move_locked, alias_version
 from .locks import DEFAULT_TIMEOUT, registry_lock
 from .tracking import (_log_batches, _owner_alive, as_dict, code_revision, code_version, final_metric_key,
@@ -226,6 +228,8 @@ def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) ->
             tags[f"metric.{final_metric_key(split, k)}"] = v
     identity = result.identity or {}
     tags.update({f"identity.{k}": v for k, v in identity.items()})
+    # the environment that trains and registers it (one per deployment): shown when it differs next night
+    tags.update({f"env.{k}": v for k, v in dependency_versions().items()})
     if getattr(result, "recipe", None):
         tags["training_config"] = json.dumps(result.recipe, sort_keys=True, default=str)
     tags.update({"steps_trained": result.steps_trained, "init": result.init,
@@ -252,12 +256,14 @@ def latest_version(name: str, client: MlflowClient | None = None, *, config: str
 
 
 def version_identity(mv) -> "Identity | None":
-    """The :class:`tasks.lifecycle.identity.Identity` a version was trained from (None for versions registered without)."""
+    """The :class:`tasks.lifecycle.identity.Identity` a version was trained from (None for versions registered without),
+    with the dependency versions of its tags ``env.*`` (none for versions registered before they were recorded)."""
     from tasks.lifecycle.identity import Identity
 
     if mv is None:
         return None
-    return Identity.from_dict({k[len("identity."):]: v for k, v in mv.tags.items() if k.startswith("identity.")})
+    return Identity.from_dict({k[len("identity."):]: v for k, v in mv.tags.items() if k.startswith("identity.")},
+                              dependencies={k[len("env."):]: v for k, v in mv.tags.items() if k.startswith("env.")})
 
 
 def remove_stale_versions(name: str, client: MlflowClient | None = None, *, stale_after: float = 3600.0) -> list[int]:

@@ -291,6 +291,11 @@ def _inputs(spec: DataSpec, cache_dir: str | Path | None) -> tuple[dict[str, Pat
             files = {str(p.relative_to(local)): p for p in sorted(local.rglob("*"))
                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(local).parts)}
             return files, identity.replace(str(local), local.name)
+        if spec.hub_revision is None:  # said before any download, every time: the hash sees only the name
+            log.warning("%s: hub dataset %r has no pinned revision: its data hash is its name alone, so a new "
+                        "upload will never be seen as changed data (no retraining) and the cache keeps the "
+                        "first download. Fix: pin `hub_revision:` (a commit sha) in the data spec, and move it "
+                        "to retrain on newer data", spec.name or spec.hub_name, spec.hub_name)
         return {}, identity
     if spec.source == "glue":
         task = glue.GLUE_TASKS[spec.task]  # type: ignore[index]

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from safetensors.torch import load_file, save_file
 
 from .presets import preset_values
-from .lifecycle.identity import Identity, base_id, code_version, config_hash
+from .lifecycle.identity import Identity, base_id, code_version, config_hash, dependency_versions
 from .result import TrainResult
 from .floors import learned, majority_scores
 from .tune import TuneConfig
@@ -728,7 +728,8 @@ def training_identity(data, config: TrainConfig, *, cache_dir: str | Path | None
     if co_train is not None:
         recipe["co_train"] = co_train
     return Identity(data_hash=data.data_hash, config_hash=config_hash(recipe),
-                    base_id=base_id(config.model, config.revision, cache_dir), code_version=code_version())
+                    base_id=base_id(config.model, config.revision, cache_dir), code_version=code_version(),
+                    dependencies=dependency_versions())
 
 
 def _load_init_state(model, state: dict[str, torch.Tensor], note: str) -> None:
