@@ -13,8 +13,12 @@ checkpoints, guards, epoch tables and result it reuses):
   task, so a big task does not drown a small one. Because the tasks' parameters are disjoint, each task's
   gradient is exactly the gradient of its own mean loss;
 - **per-task optimizer settings**: one parameter group per task (learning rate, weight decay, with the
-  Trainer's no-decay rule for biases and norms) under the shared schedule, and **per-task gradient clipping**
+  Trainer's no-decay rule for biases and norms) under the shared schedule type, and **per-task gradient clipping**
   at ``max_grad_norm`` (a global clip would couple the tasks);
+- **a task without rows in a step is not stepped**: its gradients are set to None, which AdamW skips (no moment
+  update, no ``state["step"]`` increment, so no change to bias correction, no weight decay), and its learning-rate
+  schedule (warmup, decay) runs over the steps that hold its rows only (:class:`_TaskSchedules`), so a small task
+  trains as it would alone on the same batches however many steps it sits out;
 - **per-task evaluation each epoch** on each task's own validation set; each task keeps **its own best
   epoch**, restored from the checkpoint of that epoch before its edit is saved and tested;
 - **per-task NaN and divergence guards**: a task whose loss becomes NaN/inf, or runs away, is stopped and
@@ -269,6 +273,7 @@ def _make_multitask_trainer_class():
             self._loss_sums = [0.0] * len(tasks)
             self._loss_steps = [0] * len(tasks)
             self._grad_norms: dict[int, float] = {}
+            self._step_lrs: dict[int, float] = {}   # each task's learning rate in its last step (logged)
 
         # -- data --
         def get_train_dataloader(self):
@@ -356,11 +361,54 @@ def _make_multitask_trainer_class():
                 self.optimizer = cls(groups, **kwargs)
             return self.optimizer
 
+        # -- per-task schedules: each task's learning rate advances by its own steps, as trained alone --
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            """One schedule of the shared type per task, over the steps that hold its rows (:class:`_TaskSchedules`).
+
+            ``reduce_lr_on_plateau`` and ``greedy`` follow evaluations, not steps: those keep the Trainer's one
+            scheduler."""
+            from transformers import get_scheduler
+            from transformers.trainer_utils import SchedulerType
+
+            if self.lr_scheduler is None and SchedulerType(self.args.lr_scheduler_type) not in (
+                    SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY):
+                args = self.args
+
+                def make(stand_in: torch.optim.Optimizer, total: int):
+                    return get_scheduler(args.lr_scheduler_type, optimizer=stand_in,
+                                         num_warmup_steps=args.get_warmup_steps(total), num_training_steps=total,
+                                         scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+
+                self.lr_scheduler = _TaskSchedules(optimizer or self.optimizer, [t.groups for t in self.tasks],
+                                                   self.mixing.steps_with_rows(num_training_steps), make,
+                                                   self._stepped_tasks)
+                self._created_lr_scheduler = True
+            return super().create_scheduler(num_training_steps, optimizer)
+
         def _task_groups(self, k: int) -> list[torch.nn.Parameter]:
             return [p for g in self.tasks[k].groups for p in self.optimizer.param_groups[g]["params"]]
 
-        # -- per-task clipping; stopped tasks do not move --
+        def _stepped_tasks(self) -> set[int]:
+            """The tasks the current optimizer step updates: those with rows in it that are not stopped."""
+            return {k for k in self._step_counts if k not in self.stopped}
+
+        def _sit_out(self) -> None:
+            """Drop the gradients of the tasks this step does not update (no rows in it, or stopped).
+
+            Their gradients are zero tensors, not None (each row gathers its task's vectors from stacks of all
+            tasks' vectors, whose backward fills every task's slot), and torch's AdamW updates every parameter
+            whose ``grad`` is not None: ``exp_avg`` decays by beta1, ``exp_avg_sq`` by beta2, ``state["step"]``
+            advances (changing bias correction) and weight decay shrinks the parameter, which moves it although
+            it had no rows. AdamW skips a parameter whose ``grad`` is None entirely."""
+            stepped = self._stepped_tasks()
+            for k in range(len(self.tasks)):
+                if k not in stepped:
+                    for p in self._task_groups(k):
+                        p.grad = None
+
+        # -- per-task clipping; stopped tasks and tasks without rows in the step do not move --
         def _clip_grad_norm(self, model):
+            self._sit_out()
             self.accelerator.unscale_gradients()
             squares = 0.0
             for k in range(len(self.tasks)):
@@ -373,22 +421,19 @@ def _make_multitask_trainer_class():
             return math.sqrt(squares)
 
         def _get_grad_norm(self, model, grad_norm=None):
-            for k in self.stopped:
-                for p in self._task_groups(k):
-                    p.grad = None  # AdamW skips a parameter without a gradient: no decay, no moment update
+            self._sit_out()  # also without clipping (max_grad_norm 0): this runs right before optimizer.step()
+            for k in self._stepped_tasks():
+                self._step_lrs[k] = self.optimizer.param_groups[self.tasks[k].groups[0]]["lr"]
             return super()._get_grad_norm(model, grad_norm)
 
         # -- logging: each task's loss curve, learning rate, gradient norm; divergence guard --
         def log(self, logs, start_time=None):
             if "loss" in logs and self.optimizer is not None:
-                scale = None
-                if "learning_rate" in logs and self.optimizer.param_groups[0].get("initial_lr"):
-                    scale = logs["learning_rate"] / self.optimizer.param_groups[0]["initial_lr"]
-                for k, task in enumerate(self.tasks):
+                for k, task in enumerate(self.tasks):  # only tasks with rows since the last log: their own steps
                     if self._loss_steps[k] and k not in self.stopped:
                         logs[f"loss_t{k}"] = self._loss_sums[k] / self._loss_steps[k]
-                        if scale is not None:
-                            logs[f"learning_rate_t{k}"] = task.learning_rate * scale
+                        if k in self._step_lrs:  # the rate of its last step, as a training alone logs it
+                            logs[f"learning_rate_t{k}"] = self._step_lrs[k]
                         if k in self._grad_norms:
                             logs[f"grad_norm_t{k}"] = self._grad_norms[k]
                 self._loss_sums = [0.0] * len(self.tasks)
@@ -441,6 +486,60 @@ def _make_multitask_trainer_class():
                         self.stopped[names.index(name)] = cls(error.get("message", ""))
 
     return MultiTaskTrainer
+
+
+class _TaskSchedules:
+    """The co-training's ``lr_scheduler``: each task's learning-rate schedule, advanced by its own steps only.
+
+    Trained alone, a task's schedule (warmup, then decay over its ``total`` steps) takes one step per optimizer
+    step of that task. Co-trained, a task with a small share has no rows in some optimizer steps and is not
+    updated in them (``MultiTaskTrainer._sit_out``), so its schedule runs over the steps that hold its rows
+    (``Mixing.steps_with_rows``) and advances only after those: step j of the task gets the learning rate of
+    step j of training it alone, whichever global step that is. Each task's schedule is transformers'
+    ``get_scheduler`` of the shared type on a stand-in optimizer with one group per group of the task (its own
+    learning rates); its rates are copied onto the task's real groups. The Trainer calls :meth:`step` after every
+    optimizer step, :meth:`get_last_lr` for the logged rate and ``state_dict`` / ``load_state_dict`` with its
+    checkpoints.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, groups: list[list[int]], totals: list[int],
+                 make: Any, stepped: Any):
+        """``groups``: each task's optimizer group indices; ``totals``: the steps each task takes; ``make(stand_in,
+        total)``: its scheduler; ``stepped()``: the tasks updated by the optimizer step just taken."""
+        self.optimizer = optimizer
+        self.groups = groups
+        self.stepped = stepped
+        self.steps = [0] * len(groups)
+        self.schedules = []
+        for own, total in zip(groups, totals):
+            stand_in = torch.optim.SGD([{"params": [torch.zeros(1)], "lr": optimizer.param_groups[g]["lr"]}
+                                        for g in own] or [{"params": [torch.zeros(1)]}], lr=0.0)
+            self.schedules.append(make(stand_in, max(1, total)))
+        self._apply()
+
+    def _apply(self) -> None:
+        for own, schedule in zip(self.groups, self.schedules):
+            for g, lr in zip(own, schedule.get_last_lr()):
+                self.optimizer.param_groups[g]["lr"] = lr
+
+    def step(self) -> None:
+        for k in sorted(self.stepped()):
+            self.schedules[k].optimizer.step()  # a no-op (its tensor has no gradient): the order torch expects
+            self.schedules[k].step()
+            self.steps[k] += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.steps), "schedules": [s.state_dict() for s in self.schedules]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = list(state["steps"])
+        for schedule, saved in zip(self.schedules, state["schedules"]):
+            schedule.load_state_dict(saved)
+        self._apply()
 
 
 # ---- the entry point ---------------------------------------------------------------------------------

@@ -123,6 +123,25 @@ class Mixing:
                                              len(self.sizes)).sum(1)
         return counts.tolist()
 
+    def steps_with_rows(self, steps: int) -> list[int]:
+        """How many of the first ``steps`` optimizer steps hold rows of each task: the steps each task takes.
+
+        A task with a small share has no rows in some steps; co-trained, it is not stepped then (no gradient, so
+        AdamW skips it), so these counts are the lengths of the tasks' own learning-rate schedules
+        (``tasks.cotrain``). Random mixing draws each epoch once here, not once per step."""
+        taken = [0] * len(self.sizes)
+        if self.mode == "random":
+            for epoch in range(math.ceil(steps / self.steps_per_epoch)):
+                quotas = self._random_epoch(epoch)[: steps - epoch * self.steps_per_epoch]
+                for counts in quotas:
+                    for k, q in enumerate(counts):
+                        taken[k] += q > 0
+            return taken
+        for t in range(steps):
+            for k, q in enumerate(self.quotas(t)):
+                taken[k] += q > 0
+        return taken
+
     def rows_seen(self, steps: int) -> list[int]:
         """Rows each task has had after ``steps`` optimizer steps."""
         seen = [0] * len(self.sizes)

@@ -135,6 +135,7 @@ def test_mixing_shares_rows_by_size_or_temperature_and_orders_them_as_the_traine
     drawn = Mixing([100, 300], rows_per_step=40, micro_batch=40, seeds=[0, 1], mode="random")
     assert sum(drawn.rows_seen(100)) == 4000 and 850 < drawn.rows_seen(100)[0] < 1150  # ~ 1/4 of the rows
     assert drawn.epoch_batches(1) == drawn.epoch_batches(1)  # seeded per epoch
+    assert drawn.steps_with_rows(25) == [sum(drawn.quotas(t)[k] > 0 for t in range(25)) for k in range(2)]
     with pytest.raises(ValueError, match="temperature must be > 0"):
         mixing_weights([1, 2], temperature=0)
 
@@ -213,6 +214,106 @@ def test_co_trained_edits_equal_training_each_task_alone(kind, dropout_free, tmp
 
     edited, _, meta = load_pretrained_edit(first.edit_path)
     assert meta["extra"]["task"] == tasks[0].name and edited.num_edit_parameters == first.edit_parameters
+
+
+# Very unequal tasks: a big one with a row in every step, two small ones that take turns (one row every other step).
+# rows_per_step 5 = 4 big + 1 small; shares 32:4:4 of 40 rows give the big task exactly 4 rows every step and the
+# small tasks' one row alternates, so each small task sits out half the steps, yet each task's rows per step are a
+# constant batch (4 / 1) that training it alone reproduces.
+UNEQUAL = [("big", "sentiment", 32, dict(seed=1, batch_size=4)),
+           ("small", "topic", 4, dict(seed=2, batch_size=1, weight_decay=0.1, edit={"position": "ffn+attn"})),
+           ("other", "paraphrase", 4, dict(seed=3, batch_size=1, learning_rate=5e-3))]
+UNEQUAL_MIXING = CoTrainConfig(rows_per_step=5, batch_size=5, micro_batches="task")
+
+
+def _unequal_tasks(root: Path, model: str, epochs: int = 2) -> list[CoTask]:
+    """The tasks of :data:`UNEQUAL`, each with the batch size that training it alone on its step's rows takes."""
+    return [CoTask(_data(root, name, task, seed=i, n_train=n, n_dev=16),
+                   _config(model, epochs=epochs, max_length=40, **kw), root / "co" / name)
+            for i, (name, task, n, kw) in enumerate(UNEQUAL)]
+
+
+def _absent_steps(tasks: list[CoTask], steps: int) -> dict[str, list[int]]:
+    """The optimizer steps in which each task has no rows, from the co-training's own mixing order."""
+    mixing = Mixing([len(t.data.train) for t in tasks], rows_per_step=UNEQUAL_MIXING.rows_per_step,
+                    micro_batch=UNEQUAL_MIXING.batch_size, seeds=[t.config.seed for t in tasks])
+    return {t.name: [s for s in range(steps) if mixing.quotas(s)[k] == 0] for k, t in enumerate(tasks)}
+
+
+def test_a_task_with_few_rows_trains_exactly_as_alone_though_it_sits_out_steps(dropout_free, tmp_path):
+    """A task that has no rows in an optimizer step is not stepped at all (AdamW's moments, step count and weight
+    decay untouched) and its learning-rate schedule advances by its own steps only: the small tasks, absent from
+    half the steps, end with the edit, losses and learning rates of training each alone on the same batches."""
+    tasks = _unequal_tasks(tmp_path, dropout_free["bert"])
+    assert [len(t.data.train) for t in tasks] == [32, 4, 4]
+    absent = _absent_steps(tasks, 16)
+    assert absent["big"] == [] and absent["small"] == list(range(1, 16, 2)) and absent["other"] == list(range(0, 16, 2))
+    results = co_train(tasks, UNEQUAL_MIXING, tmp_path / "co")
+    for task in tasks:
+        together = results[task.name]
+        assert together.params["co_train.steps_per_epoch"] == 8
+        alone = train(task.data, task.config, tmp_path / "alone" / task.name)  # small: 4 steps an epoch of 1 row
+        mine, theirs = red.read_edit(together.edit_path)[0], red.read_edit(alone.edit_path)[0]
+        assert sorted(mine) == sorted(theirs)
+        for key in theirs:
+            torch.testing.assert_close(mine[key], theirs[key], atol=1e-5, rtol=0, msg=f"{task.name}: {key}")
+        assert len(together.steps) == len(alone.steps) == 16 - len(absent[task.name])
+        assert [s["loss"] for s in together.steps] == pytest.approx([s["loss"] for s in alone.steps], rel=1e-4)
+        assert [s["learning_rate"] for s in together.steps] == pytest.approx(
+            [s["learning_rate"] for s in alone.steps], rel=1e-6)  # its own schedule: warmup and decay over its steps
+        assert together.best_epoch == alone.best_epoch and together.test == pytest.approx(alone.test)
+    by_share = Mixing([32, 4, 4], rows_per_step=5, micro_batch=5, seeds=[1, 2, 3])
+    assert by_share.steps_with_rows(16) == [16, 8, 8]  # the lengths of the tasks' own schedules: their steps alone
+
+
+def test_a_step_without_a_tasks_rows_leaves_its_parameters_and_optimizer_state_bit_identical(dropout_free, tmp_path):
+    """AdamW updates every parameter with a gradient, and a zero gradient is one: its moments decay, its step count
+    (bias correction) advances, weight decay shrinks it. A task absent from a step must have no gradient (None), so
+    across that step its vectors, head, exp_avg, exp_avg_sq, step and learning rate are exactly as before."""
+    from transformers import TrainerCallback
+
+    tasks = _unequal_tasks(tmp_path, dropout_free["bert"], epochs=1)
+    absent = _absent_steps(tasks, 8)
+
+    def snapshot(bank: TrainableBank, optimizer: torch.optim.Optimizer, k: int) -> tuple[dict, dict, list[float]]:
+        params = bank.task_parameters(k)
+        state = {n: {key: v.clone() if torch.is_tensor(v) else v for key, v in optimizer.state.get(p, {}).items()}
+                 for n, p in params.items()}
+        lrs = [g["lr"] for g in optimizer.param_groups if any(p is q for p in g["params"] for q in params.values())]
+        return {n: p.detach().clone() for n, p in params.items()}, state, lrs
+
+    class Watch(TrainerCallback):
+        def __init__(self):
+            self.before, self.across = {}, {}   # task -> snapshot at the step's start; (step, task) -> (before, after)
+
+        def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            self.before = {k: snapshot(model, optimizer, k) for k in (1, 2)}
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+            for k in (1, 2):
+                self.across[(state.global_step - 1, k)] = (self.before[k], snapshot(model, optimizer, k))
+
+    watch = Watch()
+    results = co_train(tasks, UNEQUAL_MIXING, tmp_path / "co", callbacks=[watch])
+    assert not any(isinstance(results[t.name], Exception) for t in tasks)
+    for k, name in ((1, "small"), (2, "other")):
+        assert len(absent[name]) == 4
+        stepped = 0
+        for step in range(8):
+            (params, state, lrs), (params_after, state_after, lrs_after) = watch.across[(step, k)]
+            if step not in absent[name]:  # a step with its rows is one AdamW step of every parameter of it
+                assert all(int(state_after[n]["step"]) == int(state[n].get("step", 0)) + 1 for n in state_after)
+                continue
+            assert all(torch.equal(params[n], params_after[n]) for n in params), f"{name} moved in step {step}"
+            assert lrs_after == lrs, f"{name}'s learning rate advanced in step {step}"
+            assert state.keys() == state_after.keys()
+            for n in state:
+                assert state[n].keys() == state_after[n].keys()
+                for key, value in state[n].items():  # exp_avg, exp_avg_sq, step
+                    after = state_after[n][key]
+                    assert torch.equal(torch.as_tensor(value), torch.as_tensor(after)), (name, step, n, key)
+            stepped += bool(any(state.values()))
+        assert stepped >= 3  # most absent steps come after the task's first step: its moments exist and stay put
 
 
 def test_a_task_that_nans_diverges_or_cannot_encode_stops_alone_and_the_others_are_untouched(dropout_free, tmp_path):
