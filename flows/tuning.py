@@ -104,7 +104,11 @@ def log_earlier_trials(cfg: RetrainConfig, task: TaskSpec, opened, parent: str) 
 
 
 def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: str, data) -> TrainResult:
-    """The best trial's TrainResult as the task's training: the task's identity, the study's notes and record."""
+    """The best trial's TrainResult as the task's training: the task's identity, the study's notes and record.
+
+    The best trial's attempt folder (its edit) is kept, the other trials' artifacts are dropped; the study is
+    marked finished only after that. Until register_step marks that attempt registered, a run that dies
+    on the way leaves the study to be reused by the next run (``tasks.study.open_study``), not searched again."""
     from registry.studies import finish_study_run
     from tasks.study import best_result, discard_artifacts, summary_note, trials_table
 
@@ -123,6 +127,8 @@ def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: 
     # and the recipe it hashed (tune block included), which the next night's diff reads
     result.recipe = json.loads(json.dumps(cfg.train_config(task).recipe(data.task or data.name), default=str))
     result.notes = list(plan.reasons) + list(opened.notes) + [summary_note(opened, best)]
+    if opened.reused:  # a finished search taken up again (its run died before registering): this run trained nothing
+        result.steps_trained = 0
     result.tuning = {"study": opened.study.study_name, "storage": opened.ref.storage_url, "parent_run_id": parent,
                      "best_trial": best.number, "best_params": dict(best.params), "metric": opened.ref.metric,
                      "trials": [{k: r[k] for k in ("number", "state", "params", "value", "crashed")} for r in rows]}

@@ -100,16 +100,19 @@ class OpenStudy:
     resumed: bool
     notes: list[str] = field(default_factory=list)
     _lock: Any = None
+    reused: bool = False            # a finished study whose best trial was never registered: nothing left to run
 
     def counted(self) -> int:
         """Trials that used up budget: finished, pruned, and failed ones other than those lost to a crash."""
         return sum(1 for t in self.study.get_trials(deepcopy=False) if _counts(t))
 
     def remaining(self, running: int = 0) -> int:
-        return max(0, self.ref.tune.trials - self.counted() - running)
+        """Trials still to ask; none in a :attr:`reused` study (it ran to its end, a timeout included)."""
+        return 0 if self.reused else max(0, self.ref.tune.trials - self.counted() - running)
 
     def finish(self) -> None:
-        """Mark the study complete (a later run of the same identity starts a new one) and release it."""
+        """Mark the study complete and release it: a later run of the same identity reuses its best trial until
+        that trial is registered, then starts a new study (see :func:`open_study`)."""
         self.study.set_user_attr(FINISHED_ATTR, True)
         self.close()
 
@@ -132,11 +135,21 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
 
     A study is owned by one process at a time (a file lock under ``folder``): one held by a live
     process raises ``tasks.lifecycle.attempts.AttemptBusy`` (the run reports the task ``busy``, as for a training
-    of the same inputs). One that ran to its end (unless ``reuse_finished``), and one whose whole budget failed
-    (no trial finished: resuming would only fail again) are left alone and the next name
-    (``name#2``...) is used. Trials found ``running`` in a resumed study belonged to a process that
-    died: each is marked failed (``crashed``, not counted against the budget) and asked again with
-    the same values first.
+    of the same inputs). A study is in one of three states:
+
+    - *running* (not finished; a crash left it so): resumed. Trials found ``running`` belonged to a
+      process that died: each is marked failed (``crashed``, not counted against the budget) and asked
+      again with the same values first.
+    - *finished, best trial not registered* (the run died between the study's end and registration):
+      reused (:attr:`OpenStudy.reused`): no trial runs again, its best trial's result goes on to
+      evaluate/register/gate. Searching again would redo the whole budget for the same answer.
+    - *finished and registered* (its best trial's attempt is marked registered, or its result is gone):
+      left alone, and the next name (``name#2``...) is used: the run was forced or the registry lost the
+      version, and either way asks for a new search. With ``reuse_finished`` (the benchmark, which
+      registers nothing) any finished study is reopened as it is.
+
+    A study whose whole budget failed (no trial finished: resuming would only fail again) is left alone
+    too, and the next name used.
     """
     import optuna
     from filelock import FileLock, Timeout
@@ -169,10 +182,16 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
         asked = len(storage.get_all_trials(storage.get_study_id_from_name(current), deepcopy=False))
         study = optuna.load_study(study_name=current, storage=storage, sampler=tune.make_sampler(asked),
                                   pruner=tune.make_pruner())
+        reused = False
         if study.user_attrs.get(FINISHED_ATTR) and not reuse_finished:
-            lock.release()
-            continue
-        opened = OpenStudy(study, ref, space, resumed=True, notes=notes, _lock=lock)
+            best = _unregistered_best(study)
+            if best is None:
+                lock.release()
+                continue
+            reused = True
+            notes.append(f"reusing finished study {current}: its best trial {best.number} ({_fmt(best.params)}) "
+                         "was never registered (the run stopped after the search); no trial runs again")
+        opened = OpenStudy(study, ref, space, resumed=True, notes=notes, _lock=lock, reused=reused)
         _recover_crashed(opened, storage)
         done = opened.counted()
         if not reuse_finished and done >= tune.trials and not _any_success(study):
@@ -182,9 +201,32 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
                          "starting a new study")
             lock.release()
             continue
-        notes.append(f"resuming study {current}: {done} of {tune.trials} trials already done"
-                     + (" (finished)" if study.user_attrs.get(FINISHED_ATTR) else ""))
+        if not reused:
+            notes.append(f"resuming study {current}: {done} of {tune.trials} trials already done"
+                         + (" (finished)" if study.user_attrs.get(FINISHED_ATTR) else ""))
         return opened
+
+
+def _unregistered_best(study):
+    """The best trial of finished ``study`` when its training can still be registered: its attempt finished
+    training (``trained``, not ``registered``: register_step marks the attempt it registers) and its result
+    and edit are still on disk. None otherwise."""
+    from optuna.trial import TrialState
+
+    from .lifecycle.attempts import TRAINED, read_state
+    from .result import TrainResult
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    path = Path(best.user_attrs.get("result") or "")
+    if not path.is_file() or (read_state(path.parent) or {}).get("status") != TRAINED:
+        return None
+    try:
+        edit = TrainResult.load(path).edit_path
+    except Exception:  # noqa: BLE001 - an unreadable result cannot be registered: search again
+        return None
+    return best if edit and Path(edit).exists() else None
 
 
 def _any_success(study) -> bool:

@@ -411,3 +411,59 @@ def test_a_resumed_study_never_samples_the_values_of_an_earlier_trial_again(tmp_
     assert [t.params for t in uninterrupted.study.trials[:2]] == before
     if sampler == "qmc" and earlier == "complete":  # a sequence: resuming continues it rather than restarting it
         assert [t.params for t in uninterrupted.study.trials] == before + after
+
+
+def test_a_finished_search_whose_run_died_before_registering_is_registered_without_running_a_trial(
+        tmp_path, tiny_checkpoints):
+    """The study runs to its end, then the run dies before evaluate/register (here: the tune subflow ran alone).
+    The next retrain of the same inputs reuses that finished study: its best trial's edit is evaluated,
+    registered and gated, and no trial runs again (the storage and the nested MLflow runs still hold 2 trials,
+    no study ``#2`` is opened, the best trial's result is not rewritten). Once registered, a forced retrain
+    searches afresh in a new study ``#2``."""
+    import optuna
+
+    from flows import steps
+    from flows.retrain import retrain
+    from flows.tuning import tune_flow
+    from tasks.study import storage_url
+
+    tune = {"trials": 2, "parallel": 1, "pruner": "none", "learning_rate": [1e-3, 1e-1], "start_at_config": False,
+            "first_trials": [{"learning_rate": 1e-2}, {"learning_rate": 3e-2}]}
+    cfg_path = write_retrain_config(tmp_path / "died.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
+                                    [{"name": "kw", "data": _keyword_csv(tmp_path / "kw.csv", n=96), "tune": tune}],
+                                    defaults={**DEFAULTS, "epochs": 1})
+    cfg = load_config(cfg_path)
+    task = cfg.tasks[0]
+    data = steps.prepare_step(cfg, task)
+    plan = steps.plan_step(cfg, task, data)
+    tuned = tune_flow(cfg, task, plan, "died")  # the study finishes; the run dies before evaluate/register
+    name = tuned.tuning["study"]
+    storage = storage_url(cfg.runs_dir)
+    best = _study(cfg_path, name).trials[tuned.tuning["best_trial"]]
+    best_result = Path(best.user_attrs["result"])
+    trained_at = best_result.stat().st_mtime_ns
+    client = _client(cfg_path)
+    experiment_id = client.get_experiment_by_name("redflow-test").experiment_id
+
+    def trial_runs() -> list[str]:
+        return sorted(r.data.tags["optuna.trial_number"] for r in client.search_runs(
+            [experiment_id], filter_string="tags.`redflow.run_kind` = 'trial'"))
+
+    assert trial_runs() == ["0", "1"] and not client.search_model_versions("name='red-kw'")
+
+    row = retrain(config=str(cfg_path))["kw"]
+    assert row["status"] == "trained" and row["version"] == 1 and row["steps_trained"] == 0
+    assert row["tuning"]["study"] == name and row["tuning"]["best_trial"] == best.number
+    assert optuna.get_all_study_names(storage) == [name]  # no study #2
+    assert len(_study(cfg_path, name).trials) == 2 and trial_runs() == ["0", "1"]  # no trial ran again
+    assert best_result.stat().st_mtime_ns == trained_at
+    assert f"reusing finished study {name}" in row["why"], row["why"]
+    registered = client.get_run(client.get_model_version("red-kw", "1").run_id)
+    assert float(registered.data.params["learning_rate"]) == pytest.approx(best.params["learning_rate"])
+    assert registered.data.tags["redflow.tune.study"] == name
+
+    # registered: the same inputs are unchanged; forced, they are searched again in a new study
+    assert retrain(config=str(cfg_path))["kw"]["status"] == "unchanged"
+    forced = retrain(config=str(cfg_path), force=True)["kw"]
+    assert forced["status"] == "trained" and forced["version"] == 2 and forced["tuning"]["study"] == f"{name}#2"
+    assert len(_study(cfg_path, f"{name}#2").trials) == 2 and trial_runs() == ["0", "0", "1", "1"]
