@@ -244,14 +244,20 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
 
 
 def _production_state(cfg: RetrainConfig, task: TaskSpec, version: int):
+    """The production edit's tensors for ``init: production``, with the label list its head was trained on.
+
+    The labels travel with the tensors (``LabelledState``) so that training puts the head's rows in
+    tonight's label order by name, or refuses a head of other labels (``tasks.lifecycle.gate.align_head``).
+    """
     from red import read_edit
     from registry.models import download_edit
+    from tasks.lifecycle.gate import LabelledState
 
     _tracking(cfg)
     name = cfg.model_name(task)
     path = download_edit(name, version, Path(cfg.runs_dir) / "cache" / "versions" / name / str(version))
-    tensors, _ = read_edit(path)
-    return tensors, f"production v{version}"
+    tensors, meta = read_edit(path)
+    return LabelledState(tensors, (meta.get("extra") or {}).get("label_list")), f"production v{version}"
 
 
 def gate_metric(cfg: RetrainConfig, task: TaskSpec, result: TrainResult) -> str:

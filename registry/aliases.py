@@ -319,7 +319,7 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
             try:
                 champion_rows = score_champion(champion_version)
             except Exception as exc:  # noqa: BLE001 - reported in the decision, never promoted past
-                champion_error = f"{type(exc).__name__}: {exc}"
+                champion_error = exc
         with registry_lock(name, client=client, timeout=lock_timeout) as owner:
             prod = alias_version(name, PRODUCTION, client)
             if (int(prod.version) if prod is not None else None) != champion_version:
@@ -341,7 +341,7 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
 
 
 def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, policy: PromotionPolicy, metric: str,
-            challenger, champion_rows, champion_error: str | None, stored: dict[str, float],
+            challenger, champion_rows, champion_error: Exception | None, stored: dict[str, float],
             recorded: float | None, paired_bootstrap) -> PromotionDecision:
     """The gate's rule, on numbers already gathered (the caller holds the lock)."""
     higher = policy.higher(metric)
@@ -383,9 +383,7 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
                            f"{name} {version} --config <retrain config>` to score both on the task's rows, or "
                            "--force")
     elif champion_rows is None:
-        decision.reason = (f"production v{champion} could not be scored on this run's rows ({champion_error}); "
-                           f"v{version} is not promoted past a champion it cannot be compared with. Fix the champion "
-                           "or promote with --force")
+        decision.reason = _unscored_reason(name, version, champion, champion_error)
     else:
         gain = comparison.difference
         significant = comparison.ci_low > 0
@@ -398,6 +396,20 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
             decision.reason = f"{why}: {comparison.describe()}"
     decision.reason += shown
     return decision
+
+
+def _unscored_reason(name: str, version: int, champion: int | None, error: Exception | None) -> str:
+    """Why a champion that could not be scored on this run's rows blocks the candidate, and what to do."""
+    from tasks.lifecycle.gate import LabelSpaceMismatch
+
+    if isinstance(error, LabelSpaceMismatch):  # class ids of two label spaces: any score across them is noise
+        return (f"label spaces differ: production v{champion} and v{version} are not compared, and v{version} is "
+                f"not promoted on a score across label spaces ({error.describe()}). Fix: look at both label lists "
+                f"(v{champion}'s and the data spec's `label_list`) and, if v{version} should serve, run "
+                f"`redflow promote {name} {version} --force`")
+    return (f"production v{champion} could not be scored on this run's rows ({type(error).__name__}: {error}); "
+            f"v{version} is not promoted past a champion it cannot be compared with. Fix the champion "
+            "or promote with --force")
 
 
 def _record_decision(client: MlflowClient, name: str, version: int, decision: PromotionDecision) -> None:

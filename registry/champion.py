@@ -16,11 +16,18 @@ if TYPE_CHECKING:
 
 def load_registered(name: str, version: int):
     """``(model, tokenizer, meta)`` of a registered version, loaded exactly as a model server loads it
-    (``mlflow.pyfunc.load_model``: artifact checks, fingerprint, dtype): what is compared is what serves."""
+    (``mlflow.pyfunc.load_model``: artifact checks, fingerprint, dtype): what is compared is what serves.
+
+    ``meta["extra"]["label_list"]`` is the label list the version serves with (its serving config, for
+    every method): its class ids mean those names, whatever tonight's data calls id 0."""
     import mlflow
 
     served = mlflow.pyfunc.load_model(f"models:/{name}/{int(version)}").unwrap_python_model()
-    return served.edited, served.tokenizer, getattr(served, "meta", None) or {"extra": {"task": name}}
+    meta = dict(getattr(served, "meta", None) or {"extra": {"task": name}})
+    labels = (getattr(served, "config", None) or {}).get("label_list")
+    if labels is not None:
+        meta["extra"] = {**(meta.get("extra") or {}), "label_list": list(labels)}
+    return served.edited, served.tokenizer, meta
 
 
 def load_trained(result: Any):
@@ -49,10 +56,20 @@ def score_loaded(loaded: tuple, data: Any, *, metric: str, max_length: int, suit
 
 def score_version(name: str, version: int, data: Any, *, metric: str, max_length: int, work_dir: str | Path,
                   suite: Any = None) -> "RowScores":
-    """Per-row scores of ``name`` version ``version`` on ``data``'s test rows, or on ``suite``'s rows."""
+    """Per-row scores of ``name`` version ``version`` on ``data``'s test rows, or on ``suite``'s rows.
+
+    A classifier's predicted ids are read through the version's own label list and given as tonight's ids
+    (``tasks.lifecycle.gate.in_label_space``): a reordered ``label_list`` must not turn its accuracy into
+    ``1 - accuracy``. Raises ``LabelSpaceMismatch`` when its labels are not tonight's set of names.
+    """
+    from tasks.lifecycle.gate import in_label_space
+
     loaded = load_registered(name, version)
-    return score_loaded(loaded, data, metric=metric, max_length=max_length, suite=suite,
+    rows = score_loaded(loaded, data, metric=metric, max_length=max_length, suite=suite,
                         artifact=f"models:/{name}/{version}", out_dir=Path(work_dir) / name / str(version))
+    if suite is not None or data.task_type != "classification":
+        return rows
+    return in_label_space(rows, (loaded[2].get("extra") or {}).get("label_list"), data.label_list)
 
 
 def trained_max_length(mv) -> int:

@@ -603,6 +603,7 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     from red.errors import EditMismatchError
 
     from .data import encode
+    from .lifecycle.gate import align_head
     from .mixing import Mixing
 
     if not tasks:
@@ -644,8 +645,10 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     cannot_start: dict[int, TrainingError] = {}
     for k, task in enumerate(live):
         if task.init_state is not None:
-            try:
-                bank.task_edit(k).load_edit_state(task.init_state)
+            try:  # the head's rows in this task's label order, by name (tasks.lifecycle.gate)
+                bank.task_edit(k).load_edit_state(align_head(task.init_state, task.data.label_list, task.init_note))
+            except ValueError as exc:  # other labels: refused, naming both lists and the fix
+                cannot_start[k] = TrainingError(f"task {task.name}: cannot warm-start: {exc}")
             except EditMismatchError as exc:
                 cannot_start[k] = TrainingError(
                     f"task {task.name}: cannot start from {task.init_note}: its edit does not fit this training's edit "

@@ -571,7 +571,7 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
         set_pad_token(tokenizer, model)
         model, edit_parameters = prepare_model(model, config.method, hp, config.edit, data.task_type, fresh)
         if init_state is not None:
-            _load_init_state(model, init_state, init_note)
+            _load_init_state(model, init_state, init_note, data.label_list)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
         classification = data.task_type in ("classification", "regression")
@@ -732,13 +732,23 @@ def training_identity(data, config: TrainConfig, *, cache_dir: str | Path | None
                     dependencies=dependency_versions())
 
 
-def _load_init_state(model, state: dict[str, torch.Tensor], note: str) -> None:
-    """Start from an earlier edit's tensors (``init: production``); refuse a layout that does not fit."""
+def _load_init_state(model, state: dict[str, torch.Tensor], note: str,
+                     label_list: list[str] | None = None) -> None:
+    """Start from an earlier edit's tensors (``init: production``); refuse a layout that does not fit.
+
+    A head trained on other labels is matched by name (``tasks.lifecycle.gate.align_head``): a reordered
+    ``label_list`` gets the old rows in tonight's order, never classes swapped; other names are refused.
+    """
     from red import EditedModel
     from red.errors import EditMismatchError
+    from tasks.lifecycle.gate import align_head
 
     if not isinstance(model, EditedModel):
         raise TrainingError(f"init from {note} needs an edit method (red, loreft, direft)")
+    try:
+        state = align_head(state, label_list, note)
+    except ValueError as exc:
+        raise TrainingError(f"cannot warm-start: {exc}") from exc
     try:
         model.load_edit_state(state)
     except EditMismatchError as exc:
