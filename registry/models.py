@@ -32,8 +32,8 @@ from tasks.lifecycle.identity import dependency_versions
 
 from .aliases import CANDIDATE, READY, STATUS_TAG, _move_locked, alias_version
 from .locks import DEFAULT_TIMEOUT, registry_lock
-from .tracking import (_log_batches, _owner_alive, as_dict, code_revision, code_version, final_metric_key,
-                       get_or_create_experiment, is_finite, owner_tag, report_markdown, report_metrics, report_name)
+from .tracking import (_log_batches, as_dict, code_revision, code_version, final_metric_key, get_or_create_experiment,
+                       is_finite, is_orphaned, owner_tag, report_markdown, report_metrics, report_name)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -270,8 +270,8 @@ def remove_stale_versions(name: str, client: MlflowClient | None = None, *, stal
     """Delete versions a crash left half-registered (status ``registering``) and return their numbers.
 
     A version is stale when the process that was registering it is gone (same host), or when it
-    has been ``registering`` for over ``stale_after`` seconds (registration takes seconds; this
-    covers other hosts and reused process ids). Such a
+    has been ``registering`` for over ``stale_after`` seconds and its owner is on another host
+    (registration takes seconds); a live owner's version is never removed. Such a
     version never had an alias (aliases are set only once a version is ``ready``), so nothing
     served it; it is removed so that it cannot be listed or served as if it were good.
     """
@@ -281,13 +281,10 @@ def remove_stale_versions(name: str, client: MlflowClient | None = None, *, stal
     except MlflowException:
         return []
     removed = []
-    now_ms = time.time() * 1000
     for mv in versions:
         if mv.tags.get(STATUS_TAG) != "registering":
             continue
-        alive = _owner_alive(mv.tags.get("redflow.owner"))
-        age = (now_ms - (mv.creation_timestamp or now_ms)) / 1000
-        if alive is False or age > stale_after:
+        if is_orphaned(mv.tags.get("redflow.owner"), mv.creation_timestamp, stale_after=stale_after):
             try:
                 client.delete_model_version(name, mv.version)
                 removed.append(int(mv.version))

@@ -32,6 +32,9 @@ ENV_MLFLOW = "MLFLOW_TRACKING_URI"
 
 _ENV_AT_IMPORT = os.environ.get(ENV_MLFLOW)   # the user's (or the parent process's) export
 _EXPORTED: set[str] = set()                    # URIs this process exported through mlflow.set_tracking_uri
+_SCHEMA_READY: set[str] = set()                # SQLite URIs whose schema this process has opened under the lock
+SCHEMA_LOCK_SUFFIX = ".schema.lock"
+SCHEMA_LOCK_TIMEOUT_S = 600.0                  # a migration of a large store takes minutes, never more
 
 
 class StoreNotFound(FileNotFoundError):
@@ -122,14 +125,42 @@ def require_store(target: TrackingTarget) -> None:
             "(e.g. sqlite:///path/to/runs/mlflow.db), set MLFLOW_TRACKING_URI, or run from the folder that holds runs/")
 
 
+def schema_lock_path(db: Path) -> Path:
+    """The file lock beside a SQLite store that serialises its schema creation and migrations."""
+    return db.with_name(f"{db.name}{SCHEMA_LOCK_SUFFIX}")
+
+
+def _open_schema(uri: str, db: Path) -> None:
+    """Create or migrate the SQLite store's schema, one process at a time.
+
+    MLflow creates (and migrates) a SQLite store's tables when a process first opens its tracking or registry
+    store, and two processes doing so at once (a schedule firing twice, a manual run beside the nightly one)
+    fail with ``table ... already exists`` or ``Online migration expected to match one row``. Each process
+    opens both stores under a file lock beside the database; MLflow caches the opened stores per process, so
+    later calls never touch the schema again.
+    """
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    with FileLock(str(schema_lock_path(db)), timeout=SCHEMA_LOCK_TIMEOUT_S):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+
+
 def use_tracking(target: TrackingTarget, *, create: bool = True) -> str:
-    """Point MLflow (tracking and registry) at ``target``; with ``create=False`` the store must exist."""
+    """Point MLflow (tracking and registry) at ``target``; with ``create=False`` the store must exist.
+
+    A SQLite store's schema is created or migrated here, under a file lock (:func:`_open_schema`)."""
     db = sqlite_path(target.uri)
     if not create:
         require_store(target)
     elif db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         (db.parent / ARTIFACTS_DIRNAME).mkdir(parents=True, exist_ok=True)
+    if db is not None and target.uri not in _SCHEMA_READY:
+        _open_schema(target.uri, db)
+        _SCHEMA_READY.add(target.uri)
     mlflow.set_tracking_uri(target.uri)
     mlflow.set_registry_uri(target.uri)
     _EXPORTED.add(target.uri)

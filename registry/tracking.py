@@ -273,20 +273,53 @@ def owner_tag() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def close_orphaned_runs(client: MlflowClient, experiment_id: str, *, stale_after: float = 3600.0) -> list[str]:
-    """Mark FAILED the training runs left RUNNING by a process that died (same host) or for over ``stale_after``
-    seconds (a killed registration): they are tagged ``redflow.orphaned`` and never look like live runs."""
-    closed = []
+STALE_AFTER_S = 6 * 3600.0  # a RUNNING training run whose owner is on another host: dead after this long
+LIVE_RUN_WAIT_S = 600.0     # how long log_training waits for a live process logging the same training
+
+
+def is_orphaned(owner: str | None, started_ms: float | None, *, stale_after: float = STALE_AFTER_S) -> bool:
+    """Whether a record (a RUNNING run, a ``registering`` version) tagged ``owner`` was abandoned.
+
+    Its owner process on this host is gone: yes. Its owner is alive on this host: never, however old (a twin
+    retrain, a long registration). Its owner is on another host (or unreadable), where liveness cannot be
+    checked: only after ``stale_after`` seconds, far longer than any logging or registration takes.
+    """
+    alive = _owner_alive(owner)
+    if alive is not None:
+        return not alive
     now_ms = time.time() * 1000
+    return (now_ms - (started_ms or now_ms)) / 1000 > stale_after
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str, *, stale_after: float = STALE_AFTER_S) -> list[str]:
+    """Mark FAILED the training runs left RUNNING by a process that died (:func:`is_orphaned`): they are tagged
+    ``redflow.orphaned`` and never look like live runs. A run whose owner is alive is never touched."""
+    closed = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING' and "
                                   "tags.`redflow.run_kind` = 'train'"):
-        alive = _owner_alive(run.data.tags.get("redflow.owner"))
-        age = (now_ms - (run.info.start_time or now_ms)) / 1000
-        if alive is False or age > stale_after:
+        if is_orphaned(run.data.tags.get("redflow.owner"), run.info.start_time, stale_after=stale_after):
             client.set_tag(run.info.run_id, "redflow.orphaned", "true")
             client.set_terminated(run.info.run_id, "FAILED")
             closed.append(run.info.run_id)
     return closed
+
+
+def _settled(client: MlflowClient, run: Any, timeout: float | None = None) -> Any:
+    """``run`` once it is no longer being logged by a live process (at most ``timeout`` seconds, default
+    ``LIVE_RUN_WAIT_S``).
+
+    Another live process (or thread) that logs the same training right now owns its run: it is waited for,
+    never deleted under it. Raises ``TimeoutError`` (a transient error: the step is retried) if it never ends.
+    """
+    timeout = LIVE_RUN_WAIT_S if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while run.info.status == "RUNNING" and not is_orphaned(run.data.tags.get("redflow.owner"), run.info.start_time):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"MLflow run {run.info.run_id} of this training is still being logged by "
+                               f"{run.data.tags.get('redflow.owner')} after {timeout:.0f} s")
+        time.sleep(1.0)
+        run = client.get_run(run.info.run_id)
+    return run
 
 
 def training_key(result: "TrainResult") -> str:
@@ -320,7 +353,8 @@ def log_training(
 
     Idempotent: one training is one run whatever retries happen. The run carries
     ``redflow.training_id`` (from the training's output folder); if a FINISHED run with it exists
-    it is returned as is, and a run left half-logged by an earlier try is deleted and logged anew.
+    it is returned as is, and a run left half-logged by an earlier try is deleted and logged anew. A run
+    another live process is still logging is never deleted or ended: it is waited for (:func:`_settled`).
     """
     from .plots import edit_heatmap_figure, training_curves_figure
 
@@ -330,9 +364,10 @@ def log_training(
     close_orphaned_runs(client, experiment_id)
     earlier = client.search_runs([experiment_id], filter_string=f"tags.`redflow.training_id` = '{training_id}'")
     for run in earlier:
+        run = _settled(client, run)  # a live owner's run is waited for, never deleted
         if run.info.status == "FINISHED":
             return run.info.run_id
-        client.delete_run(run.info.run_id)  # half-logged by a try that failed
+        client.delete_run(run.info.run_id)  # half-logged by a try that failed (its owner ended it or died)
     tensors, meta = _read_edit_meta(result.edit_path)
     from tasks.models import display_name
 
