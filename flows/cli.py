@@ -8,6 +8,11 @@ Exit codes (also in ``redflow --help`` and the README)::
     2  a usage or configuration error you can fix: the message's last sentence says how
     3  an unexpected error (a bug or a broken environment): the traceback is in the log file it names
     130 interrupted (Ctrl-C)
+    143 terminated (SIGTERM: ``kill``, systemd, Kubernetes, a Prefect worker cancelling the flow run)
+
+Ctrl-C and SIGTERM stop training at the next optimizer step, leave the attempt resumable, and exit after
+the temporary Prefect server and any Dask cluster the command started are stopped. A retrain whose task
+is already being trained by another live process (a twin run) reports it ``busy`` and exits 0.
 
 Errors are one line on stderr; ``--debug`` also prints the traceback, which is always written to a log
 file under ``$REDFLOW_LOG_DIR`` (default: ``<temp dir>/redflow-logs``). Data (JSON, tables) goes to
@@ -35,12 +40,13 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
 EPILOG = (
     "Exit codes: 0 success; 1 the command ran and the answer is no (the gate rejected a promotion, "
     "retrain tasks failed); 2 usage or configuration error, fixable (the message says how); "
-    "3 unexpected error (traceback in the log file named; --debug prints it); 130 interrupted.\n\n"
+    "3 unexpected error (traceback in the log file named; --debug prints it); 130 interrupted (Ctrl-C); "
+    "143 terminated (SIGTERM). A retrain whose task another live run is training says 'busy' and exits 0.\n\n"
     "MLflow store: --tracking-uri, else the config's tracking_uri, else $REDFLOW_TRACKING_URI or "
     "$MLFLOW_TRACKING_URI, else sqlite:///RUNS_DIR/mlflow.db. Commands that only read never create a store."
 )
@@ -56,6 +62,13 @@ _state = {"debug": False}
 
 class Negative(Exception):
     """The command ran and the answer is no (exit 1): a rejected promotion, failed retrain tasks."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (exit 143). A KeyboardInterrupt, so that Prefect's engine and every ``except Exception``
+    on the way let it through, as they let Ctrl-C through, and the process unwinds normally: context managers
+    close the task runner (Dask cluster) and ``atexit`` stops the temporary Prefect server. The default SIGTERM
+    action would end the process on the spot and leave both running."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,6 +116,9 @@ def guard() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
+    except Terminated:
+        _say("terminated", "bold red", " (SIGTERM): training stopped at its last step, resumable")
+        raise typer.Exit(EXIT_TERMINATED) from None
     except KeyboardInterrupt:
         _say("interrupted", "bold red", "")
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -176,8 +192,14 @@ def _announce_store(cfg, tracking_uri: Optional[str] = None) -> str:
 
 @contextmanager
 def _stop_training_on_interrupt() -> Iterator[None]:
-    """Ctrl-C stops training at the next optimizer step (it runs in worker threads, which the main thread's
-    KeyboardInterrupt does not reach); the attempt is left resumable, and the CLI exits 130."""
+    """Ctrl-C (exit 130) and SIGTERM (exit 143) stop training at the next optimizer step (it runs in worker threads,
+    which the main thread's exception does not reach); the attempt is left resumable.
+
+    SIGTERM becomes :class:`Terminated` rather than the default action (the process ending on the spot), so the
+    command unwinds: Prefect's flow engine (which replaces this handler while a flow runs, and hands the signal
+    back to it once the flow has stopped) ends the flow run, the task runner shuts down, and ``atexit`` stops
+    the temporary Prefect server this command started.
+    """
     import signal
     import threading
 
@@ -186,17 +208,23 @@ def _stop_training_on_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def interrupted(signum, frame):
         request_stop()
         signal.default_int_handler(signum, frame)
 
+    def terminated(signum, frame):
+        request_stop()
+        raise Terminated(f"signal {signum}")
+
     signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         clear_stop()
 
 

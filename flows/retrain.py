@@ -304,7 +304,15 @@ def _best_validation(r) -> float | None:
 
 @flow(name="retrain-tasks")
 def retrain_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str, Any]:
-    return run_tasks(cfg, run_key, force)
+    """The subflow that owns the task runner. SIGTERM (a worker cancelling the flow run, ``kill``) first asks
+    the trainings to stop at their next step, then reaches Prefect's handler: its task runner would otherwise
+    wait for them to end (tasks.train.stop_training_on)."""
+    import signal
+
+    from tasks.train import stop_training_on
+
+    with stop_training_on(signal.SIGTERM):
+        return run_tasks(cfg, run_key, force)
 
 
 def summary_markdown(cfg: RetrainConfig, summary: dict[str, Any], tracking_uri: str) -> str:

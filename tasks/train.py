@@ -53,7 +53,8 @@ class TrainingDiverged(TrainingError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on request (Ctrl-C in the CLI): the attempt is left as a crash, resumable."""
+    """Training stopped on request (Ctrl-C or SIGTERM: the CLI, a Prefect worker's cancellation): the attempt is
+    left as a crash, resumable."""
 
 
 _STOP = threading.Event()
@@ -88,6 +89,40 @@ def request_stop() -> None:
 
 def clear_stop() -> None:
     _STOP.clear()
+
+
+@contextlib.contextmanager
+def stop_training_on(signum: int):
+    """While inside, signal ``signum`` first asks every training in this process to stop at its next optimizer
+    step (:func:`request_stop`), then goes on to the handler that was installed before (Prefect's, the CLI's).
+
+    Why both: Prefect's flow engine turns SIGTERM (a worker's cancellation, systemd, Kubernetes, ``kill``) into
+    an exception in the main thread, and its task runner then waits for the worker threads that train; without
+    the stop request that wait lasts until the training ends. Installed in the flow body that owns the task
+    runner, so it sits above the handler Prefect installs for that flow. A no-op outside the main thread
+    (signal handlers can only be set there).
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signum)
+
+    def stop_then_previous(number, frame):
+        request_stop()
+        if callable(previous):
+            previous(number, frame)
+        elif previous == signal.SIG_DFL:  # the default action (SIGTERM: the process ends), as without us
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+
+    signal.signal(signum, stop_then_previous)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signum) is stop_then_previous:  # a nested scope's handler stays its owner's business
+            signal.signal(signum, previous)
 
 
 def _stop_on_request():
