@@ -323,7 +323,7 @@ def print_summary(summary: dict) -> None:
             continue
         score = (lambda x: "" if x is None else f"{x:.3f}")
         decision = Text("promoted", style="green") if row["promoted"] else Text("kept out")
-        table.add_row(task, "trained", str(row["steps_trained"]), Text(row["metric"]), score(row.get("challenger")),
+        table.add_row(task, status, str(row["steps_trained"]), Text(row["metric"] or ""), score(row.get("challenger")),
                       score(row.get("champion")), f"v{row['version']}", decision)
         notes.append((row["task"], f"{row['why']}. Gate: {row['reason']}", "dim"))
     console.print(table)

@@ -101,10 +101,12 @@ def register_task(cfg: RetrainConfig, task: TaskSpec, result, evaluation):
 
 @task(name="gate-and-promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
       task_run_name="promote-{task.name}", retry_condition_fn=lambda t, r, s: _transient(s))
-def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result, evaluation, data):
+def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result, evaluation, data, plan=None):
     if registered is not None:
         console.report(task.name, "gate", f"v{registered['version']} vs production")
-    decision = steps.promote_step(cfg, task, registered, result, evaluation, data)
+    elif plan is not None and plan.action == steps.GATE:
+        console.report(task.name, "gate", f"v{plan.latest_version} (registered, never gated) vs production")
+    decision = steps.promote_step(cfg, task, registered, result, evaluation, data, plan)
     if decision is not None:
         console.report(task.name, "done", f"v{decision.version} " + ("promoted" if decision.promoted else "kept out"))
         get_run_logger().info("%s v%s: %s (%s)", task.name, decision.version,
@@ -182,7 +184,7 @@ def _chain(cfg: RetrainConfig, t: TaskSpec, data, plan, result) -> dict[str, Any
     """A task's evaluate -> register -> promote after its training future ``result``: the futures by step."""
     evaluation = evaluate_task.submit(cfg, t, result, data)
     registered = register_task.submit(cfg, t, result, evaluation)
-    decision = promote_task.submit(cfg, t, registered, result, evaluation, data)
+    decision = promote_task.submit(cfg, t, registered, result, evaluation, data, plan)
     return dict(zip(STEPS, (data, plan, result, evaluation, registered, decision)))
 
 
@@ -235,7 +237,12 @@ def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> d
     data.wait()
     plan.wait()
     chain: dict[str, Any] = {"prepare": data, "plan": plan}
-    if not (data.state.is_completed() and plan.state.is_completed()) or plan.result().action != steps.TRAIN:
+    if not (data.state.is_completed() and plan.state.is_completed()):
+        return chain
+    if plan.result().action == steps.GATE:  # registered by a run that died before its gate: gate it, search nothing
+        chain["promote"] = promote_task.submit(cfg, t, None, None, None, data, plan)
+        return chain
+    if plan.result().action != steps.TRAIN:
         return chain
     console.report(t.name, "tune")
     parallel = cfg.train_config(t).tune.parallel or cfg.max_workers
@@ -268,6 +275,16 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
                    error=f"{step}: {type(exc).__name__}: {exc}")
         return row
     plan = chain["plan"].result()
+    if plan.action == steps.GATE:
+        d = chain["promote"].result()
+        comparison = d.comparison or {}
+        row.update(status="gated", steps_trained=0, version=d.version, model_name=d.model_name, metric=d.metric,
+                   challenger=d.value, champion=d.previous_value, champion_version=d.previous,
+                   difference=comparison.get("difference"),
+                   ci=(comparison.get("ci_low"), comparison.get("ci_high")) if comparison else None,
+                   rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
+                   reason=d.reason, why="; ".join(plan.reasons))
+        return row
     if plan.action == steps.UNCHANGED:
         row.update(status="unchanged", steps_trained=0, version=plan.latest_version, reason="; ".join(plan.reasons),
                    promoted=False, decision="-")
@@ -339,6 +356,12 @@ def summary_markdown(cfg: RetrainConfig, summary: dict[str, Any], tracking_uri: 
         champion = (f"{_f(row['champion'])} (v{row['champion_version']})" if row.get("champion") is not None
                     else "none" if row.get("champion_version") is None else "")
         version = _link(f"v{row['version']}", tracking_uri, f"models/{row['model_name']}/versions/{row['version']}")
+        if status == "gated":  # registered by an earlier run that died before its gate; gated tonight
+            lines.append(f"| {row['task']} | gated | 0 | {row['metric']} | {_f(row['challenger'])} | {champion} | "
+                         f"{gain} | {version} | {row['decision']} |")
+            notes.append(f"- {row['task']}: {row['why']}. Gate: {row['reason']}. "
+                         f"Model `models:/{row['model_name']}/{row['version']}`")
+            continue
         run = _link("run", tracking_uri, f"experiments/{row.get('experiment_id', '')}/runs/{row['run_id']}")
         status = "trained, **did not learn**" if row.get("learned") is False else "trained"
         lines.append(f"| {row['task']} | {status} | {row['steps_trained']} | {row['metric']} | "

@@ -18,6 +18,7 @@ notebook) can call each step directly without Prefect. What makes a *nightly* re
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.lifecycle.plan import GATE, TRAIN, UNCHANGED, Plan  # noqa: F401 - re-exported
+from tasks.lifecycle.plan import GATE, TRAIN, UNCHANGED, Plan, decide  # noqa: F401 - re-exported
 from tasks.result import TrainResult
 
 from .config import RetrainConfig, TaskSpec
@@ -71,9 +72,10 @@ def prepare_step(cfg: RetrainConfig, task: TaskSpec):
 
 
 def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) -> Plan:
-    """Train, or report ``unchanged`` when the inputs equal those of the latest registered version."""
+    """Tonight's action for ``task`` (``tasks.lifecycle.plan.decide``): train, ``unchanged`` when the inputs equal
+    those of the latest registered version and the gate decided on it, ``gate`` when it never did."""
     from registry.aliases import production_version
-    from registry.models import latest_version, version_identity
+    from registry.models import latest_version, version_record
     from tasks.train import training_identity
 
     _tracking(cfg)
@@ -92,37 +94,11 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
     co_train = cfg.co_train_settings().recipe() if cfg.co_train_group(task) is not None else None
     identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base", co_train=co_train)
     name = cfg.model_name(task)
-    latest = latest_version(name, config=cfg.name)
-    previous = version_identity(latest)
-    latest_number = int(latest.version) if latest is not None else None
-    deps = cfg.retrain_on_dependency_change  # dependency versions are always listed; they count only if asked
-    same = identity.matches(previous, dependencies=deps)
-    if same and not force:
-        return Plan(UNCHANGED, identity, [f"same data, training config, base model and code as v{latest_number}"]
-                    + [f"since v{latest_number}: {d}" for d in identity.diff(previous, dependencies=deps)],
-                    latest_version=latest_number)
-    if latest is None:
-        reasons = ["first training of this task"]
-    elif same:
-        reasons = [f"forced: same inputs as v{latest_number}"]
-    elif previous is None:
-        reasons = [f"v{latest_number} records no training identity"]
-    else:
-        reasons = [f"since v{latest_number}: {d}" for d in identity.diff(previous, dependencies=deps)]
-        if previous.config_hash != identity.config_hash and latest.tags.get("training_config"):
-            import json
-
-            from tasks.lifecycle.identity import recipe_diff
-
-            changed = recipe_diff(json.loads(latest.tags["training_config"]), json.loads(json.dumps(
-                config.recipe(data.task or data.name), default=str)))
-            reasons = [f"since v{latest_number}: training config changed: {', '.join(changed)}"
-                       if r.startswith(f"since v{latest_number}: training config changed") and changed else r
-                       for r in reasons]
-    init_version = production_version(name) if config.init == "production" else None
-    if config.init == "production" and init_version is None:
-        reasons.append("init: production, but there is no production version yet: starting fresh")
-    return Plan(TRAIN, identity, reasons, latest_version=latest_number, init_version=init_version)
+    recipe = json.loads(json.dumps(config.recipe(data.task or data.name), default=str))
+    return decide(identity, version_record(latest_version(name, config=cfg.name)), force=force,
+                  dependencies=cfg.retrain_on_dependency_change, recipe=recipe,
+                  init_production=config.init == "production",
+                  production=production_version(name) if config.init == "production" else None)
 
 
 @contextlib.contextmanager
@@ -158,11 +134,7 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
     config = cfg.train_config(task)
     done = finished_unregistered(task_dir(cfg, task), plan.identity)
     if done is not None:  # trained, then crashed before registering: register that training, do not redo it
-        result = TrainResult.load(done / "result.json")
-        result.notes = plan.reasons + [f"reusing finished attempt {done.name}: it trained the same inputs and its "
-                                       "run stopped before registering it"]
-        result.steps_trained = 0
-        return result
+        return _reuse_finished(done, plan)
     init_state, init_note = None, "fresh"
     if plan.init_version is not None:
         init_state, init_note = _production_state(cfg, task, plan.init_version)
@@ -179,6 +151,19 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
     result.save(attempt.folder / "result.json")
     attempt.finish()
     prune(task_dir(cfg, task), keep=cfg.keep_attempts)
+    return result
+
+
+def _reuse_finished(done: Path, plan: Plan) -> TrainResult:
+    """The result a finished, never registered training left in ``done``, to register instead of retraining."""
+    from tasks.lifecycle.attempts import attempt_folder
+
+    result = TrainResult.load(done / "result.json")
+    result.output_dir = str(done)  # where it is now (a run may have moved runs_dir)
+    name = (attempt_folder(done) or done).name
+    result.notes = plan.reasons + [f"reusing finished attempt {name}: it trained the same inputs and its run "
+                                   "stopped before registering it"]
+    result.steps_trained = 0
     return result
 
 
@@ -204,13 +189,18 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     that cannot start (its production edit does not load) or that stops (NaN, divergence) fails alone; what
     stops them all (bad shared settings, the base does not load, an I/O error) is raised.
     """
-    from tasks.lifecycle.attempts import open_attempt, prune
+    from tasks.lifecycle.attempts import finished_unregistered, open_attempt, prune
     from tasks.cotrain import CoTask, co_train, group_identity
 
     settings = cfg.co_train_settings()
     outcomes: dict[str, TrainResult | Exception] = {}
     members = []
+    folder = Path(cfg.runs_dir) / cfg.name / "@cotrain" / group
     for task, data, plan in zip(tasks, datas, plans):
+        done = finished_unregistered(folder, plan.identity, task=task.name)
+        if done is not None:  # the group trained it, then the run died before registering it: register that
+            outcomes[task.name] = _reuse_finished(done, plan)
+            continue
         init_state, init_note = None, "fresh"
         try:
             if plan.init_version is not None:
@@ -222,9 +212,9 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     if not members:
         return outcomes
     identity = group_identity({t.name: p.identity for t, _, p, _, _ in members}, settings)
-    folder = Path(cfg.runs_dir) / cfg.name / "@cotrain" / group
     configs = {t.name: cfg.train_config(t) for t, *_ in members}
-    attempt = open_attempt(folder, identity, run_key, resume=all(c.resume for c in configs.values()))
+    attempt = open_attempt(folder, identity, run_key, resume=all(c.resume for c in configs.values()),
+                           members={t.name: p.identity for t, _, p, _, _ in members})
     for note in attempt.notes:
         log.info("co-train %s: %s", group, note)
     co_tasks = [CoTask(data=d, config=configs[t.name], out_dir=attempt.folder / "tasks" / t.name,
@@ -300,26 +290,42 @@ def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     if result is None:
         return None
     from registry import log_training, register_edit
+    from registry.models import registered_from
 
-    _tracking(cfg)
-    tuning = result.tuning or {}
-    tags = ({"mlflow.parentRunId": tuning["parent_run_id"], "redflow.tune.study": tuning.get("study", ""),
-             "redflow.tune.best_trial": str(tuning.get("best_trial"))} if tuning.get("parent_run_id") else None)
-    run_id = log_training(result, experiment=cfg.experiment, eval_reports=evaluation.reports if evaluation else [],
-                          config={"retrain": cfg.name, "task": task.name}, tags=tags)
-    version = register_edit(result, run_id, model_name=cfg.model_name(task), tags={"retrain_config": cfg.name})
-    from tasks.lifecycle.attempts import mark_registered
-
-    mark_registered(result.output_dir, cfg.model_name(task), version)
     from mlflow import MlflowClient
 
-    return {"run_id": run_id, "model_name": cfg.model_name(task), "version": int(version),
-            "experiment_id": MlflowClient().get_run(run_id).info.experiment_id}
+    from tasks.lifecycle.attempts import mark_registered, registered_as, registration_lock
+
+    _tracking(cfg)
+    client, name = MlflowClient(), cfg.model_name(task)
+    with registration_lock(result.output_dir):  # a twin that found the same finished training waits, then reuses
+        done = registered_as(result.output_dir, task.name)
+        if done is not None and done[0] == name:
+            mv = client.get_model_version(name, str(done[1]))
+            return {"run_id": mv.run_id, "model_name": name, "version": done[1],
+                    "experiment_id": client.get_run(mv.run_id).info.experiment_id}
+        tuning = result.tuning or {}
+        tags = ({"mlflow.parentRunId": tuning["parent_run_id"], "redflow.tune.study": tuning.get("study", ""),
+                 "redflow.tune.best_trial": str(tuning.get("best_trial"))} if tuning.get("parent_run_id") else None)
+        run_id = log_training(result, experiment=cfg.experiment,
+                              eval_reports=evaluation.reports if evaluation else [],
+                              config={"retrain": cfg.name, "task": task.name}, tags=tags)
+        version = registered_from(name, run_id, client) or register_edit(
+            result, run_id, model_name=name, tags={"retrain_config": cfg.name})
+        mark_registered(result.output_dir, name, version, task=task.name)
+    return {"run_id": run_id, "model_name": name, "version": int(version),
+            "experiment_id": client.get_run(run_id).info.experiment_id}
 
 
 def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any] | None, result: TrainResult | None,
-                 evaluation: Evaluation | None = None, data=None):
-    """Champion vs challenger on the same rows: move ``production`` if the candidate wins by the margin."""
+                 evaluation: Evaluation | None = None, data=None, plan: Plan | None = None):
+    """Champion vs challenger on the same rows: move ``production`` if the candidate wins by the margin.
+
+    With a ``gate`` plan (a version registered from tonight's inputs by a run that died before its gate),
+    that version is the candidate: see :func:`gate_registered_step`.
+    """
+    if registered is None and plan is not None and plan.action == GATE:
+        return gate_registered_step(cfg, task, plan, data)
     if registered is None or result is None:
         return None
     from registry import gate_and_promote
@@ -339,3 +345,32 @@ def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any] 
 
     return gate_and_promote(registered["model_name"], registered["version"], policy, challenger=challenger,
                             score_champion=score_champion if data is not None else None)
+
+
+def gate_registered_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, data):
+    """Gate version ``plan.latest_version``, registered from tonight's inputs by a run that died before its gate.
+
+    Both sides are scored the way the gate always scores a champion: the registered versions loaded as they
+    serve, on tonight's test rows (or the gate suite's rows) at the length the candidate trained with. A
+    version that got its decision meanwhile (a twin run) keeps it: nothing is decided twice.
+    """
+    from mlflow import MlflowClient
+
+    from registry import gate_and_promote
+    from registry.champion import score_version, trained_max_length
+    from tasks.evaluate.suites import find_suite
+
+    _tracking(cfg)
+    name, version = cfg.model_name(task), int(plan.latest_version)
+    mv = MlflowClient().get_model_version(name, str(version))
+    metric = cfg.promotion_for(task).metric or mv.tags.get("primary_metric") or "accuracy"
+    metric = metric[len("test_"):] if metric.startswith("test_") else metric
+    suite = find_suite(task.evaluate, metric)
+    max_length = trained_max_length(mv)
+    work = task_dir(cfg, task) / "gate"
+
+    def score(v: int):
+        return score_version(name, v, data, metric=metric, suite=suite, max_length=max_length, work_dir=work)
+
+    return gate_and_promote(name, version, cfg.promotion_for(task).policy(), challenger=score(version),
+                            score_champion=score, once=True)

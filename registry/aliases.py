@@ -293,7 +293,7 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
                      challenger: "RowScores | None" = None,
                      score_champion: "Callable[[int], RowScores] | None" = None,
                      client: MlflowClient | None = None, lock_timeout: float = DEFAULT_TIMEOUT,
-                     max_rescores: int = 3) -> PromotionDecision:
+                     max_rescores: int = 3, once: bool = False) -> PromotionDecision:
     """Promote ``version`` to ``production`` if it beats the current production on the same rows.
 
     ``challenger``: the candidate's per-row scores on this run's evaluation rows for the policy's
@@ -305,12 +305,20 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
     Compare-and-set under the promotion lock; if production moved while its scores were being
     computed, the new production is scored instead (up to ``max_rescores`` times). The decision is
     recorded either way (history entry ``promote``/``reject``, ``redflow.gate.*`` version tags).
+
+    ``once``: a version the gate already decided on keeps that decision (returned as recorded, nothing
+    re-scored or moved): what a nightly run that gates a version registered by an earlier, crashed run
+    passes, so a twin run gating the same version at the same time never decides twice.
     """
     from tasks.evaluate.paired import paired_bootstrap
 
     client = client or MlflowClient()
     policy = policy or PromotionPolicy()
     version = int(version)
+    if once:  # decided already: not worth scoring anything (checked again under the lock below)
+        mv = client.get_model_version(name, str(version))
+        if is_gated(mv):
+            return recorded_decision(name, mv)
     for _ in range(max_rescores + 1):
         prod = alias_version(name, PRODUCTION, client)
         champion_version = int(prod.version) if prod is not None else None
@@ -325,6 +333,8 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
             if (int(prod.version) if prod is not None else None) != champion_version:
                 continue  # production moved while we scored it: score the new one
             mv = client.get_model_version(name, str(version))
+            if once and is_gated(mv):
+                return recorded_decision(name, mv)
             metric = policy.metric_name(mv.tags.get("primary_metric"))
             stored = {}  # what earlier runs recorded, on their own test rows: shown beside a comparison, never used
             if prod is not None and champion_version != version:
@@ -434,6 +444,34 @@ def _record_decision(client: MlflowClient, name: str, version: int, decision: Pr
         client.set_model_version_tag(name, str(version), f"redflow.gate.{k}", v[:5000])
 
 
+GATE_DECISION_TAG = "redflow.gate.decision"
+
+
+def is_gated(mv: ModelVersion | None) -> bool:
+    """Whether the gate decided on ``mv`` (promoted or rejected; tag ``redflow.gate.decision``). A version
+    registered by a run that died before its gate is not: the next run of the same inputs gates it."""
+    return mv is not None and bool(mv.tags.get(GATE_DECISION_TAG))
+
+
+def recorded_decision(name: str, mv: ModelVersion) -> PromotionDecision:
+    """The gate decision recorded on ``mv`` (its ``redflow.gate.*`` tags), as :func:`gate_and_promote` returned it."""
+    tags = mv.tags
+    decision = PromotionDecision(promoted=tags.get(GATE_DECISION_TAG) == "promoted", previous=None, reason=tags.get(
+        "redflow.gate.reason", ""), version=int(mv.version), model_name=name, metric=tags.get("redflow.gate.metric"),
+        decided_at=tags.get("redflow.gate.at"))
+    if tags.get("redflow.gate.rows"):
+        low, high = json.loads(tags["redflow.gate.ci"])
+        decision.comparison = {"challenger": float(tags["redflow.gate.challenger_score"]),
+                               "champion": float(tags["redflow.gate.champion_score"]),
+                               "difference": float(tags["redflow.gate.difference"]), "ci_low": low, "ci_high": high,
+                               "n": int(tags["redflow.gate.rows"])}
+        decision.value = decision.comparison["challenger"]
+        decision.previous_value = decision.comparison["champion"]
+        decision.previous = int(tags["redflow.gate.champion"]) if tags.get("redflow.gate.champion", "None") != "None" \
+            else None
+    return decision
+
+
 def rollback(name: str, *, to_version: int | str | None = None, reason: str = "",
              client: MlflowClient | None = None, lock_timeout: float = DEFAULT_TIMEOUT) -> AliasMove:
     """Move ``production`` back to the version the current production replaced (or ``to_version``)."""
@@ -488,5 +526,5 @@ def production_version(name: str, client: MlflowClient | None = None) -> int | N
 
 
 __all__ = ["AliasMove", "CANDIDATE", "PRODUCTION", "PromotionDecision", "PromotionPolicy", "RollbackError",
-           "alias_history", "alias_version", "gate_and_promote", "metric_value", "move_alias",
+           "alias_history", "alias_version", "gate_and_promote", "is_gated", "metric_value", "move_alias",
            "production_version", "rollback"]

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from tasks.lifecycle.identity import Identity
+    from tasks.lifecycle.plan import VersionRecord
     from tasks.result import TrainResult
 
 _logger = logging.getLogger(__name__)
@@ -253,6 +254,34 @@ def latest_version(name: str, client: MlflowClient | None = None, *, config: str
     ready = [mv for mv in versions if mv.tags.get(STATUS_TAG, READY) == READY
              and (config is None or mv.tags.get("retrain_config", config) == config)]
     return max(ready, key=lambda mv: int(mv.version)) if ready else None
+
+
+def registered_from(name: str, run_id: str, client: MlflowClient | None = None) -> int | None:
+    """The ``ready`` version of ``name`` registered from training run ``run_id``, if any: a run that died after
+    registering but before recording it registers nothing twice."""
+    client = client or MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    found = [int(mv.version) for mv in versions
+             if mv.run_id == run_id and mv.tags.get(STATUS_TAG, READY) == READY]
+    return max(found) if found else None
+
+
+def version_record(mv) -> "VersionRecord | None":
+    """What the nightly plan needs of version ``mv`` (``tasks.lifecycle.plan.VersionRecord``); None for None."""
+    from tasks.lifecycle.plan import VersionRecord
+
+    from .aliases import is_gated
+
+    if mv is None:
+        return None
+    try:
+        recipe = json.loads(mv.tags["training_config"]) if mv.tags.get("training_config") else None
+    except ValueError:
+        recipe = None
+    return VersionRecord(number=int(mv.version), identity=version_identity(mv), gated=is_gated(mv), recipe=recipe)
 
 
 def version_identity(mv) -> "Identity | None":

@@ -16,11 +16,16 @@ Rules (the nightly job's correctness depends on them):
 3. A finished attempt (``trained``) is never resumed; a deterministic failure (NaN, divergence)
    is not either: resuming would repeat it. A finished attempt whose registration never happened
    is registered by the next run of the same inputs instead of being trained again
-   (:func:`finished_unregistered`).
+   (:func:`finished_unregistered`); for a co-training, task by task (the attempt records each
+   member's own identity in ``members`` and each registration in ``registered``).
+   Registering takes the attempt's ``register.lock`` and records the version, so two runs that
+   found the same finished training register it once (:func:`registered_as`).
 4. A retry inside the same run (same run key) picks up its own folder.
 5. Incomplete checkpoints (a crash while writing one) are skipped with a warning.
 6. While another live process trains the same inputs, a second run does not train them again
    (:class:`AttemptBusy`): two schedules or a manual run beside the nightly one never register twins.
+7. :func:`prune` never removes an attempt a later run could use (:func:`resumable`), unless a newer
+   attempt of the same inputs was registered.
 """
 from __future__ import annotations
 
@@ -184,12 +189,22 @@ def _try_lock(folder: Path) -> FileLock | None:
     return lock
 
 
-def open_attempt(task_dir: str | Path, identity: Identity, run_key: str, *, resume: bool = True) -> Attempt:
-    """The folder this run trains in, and the checkpoint to resume from if any (see the module's rules)."""
+def open_attempt(task_dir: str | Path, identity: Identity, run_key: str, *, resume: bool = True,
+                 members: dict[str, Identity] | None = None) -> Attempt:
+    """The folder this run trains in, and the checkpoint to resume from if any (see the module's rules).
+
+    ``members``: for a co-training, each task's own identity (``identity`` is then the group's); recorded so
+    that a task the group trained can be registered by a later run of that task's inputs alone
+    (:func:`finished_unregistered`).
+    """
     root = Path(task_dir) / ATTEMPTS
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / ".open.lock")):  # two runs starting at once: one scans and locks, then the other
-        return _open(root, identity, run_key, resume)
+        attempt = _open(root, identity, run_key, resume)
+    if members is not None:
+        attempt.mark(read_state(attempt.folder).get("status", TRAINING),
+                     members={name: m.to_dict() for name, m in members.items()})
+    return attempt
 
 
 def _open(root: Path, identity: Identity, run_key: str, resume: bool) -> Attempt:
@@ -267,38 +282,111 @@ def _adopt(folder: Path, identity: Identity, notes: list[str], *, own_run: bool)
     return attempt
 
 
-def finished_unregistered(task_dir: str | Path, identity: Identity) -> Path | None:
-    """The newest attempt that finished training exactly these inputs but was never registered (its run
-    crashed or failed between training and registration), if its result is still there: registering it
-    beats training the same thing again."""
+def _results(folder: Path, state: dict[str, Any]) -> dict[str, Path]:
+    """The folders holding a result.json that ``folder``'s attempt produced, by task (``""``: a single task's)."""
+    if state.get("members"):
+        return {name: folder / "tasks" / name for name in state["members"]
+                if (folder / "tasks" / name / "result.json").is_file()}
+    return {"": folder} if (folder / "result.json").is_file() else {}
+
+
+def finished_unregistered(task_dir: str | Path, identity: Identity, task: str | None = None) -> Path | None:
+    """The folder of the newest result that trained exactly these inputs and was never registered (its run
+    crashed or failed between training and registration): registering it beats training the same thing again.
+
+    ``task_dir`` holds single trainings (``task`` None) or co-trainings (``task`` names the member, whose own
+    identity the group attempt recorded in ``members``). Returns the folder holding ``result.json``.
+    """
     root = Path(task_dir) / ATTEMPTS
     if not root.is_dir():
         return None
     for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
         state = read_state(folder) or {}
-        if (state.get("status") == TRAINED and Identity.from_dict(state.get("identity")) == identity
-                and (folder / "result.json").is_file()):
+        if state.get("status") != TRAINED:
+            continue
+        key = task if state.get("members") else ""
+        if key is None or key in (state.get("registered") or {}):
+            continue
+        theirs = (state["members"].get(key) if key else state.get("identity"))
+        result = _results(folder, state).get(key)
+        if result is not None and Identity.from_dict(theirs) == identity:
+            return result
+    return None
+
+
+def attempt_folder(path: str | Path) -> Path | None:
+    """The attempt folder holding ``path`` (a training's output folder, or a co-trained task's under it)."""
+    path = Path(path)
+    for folder in (path, *path.parents[:3]):
+        if (folder / ATTEMPT_FILE).is_file():
             return folder
     return None
 
 
-def mark_registered(folder: str | Path, model_name: str, version: int) -> None:
-    """Record that the attempt in ``folder`` became ``model_name`` version ``version`` (no-op elsewhere)."""
-    folder = Path(folder)
-    state = read_state(folder)
+def registration_lock(output_dir: str | Path) -> FileLock:
+    """A lock on registering what ``output_dir`` trained: two runs that both found the same finished training
+    (twins) register it once; the second finds it registered (:func:`registered_as`)."""
+    folder = attempt_folder(output_dir) or Path(output_dir)
+    return FileLock(str(folder / "register.lock"))
+
+
+def registered_as(output_dir: str | Path, task: str) -> tuple[str, int] | None:
+    """``(model_name, version)`` that the training in ``output_dir`` was registered as, if it was."""
+    folder = attempt_folder(output_dir)
+    state = read_state(folder) if folder is not None else None
+    if not state:
+        return None
+    entry = (state.get("registered") or {}).get(task if state.get("members") else "")
+    if entry:
+        return entry["model_name"], int(entry["version"])
+    if state.get("status") == REGISTERED and not state.get("members") and state.get("version") is not None:
+        return state["model_name"], int(state["version"])
+    return None
+
+
+def mark_registered(folder: str | Path, model_name: str, version: int, task: str = "") -> None:
+    """Record that the training in ``folder`` (for a co-training: task ``task`` of it) became ``model_name``
+    version ``version``. The attempt's status becomes ``registered`` once every result it produced is."""
+    attempt = attempt_folder(folder)
+    state = read_state(attempt) if attempt is not None else None
     if state is None:
         return
-    state.update(status=REGISTERED, model_name=model_name, version=int(version), updated=time.time())
-    _write_json(folder / ATTEMPT_FILE, state)
+    key = task if state.get("members") else ""
+    registered = dict(state.get("registered") or {})
+    registered[key] = {"model_name": model_name, "version": int(version)}
+    state.update(registered=registered, updated=time.time())
+    if set(_results(attempt, state)) <= set(registered):
+        state["status"] = REGISTERED
+        if not key:
+            state.update(model_name=model_name, version=int(version))
+    _write_json(attempt / ATTEMPT_FILE, state)
+
+
+def resumable(folder: Path, state: dict[str, Any]) -> bool:
+    """Whether a later run could still use this attempt: resume it (a crash, a transient failure) or register
+    what it trained (finished, with a result not yet registered)."""
+    status = state.get("status")
+    if status == TRAINED:
+        return bool(set(_results(folder, state)) - set(state.get("registered") or {}))
+    return status == TRAINING or (status == FAILED and bool(state.get("transient")))
 
 
 def prune(task_dir: str | Path, keep: int = 10) -> list[Path]:
-    """Delete all but the newest ``keep`` finished or failed attempts (never a locked or crashed one)."""
+    """Delete all but the newest ``keep`` registered or deterministically failed attempts.
+
+    Never one a later run could use (:func:`resumable`: crashed, transiently failed, or trained but not yet
+    registered), unless a newer attempt of the same inputs was registered (it is superseded), and never one
+    whose lock a live process holds.
+    """
     root = Path(task_dir) / ATTEMPTS
     if not root.is_dir():
         return []
-    done = [p for p in sorted(root.iterdir(), key=lambda p: p.name, reverse=True)
-            if p.is_dir() and (read_state(p) or {}).get("status") in (TRAINED, FAILED, REGISTERED)]
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
+    states = {p: read_state(p) or {} for p in folders}
+    registered = {json.dumps(s.get("identity"), sort_keys=True) for s in states.values()
+                  if s.get("status") == REGISTERED}
+    done = [p for p in folders if states[p].get("status") in (TRAINED, FAILED, REGISTERED)
+            and (not resumable(p, states[p]) or json.dumps(states[p].get("identity"), sort_keys=True) in registered)]
     removed = []
     for folder in done[keep:]:
         lock = _try_lock(folder)
