@@ -776,7 +776,9 @@ def _task_result(trainer, bank, k, task: CoTask, hp, enc, spec: _Task, settings:
         edit_parameters=edit.num_edit_parameters, params=params, data_hash=task.data.data_hash,
         base_revision=task.config.revision, base_fingerprint=edit.base_fingerprint, task_type=task.data.task_type,
         label_list=task.data.label_list, truncated=dict(enc.truncated), seconds=round(time.time() - started, 2),
-        global_step=int(trainer.state.global_step), steps_trained=int(trainer.state.global_step) - start_step,
+        global_step=int(trainer.state.global_step),  # steps_trained: the steps that held this task's rows
+        steps_trained=(mixing.steps_with_rows(int(trainer.state.global_step))[k]
+                       - mixing.steps_with_rows(start_step)[k]),
         resumed_from=resume, init=task.init_note,
         identity=(task.identity or training_identity(task.data, task.config, co_train=settings.recipe())).to_dict(),
         co_trained_with=others,

@@ -262,6 +262,7 @@ def test_a_task_with_few_rows_trains_exactly_as_alone_though_it_sits_out_steps(d
         assert [s["learning_rate"] for s in together.steps] == pytest.approx(
             [s["learning_rate"] for s in alone.steps], rel=1e-6)  # its own schedule: warmup and decay over its steps
         assert together.best_epoch == alone.best_epoch and together.test == pytest.approx(alone.test)
+        assert together.steps_trained == alone.steps_trained == 16 - len(absent[task.name])  # its own steps
     by_share = Mixing([32, 4, 4], rows_per_step=5, micro_batch=5, seeds=[1, 2, 3])
     assert by_share.steps_with_rows(16) == [16, 8, 8]  # the lengths of the tasks' own schedules: their steps alone
 
