@@ -127,9 +127,11 @@ def source_hash(root: Path, modules: tuple[str, ...] = CODE_MODULES,
 def normalised(source: bytes) -> bytes:
     """What a module does, without comments, docstrings or formatting: its syntax tree with docstrings removed.
 
-    ``ast.dump`` (no line numbers) of the parsed module, after dropping the leading string statement of the
-    module and of every class and function. The dump's format follows the Python minor version, so a Python
-    upgrade changes the code version once. A file that does not parse is taken as its bytes.
+    ``ast.unparse`` of the parsed module (one canonical formatting, no comments), after dropping the leading
+    string statement of the module and of every class and function. Source text rather than ``ast.dump``:
+    the dump names every field of every node class, and those change between Python minor versions, so a
+    Python upgrade (a dependency, recorded and counted only when asked) would retrain every task through the
+    code version. A file that does not parse is taken as its bytes.
     """
     try:
         tree = ast.parse(source)
@@ -141,7 +143,7 @@ def normalised(source: bytes) -> bytes:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, annotate_fields=True, include_attributes=False).encode()
+    return ast.unparse(tree).encode()
 
 
 # The packages whose versions are recorded on every version (tags ``env.*``).
