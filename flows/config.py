@@ -223,8 +223,8 @@ def _known_task_type(task: TaskSpec) -> str | None:
         return spec.task_type
     if spec.source in ("alpaca", "ultrafeedback"):
         return "causal_lm"
-    from tasks.glue import GLUE_TASKS
-    from tasks.synthetic import SYNTHETIC_TASKS
+    from tasks.data.glue import GLUE_TASKS
+    from tasks.data.synthetic import SYNTHETIC_TASKS
 
     if spec.source == "synthetic" and spec.task in SYNTHETIC_TASKS:
         return SYNTHETIC_TASKS[spec.task].task_type

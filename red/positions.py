@@ -8,7 +8,7 @@ they are computed from the inputs of each forward pass, never assumed:
 
 - real tokens come from the 2D ``attention_mask`` (no mask: every token is real);
 - in a causal-LM training batch the prompt is the real tokens before the first
-  real token whose label is not ``-100`` (the convention of tasks/data.py: prompt
+  real token whose label is not ``-100`` (the convention of tasks/data/prepare.py: prompt
   labels are ``-100``); a row without that split (no labels, classification
   labels, or plain language modelling with ``labels = input_ids``) is all prompt;
 - a prompt shorter than ``f + l`` is split so that no token is edited twice:

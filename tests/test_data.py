@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.data import DataError, DataSpec, TaskData, data_hash, encode, prepare_data
-from tasks.sources import ALPACA_PROMPT_NO_INPUT
-from tasks.splits import dev_split_sizes
+from tasks.data.sources import ALPACA_PROMPT_NO_INPUT
+from tasks.data.splits import dev_split_sizes
 
 # --------------------------------------------------------------------------- GLUE layout fixtures
 

@@ -34,7 +34,7 @@ def _write_rows(path: Path, rows: list[tuple[str, str]]) -> None:
 
 
 def _sentiment_rows(n: int, seed: int, exclude: set | None = None) -> list[tuple[str, str]]:
-    from tasks.synthetic import generate_rows
+    from tasks.data.synthetic import generate_rows
 
     return [(texts[0], label) for texts, label in generate_rows("sentiment", n, seed, exclude)]
 

@@ -141,7 +141,7 @@ def test_parameter_counts_and_shared_weights(make_tiny):
 def test_training_lowers_the_loss_and_keeps_R_orthonormal(make_tiny, method):
     model = make_tiny("llama")
     edited = reft(model, method)
-    # prompt + response rows, right padded; prompt and padding labels are -100 (tasks/data.py's convention)
+    # prompt + response rows, right padded; prompt and padding labels are -100 (tasks/data/prepare.py's convention)
     batch = pad([p + [40, 41, 42] for p in PROMPTS], "right")
     labels = batch["input_ids"].clone()
     labels[batch["attention_mask"] == 0] = -100

@@ -1,4 +1,4 @@
-"""tasks.synthetic: generated tasks are deterministic, balanced, leak-free, non-trivial and load like user data."""
+"""tasks.data.synthetic: generated tasks are deterministic, balanced, leak-free, non-trivial and load like user data."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.data import DataError, DataSpec, prepare_data
-from tasks.synthetic import SYNTHETIC_TASKS, generate_rows, write_synthetic
+from tasks.data.synthetic import SYNTHETIC_TASKS, generate_rows, write_synthetic
 
 CLASSIFICATION = [name for name, t in SYNTHETIC_TASKS.items() if t.task_type == "classification"]
 

@@ -28,7 +28,7 @@ def format_prompt(instruction: str, tokenizer: Any, template: str | Callable[[st
     """The prompt for one instruction.
 
     ``template``: "alpaca" (the Stanford Alpaca no-input prompt, the same text
-    as ``tasks.sources.ALPACA_PROMPT_NO_INPUT`` used in training), "chat" (the
+    as ``tasks.data.sources.ALPACA_PROMPT_NO_INPUT`` used in training), "chat" (the
     tokenizer's chat template with one user turn), "raw"/"none" (the
     instruction as is), a format string with ``{instruction}``, or a callable.
     Pass the ``DataSpec.prompt_template`` the edit was trained with.

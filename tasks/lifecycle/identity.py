@@ -51,14 +51,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 CODE_MODULES: tuple[str, ...] = (
     "red/",                 # the method: edits, targets, hooks, ReFT, loading the base, the edit file
     "tasks/__init__.py",
-    "tasks/data.py",        # data preparation: prepare_data and encode, and every module they read through
-    "tasks/loading.py",
-    "tasks/sources.py",
-    "tasks/checks.py",
-    "tasks/splits.py",
-    "tasks/encoding.py",
-    "tasks/glue.py",
-    "tasks/synthetic.py",
+    "tasks/data/",          # data preparation: prepare_data and encode, and every module they read through
     "tasks/train.py",       # training: the Trainer set-up, co-training and its row mixing, presets
     "tasks/cotrain.py",
     "tasks/mixing.py",

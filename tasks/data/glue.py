@@ -3,7 +3,7 @@
 Files are read by column *name* where GLUE gives a header and by position for
 CoLA, which has none; columns are renamed to the Hugging Face ``glue`` names so
 that local and hub GLUE data look the same downstream. The split protocol for
-the official dev sets is in :mod:`tasks.splits`.
+the official dev sets is in :mod:`tasks.data.splits`.
 """
 from __future__ import annotations
 

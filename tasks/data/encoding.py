@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import Dataset
 
-    from .data import TaskData
+    from .spec import TaskData
 
 log = logging.getLogger("tasks.data")
 

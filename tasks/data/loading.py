@@ -21,7 +21,7 @@ from .sources import DataError, load_hub, parse_alpaca, parse_ultrafeedback, rea
 from .synthetic import SYNTHETIC_TASKS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .data import DataSpec
+    from .spec import DataSpec
 
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "pearson", "causal_lm": "loss", "seq2seq": "loss"}
 

@@ -1,0 +1,209 @@
+"""What a task's data is: the spec a config names (:class:`DataSpec`) and the prepared splits (:class:`TaskData`).
+
+Types only, so that every step of preparation (:mod:`.loading`, :mod:`.encoding`, :mod:`.prepare`) can name
+them without importing each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from . import glue, splits
+from .synthetic import SYNTHETIC_TASKS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from datasets import Dataset
+
+Source = Literal["glue", "hub", "csv", "tsv", "json", "jsonl", "alpaca", "ultrafeedback", "synthetic"]
+TaskType = Literal["classification", "regression", "causal_lm", "seq2seq"]
+Metric = Literal["accuracy", "f1", "mcc", "pearson", "loss"]
+
+
+class SyntheticOptions(BaseModel):
+    """Size and seed of a generated task (``source: synthetic``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_train: int = Field(default=300, ge=1)
+    n_dev: int = Field(default=200, ge=2, description="Split into validation/test like a GLUE dev set.")
+    seed: int = Field(default=0, description="Generation seed (the split seed is prepare_data's).")
+
+
+class DataSpec(BaseModel):
+    """What to train on. Unknown fields fail (``extra="forbid"``) so a typo names itself.
+
+    Splits: GLUE (local or hub) keeps the official train split and splits the official dev
+    set into validation and test by the paper's protocol (:mod:`tasks.data.splits`). Local files:
+    ``path`` is one file (train) or a folder with ``train.<ext>`` and either ``dev.<ext>``
+    (halved into validation and test by content hash) or any of ``validation.<ext>`` /
+    ``test.<ext>``; what is missing is carved from train by a seeded hash of each row's text
+    (``test_size``, ``validation_size``: fractions of all rows), so appending rows to a file
+    never moves a row between splits (see :mod:`tasks.data.splits`).
+
+    Examples::
+
+        DataSpec(source="glue", path="../shared/data/glue", task="SST-2")
+        DataSpec(source="hub", hub_name="nyu-mll/glue", hub_config="rte", task="rte")
+        DataSpec(source="csv", path="reviews.csv", text_columns=["review"], label_column="stars")
+        DataSpec(source="alpaca", path="alpaca_data.json", max_train_samples=10_000)
+        DataSpec(source="synthetic", task="sentiment", path="data/synthetic")
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="Task name in runs and registries (default: task or file).")
+    source: Source
+    path: Path | None = Field(default=None, description="File or folder (GLUE: the root or the task folder).")
+    task: str | None = Field(default=None, description="GLUE task (sst2, SST-2, ...) or synthetic task name.")
+    hub_name: str | None = None
+    hub_config: str | None = None
+    hub_revision: str | None = Field(default=None, description="Pin it: the cache key only sees the name.")
+    columns: dict[str, str] | None = Field(default=None, description="Rename file columns first: {old: new}.")
+    text_columns: list[str] | None = Field(default=None, description="One or two input columns (a pair).")
+    label_column: str | None = Field(default=None, description="Label column (default 'label').")
+    response_column: str | None = Field(default=None, description="Answer column of instruction data in a table.")
+    label_list: list[str] | None = Field(default=None, description="Class names, in index order.")
+    task_type: TaskType | None = None
+    metric: Metric | None = None
+    prompt_template: Literal["alpaca", "none"] = "alpaca"
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1, description="Applies to validation and test each.")
+    validation_size: float = Field(default=0.1, description="Fraction of the rows that goes to "
+                                   "validation when no validation (or dev) file is given; assigned by content hash.")
+    test_size: float = Field(default=0.1, description="Fraction of the rows that goes to test when no "
+                             "test (or dev) file is given; assigned by content hash.")
+    synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions)
+    split_seed: int = Field(default=42, description="Seed of the validation/test split in the retrain flow. Kept "
+                            "apart from the training seed: changing how a task trains must not move rows between "
+                            "train and test (the gate would score production on rows it trained on).")
+
+    @field_validator("validation_size", "test_size")
+    @classmethod
+    def _fraction(cls, value: float, info) -> float:
+        return splits.check_fraction(info.field_name, value)
+
+    @field_validator("label_list", mode="before")
+    @classmethod
+    def _names_not_booleans(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(v, bool) for v in value):
+            raise ValueError(f"label names must be strings, got {value}: YAML reads unquoted yes/no/on/off/true/false "
+                             "as booleans; quote them, e.g. label_list: ['yes', 'no']")
+        return value
+
+    @field_validator("text_columns")
+    @classmethod
+    def _one_or_two(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not 1 <= len(value) <= 2:
+            raise ValueError(f"text_columns takes one column or a pair, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataSpec":
+        source = self.source
+        if source in ("glue", "hub") and self.task is not None:
+            if source == "glue" or _is_glue_name(self.task):
+                self.task = glue.canonical_task(self.task)
+        if source == "glue":
+            _need(self.path is not None and self.task is not None, "source 'glue' needs `path` (the GLUE folder) "
+                  f"and `task` (one of {sorted(glue.GLUE_TASKS)})")
+        elif source == "hub":
+            _need(self.hub_name is not None, "source 'hub' needs `hub_name` (e.g. 'nyu-mll/glue') and usually "
+                  "`hub_config` (e.g. 'sst2')")
+        elif source == "synthetic":
+            _need(self.task in SYNTHETIC_TASKS, f"source 'synthetic' needs `task`, one of {sorted(SYNTHETIC_TASKS)}"
+                  f" (got {self.task!r})")
+        else:
+            _need(self.path is not None, f"source {source!r} needs `path` (a file, or a folder with train/dev/"
+                  f"validation/test files)")
+        if source in ("csv", "tsv", "json", "jsonl") or (source == "hub" and self.task not in glue.GLUE_TASKS):
+            _need(self.text_columns is not None, f"source {source!r} needs `text_columns` (the input column, "
+                  "or two for sentence pairs)")
+        if self.task_type is not None:
+            allowed = _allowed_types(self)
+            _need(self.task_type in allowed, f"task_type {self.task_type!r} does not fit this source/task; "
+                  f"use one of {sorted(allowed)}")
+        return self
+
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.task:
+            return self.task
+        if self.hub_name:
+            return self.hub_name.split("/")[-1] + (f"_{self.hub_config}" if self.hub_config else "")
+        return Path(self.path).stem if self.path else self.source  # type: ignore[arg-type]
+
+
+def _need(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _is_glue_name(task: str) -> bool:
+    try:
+        glue.canonical_task(task)
+        return True
+    except ValueError:
+        return False
+
+
+def _allowed_types(spec: DataSpec) -> set[str]:
+    if spec.task in glue.GLUE_TASKS and spec.source in ("glue", "hub"):
+        return {glue.GLUE_TASKS[spec.task].task_type, "seq2seq"}
+    if spec.source == "synthetic":
+        return {SYNTHETIC_TASKS[spec.task].task_type, "seq2seq"}  # type: ignore[index]
+    if spec.source in ("alpaca", "ultrafeedback"):
+        return {"causal_lm", "seq2seq"}
+    return {"classification", "regression", "causal_lm", "seq2seq"}
+
+
+@dataclass
+class TaskData:
+    """Prepared, checked splits of one task and what a trainer needs to know about them.
+
+    Classification rows hold the text columns and ``label`` (class index into ``label_list``);
+    regression rows a float ``label``; instruction rows ``prompt`` and ``response``.
+    """
+
+    name: str
+    task_type: str
+    train: Dataset
+    validation: Dataset
+    test: Dataset
+    text_columns: tuple[str, ...]
+    label_list: list[str] | None
+    metric: str
+    data_hash: str
+    label_column: str = "label"          # "response" for instruction data
+    task: str | None = None               # canonical GLUE / synthetic task name (T5 prefixes use it)
+    source: str = ""
+    seed: int = 42
+    cache_path: Path | None = None
+    from_cache: bool = False
+    origin: dict[str, str] = field(default_factory=dict)  # split -> where its rows came from
+
+    @property
+    def num_labels(self) -> int | None:
+        if self.task_type == "regression":
+            return 1
+        return len(self.label_list) if self.label_list is not None else None
+
+    @property
+    def is_instruction(self) -> bool:
+        return self.label_column == "response"
+
+    def splits(self) -> dict[str, Any]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.splits().items()}
+
+    def describe(self) -> dict[str, Any]:
+        """Flat metadata (for logs, MLflow params and the cache's meta.json)."""
+        return {"name": self.name, "task_type": self.task_type, "text_columns": list(self.text_columns),
+                "label_list": self.label_list, "metric": self.metric, "data_hash": self.data_hash,
+                "label_column": self.label_column, "task": self.task, "source": self.source, "seed": self.seed,
+                "sizes": self.sizes(), "origin": self.origin}
