@@ -13,7 +13,7 @@ B re-reads (sees B) - both "hold" the lock. A lock needs an atomic test-and-set,
 implementation uses the strongest one each backend offers:
 
 ``file`` (SQLite backends - the local default)
-    ``fcntl.flock`` on ``<db>.locks/<model>.lock`` beside the database. The kernel makes
+    ``filelock.FileLock`` (``flock``) on ``<db>.locks/<model>.lock`` beside the database. The kernel makes
     acquisition atomic across threads (one open file description each) and processes on the
     host, and releases the lock when the holder dies, so a crashed flow never leaves a stale
     lock. Every writer of a SQLite file is on the host that has the file, so this covers
@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from filelock import FileLock, Timeout
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -95,38 +96,32 @@ def lock_file(model_name: str, registry_uri: str | None = None) -> Path:
 
 @contextmanager
 def _file_lock(path: Path, timeout: float, what: str, poll: float = 0.02) -> Iterator[str]:
-    import fcntl
-
+    """``filelock.FileLock`` on ``path`` (``flock`` on POSIX: atomic, released by the kernel when the holder dies);
+    the holder is written beside it (``<lock>.owner``) so a waiter that times out can say who holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     owner = _owner()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    holder_file = path.with_name(path.name + ".owner")
+    lock = FileLock(str(path))
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    try:
-                        holder = path.read_text().strip() or "unknown"
-                    except OSError:
-                        holder = "unknown"
-                    raise LockTimeout(
-                        f"could not acquire the promotion lock for {what} within {timeout:.0f}s; it is held by "
-                        f"{holder} (lock file {path}). If no redflow process is running, the holder is gone and "
-                        "the lock is already free: retry."
-                    ) from None
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, owner.encode(), 0)
+        lock.acquire(timeout=timeout, poll_interval=poll)
+    except Timeout:
         try:
-            yield owner
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            holder = holder_file.read_text().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise LockTimeout(
+            f"could not acquire the promotion lock for {what} within {timeout:.0f}s; it is held by "
+            f"{holder} (lock file {path}). If no redflow process is running, the holder is gone and "
+            "the lock is already free: retry."
+        ) from None
+    try:
+        holder_file.write_text(owner)
+        yield owner
     finally:
-        os.close(fd)
+        try:
+            holder_file.write_text("")
+        finally:
+            lock.release()
 
 
 def _already_exists(exc: MlflowException) -> bool:
@@ -238,7 +233,8 @@ def describe_lock(model_name: str) -> dict:
     client = MlflowClient()
     if lock_kind() == "file":
         path = lock_file(model_name)
-        text = path.read_text().strip() if path.is_file() else ""
+        holder = path.with_name(path.name + ".owner")
+        text = holder.read_text().strip() if holder.is_file() else ""
         return {"kind": "file", "path": str(path), "owner": text} if text else {}
     try:
         held = client.get_registered_model(LOCK_MODEL_PREFIX + model_name)
