@@ -19,13 +19,13 @@ import math
 import os
 import random
 import re
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from .errors import JudgeError, JudgeUnavailableError
 
@@ -130,42 +130,43 @@ class ChatJudge:
                 "max_tokens": self.max_tokens, **self.extra_body}
         own = client is None
         client = client or httpx.Client(timeout=self.timeout)
-        last: str = ""
+
+        def post() -> str:
+            self.stats["requests"] += 1
+            try:
+                resp = client.post(self.url, json=body, headers=self._headers())
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+            if resp.status_code == 200:
+                return self._content(resp)
+            last = f"HTTP {resp.status_code}: {resp.text[:300]}"
+            if resp.status_code in (401, 403):
+                raise JudgeError(f"the judge at {self.url} refused the request ({last}); check the API key in "
+                                 f"${self.api_key_env or '<no api_key_env>'}")
+            if resp.status_code != 429 and resp.status_code < 500:
+                raise JudgeError(f"the judge at {self.url} rejected the request for model {self.model!r}: {last}")
+            raise _Transient(last, retry_after=_retry_after(resp.headers.get("retry-after")))
+
+        def wait(state: RetryCallState) -> float:  # the server's Retry-After, else capped exponential with jitter
+            self.stats["retries"] += 1
+            error = state.outcome.exception()
+            if isinstance(error, _Transient) and error.retry_after is not None:
+                return error.retry_after
+            base = wait_exponential(multiplier=self.backoff, max=self.max_backoff)(state)
+            return base * (1.0 + 0.1 * random.random())
+
         try:
-            for attempt in range(self.max_retries + 1):
-                if attempt:
-                    self.stats["retries"] += 1
-                self.stats["requests"] += 1
-                retry_after: float | None = None
-                try:
-                    resp = client.post(self.url, json=body, headers=self._headers())
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                else:
-                    if resp.status_code == 200:
-                        return self._content(resp)
-                    last = f"HTTP {resp.status_code}: {resp.text[:300]}"
-                    if resp.status_code in (401, 403):
-                        raise JudgeError(
-                            f"the judge at {self.url} refused the request ({last}); check the API key in "
-                            f"${self.api_key_env or '<no api_key_env>'}"
-                        )
-                    if resp.status_code != 429 and resp.status_code < 500:
-                        raise JudgeError(
-                            f"the judge at {self.url} rejected the request for model {self.model!r}: {last}")
-                    retry_after = _retry_after(resp.headers.get("retry-after"))
-                if attempt < self.max_retries:
-                    delay = min(self.max_backoff, self.backoff * 2 ** attempt)
-                    delay = retry_after if retry_after is not None else delay
-                    time.sleep(delay * (1.0 + 0.1 * random.random()))
+            return Retrying(stop=stop_after_attempt(self.max_retries + 1), wait=wait, reraise=True,
+                            retry=retry_if_exception_type(_Transient))(post)
+        except _Transient as exc:
+            raise JudgeUnavailableError(
+                f"the judge at {self.url} (model {self.model!r}) did not answer after {self.max_retries + 1} "
+                f"attempts; last error: {exc}. Check that the server is running and reachable from this machine, "
+                "that base_url ends with the API root (e.g. .../v1), and that "
+                f"${self.api_key_env} holds a valid key if it needs one.") from None
         finally:
             if own:
                 client.close()
-        raise JudgeUnavailableError(
-            f"the judge at {self.url} (model {self.model!r}) did not answer after {self.max_retries + 1} attempts; "
-            f"last error: {last}. Check that the server is running and reachable from this machine, that base_url "
-            f"ends with the API root (e.g. .../v1), and that ${self.api_key_env} holds a valid key if it needs one."
-        )
 
     def _content(self, resp: Any) -> str:
         try:
@@ -211,6 +212,14 @@ class ChatJudge:
                 return [one(i) for i in range(len(instructions))]
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 return list(pool.map(one, range(len(instructions))))
+
+
+class _Transient(Exception):
+    """A judge call that may pass on a retry (timeout, lost connection, 429, 5xx), with the server's Retry-After."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _retry_after(value: str | None) -> float | None:
