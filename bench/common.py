@@ -26,6 +26,8 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
 
 import torch
 
+from red.utils import default_device
+
 MINILM = "all-MiniLM-L6-v2"
 
 
@@ -41,7 +43,7 @@ def setup(device: str = "auto", threads: int | None = None) -> torch.device:
     """Pick the device (cuda if available for 'auto') and set torch's threads to the available cores."""
     torch.set_num_threads(threads or available_cores())
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     return torch.device(device)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import EditMismatchError
 from .io import load_edit, read_edit
+from .utils import default_device
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
@@ -228,7 +229,7 @@ def load_pretrained_edit(edit_path: str | Path, *, base_model: str | None = None
             f"loading {name} for {task_type} initialises {sorted(set(uncovered))[:4]} randomly and the edit file does not hold them, "
             "so predictions would be random. Retrain the edit with this redflow (which trains and saves them), or "
             "pass the task type / labels it was trained with.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model.to(device).eval()
     edited = load_edit(model, edit_path)
     edited.eval()

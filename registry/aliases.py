@@ -22,12 +22,13 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from red.utils import utc_now
 
 from .locks import DEFAULT_TIMEOUT, registry_lock
 
@@ -143,7 +144,7 @@ class AliasMove:
 # helpers
 # ---------------------------------------------------------------------------------------------
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return utc_now()
 
 
 def _json_list(text: str | None) -> list[dict[str, Any]]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import socket
 import threading
 import time
@@ -49,6 +48,8 @@ import mlflow
 from filelock import FileLock, Timeout
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from red.utils import slug
 
 LOCK_MODEL_PREFIX = "redflow-lock."
 DEFAULT_TIMEOUT = 120.0
@@ -72,7 +73,7 @@ def _owner() -> str:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return slug(name, fill="_", strip="", default="")
 
 
 def lock_kind(registry_uri: str | None = None) -> str:

@@ -32,7 +32,6 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,8 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from red.utils import default_device, utc_now
 
 from .generation import max_new_tokens, position_limit
 from .routing import RoutedRows, answer_frame, route
@@ -51,7 +52,7 @@ _log = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return utc_now("seconds")
 
 
 def bundle_signature(config: ServingConfig | dict | None = None) -> ModelSignature:
@@ -184,14 +185,13 @@ class MultiTaskModel(PythonModel):
         """Load every task (``ServingConfigError``/``VersionRefused`` if any cannot serve) and, with ``follow``
         and a positive ``poll_interval``, start following the alias on a background thread."""
         import mlflow
-        import torch
         from mlflow.tracking import MlflowClient
 
         self.config = config
         self.tracking_uri = config.tracking_uri or mlflow.get_tracking_uri()
         self.registry_uri = config.tracking_uri or mlflow.get_registry_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
-        self.device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = config.device if config.device != "auto" else default_device()
         self._cache = Path(tempfile.mkdtemp(prefix="redflow-serve-"))
         # `mlflow models serve` never calls close(): remove the downloaded versions when the process exits
         atexit.register(shutil.rmtree, self._cache, ignore_errors=True)

@@ -35,6 +35,8 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from red.utils import default_device
+
 from .generation import max_new_tokens
 
 _logger = logging.getLogger(__name__)
@@ -184,7 +186,6 @@ class RedEditModel(PythonModel):
     predict() contract. Registered as models-from-code (``registry/model_code.py``): no pickle."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        import torch
 
         from red import read_edit
         from red.pretrained import load_pretrained_edit
@@ -198,7 +199,7 @@ class RedEditModel(PythonModel):
         task_type = cfg.get("task_type", CLASSIFICATION)
         device = cfg.get("device", "auto")
         if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = default_device()
         cache = getattr(_shared, "cache", None)
         key = (cfg.get("base_model"), cfg.get("base_revision"), cfg.get("model_class"), task_type,
                str(cfg.get("label_list")), meta.get("tensors_sha256"), device, cfg.get("dtype", "auto"))
@@ -220,7 +221,6 @@ class RedEditModel(PythonModel):
 
     def _load_baseline(self, cfg: dict[str, Any], artifacts: dict[str, str]) -> None:
         """A registered LoRA/BitFit/full-fine-tuning version (``registry.baselines``); same predict() contract."""
-        import torch
 
         from .baselines import ARTIFACT_KEYS, load_baseline
 
@@ -231,7 +231,7 @@ class RedEditModel(PythonModel):
         task_type = cfg.get("task_type", CLASSIFICATION)
         device = cfg.get("device", "auto")
         if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = default_device()
         cache = getattr(_shared, "cache", None)
         cache_key = (method, cfg.get("base_model"), cfg.get("base_revision"), task_type, str(cfg.get("label_list")),
                      cfg.get("artifact_sha256") or artifacts[key], device)

@@ -23,6 +23,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from red.utils import slug
+
 from tasks.lifecycle.identity import code_revision, code_version  # noqa: F401 - part of this module's API
 from .store import (ARTIFACTS_DIRNAME, DB_FILENAME, DEFAULT_RUNS_DIR, default_tracking_uri,  # noqa: F401 - re-exported
                     local_artifact_root, setup_tracking, sqlite_path)
@@ -39,7 +41,7 @@ _BATCH_PARAMS = 100
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "default"
+    return slug(text, default="default")
 
 
 # MLflow's experiment kind: the UI opens a "custom model development" experiment on its training runs

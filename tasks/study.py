@@ -22,12 +22,13 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from red.utils import slug
 
 from .tune import TuneConfig, in_space, trial_config
 
@@ -63,7 +64,7 @@ def study_name(prefix: str, identity: dict[str, Any]) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "study"
+    return slug(text, default="study")
 
 
 @dataclass(frozen=True)

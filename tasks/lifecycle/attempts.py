@@ -41,6 +41,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from red.utils import slug
+
 from .identity import Identity
 
 log = logging.getLogger(__name__)
@@ -401,6 +403,4 @@ def prune(task_dir: str | Path, keep: int = 10) -> list[Path]:
 
 
 def _slug(text: str) -> str:
-    import re
-
-    return (re.sub(r"[^A-Za-z0-9]+", "", text) or "run")[:12]
+    return slug(text, keep="A-Za-z0-9", fill="", strip="", limit=12)
