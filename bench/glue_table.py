@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.glue_bench import read_jsonl, summarize, to_markdown  # noqa: E402
+from bench.glue_bench import read_jsonl, summarize, to_markdown  # noqa: E402
 
 LEGACY = Path("bench/results/glue")
 

@@ -718,7 +718,7 @@ def bench_glue(glue_dir: Path = typer.Option(..., help="Folder in the GLUE TSV l
     the majority-class and head-only floors (cells that do not beat head-only are marked)."""
     import optuna
 
-    from tasks.glue_bench import run_glue_benchmark, to_markdown
+    from bench.glue_bench import run_glue_benchmark, to_markdown
     from tasks.models import resolve_model
     from tasks.tune import TuneConfig
 

@@ -12,7 +12,7 @@ from test_data import write_glue
 
 def test_bench_glue_tune_reports_floors_marks_and_resumes(tmp_path, tiny_checkpoints):
     from flows.cli import app
-    from tasks.glue_bench import read_jsonl
+    from bench.glue_bench import read_jsonl
 
     glue = write_glue(tmp_path / "glue", n_train=24, n_dev={"SST-2": 16, "RTE": 16})
     work, out = tmp_path / "bench", tmp_path / "results.json"

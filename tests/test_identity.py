@@ -121,7 +121,7 @@ def test_comments_docstrings_and_formatting_leave_the_code_version_equal_and_a_r
 
 @pytest.mark.parametrize("module", ["tasks/evaluate/metrics.py", "tasks/evaluate/suites.py",
                                     "tasks/lifecycle/attempts.py", "tasks/lifecycle/identity.py",
-                                    "tasks/study.py", "tasks/glue_bench.py", "tasks/floors.py", "red/merge.py"])
+                                    "tasks/study.py", "tasks/floors.py", "red/merge.py"])
 def test_code_outside_training_does_not_change_the_code_version(tmp_path, module):
     """Evaluation, run bookkeeping, the search's bookkeeping, the benchmark driver and the export do not
     change what a training produces: editing them retrains nothing."""

@@ -69,7 +69,6 @@ CODE_EXCLUDED: dict[str, str] = {
                        "so a change there fixes a measurement rather than training a different edit",
     "tasks/lifecycle/": "bookkeeping of runs: identity, attempts, the nightly plan",
     "tasks/study.py": "runs a search (storage, resume, pruning bookkeeping); tasks/tune.py holds what it searches",
-    "tasks/glue_bench.py": "the GLUE benchmark driver: runs trainings, does not define them",
 }
 
 
