@@ -3,9 +3,10 @@
 Each is a thin Prefect flow over a plain function (``evaluate_version`` here, ``promote_version`` and
 ``rollback_version`` in ``flows.operations``), which the CLI calls directly when no Prefect API is
 configured, and tests can call too.
-"""
-from __future__ import annotations
 
+No ``from __future__ import annotations``: Prefect validates the flows' parameters against real annotations wherever
+it runs them (see flows/retrain.py).
+"""
 from pathlib import Path
 from typing import Any
 

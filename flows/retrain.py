@@ -9,9 +9,12 @@ With ``co_train`` the tasks of a group whose plan says ``train`` are trained in 
 Prefect task (``co-train``, one pass over one copy of the base); each then goes on
 through its own evaluate/register/promote chain exactly as if trained alone. A task
 whose data or plan fails, fails alone; a group with one task to train trains it alone.
-"""
-from __future__ import annotations
 
+No ``from __future__ import annotations`` here (nor in flows/tuning.py, flows/manage.py): Prefect validates a flow's
+parameters against its annotations, and a served deployment ships the flow to its process by value (cloudpickle),
+with only the globals its code uses: string annotations naming ``Path`` or ``RetrainConfig`` no longer resolve
+there (``RetrainModel is not fully defined``). Real annotations travel with the function.
+"""
 from pathlib import Path
 from typing import Any
 
@@ -321,14 +324,12 @@ def _best_validation(r) -> float | None:
 
 @flow(name="retrain-tasks")
 def retrain_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str, Any]:
-    """The subflow that owns the task runner. SIGTERM (a worker cancelling the flow run, ``kill``) first asks
-    the trainings to stop at their next step, then reaches Prefect's handler: its task runner would otherwise
-    wait for them to end (tasks.train.stop_training_on)."""
-    import signal
+    """The subflow that owns the task runner. SIGTERM (a worker or runner cancelling the flow run, ``kill``)
+    asks the trainings to stop at their next step before the task runner shuts down, which would otherwise wait
+    for them to end (tasks.train.stop_training_when_interrupted)."""
+    from tasks.train import stop_training_when_interrupted
 
-    from tasks.train import stop_training_on
-
-    with stop_training_on(signal.SIGTERM):
+    with stop_training_when_interrupted():
         return run_tasks(cfg, run_key, force)
 
 

@@ -11,9 +11,10 @@ gate like any other training: one version per tuned task.
 What the study leaves behind: an MLflow parent run with one nested run per trial, the best values
 and Optuna's plots (``registry.studies``); a Prefect artifact listing the trials; and the study in
 the storage, which a run after a crash resumes without redoing finished trials.
-"""
-from __future__ import annotations
 
+No ``from __future__ import annotations``: the subflow's parameters are validated against real annotations
+wherever Prefect runs it (see flows/retrain.py).
+"""
 import json
 import logging
 from pathlib import Path
@@ -185,6 +186,13 @@ def tune_flow(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> T
 
     The prepared data is read back from the retrain's data cache here rather than passed in: a flow's
     parameters are serialised to the Prefect API, and the splits are no parameter to store there."""
+    from tasks.train import stop_training_when_interrupted
+
+    with stop_training_when_interrupted():  # a SIGTERM stops the running trials at their next step
+        return _tune(cfg, task, plan, run_key)
+
+
+def _tune(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> TrainResult:
     from prefect.futures import as_completed
 
     from tasks.study import run_study

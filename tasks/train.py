@@ -92,37 +92,26 @@ def clear_stop() -> None:
 
 
 @contextlib.contextmanager
-def stop_training_on(signum: int):
-    """While inside, signal ``signum`` first asks every training in this process to stop at its next optimizer
-    step (:func:`request_stop`), then goes on to the handler that was installed before (Prefect's, the CLI's).
+def stop_training_when_interrupted():
+    """Around a flow body that submits trainings to a task runner: when the body is left by an interruption rather
+    than an error (an exception that is not an ``Exception``: Prefect's ``TerminationSignal`` for SIGTERM, a
+    ``KeyboardInterrupt`` for Ctrl-C, ``SystemExit``), first ask every training in this process to stop at its next
+    optimizer step (:func:`request_stop`), then let the interruption go on.
 
-    Why both: Prefect's flow engine turns SIGTERM (a worker's cancellation, systemd, Kubernetes, ``kill``) into
-    an exception in the main thread, and its task runner then waits for the worker threads that train; without
-    the stop request that wait lasts until the training ends. Installed in the flow body that owns the task
-    runner, so it sits above the handler Prefect installs for that flow. A no-op outside the main thread
-    (signal handlers can only be set there).
+    Why: Prefect's flow engine turns SIGTERM (a worker or ``serve()`` runner cancelling the flow run, systemd,
+    Kubernetes, ``kill``) into a ``TerminationSignal`` in the main thread, and the flow's task runner then waits
+    for its worker threads; without the stop request that wait lasts until the trainings end (past a worker's
+    30 s grace before SIGKILL). The body sees the exception before its task runner shuts down, so every flow
+    that owns a task runner (the retrain-tasks subflow, a tune subflow) wraps its body in this. No signal handler
+    is replaced: Prefect's own must stay installed for its runner to acknowledge a cancellation, which then ends
+    the flow run Cancelled rather than Crashed.
     """
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signum)
-
-    def stop_then_previous(number, frame):
-        request_stop()
-        if callable(previous):
-            previous(number, frame)
-        elif previous == signal.SIG_DFL:  # the default action (SIGTERM: the process ends), as without us
-            signal.signal(number, signal.SIG_DFL)
-            os.kill(os.getpid(), number)
-
-    signal.signal(signum, stop_then_previous)
     try:
         yield
-    finally:
-        if signal.getsignal(signum) is stop_then_previous:  # a nested scope's handler stays its owner's business
-            signal.signal(signum, previous)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            request_stop()
+        raise
 
 
 def _stop_on_request():

@@ -14,17 +14,47 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import synthetic_task, write_retrain_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _long_training(tmp_path: Path, checkpoint: str) -> Path:
+def _long_training(tmp_path: Path, checkpoint: str, **task) -> Path:
     """A one-task config whose training (400 epochs of 4 steps) is still running whenever it is stopped."""
     return write_retrain_config(tmp_path / "c.yaml", checkpoint, tmp_path / "runs",
-                                [synthetic_task("sentiment", "sentiment", tmp_path, n_train=64)],
+                                [{**synthetic_task("sentiment", "sentiment", tmp_path, n_train=64), **task}],
                                 defaults={"method": "red", "epochs": 400, "batch_size": 16, "max_length": 32,
                                           "learning_rate": 1e-3})
+
+
+def _terminate_when_trained_a_step(tmp_path: Path, cfg: Path, attempts: str) -> tuple[int, str]:
+    """Run ``redflow retrain cfg``, send it SIGTERM once a training under ``tmp_path/attempts`` (a glob) saved a
+    checkpoint; its exit code and output, after checking that every process it started has ended."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)  # its own temporary Prefect server: a child process it must stop
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "retrain", str(cfg)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(f"{attempts}/*/checkpoints/checkpoint-*/trainer_state.json")):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"no checkpoint under {attempts}: {proc.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "the temporary Prefect server runs as a child process"
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=180)
+        _, alive = psutil.wait_procs(children, timeout=60)
+        assert not alive, f"left running: {[(p.pid, p.cmdline()) for p in alive]}"
+    finally:
+        for child in children:
+            if child.is_running():
+                child.kill()
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out
 
 
 def test_sigterm_stops_training_at_the_next_step_stops_every_child_and_leaves_it_resumable(tmp_path,
@@ -33,29 +63,11 @@ def test_sigterm_stops_training_at_the_next_step_stops_every_child_and_leaves_it
     from tasks.lifecycle.identity import Identity
 
     cfg = _long_training(tmp_path, tiny_checkpoints["bert"])
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("PREFECT_API_URL", None)  # its own temporary Prefect server: a child process it must stop
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "retrain", str(cfg)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    attempts = tmp_path / "runs" / "test" / "sentiment" / "attempts"
-    deadline = time.time() + 300
-    while not list(attempts.glob("*/checkpoints/checkpoint-*/trainer_state.json")):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-        time.sleep(0.2)
-    children = psutil.Process(proc.pid).children(recursive=True)
-    assert children, "the temporary Prefect server runs as a child process"
-    try:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=180)
-        assert proc.returncode == 143, out[-3000:]
-        assert "terminated" in out and "Traceback" not in out
-        _, alive = psutil.wait_procs(children, timeout=60)
-        assert not alive, f"left running: {[(p.pid, p.cmdline()) for p in alive]}"
-    finally:
-        for child in children:
-            if child.is_running():
-                child.kill()
+    code, out = _terminate_when_trained_a_step(tmp_path, cfg, "runs/test/sentiment/attempts")
+    assert code == 143, out[-3000:]
+    assert "terminated" in out and "Traceback" not in out
 
+    attempts = tmp_path / "runs" / "test" / "sentiment" / "attempts"
     (folder,) = [p for p in attempts.iterdir() if p.is_dir()]
     state = json.loads((folder / "attempt.json").read_text())
     # stopped mid-way (400 epochs were asked for), not run to the end while the process waited for it
@@ -69,3 +81,17 @@ def test_sigterm_stops_training_at_the_next_step_stops_every_child_and_leaves_it
     finally:
         attempt.close()
 
+
+def test_sigterm_during_a_tuning_study_stops_the_running_trial_at_the_next_step(tmp_path, tiny_checkpoints):
+    """The tune subflow owns its own task runner (the trials): a SIGTERM reaches its trials too, instead of the
+    subflow waiting for them to end."""
+    tune = {"trials": 2, "parallel": 1, "pruner": "none", "learning_rate": [1e-4, 1e-2], "start_at_config": False}
+    cfg = _long_training(tmp_path, tiny_checkpoints["bert"], tune=tune)
+    code, out = _terminate_when_trained_a_step(tmp_path, cfg, "runs/test/sentiment/tune/*/attempts")
+    assert code == 143, out[-3000:]
+    assert "terminated" in out and "Traceback" not in out
+
+    # trial 0, stopped mid-way (its 400 epochs were not waited for)
+    (folder,) = [p for p in tmp_path.glob("runs/test/sentiment/tune/*/attempts/*") if p.is_dir()]
+    assert json.loads((folder / "attempt.json").read_text())["status"] == "training"
+    assert not (folder / "result.json").exists()
