@@ -327,6 +327,85 @@ def prepare_model(model, method: str, hp: dict[str, Any], edit: dict[str, Any], 
     return model, count
 
 
+@torch.no_grad()
+def center_regression_head(model, collator, rows, batch_size: int) -> float | None:
+    """Start a freshly initialised regression head at the training labels' mean; returns the shift applied.
+
+    Why: a fresh head predicts ~0 while the labels sit far from 0 (STS-B: 0-5, mean 2.7). The MSE gradient is then
+    dominated by that offset: every row says "higher", so the head and the method's own parameters (LoRA, BitFit,
+    full, ReFT) spend their steps moving all predictions up together, along a direction that carries no signal
+    (Pearson stays ~0, or turns negative), and a short training at a rate set for adapters (LoRA 4e-4, full 1e-5)
+    ends before the offset is gone. Starting at the mean leaves the residual ``y - mean``, whose gradient is the
+    signal itself, for every method alike. Pearson and Spearman do not depend on the offset, so nothing is lost.
+
+    The output layer is the last trainable ``nn.Linear`` with one output the forward pass calls (a head of any
+    architecture, the trained copy under PEFT's ``modules_to_save``). It gets ``bias += shift``; a layer without a
+    bias (GPT-2's or Llama's ``score``) has its weight moved along its mean input, by as much as moves the mean
+    prediction by ``shift``. Measured in evaluation mode on the first rows (at most 256), as :func:`initial_loss`:
+    no random generator is drawn from, so training runs exactly as it would after it.
+    """
+    n = min(len(rows), 256)
+    if n == 0:
+        return None
+    step = max(1, batch_size)
+    batches = [collator([rows[i] for i in range(start, min(n, start + step))]) for start in range(0, n, step)]
+    target = float(torch.cat([b["labels"].double().reshape(-1) for b in batches]).mean())
+    was_training = model.training
+    model.eval()
+    try:
+        predicted, layer, inputs = _mean_prediction(model, batches)
+        if layer is None:
+            log.warning("regression head not centred: the model has no trainable one-output linear layer")
+            return None
+        shift = target - predicted
+        if layer.bias is not None:
+            layer.bias.add_(shift)
+            return shift
+        # no bias: move the weight along the layer's mean input (over every position it sees: a decoder's score
+        # layer runs on all tokens before the last one is picked), by as much as moves the mean prediction by shift
+        direction = (inputs / inputs.dot(inputs)).to(layer.weight).unsqueeze(0) if inputs.norm() > 0 else None
+        if direction is None:
+            return None
+        layer.weight.add_(direction)
+        gain = _mean_prediction(model, batches)[0] - predicted
+        if abs(gain) < 1e-6:
+            layer.weight.sub_(direction)
+            return None
+        layer.weight.add_((shift / gain - 1.0) * direction)
+        return shift
+    finally:
+        model.train(was_training)
+
+
+def _mean_prediction(model, batches) -> tuple[float, torch.nn.Linear | None, torch.Tensor]:
+    """Mean model output over ``batches`` (labels left out), the last trainable one-output ``nn.Linear`` the forward
+    pass called and that layer's mean input row (float64, CPU)."""
+    calls: list[tuple[torch.nn.Linear, torch.Tensor, int]] = []
+
+    def record(module, inputs, output):
+        flat = inputs[0].detach().reshape(-1, module.in_features).double()
+        calls.append((module, flat.sum(0).cpu(), flat.shape[0]))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, torch.nn.Linear) and m.out_features == 1 and m.weight.requires_grad]
+    device = next(p for p in model.parameters()).device
+    layer, summed, count, predicted, rows = None, 0.0, 0, 0.0, 0
+    try:
+        for batch in batches:
+            calls.clear()
+            logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels" and hasattr(v, "to")}).logits
+            predicted += float(logits.double().sum())
+            rows += logits.shape[0]
+            if calls:
+                layer, row_sum, n = calls[-1]
+                summed, count = summed + row_sum, count + n
+    finally:
+        for hook in hooks:
+            hook.remove()
+    mean_input = summed / count if count else torch.zeros(1, dtype=torch.float64)
+    return predicted / max(rows, 1), layer, mean_input
+
+
 def edit_config(method: str, edit: dict[str, Any], head: list[str]):
     """The ``red.EditConfig`` an edit method trains: the config's ``edit`` fields, with the task head made explicit."""
     from red import EditConfig
@@ -611,6 +690,8 @@ def train(data, config: TrainConfig, out_dir: str | Path, *, tokenizer=None, mod
             collator = DataCollatorWithPadding(tokenizer)
         else:
             collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+        if data.task_type == "regression" and fresh and init_state is None:  # a new head, not a trained one
+            center_regression_head(model, collator, encoded.train, hp["eval_batch_size"])
         start = initial_loss(model, collator, encoded.train, hp["batch_size"]) if config.divergence_factor else None
         guards = [_stop_on_request()] + ([_divergence_guard(config.divergence_factor, start)]
                                          if config.divergence_factor else [])
