@@ -23,6 +23,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import allow_failure
 
+from red.utils import slug
+
 from . import console, steps
 from .config import RetrainConfig, TaskSpec, load_config
 from .runners import make_task_runner, subflow_task_runner
@@ -427,6 +429,4 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
 
 
 def _slug(name: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "run"
+    return slug(name, keep="a-z0-9-", strip="-", lower=True)
