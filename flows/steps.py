@@ -126,13 +126,13 @@ def failures_recorded(attempt) -> Iterator[None]:
 def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: str,
                callbacks: list | None = None) -> TrainResult | None:
     """Train in this run's own folder (resuming only a crashed twin); None when the plan says unchanged."""
-    from tasks.lifecycle.attempts import finished_unregistered, open_attempt, prune
+    from tasks.lifecycle.attempts import open_attempt, prune
     from tasks.train import train
 
     if plan.action != TRAIN:
         return None
     config = cfg.train_config(task)
-    done = finished_unregistered(task_dir(cfg, task), plan.identity)
+    done = finished_training(cfg, task, plan.identity)
     if done is not None:  # trained, then crashed before registering: register that training, do not redo it
         return _reuse_finished(done, plan)
     init_state, init_note = None, "fresh"
@@ -152,6 +152,20 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
     attempt.finish()
     prune(task_dir(cfg, task), keep=cfg.keep_attempts)
     return result
+
+
+def finished_training(cfg: RetrainConfig, task: TaskSpec, identity) -> Path | None:
+    """The folder of a finished, never registered training of ``task`` with ``identity``: trained alone (its own
+    attempts) or in a co-training (a group of this config; a group's last task to register trains alone)."""
+    from tasks.lifecycle.attempts import finished_unregistered
+
+    done = finished_unregistered(task_dir(cfg, task), identity)
+    groups = sorted((Path(cfg.runs_dir) / cfg.name / "@cotrain").glob("*"))
+    for folder in groups if done is None else ():
+        done = finished_unregistered(folder, identity, task=task.name)
+        if done is not None:
+            break
+    return done
 
 
 def _reuse_finished(done: Path, plan: Plan) -> TrainResult:
@@ -368,9 +382,26 @@ def gate_registered_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, data):
     suite = find_suite(task.evaluate, metric)
     max_length = trained_max_length(mv)
     work = task_dir(cfg, task) / "gate"
+    _finish_registration(cfg, task, plan, name, version)
 
     def score(v: int):
         return score_version(name, v, data, metric=metric, suite=suite, max_length=max_length, work_dir=work)
 
     return gate_and_promote(name, version, cfg.promotion_for(task).policy(), challenger=score(version),
                             score_champion=score, once=True)
+
+
+def _finish_registration(cfg: RetrainConfig, task: TaskSpec, plan: Plan, name: str, version: int) -> None:
+    """What a registration that died after its version became ``ready`` left undone: the attempt that trained it
+    is marked registered (so no later run, ``--force`` included, registers it again), and ``candidate`` points
+    at it unless a newer version holds it."""
+    from registry.aliases import CANDIDATE, alias_version, move_alias
+    from tasks.lifecycle.attempts import mark_registered
+
+    done = finished_training(cfg, task, plan.identity)
+    if done is not None:
+        mark_registered(done, name, version, task=task.name)
+    candidate = alias_version(name, CANDIDATE)
+    if candidate is None or int(candidate.version) < version:
+        move_alias(name, CANDIDATE, version, action="candidate",
+                   reason="registered by a run that stopped before moving candidate")

@@ -343,8 +343,9 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
                           f"v{champion_version}": metric_value(prod, f"test_{metric}")}
             stored = {k: v for k, v in stored.items() if v is not None}
             recorded = metric_value(mv, f"test_{metric}")  # its own test rows: for a first version's minimum only
+            lost = _lost_production(client, name) if champion_version is None else None
             decision = _decide(name, mv, version, champion_version, policy, metric, challenger, champion_rows,
-                               champion_error, stored, recorded, paired_bootstrap)
+                               champion_error, stored, recorded, paired_bootstrap, lost_production=lost)
             decision.decided_by = owner
             _record_decision(client, name, version, decision)
             return decision
@@ -353,7 +354,7 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
 
 def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, policy: PromotionPolicy, metric: str,
             challenger, champion_rows, champion_error: Exception | None, stored: dict[str, float],
-            recorded: float | None, paired_bootstrap) -> PromotionDecision:
+            recorded: float | None, paired_bootstrap, lost_production: dict | None = None) -> PromotionDecision:
     """The gate's rule, on numbers already gathered (the caller holds the lock)."""
     higher = policy.higher(metric)
     better = "higher" if higher else "lower"
@@ -383,6 +384,14 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
         decision.reason = f"{metric}={value:.6g} does not reach the minimum {policy.minimum:.6g} ({better} is better)"
         if comparison is not None:
             decision.reason += f"; against production v{champion}: {comparison.describe()}"
+    elif champion is None and lost_production is not None:  # not a first version: production went missing
+        held = lost_production["version"]
+        decision.reason = (f"production has no version, but the alias history says v{held} held it (moved there "
+                           f"{lost_production.get('at', '?')} by {lost_production.get('action', '?')}): the alias was "
+                           f"removed outside redflow, so v{version} is not promoted as if it were the first. Fix: "
+                           f"restore it with `redflow promote {name} {held} --force`, then rerun the gate "
+                           f"(`redflow promote {name} {version} --config <retrain config>`), or promote v{version} "
+                           "with --force")
     elif champion is None:
         decision.promoted = True
         decision.reason = (f"first production version: {metric}={value:.6g}" +
@@ -407,6 +416,15 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
             decision.reason = f"{why}: {comparison.describe()}"
     decision.reason += shown
     return decision
+
+
+def _lost_production(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    """The last history entry that put a version in ``production``, when the alias is gone although no redflow
+    command removed it (someone deleted it by hand): None when production never had a version."""
+    for entry in reversed(history_entries(client, name)):
+        if entry.get("alias") == PRODUCTION and entry.get("action") in ("promote", "set", "rollback"):
+            return entry
+    return None
 
 
 def _unscored_reason(name: str, version: int, champion: int | None, error: Exception | None) -> str:

@@ -44,9 +44,14 @@ def _die_after(step: str, cfg_path: Path, task: str) -> None:
         data = steps.prepare_step(cfg, task)
         plan = steps.plan_step(cfg, task, data)
         result = steps.train_step(cfg, task, data, plan, "killed-run")
-        if {step!r} != "train":
+        if {step!r} == "register":
             evaluation = steps.evaluate_step(cfg, task, result, data)
             steps.register_step(cfg, task, result, evaluation)
+        elif {step!r} == "version":  # the version is ready, the attempt not yet marked registered
+            from registry import log_training, register_edit
+            steps._tracking(cfg)
+            register_edit(result, log_training(result, experiment=cfg.experiment), model_name=cfg.model_name(task),
+                          tags={{"retrain_config": cfg.name}})
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -84,14 +89,33 @@ def test_a_version_registered_by_a_run_killed_before_its_gate_is_gated_by_the_ne
 
 
 def test_a_first_version_killed_before_its_gate_reaches_production_on_the_rerun(tmp_path, tiny_checkpoints):
+    """Killed after the version became ready but before the attempt recorded it: the gating run records it, so a
+    later --force trains afresh instead of registering (and gating) the same training again."""
     from flows.retrain import retrain
 
     cfg_path = write_retrain_config(tmp_path / "n.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
                                     [synthetic_task("topic", "topic", tmp_path)])
-    _die_after("register", cfg_path, "topic")
+    _die_after("version", cfg_path, "topic")
     row = retrain(config=str(cfg_path))["topic"]
     assert (row["status"], row["decision"], row["version"]) == ("gated", "promoted", 1)
-    assert int(_client(cfg_path).get_model_version_by_alias("red-topic", "production").version) == 1
+    client = _client(cfg_path)
+    assert int(client.get_model_version_by_alias("red-topic", "production").version) == 1
+    forced = retrain(config=str(cfg_path), force=True)["topic"]
+    assert forced["status"] == "trained" and forced["steps_trained"] > 0 and forced["version"] == 2
+    history = json.loads(client.get_model_version("red-topic", "1").tags["redflow.alias_history"])
+    assert [e["action"] for e in history].count("promote") == 1  # gated once
+
+
+def test_production_removed_by_hand_is_not_taken_for_a_first_version(tmp_path, tiny_checkpoints):
+    from flows.retrain import retrain
+
+    cfg_path = write_retrain_config(tmp_path / "n.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
+                                    [synthetic_task("topic", "topic", tmp_path)])
+    assert retrain(config=str(cfg_path))["topic"]["decision"] == "promoted"
+    _client(cfg_path).delete_registered_model_alias("red-topic", "production")
+    row = retrain(config=str(cfg_path), force=True)["topic"]
+    assert row["version"] == 2 and row["decision"] == "rejected"
+    assert "v1 held it" in row["reason"] and "redflow promote red-topic 1 --force" in row["reason"]
 
 
 def test_a_version_decided_meanwhile_keeps_its_decision(tmp_path, tiny_checkpoints):
@@ -131,12 +155,13 @@ def test_a_co_training_killed_before_registering_is_registered_task_by_task_with
     plans = [steps.plan_step(cfg, t, d) for t, d in zip(cfg.tasks, datas)]
     group = steps.co_train_key(cfg, cfg.tasks[0], datas[0])
     results = steps.cotrain_step(cfg, group, cfg.tasks, datas, plans, "died-before-register")
-    assert all(r.steps_trained > 0 for r in results.values())  # ...and the process died here
+    assert all(r.steps_trained > 0 for r in results.values())
+    steps.register_step(cfg, cfg.tasks[0], results["sentiment"], None)  # ...and the process died here
 
-    summary = retrain(config=str(cfg_path))
-    for name in ("sentiment", "topic"):
-        assert summary[name]["status"] == "trained" and summary[name]["steps_trained"] == 0
-        assert "reusing finished attempt" in summary[name]["why"]
+    summary = retrain(config=str(cfg_path))  # sentiment: gate what registered; topic (alone now): register
+    assert summary["sentiment"]["status"] == "gated" and summary["sentiment"]["version"] == 1
+    assert summary["topic"]["status"] == "trained" and summary["topic"]["steps_trained"] == 0
+    assert "reusing finished attempt" in summary["topic"]["why"]
     client = _client(cfg_path)
     for name, result in results.items():
         (mv,) = client.search_model_versions(f"name='red-{name}'")
@@ -233,3 +258,19 @@ def test_the_plan_names_the_recipe_fields_that_changed_and_the_production_versio
     assert plan.reasons == ["since v2: training config changed: learning_rate 0.01 -> 0.05"]
     fresh = decide(_identity(), None, init_production=True, production=None)
     assert fresh.init_version is None and "no production version yet: starting fresh" in fresh.reasons[-1]
+
+
+def test_an_unreadable_attempt_record_is_skipped_with_a_warning_naming_it_and_the_fix(tmp_path, caplog):
+    import logging
+
+    from tasks.lifecycle.attempts import finished_unregistered, open_attempt, read_state
+
+    attempt = open_attempt(tmp_path, _identity(), "run")
+    (attempt.folder / "result.json").write_text("{}")
+    attempt.finish()
+    (attempt.folder / "attempt.json").write_text('{"status": "trai')  # cut off by a full disk
+    with caplog.at_level(logging.WARNING, logger="tasks.lifecycle.attempts"):
+        assert finished_unregistered(tmp_path, _identity()) is None
+        assert read_state(attempt.folder) is None  # said once per file
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(attempt.folder / "attempt.json") in warning and "delete the folder" in warning

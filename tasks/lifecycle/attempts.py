@@ -105,12 +105,28 @@ class Attempt:
             self._lock.release()
 
 
+_warned: set[str] = set()
+
+
 def read_state(folder: Path) -> dict[str, Any] | None:
+    """The attempt's ``attempt.json``, or None when there is none or it is unreadable (said once per file: an
+    attempt whose record is corrupt is neither resumed nor registered, and its folder is left for a person)."""
+    path = folder / ATTEMPT_FILE
     try:
-        state = json.loads((folder / ATTEMPT_FILE).read_text())
-        return state if isinstance(state, dict) else None
-    except (OSError, ValueError):
+        state = json.loads(path.read_text())
+        if isinstance(state, dict):
+            return state
+        problem = "it does not hold a JSON object"
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("attempt record %s is unreadable (%s): that attempt is skipped (not resumed, not registered) and "
+                    "its inputs train again. Fix: restore the file, or delete the folder %s if it is not needed",
+                    path, problem, folder)
+    return None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
