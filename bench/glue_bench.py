@@ -371,11 +371,13 @@ def _preset_methods(preset: str) -> set[str]:
 def summarize(cells: list[dict[str, Any]], floors: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Mean (and std) over seeds per method and task, the average over tasks, parameters per method; the
     head-only row and the majority-class floor apart; ``marks``: the tasks where a method's mean does not beat
-    head-only's; ``below_majority``: those where it does not beat the majority class."""
+    head-only's; ``below_majority``: those where it does not beat the majority class; ``did_not_learn``: those
+    where no seed's training left the floor of its validation labels (``TrainResult.learned`` False)."""
     floors = floors or {}
     methods = list(dict.fromkeys(c["method"] for c in cells))
     tasks = list(dict.fromkeys([c["task"] for c in cells] + list(floors)))
-    table: dict[str, Any] = {"tasks": tasks, "rows": [], "floors": {}, "marks": {}, "below_majority": {}}
+    table: dict[str, Any] = {"tasks": tasks, "rows": [], "floors": {}, "marks": {}, "below_majority": {},
+                             "did_not_learn": {}}
     rows = {}
     for m in methods:
         row: dict[str, Any] = {"method": m, "scores": {}, "std": {}, "seeds": {}}
@@ -386,6 +388,8 @@ def summarize(cells: list[dict[str, Any]], floors: dict[str, dict[str, Any]] | N
                 row["std"][t] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
                 row["seeds"][t] = len(vals)
         row["average"] = statistics.fmean(row["scores"].values()) if row["scores"] else float("nan")
+        table["did_not_learn"][m] = [t for t in tasks if all(
+            c.get("learned") is False for c in cells if c["method"] == m and c["task"] == t) and t in row["scores"]]
         row["parameters"] = max(c["edit_parameters"] for c in cells if c["method"] == m)
         row["metrics"] = {t: next((c["metric"] for c in cells if c["task"] == t), floors.get(t, {}).get("metric"))
                           for t in tasks}
@@ -409,15 +413,17 @@ def summarize(cells: list[dict[str, Any]], floors: dict[str, dict[str, Any]] | N
 
 def to_markdown(table: dict[str, Any]) -> str:
     """The paper's layout: one row per method, #params (excluding head), per-task score, average; then the
-    floors. A score marked ``*`` does not beat head-only on that task, one marked ``†`` not the majority class."""
+    floors. A score marked ``*`` does not beat head-only on that task, one marked ``†`` not the majority class,
+    one marked ``‡`` did not learn (no seed's validation score left the floor: a baseline that silently fails)."""
     tasks = table["tasks"]
     every = table["rows"] + list(table.get("floors", {}).values())
     metric = {t: next((r["metrics"].get(t) for r in every if r["metrics"].get(t)), "") for t in tasks}
     head = "| method | #params | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " | avg |"
     lines = [head, "|---|---:|" + "---:|" * (len(tasks) + 1)]
-    marks, below = table.get("marks", {}), table.get("below_majority", {})
+    marks, below, stuck = table.get("marks", {}), table.get("below_majority", {}), table.get("did_not_learn", {})
     for r in table["rows"]:
-        lines.append(_line(r, tasks, marks.get(r["method"], []), below.get(r["method"], [])))
+        lines.append(_line(r, tasks, marks.get(r["method"], []), below.get(r["method"], []),
+                           stuck=stuck.get(r["method"], [])))
     for name, r in table.get("floors", {}).items():
         lines.append(_line({**r, "method": f"*{name} (floor)*"}, tasks, [], [], params=name != "majority class"))
     total = sum(len(r["scores"]) for r in table["rows"])
@@ -427,16 +433,20 @@ def to_markdown(table: dict[str, Any]) -> str:
                       "cells)")
     if any(below.values()):
         legend.append(f"`†` does not beat the majority class ({sum(len(v) for v in below.values())} of {total})")
+    if any(stuck.values()):
+        legend.append(f"`‡` did not learn: no seed's validation score left the floor "
+                      f"({sum(len(v) for v in stuck.values())} of {total})")
     return "\n".join(lines + (["", "; ".join(legend) + "."] if legend else []))
 
 
-def _line(r: dict[str, Any], tasks: list[str], marked: list[str], below: list[str], params: bool = True) -> str:
+def _line(r: dict[str, Any], tasks: list[str], marked: list[str], below: list[str], params: bool = True,
+          stuck: list[str] = ()) -> str:
     def cell(t: str) -> str:
         if t not in r["scores"]:
             return "–"
         std = r.get("std", {}).get(t)
         text = f"{r['scores'][t]:.1f}" + (f" ± {std:.1f}" if std is not None else "")
-        return text + (" *" if t in marked else "") + (" †" if t in below else "")
+        return text + (" *" if t in marked else "") + (" †" if t in below else "") + (" ‡" if t in stuck else "")
 
     count = _params(r["parameters"]) if params else "–"
     return f"| {r['method']} | {count} | " + " | ".join(cell(t) for t in tasks) + f" | {r['average']:.1f} |"

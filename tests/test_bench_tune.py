@@ -51,3 +51,23 @@ def test_bench_glue_tune_reports_floors_marks_and_resumes(tmp_path, tiny_checkpo
     assert again.exit_code == 0, again.output
     assert read_jsonl(work / "cells.jsonl") == rows
     assert json.loads(out.read_text())["table"] == table
+
+
+def test_a_method_whose_every_seed_stayed_at_the_floor_is_marked_did_not_learn():
+    """A baseline that silently fails (LoRA on regression before issue 22) is flagged in the table, not averaged in
+    as if it were a result."""
+    from bench.glue_bench import summarize, to_markdown
+
+    def cell(method: str, seed: int, test: float, learned: bool) -> dict:
+        return {"kind": "cell", "task": "stsb", "method": method, "seed": seed, "test": test, "metric": "pearson",
+                "edit_parameters": 10, "learned": learned}
+
+    cells = [cell("red", 1, 0.85, True), cell("red", 2, 0.84, True),
+             cell("lora", 1, 0.01, False), cell("lora", 2, 0.10, False),
+             cell("bitfit", 1, 0.02, False), cell("bitfit", 2, 0.70, True)]  # one seed learned: not flagged
+    table = summarize(cells)
+    assert table["did_not_learn"] == {"red": [], "lora": ["stsb"], "bitfit": []}
+    lines = to_markdown(table).splitlines()
+    assert next(line for line in lines if line.startswith("| lora ")).count("‡") == 1
+    assert not any("‡" in line for line in lines if line.startswith(("| red ", "| bitfit ")))
+    assert "`‡` did not learn" in lines[-1] and "(1 of 3)" in lines[-1]
