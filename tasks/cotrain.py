@@ -54,7 +54,7 @@ from .result import TrainResult
 from .train import (EDIT_METHODS, TrainConfig, TrainingDiverged, TrainingError, _best_epoch, _checkpoint_step,
                     _compute_metrics_fn, _epoch_table, _make_trainer_class, _metrics, _quiet_console_logging,
                     _stop_on_request, divergence_message, edit_config, edit_extra, ended_diverged, head_for,
-                    initial_loss, load_base_model, load_tokenizer, nan_message, precision_dtype, result_params,
+                    center_regression_head, initial_loss, load_base_model, load_tokenizer, nan_message, precision_dtype, result_params,
                     trainer_slot, training_arguments, training_identity, validation_floor)
 
 log = logging.getLogger(__name__)
@@ -543,15 +543,17 @@ class _TaskSchedules:
 
 
 # ---- the entry point ---------------------------------------------------------------------------------
-def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str, Exception]):
+def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str, Exception],
+                         fresh_heads: set[str] | None = None):
     """The base model (loaded as the first task's) and, per task, its head modules ``{name: module}``.
 
     A task's head starts as training it alone starts it: loaded by the same loader with the task's own labels
     after seeding with the task's seed (so freshly initialised heads get the same random values). A task whose
     labels, seed and head settings equal an earlier task's starts from copies of the same modules; others load the
     checkpoint once more, keep only the head, and free the rest. A task whose head cannot be trained
-    (TrainingError) is put in ``failed``.
+    (TrainingError) is put in ``failed``; one whose head was freshly initialised, in ``fresh_heads``.
     """
+    fresh_heads = set() if fresh_heads is None else fresh_heads
     from transformers import set_seed
 
     from red.bank import head_copy
@@ -559,6 +561,7 @@ def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str
 
     base = None
     loaded: dict[str, dict[str, torch.nn.Module] | TrainingError] = {}  # by labels, seed and head settings
+    new: dict[str, bool] = {}  # by the same key: the head was freshly initialised (not in the checkpoint)
     heads: dict[str, dict[str, torch.nn.Module]] = {}
     for task in tasks:
         data, config = task.data, task.config
@@ -568,6 +571,7 @@ def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str
             model, fresh = load_base_model(config.model, data.task_type, revision=config.revision,
                                            num_labels=data.num_labels or 2, label_list=data.label_list, dtype=dtype,
                                            tokenizer=tokenizer)
+            new[key] = bool(fresh)
             try:
                 loaded[key] = {h: head_copy(model.get_submodule(h))
                                for h in head_for(model, config.edit, data.task_type, fresh)}
@@ -581,6 +585,8 @@ def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str
             failed[task.name] = TrainingError(f"task {task.name}: {loaded[key]}")
         else:
             heads[task.name] = {name: head_copy(module) for name, module in loaded[key].items()}
+            if new[key]:
+                fresh_heads.add(task.name)
     set_pad_token(tokenizer, base)
     return base, heads
 
@@ -633,8 +639,9 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
                 raise TrainingError(f"task {task.name} has no training rows")
         except (ValueError, TrainingError) as exc:
             outcomes[task.name] = exc
+    fresh_heads: set[str] = set()
     base, heads = _load_base_and_heads([t for t in tasks if t.name not in outcomes], tokenizer,
-                                       precision_dtype(first.precision), outcomes)
+                                       precision_dtype(first.precision), outcomes, fresh_heads=fresh_heads)
     live = [t for t in tasks if t.name not in outcomes]
     if not live:
         return {name: outcomes[name] for name in names}
@@ -691,6 +698,10 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
         _quiet_console_logging(trainer)
         for k, error in cannot_start.items():
             trainer._stop(k, error)
+        for k, task in enumerate(live):  # a new regression head starts at its labels' mean, as alone (issue 22)
+            if task.data.task_type == "regression" and task.init_state is None and task.name in fresh_heads:
+                rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), 256))]
+                center_regression_head(bank, _Collate(inner), rows, hps[task.name]["eval_batch_size"])
         for k, spec in enumerate(specs):  # the same baseline a training alone measures (tasks.train.initial_loss)
             rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), micro))]
             spec.start_loss = initial_loss(bank, _Collate(inner), rows, micro, loss_of=trainer.compute_loss)

@@ -164,6 +164,19 @@ def dropout_free(tmp_path_factory, minilm_path) -> dict[str, str]:
 
 
 def _data(root: Path, name: str, task: str, seed: int, n_train: int = 48, n_dev: int = 32):
+    if task == "rating":  # regression: a score from 0 to 5 that the words decide (labels far from a new head's 0)
+        from tasks.data.synthetic import generate_rows
+
+        rows = generate_rows("sentiment", n_train + 2 * n_dev, seed)
+        path = root / "data" / name
+        path.mkdir(parents=True, exist_ok=True)
+        for split, part in (("train", rows[:n_train]), ("validation", rows[n_train:n_train + n_dev]),
+                            ("test", rows[n_train + n_dev:])):  # as many training rows as the other tasks
+            (path / f"{split}.csv").write_text("sentence,label\n" + "".join(
+                f"\"{texts[0]}\",{(4.5 if label == 'positive' else 0.5) + len(texts[0]) % 3 * 0.25}\n"
+                for texts, label in part))
+        spec = DataSpec(name=name, source="csv", path=path, text_columns=["sentence"], task_type="regression")
+        return prepare_data(spec, seed=42, cache_dir=root / "cache")
     spec = DataSpec(name=name, source="synthetic", task=task, path=root / "data" / name,
                     synthetic={"n_train": n_train, "n_dev": n_dev, "seed": seed})
     return prepare_data(spec, seed=42, cache_dir=root / "cache")
@@ -178,7 +191,9 @@ GROUPS = {
     # classification: a fresh 4-label head (its own seed), per-task learning rates and weight decay, RED kinds
     "bert": [("sentiment", "sentiment", dict(seed=1)),
              ("topic", "topic", dict(seed=2, learning_rate=5e-3, weight_decay=0.1, edit={"position": "ffn+attn"})),
-             ("paraphrase", "paraphrase", dict(seed=3, edit={"kind": "scale"}))],
+             ("paraphrase", "paraphrase", dict(seed=3, edit={"kind": "scale"})),
+             # regression: a fresh one-output head, centred on its labels' mean before the first step as alone
+             ("rating", "rating", dict(seed=4))],
     # causal LM: per-task token-mean losses
     "gpt2": [("qa", "instructions", dict(seed=1)), ("qa2", "instructions", dict(seed=2, learning_rate=3e-3))],
 }
@@ -202,7 +217,7 @@ def test_co_trained_edits_equal_training_each_task_alone(kind, dropout_free, tmp
                     if k.startswith("edit."))
         assert moved > 1e-3  # the edits trained
         for key in theirs:
-            torch.testing.assert_close(mine[key], theirs[key], atol=1e-5, rtol=0, msg=key)
+            torch.testing.assert_close(mine[key], theirs[key], atol=1e-5, rtol=0, msg=f"{task.name}: {key}")
         assert together.best_epoch == alone.best_epoch and together.steps_trained == alone.steps_trained
         assert [e["epoch"] for e in together.epochs] == [1, 2] and together.test == pytest.approx(alone.test)
         assert [s["loss"] for s in together.steps] == pytest.approx([s["loss"] for s in alone.steps], rel=1e-4)
