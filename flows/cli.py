@@ -235,7 +235,7 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
     """
     from .config import load_config
     from .console import logging_to, reporting
-    from .orchestrator import ephemeral_server_grace
+    from .orchestrator import ephemeral_server_grace, reap_orphaned_servers
     from .retrain import RetrainFailed, retrain as retrain_flow
 
     cfg = load_config(config, overrides)
@@ -250,6 +250,7 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
     log_path = Path(cfg.runs_dir) / cfg.name / "logs" / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}.log"
     failure: RetrainFailed | None = None
     with logging_to(log_path), ephemeral_server_grace(), reporting(err), _stop_training_on_interrupt():
+        reap_orphaned_servers()  # temporary Prefect servers of redflow commands that were SIGKILLed
         try:
             summary = retrain_flow(config=str(config), only=only, force=force)
         except RetrainFailed as exc:

@@ -27,6 +27,7 @@ from red.utils import slug
 
 from . import console, steps
 from .config import RetrainConfig, TaskSpec, load_config
+from .orchestrator import record_ephemeral_server
 from .runners import make_task_runner, subflow_task_runner
 
 
@@ -406,6 +407,7 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
     ``only`` restricts to some task names; ``force`` retrains tasks whose inputs did not change.
     """
     cfg = load_config(config)
+    record_ephemeral_server()  # so that the next command stops it if this process is SIGKILLed
     if only:
         unknown = sorted(set(only) - {t.name for t in cfg.tasks})
         if unknown:

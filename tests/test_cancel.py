@@ -95,3 +95,33 @@ def test_sigterm_during_a_tuning_study_stops_the_running_trial_at_the_next_step(
     (folder,) = [p for p in tmp_path.glob("runs/test/sentiment/tune/*/attempts/*") if p.is_dir()]
     assert json.loads((folder / "attempt.json").read_text())["status"] == "training"
     assert not (folder / "result.json").exists()
+
+
+def test_a_sigkilled_retrains_temporary_prefect_server_is_stopped_by_the_next_command(tmp_path, tiny_checkpoints,
+                                                                                     monkeypatch):
+    """SIGKILL skips Prefect's atexit stop of its temporary server: the next redflow command stops it."""
+    from flows.orchestrator import SERVER_APP, reap_orphaned_servers
+
+    monkeypatch.setenv("REDFLOW_STATE_DIR", str(tmp_path / "state"))
+    cfg = _long_training(tmp_path, tiny_checkpoints["bert"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "retrain", str(cfg)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("runs/test/sentiment/attempts/*/checkpoints/checkpoint-*")):
+        assert proc.poll() is None and time.time() < deadline, "the retrain never trained"
+        time.sleep(0.2)
+    (server,) = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                 if SERVER_APP in " ".join(p.cmdline())]
+    proc.kill()  # the OOM killer, kill -9
+    proc.wait()
+    try:
+        time.sleep(1)
+        assert server.is_running(), "the orphan this test is about"
+        assert reap_orphaned_servers() == [server.pid]  # what the next `redflow retrain` does first
+        assert not psutil.pid_exists(server.pid) or server.status() == psutil.STATUS_ZOMBIE
+        assert not list((tmp_path / "state").glob("*.json"))
+    finally:
+        if server.is_running():
+            server.kill()
