@@ -29,6 +29,7 @@ import torch
 # Resolved once, when this module is imported: transformers' lazy module is not thread-safe on first access,
 # and trials/tasks in threads that import a name at the same moment got "cannot import name 'TrainerCallback'".
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: F401
+from transformers.trainer_pt_utils import find_batch_size
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
 
@@ -425,10 +426,6 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _no_gather(tensors, *args, **kwargs):
-    return tensors
-
-
 def _make_trainer_class():
     from transformers import Trainer
 
@@ -459,8 +456,21 @@ def _make_trainer_class():
                 # the "remainder" of whichever dataloader of this *process* ended last (its GradientState is a
                 # process-wide singleton), so two trainings in threads (the threads runner, parallel trials)
                 # would score each other's row counts. Each loop resets gather_function afterwards.
-                self.gather_function = _no_gather
+                self.gather_function = self._this_batch
             return super().evaluation_loop(*args, **kwargs)
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            self._batch_rows = find_batch_size(inputs)
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+        def _this_batch(self, tensors, *args, **kwargs):
+            """The evaluation loop's "gather" in one process: the batch's own rows. The loop repeats a batch's mean
+            loss ``eval_batch_size`` times, so without this cut a short last batch (48 rows in batches of 32)
+            weighs as a full one and the reported loss is not the mean over the rows (4.688 for 4.428)."""
+            rows = getattr(self, "_batch_rows", None)
+            if rows is None or not isinstance(tensors, torch.Tensor) or tensors.dim() == 0:
+                return tensors
+            return tensors[:rows]
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)

@@ -217,3 +217,25 @@ def test_a_run_too_short_for_the_loss_guard_that_ends_diverged_is_not_a_result(s
 
     with pytest.raises(TrainingDiverged, match=r"the validation loss ended at .*x the loss before training"):
         train(sentiment, _config(tiny_checkpoints["bert"], epochs=1, max_steps=2, learning_rate=1e4), tmp_path)
+
+
+def test_the_reported_evaluation_loss_is_the_mean_over_rows_when_the_last_batch_is_short(sentiment, tiny_checkpoints,
+                                                                                         tmp_path):
+    """The Trainer repeats each batch's mean loss eval_batch_size times: a short last batch must count its rows only
+    (the loss picks a causal LM's best epoch and judges divergence)."""
+    from red.pretrained import load_pretrained_edit
+    from tasks.data import encode
+
+    rows = len(sentiment.validation)
+    batch = 6 if rows % 6 else 7
+    assert rows % batch, "the last evaluation batch must be short"
+    result = train(sentiment, _config(tiny_checkpoints["bert"], epochs=1, eval_batch_size=batch), tmp_path)
+    model, tokenizer, _ = load_pretrained_edit(result.edit_path)
+    enc = encode(sentiment, tokenizer, max_length=32).validation
+    losses = []
+    with torch.no_grad():
+        for row in enc:
+            out = model(input_ids=torch.tensor([row["input_ids"]]),
+                        attention_mask=torch.tensor([row["attention_mask"]]))
+            losses.append(float(torch.nn.functional.cross_entropy(out.logits, torch.tensor([row["labels"]]))))
+    assert result.validation["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
