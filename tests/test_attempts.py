@@ -91,6 +91,20 @@ def test_the_same_inputs_are_not_trained_twice_at_once(tmp_path):
     live.close()
 
 
+def test_one_flow_run_executed_twice_at_once_trains_once(tmp_path):
+    """A scheduler that starts the same flow run twice (same run key): the second finds its own folder locked by a
+    live process and is busy, instead of training (and registering) the same inputs again in a new folder."""
+    from tasks.lifecycle.attempts import AttemptBusy
+
+    live = open_attempt(tmp_path, SAME, "flow-run-1")
+    try:
+        with pytest.raises(AttemptBusy):
+            open_attempt(tmp_path, SAME, "flow-run-1")
+        assert len([p for p in (tmp_path / "attempts").iterdir() if p.is_dir()]) == 1
+    finally:
+        live.close()
+
+
 def test_a_killed_process_releases_its_attempt(tmp_path):
     """A real SIGKILL: the lock dies with the process, so the next run sees a crash, not a live run."""
     script = textwrap.dedent(f"""

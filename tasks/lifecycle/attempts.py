@@ -281,7 +281,7 @@ def _adopt(folder: Path, identity: Identity, notes: list[str], *, own_run: bool)
         return None
     lock = _try_lock(folder)
     if lock is None:
-        if status == TRAINING and not own_run:
+        if status == TRAINING:  # a twin run, or this very flow run executed twice at once (a scheduler's double start)
             raise AttemptBusy(f"attempt {name} is training the same inputs in another live process "
                               f"(pid {state.get('pid')} on {state.get('host')}); this run leaves it to finish")
         notes.append(f"attempt {name} is being trained by another live process: not touching it")
