@@ -152,7 +152,8 @@ def _task_runs(flow_run_id, name: str) -> list:
 def _versions(runs: Path) -> list:
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{runs}/mlflow.db").search_model_versions("name='red-sentiment'")
+    uri = f"sqlite:///{runs}/mlflow.db"  # the registry too: an earlier test may have set another one process-wide
+    return MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='red-sentiment'")
 
 
 def test_a_served_retrain_deployment_runs_a_flow_run_to_completion_and_registers_the_edit(prefect_harness, tmp_path,

@@ -56,7 +56,7 @@ def _training_runs(tracking_uri: str) -> list:
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # not a process-wide registry
     experiment = client.get_experiment_by_name("redflow-test")
     return client.search_runs([experiment.experiment_id], "tags.`redflow.run_kind` = 'train'",
                               run_view_type=ViewType.ALL)
