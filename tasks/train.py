@@ -342,7 +342,9 @@ def center_regression_head(model, collator, rows, batch_size: int) -> float | No
     The output layer is the last trainable ``nn.Linear`` with one output the forward pass calls (a head of any
     architecture, the trained copy under PEFT's ``modules_to_save``). It gets ``bias += shift``; a layer without a
     bias (GPT-2's or Llama's ``score``) has its weight moved along its mean input, by as much as moves the mean
-    prediction by ``shift``. Measured in evaluation mode on the first rows (at most 256), as :func:`initial_loss`:
+    prediction by ``shift``. The target is the mean of every training label; the prediction is measured in
+    evaluation mode on the first rows (at most 256: a fresh head predicts about the same for every row), as
+    :func:`initial_loss`:
     no random generator is drawn from, so training runs exactly as it would after it.
     """
     n = min(len(rows), 256)
@@ -350,7 +352,10 @@ def center_regression_head(model, collator, rows, batch_size: int) -> float | No
         return None
     step = max(1, batch_size)
     batches = [collator([rows[i] for i in range(start, min(n, start + step))]) for start in range(0, n, step)]
-    target = float(torch.cat([b["labels"].double().reshape(-1) for b in batches]).mean())
+    # the mean of every training label (no forward pass needed), not of the first rows: a file sorted by score
+    # would otherwise start the head far from the mean, which is what this is for
+    labels = rows["labels"] if hasattr(rows, "column_names") else [row["labels"] for row in rows]
+    target = float(torch.tensor(labels, dtype=torch.float64).reshape(-1).mean())
     was_training = model.training
     model.eval()
     try:

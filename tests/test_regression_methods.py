@@ -147,3 +147,28 @@ def test_a_trained_lora_reloads_as_it_serves_with_the_scores_of_the_end_of_train
     predictions, labels = np.asarray(rows.predictions), np.asarray(rows.labels)
     assert float(np.mean((predictions - labels) ** 2)) == pytest.approx(result.test["loss"], abs=1e-4)
     assert glue_metrics(["pearson"], predictions, labels)["pearson"] == pytest.approx(result.test["pearson"], abs=1e-4)
+
+
+def test_the_head_is_centred_on_every_training_label_not_the_first_rows(tiny_checkpoints, similarity):
+    """A file sorted by score: the first 256 rows hold only low scores. The head starts at the mean of all of
+    them (else it would start far from the labels' mean again, the failure this centring exists for)."""
+    from transformers import DataCollatorWithPadding
+
+    from tasks.data import encode
+    from tasks.train import center_regression_head, load_base_model, load_tokenizer
+
+    path = tiny_checkpoints["bert"]
+    tokenizer = load_tokenizer(path)
+    model, _ = load_base_model(path, "regression", num_labels=1, tokenizer=tokenizer)
+    model.eval()
+    encoded = encode(similarity, tokenizer, max_length=32).train
+    rows = [encoded[i] for i in range(len(encoded))] * 3  # over 256 rows, sorted by score
+    rows.sort(key=lambda r: r["labels"])
+    every = float(np.mean([r["labels"] for r in rows]))
+    assert float(np.mean([r["labels"] for r in rows[:256]])) < every - 0.5  # the first rows alone would mislead
+    shift = center_regression_head(model, DataCollatorWithPadding(tokenizer), rows, 16)
+    collate = DataCollatorWithPadding(tokenizer)
+    with torch.no_grad():
+        predicted = float(torch.cat([model(**{k: v for k, v in collate(rows[s:s + 16]).items() if k != "labels"})
+                                     .logits for s in range(0, len(rows), 16)]).mean())
+    assert shift is not None and predicted == pytest.approx(every, abs=0.05)
