@@ -203,7 +203,7 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     that cannot start (its production edit does not load) or that stops (NaN, divergence) fails alone; what
     stops them all (bad shared settings, the base does not load, an I/O error) is raised.
     """
-    from tasks.lifecycle.attempts import finished_unregistered, open_attempt, prune
+    from tasks.lifecycle.attempts import open_attempt, prune
     from tasks.cotrain import CoTask, co_train, group_identity
 
     settings = cfg.co_train_settings()
@@ -211,8 +211,8 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     members = []
     folder = Path(cfg.runs_dir) / cfg.name / "@cotrain" / group
     for task, data, plan in zip(tasks, datas, plans):
-        done = finished_unregistered(folder, plan.identity, task=task.name)
-        if done is not None:  # the group trained it, then the run died before registering it: register that
+        done = finished_training(cfg, task, plan.identity)
+        if done is not None:  # trained (by this group), then the run died before registering it: register that
             outcomes[task.name] = _reuse_finished(done, plan)
             continue
         init_state, init_note = None, "fresh"
@@ -264,8 +264,11 @@ def _production_state(cfg: RetrainConfig, task: TaskSpec, version: int):
     return LabelledState(tensors, (meta.get("extra") or {}).get("label_list")), f"production v{version}"
 
 
-def gate_metric(cfg: RetrainConfig, task: TaskSpec, result: TrainResult) -> str:
-    metric = cfg.promotion_for(task).metric or result.primary_metric
+def gate_metric(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | str) -> str:
+    """The metric the gate compares: the configured one, else the task's primary metric (``result``'s, or the name
+    a version recorded), without a ``test_`` prefix."""
+    primary = result if isinstance(result, str) else result.primary_metric
+    metric = cfg.promotion_for(task).metric or primary
     return metric[len("test_"):] if metric.startswith("test_") else metric
 
 
@@ -377,8 +380,7 @@ def gate_registered_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, data):
     _tracking(cfg)
     name, version = cfg.model_name(task), int(plan.latest_version)
     mv = MlflowClient().get_model_version(name, str(version))
-    metric = cfg.promotion_for(task).metric or mv.tags.get("primary_metric") or "accuracy"
-    metric = metric[len("test_"):] if metric.startswith("test_") else metric
+    metric = gate_metric(cfg, task, mv.tags.get("primary_metric") or "accuracy")
     suite = find_suite(task.evaluate, metric)
     max_length = trained_max_length(mv)
     work = task_dir(cfg, task) / "gate"
