@@ -11,8 +11,8 @@ from .bank_train import TrainableBank
 from .config import EditConfig
 from .errors import (EditConfigError, EditFileError, EditMismatchError, MergeError, RedError,
                      UnknownArchitectureError)
-from .io import load_edit, read_edit, save_edit
-from .model import EditedModel, attach
+from .io import read_edit, save_edit
+from .model import EditedModel, attach, load_edit
 from .params import count_parameters
 
 __all__ = [

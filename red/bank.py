@@ -50,12 +50,8 @@ from .config import EditConfig
 from .errors import EditConfigError
 from .fingerprint import fingerprint, weight_sample
 from .io import check_compatible, check_weights, read_edit
-from .layer import apply_scale_bias
-from .targets import Target, find_targets
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
+from .methods.red.layer import apply_scale_bias
+from .targets import Target, find_targets, module_key
 
 
 def union_targets(model: nn.Module, configs: Sequence[EditConfig]) -> list[Target]:
@@ -90,7 +86,7 @@ class TaskSet:
         """Output width of a task's last head module: rows of its last 2-D weight (classes, or 1 for regression)."""
         if not self.head_names:
             return None
-        last = heads[_key(self.head_names[-1])]
+        last = heads[module_key(self.head_names[-1])]
         weights = [p for n, p in last.named_parameters() if n.endswith("weight") and p.ndim == 2]
         return int(weights[-1].shape[0]) if weights else None
 
@@ -143,8 +139,8 @@ class BankState(TaskSet, nn.Module):
             for i, (tensors, _) in enumerate(files):
                 s[i] = tensors.get(f"edit.{t.name}.scale", s[i])
                 b[i] = tensors.get(f"edit.{t.name}.bias", b[i])
-            self.scales[_key(t.name)] = nn.Parameter(s, requires_grad=False)
-            self.biases[_key(t.name)] = nn.Parameter(b, requires_grad=False)
+            self.scales[module_key(t.name)] = nn.Parameter(s, requires_grad=False)
+            self.biases[module_key(t.name)] = nn.Parameter(b, requires_grad=False)
         self.head_names = sorted({h for _, meta in files for h in meta["head"]}, key=order.index)
         self.heads = nn.ModuleList(self._task_heads(model, files))
         self.output_widths: list[int | None] = [self._width(heads) for heads in self.heads]
@@ -171,7 +167,7 @@ class BankState(TaskSet, nn.Module):
                     old = getattr(sub, pname, None)
                     like = old if isinstance(old, torch.Tensor) else next(module.parameters())
                     sub.register_parameter(pname, nn.Parameter(tensor.to(like.dtype), requires_grad=False))
-                copies[_key(head)] = module
+                copies[module_key(head)] = module
             heads.append(copies)
         return heads
 
@@ -229,7 +225,7 @@ class RoutedBank(nn.Module):
         modules = dict(self.base_model.named_modules())
         for t in state.targets:
             if t.name not in self._hooked:
-                self._handles.append(modules[t.name].register_forward_hook(self._edit_hook(_key(t.name))))
+                self._handles.append(modules[t.name].register_forward_hook(self._edit_hook(module_key(t.name))))
                 self._hooked.add(t.name)
         for head_name in state.head_names:
             if ("head", head_name) not in self._hooked:
@@ -264,7 +260,7 @@ class RoutedBank(nn.Module):
         return hook
 
     def _head_hook(self, head_name: str):
-        key = _key(head_name)
+        key = module_key(head_name)
 
         def hook(module, args, *rest):
             # (module, args, kwargs, output); also (module, args, output) in case a call starts while

@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bank import RoutedBank, TaskSet, _key, head_copy, union_targets
+from .bank import RoutedBank, TaskSet, head_copy, union_targets
 from .config import EditConfig
 from .errors import EditConfigError
 from .fingerprint import fingerprint, weight_sample
-from .layer import RedEdit
+from .methods.red.layer import RedEdit
 from .model import EditTensors
-from .targets import Target, find_head, find_targets
+from .targets import Target, find_head, find_targets, module_key
 
 
 class TrainableBank(RoutedBank, TaskSet):
@@ -68,7 +68,7 @@ class TrainableBank(RoutedBank, TaskSet):
         # The base's weights are fingerprinted before anything trains, as EditedModel does.
         self.fingerprints = [fingerprint(model, [t.name for t in ts]) for ts in self.task_targets]
         self.weight_samples = [weight_sample(model, [t.name for t in ts]) for ts in self.task_targets]
-        self.edits = nn.ModuleList(nn.ModuleDict({_key(t.name): RedEdit(t, c.kind) for t in ts})
+        self.edits = nn.ModuleList(nn.ModuleDict({module_key(t.name): RedEdit(t, c.kind) for t in ts})
                                    for ts, c in zip(self.task_targets, configs))
         order = list(dict(model.named_modules()))
         head_names = sorted({h for hs in task_heads for h in hs}, key=order.index)
@@ -88,7 +88,7 @@ class TrainableBank(RoutedBank, TaskSet):
                     p.requires_grad_(head in own)
                     if head in own and p.is_floating_point():
                         p.data = p.data.float()
-                copy[_key(head)] = module
+                copy[module_key(head)] = module
             copies.append(copy)
         self.names = names
         self.targets = union_targets(model, configs)
@@ -156,11 +156,11 @@ class TaskEdit(EditTensors):
     def edit_items(self) -> Iterator[tuple[Target, nn.Module]]:
         edits = self.bank.edits[self.index]
         for t in self.targets:
-            yield t, edits[_key(t.name)]
+            yield t, edits[module_key(t.name)]
 
     def head_parameters(self) -> dict[str, nn.Parameter]:
         heads = self.bank.heads[self.index]
-        return {f"{name}.{pn}": p for name in self.head_names for pn, p in heads[_key(name)].named_parameters()}
+        return {f"{name}.{pn}": p for name in self.head_names for pn, p in heads[module_key(name)].named_parameters()}
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.name, "targets": len(self.targets), "edit_parameters": self.num_edit_parameters,

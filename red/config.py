@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .methods.reft.positions import parse_positions
+
 Method = Literal["red", "loreft", "direft", "nodireft"]
 
 
@@ -21,7 +23,7 @@ class EditConfig(BaseModel):
     (``"attn"``) or both. ``kind`` selects the paper's ablations: scaling and
     bias (default), scaling only, bias only.
 
-    ReFT methods (``loreft``, ``direft``, ``nodireft``; see red/reft.py) intervene on the residual stream
+    ReFT methods (``loreft``, ``direft``, ``nodireft``; see red/methods/reft/) intervene on the residual stream
     (block outputs) at the prompt positions named by ``positions``
     (``"f7+l7"``: first 7 and last 7 prompt tokens) with a rank-``rank``
     subspace.
@@ -83,23 +85,3 @@ class EditConfig(BaseModel):
         if self.layers is not None and index not in self.layers:
             return False
         return index not in self.exclude_layers
-
-
-def parse_positions(spec: str) -> tuple[int, int]:
-    """Parse the ReFT position notation: ``f7+l7`` -> (7, 7), ``l1`` -> (0, 1)."""
-    first = last = 0
-    seen = False
-    for part in spec.replace(" ", "").split("+"):
-        match = re.fullmatch(r"([fl])(\d+)", part)
-        if not match:
-            raise ValueError(
-                f"positions {spec!r} is not in the form 'f<N>+l<M>' (first N and last M prompt tokens), e.g. 'f7+l7' or 'l1'"
-            )
-        seen = True
-        if match.group(1) == "f":
-            first = int(match.group(2))
-        else:
-            last = int(match.group(2))
-    if not seen or first + last == 0:
-        raise ValueError(f"positions {spec!r} selects no token; use e.g. 'f7+l7'")
-    return first, last

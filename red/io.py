@@ -355,27 +355,3 @@ def check_weights(model: nn.Module, meta: dict[str, Any], *, base_fingerprint: s
             "Were they rescaled, e.g. a checkpoint this edit was already merged into (export_merged)? Load the "
             "original base checkpoint."
         )
-
-
-def load_edit(model: nn.Module, path: str | Path, *, check_fingerprint: bool = True):
-    """Attach the edit stored at ``path`` to ``model`` (frozen) and return the EditedModel."""
-    from .model import EditedModel
-
-    tensors, meta = read_edit(path)
-    check_compatible(model, meta)
-    config = EditConfig(**meta["config"])
-    try:
-        edited = EditedModel(model, config)
-    except EditMismatchError:
-        raise
-    except Exception as exc:  # e.g. a rank above this model's width: another architecture size
-        raise EditMismatchError(f"the edit in {path} cannot be attached to this {model_type(model)} model: {exc}. "
-                                f"Load the base model it was trained on ({meta['base_model'].get('name')!r}).") from exc
-    try:
-        check_compatible(model, meta, edited, check_fingerprint=check_fingerprint)
-        edited.load_edit_state(tensors)
-    except Exception:
-        edited.detach()
-        raise
-    edited.edit_metadata = meta
-    return edited

@@ -4,7 +4,8 @@ Like a PEFT model it wraps the base model, finds the target modules from the
 architecture table and attaches one edit per target. Unlike PEFT it never
 replaces modules: edits are forward hooks, so the base model's module tree and
 state-dict keys stay exactly as they were, and ``detach()`` gives the plain
-model back.
+model back. ``attach`` starts a new edit; ``load_edit`` attaches one read from an
+edit file (red/io.py writes and verifies the files, and never imports this module).
 """
 from __future__ import annotations
 
@@ -16,21 +17,19 @@ import torch
 from torch import nn
 
 from .config import EditConfig
-from .errors import MergeError
+from .errors import EditMismatchError, MergeError
 from .fingerprint import fingerprint, weight_sample
-from .layer import RedEdit
-from .targets import Target, find_head, find_targets, model_type
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
+from .io import check_compatible, read_edit, save_edit
+from .merge import export_merged
+from .methods.red.layer import RedEdit
+from .methods.reft.layer import make_intervention
+from .methods.reft.model import install_position_hook, prompt_generation, prompt_targets, remove_position_hook
+from .targets import Target, find_head, find_targets, model_type, module_key
 
 
 def make_edit(target: Target, config: EditConfig) -> nn.Module:
     """The edit module for one target: RED's vectors, or a ReFT intervention."""
     if config.is_reft:
-        from .reft import make_intervention  # ReFT lives beside RED, imported only when used
-
         return make_intervention(target, config)
     return RedEdit(target, config.kind)
 
@@ -70,8 +69,6 @@ class EditTensors:
 
     @torch.no_grad()
     def load_edit_state(self, state: dict[str, torch.Tensor]) -> None:
-        from .errors import EditMismatchError
-
         own = self.file_parameters()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -87,8 +84,6 @@ class EditTensors:
 
     def save(self, path: str | Path, **kwargs) -> Path:
         """Write the edit file (``red.io.save_edit``: base_model=, revision=, extra=)."""
-        from .io import save_edit
-
         return save_edit(self, path, **kwargs)
 
 
@@ -102,8 +97,6 @@ class EditedModel(EditTensors, nn.Module):
         self.edit_config = config
         self.targets: list[Target] = find_targets(base_model, config)
         if config.is_reft:  # an encoder-decoder's prompt is seen by its encoder blocks only
-            from .reft import prompt_targets
-
             self.targets = prompt_targets(base_model, self.targets)
         self.head_names: list[str] = find_head(base_model, config)
         # Fingerprint the weights before anything can change them (merge, training of a head).
@@ -115,14 +108,12 @@ class EditedModel(EditTensors, nn.Module):
         for name in self.head_names:
             for p in modules[name].parameters():
                 p.requires_grad_(True)
-        self.edits = nn.ModuleDict({_key(t.name): make_edit(t, config) for t in self.targets})
+        self.edits = nn.ModuleDict({module_key(t.name): make_edit(t, config) for t in self.targets})
         device = next(base_model.parameters()).device
         self.edits.to(device)  # stays fp32: cast at the point of use
         for t in self.targets:
-            self.edits[_key(t.name)].attach(modules[t.name])
+            self.edits[module_key(t.name)].attach(modules[t.name])
         if config.is_reft:
-            from .reft import install_position_hook
-
             install_position_hook(self)
 
     # ---- delegation -------------------------------------------------------------------
@@ -137,8 +128,6 @@ class EditedModel(EditTensors, nn.Module):
 
     def generate(self, *args, **kwargs):
         if self.edit_config.is_reft:  # edit the prompt's positions only, never generated tokens
-            from .reft import prompt_generation
-
             with prompt_generation(self, kwargs.get("attention_mask")):
                 return self.base_model.generate(*args, **kwargs)
         return self.base_model.generate(*args, **kwargs)
@@ -146,7 +135,7 @@ class EditedModel(EditTensors, nn.Module):
     # ---- parameters -------------------------------------------------------------------
     def edit_items(self) -> Iterator[tuple[Target, nn.Module]]:
         for t in self.targets:
-            yield t, self.edits[_key(t.name)]
+            yield t, self.edits[module_key(t.name)]
 
     def head_parameters(self) -> dict[str, nn.Parameter]:
         modules = dict(self.base_model.named_modules())
@@ -190,15 +179,11 @@ class EditedModel(EditTensors, nn.Module):
         for edit in self.edits.values():
             edit.detach()
         if self.edit_config.is_reft:
-            from .reft import remove_position_hook
-
             remove_position_hook(self)
         return self.base_model
 
     # ---- persistence (see io.py / merge.py) ---------------------------------------------
     def export_merged(self, out_dir: str | Path, tokenizer=None) -> Path:
-        from .merge import export_merged
-
         return export_merged(self, out_dir, tokenizer=tokenizer)
 
     def describe(self) -> dict:
@@ -224,3 +209,29 @@ def attach(model: nn.Module, config: EditConfig | dict | None = None, **override
         config = (config or EditConfig()).model_copy(update=overrides)
         config = EditConfig(**config.model_dump())  # re-validate
     return EditedModel(model, config)
+
+
+def load_edit(model: nn.Module, path: str | Path, *, check_fingerprint: bool = True) -> EditedModel:
+    """Attach the edit stored at ``path`` to ``model`` (frozen) and return the EditedModel.
+
+    The file is read and verified first (``red.io.read_edit``); an edit for another architecture, other
+    targets or other base weights raises EditMismatchError naming the base model it was trained on.
+    """
+    tensors, meta = read_edit(path)
+    check_compatible(model, meta)
+    config = EditConfig(**meta["config"])
+    try:
+        edited = EditedModel(model, config)
+    except EditMismatchError:
+        raise
+    except Exception as exc:  # e.g. a rank above this model's width: another architecture size
+        raise EditMismatchError(f"the edit in {path} cannot be attached to this {model_type(model)} model: {exc}. "
+                                f"Load the base model it was trained on ({meta['base_model'].get('name')!r}).") from exc
+    try:
+        check_compatible(model, meta, edited, check_fingerprint=check_fingerprint)
+        edited.load_edit_state(tensors)
+    except Exception:
+        edited.detach()
+        raise
+    edited.edit_metadata = meta
+    return edited

@@ -10,11 +10,14 @@ import json
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 
+from .architectures import ARCHITECTURES, lookup
 from .config import EditConfig
 from .errors import UnknownArchitectureError
-from .targets import find_targets
+from .methods.reft.model import count_reft_parameters
+from .targets import find_targets, model_type
 
 # The paper's base models (public config.json values that matter for the shapes).
 KNOWN_CONFIGS: dict[str, dict] = {
@@ -39,22 +42,18 @@ KNOWN_CONFIGS["llama-2-7b"] = KNOWN_CONFIGS["meta-llama/Llama-2-7b-hf"]
 
 def load_config(model_or_config: str):
     """A transformers config from a known name, a local folder or config.json, or the hub."""
-    from transformers import AutoConfig
-
     if model_or_config in KNOWN_CONFIGS:
         spec = dict(KNOWN_CONFIGS[model_or_config])
-        return AutoConfig.for_model(spec.pop("model_type"), **spec)
+        return transformers.AutoConfig.for_model(spec.pop("model_type"), **spec)
     path = Path(model_or_config)
     if path.is_file():
         spec = json.loads(path.read_text())
-        return AutoConfig.for_model(spec.pop("model_type"), **spec)
-    return AutoConfig.from_pretrained(model_or_config)
+        return transformers.AutoConfig.for_model(spec.pop("model_type"), **spec)
+    return transformers.AutoConfig.from_pretrained(model_or_config)
 
 
 def meta_model(config) -> nn.Module:
     """The model the config describes (its first ``architectures`` class, else the bare AutoModel)."""
-    import transformers
-
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
@@ -69,9 +68,6 @@ def lora_targets(model: nn.Module) -> tuple[str, ...]:
     From the architecture table (red/architectures.py); raises UnknownArchitectureError for an
     architecture it does not cover, instead of guessing names that would match nothing.
     """
-    from .architectures import ARCHITECTURES, lookup
-    from .targets import model_type
-
     mtype = model_type(model)
     arch = lookup(mtype)
     if arch is None or not arch.lora:
@@ -109,8 +105,6 @@ def count_parameters(model_or_config, edit: EditConfig | None = None, lora_rank:
     model = meta_model(config)
     edit = edit or EditConfig()
     if edit.is_reft:
-        from .reft import count_reft_parameters
-
         own = count_reft_parameters(model, edit)
     else:
         per_vector = {"scale+bias": 2, "scale": 1, "bias": 1}[edit.kind]

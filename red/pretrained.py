@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 
 from .errors import EditMismatchError
-from .io import load_edit, read_edit
+from .io import read_edit
+from .model import load_edit
 from .utils import default_device
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -37,8 +39,6 @@ def model_class_for(task_type: str, *, label_list: list[str] | None = None, num_
     A checkpoint's own head may have another label count (the trained head comes from the edit
     or from training), hence ``ignore_mismatched_sizes``.
     """
-    import transformers
-
     if task_type in ("classification", "regression"):
         kwargs: dict[str, Any] = {"ignore_mismatched_sizes": True}
         if task_type == "regression":
@@ -83,8 +83,6 @@ def set_pad_token(tokenizer: Any, model: nn.Module | None = None) -> Any:
 
 def load_tokenizer(name: str, *, revision: str | None = None) -> Any:
     """The base model's tokenizer, with a pad token (``set_pad_token``)."""
-    import transformers
-
     tokenizer = transformers.AutoTokenizer.from_pretrained(name, **({"revision": revision} if revision else {}))
     check_vocabulary(tokenizer, name)
     return set_pad_token(tokenizer)
@@ -161,8 +159,6 @@ def load_base_model(name: str, task_type: str, *, revision: str | None = None, d
     ``tokenizer`` (if given) gets a pad token and the model its id (``set_pad_token``).
     Raises OSError/ValueError from transformers for a missing checkpoint.
     """
-    import transformers
-
     cls, kwargs = model_class_for(task_type, label_list=label_list, num_labels=num_labels)
     if model_class:
         named = getattr(transformers, model_class, None)
@@ -184,8 +180,6 @@ def load_base_model(name: str, task_type: str, *, revision: str | None = None, d
 
 def _check_config(name: str, revision: str | None, recorded_type: str) -> None:
     """Refuse a base checkpoint of another architecture before transformers tries to load it."""
-    import transformers
-
     config = transformers.AutoConfig.from_pretrained(name, **({"revision": revision} if revision else {}))
     if config.model_type != recorded_type:
         raise EditMismatchError(f"the edit was trained on a {recorded_type} model but {name} is a {config.model_type}; "

@@ -20,6 +20,15 @@ class Target:
     position: str      # "ffn", "attn", "block" or "custom" (explicit patterns)
 
 
+def module_key(name: str) -> str:
+    """The key under which a module's edit (or head copy) sits in an ``nn.ModuleDict``: ``a.b.c`` -> ``a__b__c``.
+
+    ModuleDict keys may not contain dots; EditedModel, EditBank and TrainableBank all key by target or
+    head name this one way.
+    """
+    return name.replace(".", "__")
+
+
 def model_type(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     return getattr(config, "model_type", None) or type(model).__name__

@@ -218,7 +218,7 @@ def _requests(tok):
 
 def _reference(edited, tok, context: str, continuation: str) -> float:
     """The continuation's log-likelihood in one pass over context + continuation in which the context is the
-    prompt (labels -100 there: red/positions.py's convention, as in training and generate())."""
+    prompt (labels -100 there: red/methods/reft/positions.py's convention, as in training and generate())."""
     ctx = tok(context, add_special_tokens=False)["input_ids"]
     cont = tok(continuation, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([ctx + cont[:-1]])

@@ -109,11 +109,11 @@ def test_comments_docstrings_and_formatting_leave_the_code_version_equal_and_a_r
         return ('"""A different module docstring.\n\nWith more words."""\n# a new comment\n'
                 + text.split('"""', 2)[2].replace("\n\n\ndef ", "\n\n\n\ndef ") + "\n# trailing comment\n")
 
-    for module in ("tasks/train.py", "tasks/data/prepare.py", "tasks/data/splits.py", "red/layer.py"):
+    for module in ("tasks/train.py", "tasks/data/prepare.py", "tasks/data/splits.py", "red/methods/red/layer.py"):
         _edit(root / module, reword)
     assert source_hash(root) == code_version()
 
-    for module in ("tasks/train.py", "tasks/data/encoding.py", "tasks/mixing.py", "red/layer.py"):
+    for module in ("tasks/train.py", "tasks/data/encoding.py", "tasks/mixing.py", "red/methods/red/layer.py"):
         changed = _copy_sources(tmp_path / module.replace("/", "_"))
         _edit(changed / module, lambda text: text + "\n\ndef _new_behaviour() -> int:\n    return 1\n")
         assert source_hash(changed) != code_version(), module

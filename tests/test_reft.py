@@ -16,9 +16,10 @@ import torch
 
 import red
 from red import EditConfig, attach, load_edit, read_edit
-from red.positions import prompt_mask, split_first_last, to_indices
+from red.methods.reft.layer import DiReFT, LoReFT, NodiReFT
+from red.methods.reft.model import count_reft_parameters
+from red.methods.reft.positions import prompt_mask, split_first_last, to_indices
 from red.params import load_config, meta_model
-from red.reft import DiReFT, LoReFT, NodiReFT, count_reft_parameters
 
 PAD = 0
 PROMPTS = [[11, 12, 13, 14, 15, 16, 17, 18, 19], [21, 22, 23, 24, 25], [31, 32]]  # 9, 5 and 2 tokens
@@ -53,7 +54,7 @@ def units(edited) -> list[torch.nn.Module]:
     return [u for edit in edited.edits.values() for u in edit.units.values()]
 
 
-# ---- positions (red/positions.py) -----------------------------------------------------------
+# ---- positions (red/methods/reft/positions.py) -----------------------------------------------
 def test_prompt_tokens_follow_the_mask_and_stop_at_the_first_label():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
     assert prompt_mask(mask, 2, 5).tolist() == mask.bool().tolist()

@@ -219,11 +219,11 @@ def score_continuations(model: torch.nn.Module, requests: Sequence[tuple[Any, li
 
     Like lm-eval's causal scoring (``(context + continuation)[-(max_length + 1):][:-1]`` as input,
     the continuation's log-probabilities summed), but each row carries its attention mask and its
-    prompt, the context tokens (``red.reft.given_prompt``): the edit lands on the first/last
+    prompt, the context tokens (``red.methods.reft.model.given_prompt``): the edit lands on the first/last
     tokens of the context, as in ``generate()``, never on padding or scored tokens, so a request
     gets the same score in any batch. Rows are batched longest first; results come back in order.
     """
-    from red.reft import given_prompt
+    from red.methods.reft.model import given_prompt
 
     device = device or next(model.parameters()).device
     rows = []

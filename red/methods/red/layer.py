@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import MergeError
-from .hooks import HookedEdit
-from .targets import Target
+from ...errors import MergeError
+from ...hooks import HookedEdit
+from ...targets import Target
 
 
 def apply_scale_bias(h: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
