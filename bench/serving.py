@@ -138,7 +138,7 @@ def tree_memory(pid: int) -> dict:
 
 
 def timed_invoke(server, rows) -> tuple[float, list]:
-    from registry.server import invoke
+    from registry.serving.server import invoke
 
     start = time.perf_counter()
     answer = invoke(server, rows, timeout=300)
@@ -160,7 +160,7 @@ def alternate(multi, single, multi_rows: list[list[dict]], single_rows: list[lis
 def alias_moves(multi, tasks: list[TaskSpec], rows: int, rng: random.Random, poll: float) -> dict:
     """Move bench-0's production to v2, then roll back, while a client sends mixed requests back to back."""
     from registry.aliases import move_alias, rollback
-    from registry.server import invoke
+    from registry.serving.server import invoke
 
     requests = [rows_for(tasks, rows, rng) for _ in range(8)]
     log: list[tuple[float, float, set]] = []   # (sent, answered, versions of bench-0 in the answer)
@@ -211,7 +211,7 @@ def run(args) -> dict:
     import logging
     import warnings
 
-    from registry.server import free_port, start_model_server, start_server_process
+    from registry.serving.server import free_port, start_model_server, start_server_process
 
     from flows.console import quiet_libraries
 

@@ -585,7 +585,7 @@ MODELS_HELP = "Registered model names and/or glob patterns, comma-separated (e.g
 
 
 def _serving_config(config: Optional[Path], **flags: Any):
-    from registry.serving_config import load_serving_config, serving_config
+    from registry.serving.serving_config import load_serving_config, serving_config
 
     return load_serving_config(config, **flags) if config is not None else serving_config(None, **flags)
 
@@ -618,7 +618,7 @@ def serve(config: Optional[Path] = typer.Argument(None, help="YAML serving confi
     Answers /ping, /health and /invocations as `mlflow models serve` does; each request row names its `task`.
     Also POST /reload (check the registry now) and GET /tasks (what is served). See docs/serving.md.
     """
-    from registry.serve_app import check_port, serve as serve_forever
+    from registry.serving.serve_app import check_port, serve as serve_forever
 
     with guard():
         cfg = _serving_config(config, models=_split(models), alias=alias, poll_interval=poll_interval,
@@ -645,7 +645,7 @@ def bundle(name: str = typer.Argument(..., help="The bundle's registered model n
 
     The config is checked first: every model it names is loaded and checked in this process.
     """
-    from registry.bundle import register_bundle
+    from registry.serving.bundle import register_bundle
 
     with guard():
         cfg = _serving_config(config, models=_split(models), alias=alias, poll_interval=poll_interval,

@@ -4,20 +4,20 @@
   ``$MLFLOW_TRACKING_URI`` > ``sqlite:///<runs_dir>/mlflow.db``; reading never creates a store.
 * ``tracking``  - ``log_training`` (one MLflow run per task training: params, curves, metrics, artifacts, plots).
 * ``plots``     - matplotlib (Agg) figures: training curves, per-layer edit heatmap.
-* ``pyfunc``    - ``RedEditModel``, the MLflow pyfunc that loads base model + edit and predicts.
 * ``models``    - ``register_edit`` (one registered model per task, ``red-<task>``) and
   ``record_evaluation``.
 * ``aliases``   - ``PromotionPolicy``, ``gate_and_promote``, ``rollback``, ``alias_history``.
 * ``locks``     - the promotion lock (MLflow has no compare-and-set on aliases).
-* ``server``    - start/stop a local ``mlflow server`` or ``mlflow models serve`` (tests, demo).
-* ``multitask`` - ``MultiTaskModel``: many registered RED edits on one base, following their alias
-  (``serving_config``, ``served_tasks``, ``routing``; ``bundle`` registers it, ``serve_app`` is
-  ``redflow serve``; see docs/serving.md).
+* ``serving``   - the serving stack (``registry/serving/``): ``RedEditModel`` (one version as an MLflow
+  pyfunc), ``MultiTaskModel`` (many RED edits on one base, following their alias), ``register_bundle``,
+  ``redflow serve``, and local ``mlflow server`` / ``mlflow models serve`` processes; see docs/serving.md.
+* ``pyfunc``, ``multitask`` - one-line re-exports of ``RedEditModel`` and ``MultiTaskModel`` that versions
+  registered before ``registry/serving/`` import by these names.
 
-Imports are lazy (PEP 562) so that ``import registry.pyfunc`` - what a model server does when it
-loads a registered version - pulls in neither matplotlib nor ``tasks`` nor Prefect. Importing the
-submodules directly (``from registry.models import register_edit``) always works, also while the
-editable install lists ``registry`` as a namespace package (then this file is not executed).
+Imports are lazy (PEP 562) so that ``import registry.serving.pyfunc`` - what a model server does when
+it loads a registered version - does not pull in matplotlib or Prefect. Importing the submodules
+directly (``from registry.models import register_edit``) always works, also while the editable
+install lists ``registry`` as a namespace package (then this file is not executed).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ _EXPORTS = {
     "code_version": "tracking",
     "training_curves_figure": "plots",
     "edit_heatmap_figure": "plots",
-    "RedEditModel": "pyfunc",
+    "RedEditModel": "serving.pyfunc",
     "register_edit": "models",
     "record_evaluation": "models",
     "download_edit": "models",
@@ -56,18 +56,18 @@ _EXPORTS = {
     "RollbackError": "aliases",
     "registry_lock": "locks",
     "LockTimeout": "locks",
-    "start_tracking_server": "server",
-    "start_model_server": "server",
-    "start_server_process": "server",
-    "invoke": "server",
-    "free_port": "server",
-    "ServerProcess": "server",
-    "ServerStartError": "server",
-    "MultiTaskModel": "multitask",
-    "load_multitask": "multitask",
-    "ServingConfig": "serving_config",
-    "ServingConfigError": "serving_config",
-    "register_bundle": "bundle",
+    "start_tracking_server": "serving.server",
+    "start_model_server": "serving.server",
+    "start_server_process": "serving.server",
+    "invoke": "serving.server",
+    "free_port": "serving.server",
+    "ServerProcess": "serving.server",
+    "ServerStartError": "serving.server",
+    "MultiTaskModel": "serving.multitask",
+    "load_multitask": "serving.multitask",
+    "ServingConfig": "serving.serving_config",
+    "ServingConfigError": "serving.serving_config",
+    "register_bundle": "serving.bundle",
 }
 
 __all__ = sorted(_EXPORTS)

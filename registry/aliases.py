@@ -22,23 +22,22 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from red.utils import utc_now
+from tasks.evaluate.direction import higher_is_better
+from tasks.evaluate.paired import RowScores, paired_bootstrap
+from tasks.lifecycle.gate import LabelSpaceMismatch
 
+from .history import HISTORY_ENTRY, HISTORY_TAG, history_entries, json_list, update_history_description
 from .locks import DEFAULT_TIMEOUT, registry_lock
-
-if TYPE_CHECKING:
-    from tasks.evaluate.paired import RowScores
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
-HISTORY_TAG = "redflow.alias_history"            # on a version: its entries (JSON list); on a model: legacy list
-HISTORY_ENTRY = "redflow.alias_history."          # on a model: one tag per entry, <prefix><6-digit sequence>
 _MAX_MODEL_TAG = 5000    # registered_model_tags.value is VARCHAR(5000) on MLflow's SQL stores
 _MAX_VERSION_TAG = 20_000  # a version's own copy, bounded (model_version_tags.value is TEXT)
 STATUS_TAG = "redflow.status"
@@ -87,8 +86,6 @@ class PromotionPolicy:
         return name[len("test_"):] if name.startswith("test_") else name
 
     def higher(self, metric: str) -> bool:
-        from tasks.evaluate.direction import higher_is_better
-
         return higher_is_better(metric) if self.higher_is_better is None else self.higher_is_better
 
     def meets_minimum(self, value: float, metric: str) -> bool:
@@ -147,14 +144,6 @@ def _now() -> str:
     return utc_now()
 
 
-def _json_list(text: str | None) -> list[dict[str, Any]]:
-    try:
-        value = json.loads(text) if text else []
-    except json.JSONDecodeError:
-        return []
-    return value if isinstance(value, list) else []
-
-
 def _bounded(entries: list[dict[str, Any]], limit: int = _MAX_VERSION_TAG) -> str:
     """JSON of ``entries``, dropping the oldest until it fits ``limit`` characters."""
     text = json.dumps(entries, separators=(",", ":"))
@@ -178,26 +167,6 @@ def _entry_text(entry: dict[str, Any]) -> str:
                                                                                                     ""))) - 20)]
         text = json.dumps(entry, separators=(",", ":"), default=str)
     return text
-
-
-def history_entries(client: MlflowClient, name: str, model=None) -> list[dict[str, Any]]:
-    """Every recorded alias move and gate decision of ``name``, oldest first.
-
-    Each entry is its own registered-model tag (``redflow.alias_history.000042``): a SQL-backed MLflow
-    store limits a model tag to 5,000 characters, so one growing JSON list would break within a week of
-    nightly runs. A list in the tag ``redflow.alias_history`` (written by earlier versions) comes first.
-    """
-    model = model or client.get_registered_model(name)
-    tags = model.tags or {}
-    entries = _json_list(tags.get(HISTORY_TAG))
-    for key in sorted(k for k in tags if k.startswith(HISTORY_ENTRY) and k[len(HISTORY_ENTRY):].isdigit()):
-        try:
-            value = json.loads(tags[key])
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            entries.append(value)
-    return entries
 
 
 def alias_version(name: str, alias: str, client: MlflowClient | None = None) -> ModelVersion | None:
@@ -237,20 +206,18 @@ def _append(client: MlflowClient, name: str, entry: dict[str, Any], versions: li
         except MlflowException:
             continue  # a deleted version
         client.set_model_version_tag(name, str(v), HISTORY_TAG,
-                                     _bounded(_json_list(mv.tags.get(HISTORY_TAG)) + [entry]))
+                                     _bounded(json_list(mv.tags.get(HISTORY_TAG)) + [entry]))
 
 
 def _describe_history(client: MlflowClient, name: str, history: list[dict[str, Any]]) -> None:
     """Render the history into the model's description (readable in the UI); the tag stays the record."""
-    from .views import update_history_description
-
     try:
         update_history_description(client, name, history)
     except MlflowException as exc:  # a description is a courtesy: never undo a recorded move for it
         _log.warning("could not render the alias history of %s into its description: %s", name, exc)
 
 
-def _move_locked(client: MlflowClient, name: str, alias: str, version: int, *, action: str, reason: str,
+def move_locked(client: MlflowClient, name: str, alias: str, version: int, *, action: str, reason: str,
                  owner: str, extra: dict[str, Any] | None = None) -> AliasMove:
     """Point ``alias`` at ``version`` and record it; the caller holds the lock."""
     prev_mv = alias_version(name, alias, client)
@@ -284,15 +251,15 @@ def move_alias(name: str, alias: str, version: int | str, *, action: str = "set"
         if mv.tags.get(STATUS_TAG, READY) != READY:
             raise ValueError(f"{name} version {version} has status {mv.tags.get(STATUS_TAG)!r}; "
                              "only fully registered versions get aliases")
-        move = _move_locked(client, name, alias, int(version), action=action, reason=reason, owner=owner)
+        move = move_locked(client, name, alias, int(version), action=action, reason=reason, owner=owner)
         if alias == PRODUCTION and mv.tags.get("redflow.rolled_back_at"):
             client.delete_model_version_tag(name, str(version), "redflow.rolled_back_at")  # re-instated by hand
         return move
 
 
 def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | None = None, *,
-                     challenger: "RowScores | None" = None,
-                     score_champion: "Callable[[int], RowScores] | None" = None,
+                     challenger: RowScores | None = None,
+                     score_champion: Callable[[int], RowScores] | None = None,
                      client: MlflowClient | None = None, lock_timeout: float = DEFAULT_TIMEOUT,
                      max_rescores: int = 3, once: bool = False) -> PromotionDecision:
     """Promote ``version`` to ``production`` if it beats the current production on the same rows.
@@ -311,8 +278,6 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
     re-scored or moved): what a nightly run that gates a version registered by an earlier, crashed run
     passes, so a twin run gating the same version at the same time never decides twice.
     """
-    from tasks.evaluate.paired import paired_bootstrap
-
     client = client or MlflowClient()
     policy = policy or PromotionPolicy()
     version = int(version)
@@ -429,8 +394,6 @@ def _lost_production(client: MlflowClient, name: str) -> dict[str, Any] | None:
 
 def _unscored_reason(name: str, version: int, champion: int | None, error: Exception | None) -> str:
     """Why a champion that could not be scored on this run's rows blocks the candidate, and what to do."""
-    from tasks.lifecycle.gate import LabelSpaceMismatch
-
     if isinstance(error, LabelSpaceMismatch):  # class ids of two label spaces: any score across them is noise
         return (f"label spaces differ: production v{champion} and v{version} are not compared, and v{version} is "
                 f"not promoted on a score across label spaces ({error.describe()}). Fix: look at both label lists "
@@ -445,7 +408,7 @@ def _record_decision(client: MlflowClient, name: str, version: int, decision: Pr
     extra = {"metric": decision.metric, "value": decision.value, "previous_value": decision.previous_value,
              "comparison": decision.comparison, "policy": decision.policy}
     if decision.promoted:
-        _move_locked(client, name, PRODUCTION, version, action="promote", reason=decision.reason,
+        move_locked(client, name, PRODUCTION, version, action="promote", reason=decision.reason,
                      owner=decision.decided_by, extra=extra)
     else:
         _append(client, name, {"at": decision.decided_at, "alias": PRODUCTION, "action": "reject", "version": version,
@@ -520,7 +483,7 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
             raise RollbackError(f"{name}: cannot roll back to version {target}: {exc.message}") from exc
         if mv.tags.get(STATUS_TAG, READY) != READY:
             raise RollbackError(f"{name}: version {target} has status {mv.tags.get(STATUS_TAG)!r}")
-        move = _move_locked(client, name, PRODUCTION, target, action="rollback",
+        move = move_locked(client, name, PRODUCTION, target, action="rollback",
                             reason=reason or f"rollback from v{current}", owner=owner)
         client.set_model_version_tag(name, str(current), "redflow.rolled_back_at", move.at)
         if reason:

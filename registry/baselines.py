@@ -22,8 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from red.fingerprint import tensors_fingerprint
+from red.pretrained import from_pretrained, model_class_for
+from red.targets import task_head_modules
 
 BITFIT_FORMAT = "redflow-bitfit"
 BITFIT_FORMAT_VERSION = 1
@@ -74,8 +80,6 @@ def is_bitfit_trained(name: str, heads: list[str]) -> bool:
 
 def frozen_fingerprint(tensors: dict[str, torch.Tensor], names: list[str]) -> str:
     """``red.fingerprint``'s dtype-stable fingerprint of the frozen weights ``names`` (sorted) of a state dict."""
-    from red.fingerprint import tensors_fingerprint
-
     return tensors_fingerprint((name, tensors[name]) for name in sorted(names))
 
 
@@ -92,8 +96,6 @@ def save_bitfit(checkpoint: str | Path, path: str | Path, *, base_model: str, re
     tensors = _checkpoint_tensors(checkpoint)
     base, info = _auto_model(base_model, task_type, label_list, revision, output_loading_info=True)
     absent = set(info.get("missing_keys") or []) | {k for k, *_ in info.get("mismatched_keys") or []}
-    from red.targets import task_head_modules
-
     heads = task_head_modules(base)
     trained = {k: v.contiguous() for k, v in tensors.items() if is_bitfit_trained(k, heads) or k in absent}
     if not any(k.endswith(".bias") for k in trained):
@@ -120,20 +122,14 @@ def read_bitfit(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 
 def _auto_model(name: str, task_type: str, label_list: list[str] | None, revision: str | None = None, **kwargs: Any):
-    from red.pretrained import model_class_for
-
     cls, head_kwargs = model_class_for(task_type, label_list=label_list,
                                        num_labels=len(label_list) if label_list else None)
     if revision and not Path(name).exists():
         kwargs["revision"] = revision
-    from red.pretrained import from_pretrained
-
     return from_pretrained(cls, name, **head_kwargs, **kwargs)
 
 
 def _tokenizer(name: str, revision: str | None = None):
-    from transformers import AutoTokenizer
-
     local = Path(name).exists()
     tok = AutoTokenizer.from_pretrained(name, **({"revision": revision} if revision and not local else {}))
     if tok.pad_token is None:
@@ -149,13 +145,9 @@ def load_baseline(method: str, artifact: str | Path, *, base_model: str | None, 
         refuse_pickle(artifact)
         model, tok = _auto_model(str(artifact), task_type, label_list), _tokenizer(str(artifact))
     elif method == "lora":
-        from peft import PeftModel
-
         refuse_pickle(artifact)
         if not base_model:
             raise BaselineArtifactError("a LoRA adapter needs its base model; the serving config names none")
-        from red.pretrained import from_pretrained
-
         model = from_pretrained(PeftModel, _auto_model(base_model, task_type, label_list, revision), str(artifact))
         tok = _tokenizer(str(artifact) if (artifact / "tokenizer_config.json").is_file() else base_model, revision)
     elif method == "bitfit":

@@ -40,6 +40,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -50,6 +51,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from red.utils import slug
+
+from .store import sqlite_path
 
 LOCK_MODEL_PREFIX = "redflow-lock."
 DEFAULT_TIMEOUT = 120.0
@@ -78,8 +81,6 @@ def _slug(name: str) -> str:
 
 def lock_kind(registry_uri: str | None = None) -> str:
     """``file`` for local SQLite registries (on POSIX), else ``model``."""
-    from .tracking import sqlite_path
-
     uri = registry_uri or mlflow.get_registry_uri()
     if sqlite_path(uri) is not None and os.name == "posix":
         return "file"
@@ -87,8 +88,7 @@ def lock_kind(registry_uri: str | None = None) -> str:
 
 
 def lock_file(model_name: str, registry_uri: str | None = None) -> Path:
-    from .tracking import sqlite_path
-
+    """The lock file of ``model_name``'s promotion lock beside the SQLite registry (``ValueError`` for other stores)."""
     db = sqlite_path(registry_uri or mlflow.get_registry_uri())
     if db is None:
         raise ValueError("file locks need a sqlite:/// registry URI")
@@ -194,8 +194,6 @@ def _model_lock(client: MlflowClient, model_name: str, timeout: float, ttl: floa
             if held.tags.get("redflow.lock.owner") == owner:
                 client.delete_registered_model(lock_name)
             else:
-                import warnings
-
                 warnings.warn(f"promotion lock {lock_name} expired and was taken over while held by {owner}; "
                               f"raise ttl (now {ttl}s)", RuntimeWarning, stacklevel=2)
         except MlflowException as exc:

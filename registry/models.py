@@ -1,6 +1,6 @@
 """Registered models: one per task (``red-<task>``), one version per registered edit.
 
-``register_edit`` logs the edit as an MLflow pyfunc (``registry.pyfunc.RedEditModel``) into the
+``register_edit`` logs the edit as an MLflow pyfunc (``registry.serving.pyfunc.RedEditModel``) into the
 training run, creates a model version, tags it (base model id/revision/fingerprint, method,
 data hash, metrics, code version) and points ``candidate`` at it. ``record_evaluation`` stores
 a later evaluation on a version (tags + its own run).
@@ -28,18 +28,23 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tasks.lifecycle.identity import dependency_versions
+from red import read_edit
+from tasks.lifecycle.identity import Identity, dependency_versions
+from tasks.lifecycle.plan import VersionRecord
+from tasks.models import display_name
 
-from .aliases import CANDIDATE, READY, STATUS_TAG, _move_locked, alias_version
+from .aliases import CANDIDATE, READY, STATUS_TAG, alias_version, is_gated, move_locked
+from .baselines import ARTIFACT_KEYS, BaselineArtifactError, artifact_sha256, refuse_pickle, save_bitfit
 from .locks import DEFAULT_TIMEOUT, registry_lock
-from .tracking import (_log_batches, as_dict, code_revision, code_version, final_metric_key, get_or_create_experiment,
-                       is_finite, is_orphaned, owner_tag, report_markdown, report_metrics, report_name)
+from .serving.pyfunc import load_in_process, shared_loads
+from .serving.requirements import pip_requirements
+from .serving.version_config import build_model_config, default_input_example, model_signature, version_settings
+from .tracking import (as_dict, code_revision, code_version, final_metric_key, get_or_create_experiment, is_finite,
+                       is_orphaned, log_batches, owner_tag, report_markdown, report_metrics, report_name)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tasks.lifecycle.identity import Identity
-    from tasks.lifecycle.plan import VersionRecord
     from tasks.result import TrainResult
 
 _logger = logging.getLogger(__name__)
@@ -47,7 +52,7 @@ _logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RED_DIR = REPO_ROOT / "red"
 REGISTRY_DIR = Path(__file__).resolve().parent
-MODEL_CODE = REGISTRY_DIR / "model_code.py"  # the pyfunc, logged as models-from-code
+MODEL_CODE = REGISTRY_DIR / "serving" / "model_code.py"  # the pyfunc, logged as models-from-code
 MODEL_ARTIFACT = "model"
 _MAX_VERSION_TAG = 5000
 
@@ -77,8 +82,6 @@ def download_edit(name: str, version_or_alias: int | str, out_dir: str | Path) -
 
     The file is checked against the ``edit_sha256`` the version was registered with.
     """
-    from red import read_edit
-
     client = MlflowClient()
     version = resolve_version(name, version_or_alias, client)
     mv = client.get_model_version(name, str(version))
@@ -107,8 +110,6 @@ _KIND = {"lora": "LoRA adapter", "bitfit": "BitFit biases", "full": "fully fine-
 def serving_artifacts(result: "TrainResult", text_columns: list[str] | tuple[str, ...] | None = None
                       ) -> tuple[dict[str, str], dict | None, dict[str, Any], dict[str, Any]]:
     """``(artifacts, tensors, meta, model_config)``: what a version of ``result`` is logged and served with."""
-    from .pyfunc import build_model_config
-
     params = result.params or {}
     columns = text_columns or params.get("text_columns")
     artifacts, tensors, meta = registration_artifacts(result, columns)
@@ -129,10 +130,6 @@ def registration_artifacts(result: "TrainResult", text_columns: list[str] | tupl
     ``bitfit`` (biases + head, cut out of the trained checkpoint here) or ``checkpoint`` (full);
     ``meta`` is built from the result. Raises ``RegistrationError`` for anything else.
     """
-    from red import read_edit
-
-    from .baselines import ARTIFACT_KEYS, BaselineArtifactError, artifact_sha256, refuse_pickle, save_bitfit
-
     path = Path(result.edit_path) if result.edit_path else None
     if result.method in ARTIFACT_KEYS:
         if path is None or not path.is_dir():
@@ -165,19 +162,6 @@ def registration_artifacts(result: "TrainResult", text_columns: list[str] | tupl
     return artifacts, tensors, meta
 
 
-def _requirements() -> list[str]:
-    """Pinned pip requirements of the pyfunc (explicit: MLflow's inference would load the model)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for dist in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pydantic", "pandas", "numpy"):
-        try:
-            reqs.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
-            reqs.append(dist)
-    return reqs
-
-
 @contextmanager
 def _resumed_run(run_id: str) -> Iterator[None]:
     """Make ``run_id`` the active run (so fluent logging and the LoggedModel land in its experiment),
@@ -201,8 +185,6 @@ def _str(value: Any) -> str:
 
 def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) -> dict[str, str]:
     """Tags identifying what a version is and how good it was (``base_model`` by name, ``base_model_path``)."""
-    from tasks.models import display_name
-
     base = meta.get("base_model") or {}
     tags: dict[str, Any] = {
         "task": result.task,
@@ -269,12 +251,8 @@ def registered_from(name: str, run_id: str, client: MlflowClient | None = None) 
     return max(found) if found else None
 
 
-def version_record(mv) -> "VersionRecord | None":
+def version_record(mv) -> VersionRecord | None:
     """What the nightly plan needs of version ``mv`` (``tasks.lifecycle.plan.VersionRecord``); None for None."""
-    from tasks.lifecycle.plan import VersionRecord
-
-    from .aliases import is_gated
-
     if mv is None:
         return None
     try:
@@ -284,11 +262,9 @@ def version_record(mv) -> "VersionRecord | None":
     return VersionRecord(number=int(mv.version), identity=version_identity(mv), gated=is_gated(mv), recipe=recipe)
 
 
-def version_identity(mv) -> "Identity | None":
+def version_identity(mv) -> Identity | None:
     """The :class:`tasks.lifecycle.identity.Identity` a version was trained from (None for versions registered without),
     with the dependency versions of its tags ``env.*`` (none for versions registered before they were recorded)."""
-    from tasks.lifecycle.identity import Identity
-
     if mv is None:
         return None
     return Identity.from_dict({k[len("identity."):]: v for k, v in mv.tags.items() if k.startswith("identity.")},
@@ -381,21 +357,18 @@ def register_edit(
     model in-process and predicts on the input example before anything is written. ``tags`` are
     extra version tags. Raises ``RegistrationError`` (nothing usable left behind) on failure.
 
-    Code: by default a version holds no code; it loads ``registry.pyfunc`` and ``red`` from the
+    Code: by default a version holds no code; it loads ``registry.serving.pyfunc`` and ``red`` from the
     installed redflow package (the edit file's format version is the compatibility contract, and
     ``code_version`` records what registered it). ``bundle_code=True`` copies ``red/`` and
     ``registry/`` into the model (``code_paths``) so it also serves where redflow is not
     installed - at the price that a process loading such a model imports those copies instead
     of the installed packages if it had not imported them yet.
     """
-    from .pyfunc import (build_model_config, default_input_example, load_in_process, model_signature,
-                         serving_config, shared_loads)
-
     client = MlflowClient()
     name = model_name or model_name_for(result.task)
     params = result.params or {}
     artifacts, tensors, meta, config = serving_artifacts(result, text_columns)
-    serving = serving_config(config)
+    serving = version_settings(config)
     signature = model_signature(config)
     example = input_example if input_example is not None else default_input_example(config)
     with shared_loads():  # the smoke test and MLflow's input-example validation load the base model once
@@ -415,7 +388,7 @@ def register_edit(
                 code_paths=[str(RED_DIR), str(REGISTRY_DIR)] if bundle_code else None,
                 signature=signature,
                 input_example=example,
-                pip_requirements=_requirements(),
+                pip_requirements=pip_requirements(),
                 model_config=config,
                 metadata={"redflow": {"task": result.task, "method": result.method, "task_type": result.task_type,
                                       "base_model": serving["base_model"], "edit_sha256": meta.get("tensors_sha256"),
@@ -444,8 +417,8 @@ def register_edit(
         version = str(mv.version)
         client.set_model_version_tag(name, version, STATUS_TAG, READY)
         with registry_lock(name, client=client, timeout=lock_timeout) as owner:
-            _move_locked(client, name, CANDIDATE, int(version), action="candidate",
-                         reason=f"registered from run {run_id}", owner=owner)
+            move_locked(client, name, CANDIDATE, int(version), action="candidate",
+                        reason=f"registered from run {run_id}", owner=owner)
     except BaseException as exc:
         outcome = _discard_version(client, name, str(mv.version), exc) if mv is not None else "not created"
         try:
@@ -495,7 +468,7 @@ def record_evaluation(
     try:
         ts = int(time.time() * 1000)
         model_id = getattr(mv, "model_id", None)
-        _log_batches(client, run_id, metrics=[Metric(k, v, ts, 0, model_id=model_id) for k, v in metrics.items()])
+        log_batches(client, run_id, metrics=[Metric(k, v, ts, 0, model_id=model_id) for k, v in metrics.items()])
         client.log_dict(run_id, json.loads(json.dumps(data, default=str)), f"evaluation/{rname}.json")
         client.log_text(run_id, report_markdown(rname, data, report), f"evaluation/{rname}.md")
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -21,6 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from red import read_edit  # noqa: E402
+
 if TYPE_CHECKING:
     import torch
 
@@ -154,8 +156,6 @@ def edit_heatmap_figure(edit: str | Path | tuple[Mapping[str, Any], Mapping[str,
     Returns None for edits without RED vectors (e.g. ReFT interventions).
     """
     if isinstance(edit, (str, Path)):
-        from red import read_edit
-
         tensors, meta = read_edit(edit)
     else:
         tensors, meta = edit

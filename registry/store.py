@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
+from mlflow.tracking import MlflowClient
 
 DEFAULT_RUNS_DIR = "runs"
 ARTIFACTS_DIRNAME = "mlartifacts"
@@ -139,9 +141,6 @@ def _open_schema(uri: str, db: Path) -> None:
     opens both stores under a file lock beside the database; MLflow caches the opened stores per process, so
     later calls never touch the schema again.
     """
-    from filelock import FileLock
-    from mlflow.tracking import MlflowClient
-
     with FileLock(str(schema_lock_path(db)), timeout=SCHEMA_LOCK_TIMEOUT_S):
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)

@@ -17,18 +17,26 @@ The figures are Optuna's own (``optuna.visualization.matplotlib``). Nothing here
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from optuna.visualization import matplotlib as optuna_plots
 
-from .tracking import _key, _log_batches, _metric, _param_value, get_or_create_experiment
+from .aliases import alias_version
+from .models import latest_version
+from .tracking import get_or_create_experiment, log_batches, mlflow_key, number_metric, param_text
 
 RUN_KIND_TUNE, RUN_KIND_TRIAL = "tune", "trial"
+_log = logging.getLogger(__name__)
 
 
 def start_study_run(experiment: str, task: str, method: str, study_name: str, storage_url: str,
@@ -48,8 +56,8 @@ def start_study_run(experiment: str, task: str, method: str, study_name: str, st
             "redflow.run_kind": RUN_KIND_TUNE, "task": task, "method": method,
             "optuna.study_name": study_name, "optuna.storage": storage_url}
     run = client.create_run(experiment_id, tags=tags)
-    params = [Param(_key(f"tune.{k}"), _param_value(v)) for k, v in settings.items() if v is not None]
-    _log_batches(client, run.info.run_id, params=params)
+    params = [Param(mlflow_key(f"tune.{k}"), param_text(v)) for k, v in settings.items() if v is not None]
+    log_batches(client, run.info.run_id, params=params)
     return run.info.run_id
 
 
@@ -70,16 +78,17 @@ def log_trial_run(experiment: str, parent_run_id: str, task: str, number: int, o
     metrics: list[Metric | None] = []
     params: list[Param] = []
     if not failed:
-        params = [Param(_key(k), _param_value(v)) for k, v in outcome.params.items()]
+        params = [Param(mlflow_key(k), param_text(v)) for k, v in outcome.params.items()]
         result = outcome.result
         curve = ({int(e["epoch"]): e.get(f"validation_{metric}") for e in result.epochs} if result is not None
                  else dict(outcome.intermediate))
-        metrics += [_metric(f"epoch/validation_{metric}", v, epoch, ts) for epoch, v in curve.items()]
+        metrics += [number_metric(f"epoch/validation_{metric}", v, epoch, ts) for epoch, v in curve.items()]
         if result is not None:
-            metrics += [_metric("epoch/train_loss", e.get("train_loss"), int(e["epoch"]), ts) for e in result.epochs]
-            metrics.append(_metric("best_epoch", result.best_epoch, 0, ts))
-        metrics += [_metric("value", outcome.value, 0, ts), _metric("seconds", outcome.seconds, 0, ts)]
-    _log_batches(client, run_id, metrics=[m for m in metrics if m is not None], params=params)
+            metrics += [number_metric("epoch/train_loss", e.get("train_loss"), int(e["epoch"]), ts)
+                        for e in result.epochs]
+            metrics.append(number_metric("best_epoch", result.best_epoch, 0, ts))
+        metrics += [number_metric("value", outcome.value, 0, ts), number_metric("seconds", outcome.seconds, 0, ts)]
+    log_batches(client, run_id, metrics=[m for m in metrics if m is not None], params=params)
     client.set_terminated(run_id, "FAILED" if failed or state == "fail" else "FINISHED")
     return run_id
 
@@ -91,47 +100,37 @@ def finish_study_run(parent_run_id: str, study, *, best=None, trials: list[dict[
     rows = trials or []
     counts = {s: sum(1 for r in rows if r["state"] == s and not r.get("crashed"))
               for s in ("complete", "pruned", "fail")}
-    metrics = [_metric(f"trials_{'failed' if s == 'fail' else s}", n, 0, ts) for s, n in counts.items()]
+    metrics = [number_metric(f"trials_{'failed' if s == 'fail' else s}", n, 0, ts) for s, n in counts.items()]
     params: list[Param] = []
     if best is not None:
-        params = [Param(_key(f"best.{k}"), _param_value(v)) for k, v in best.params.items()]
+        params = [Param(mlflow_key(f"best.{k}"), param_text(v)) for k, v in best.params.items()]
         params.append(Param("best.trial", str(best.number)))
-        metrics.append(_metric("best_value", best.value, 0, ts))
+        metrics.append(number_metric("best_value", best.value, 0, ts))
     existing = client.get_run(parent_run_id).data.params
     params = [p for p in params if p.key not in existing]  # a resumed study logged them already
-    _log_batches(client, parent_run_id, metrics=[m for m in metrics if m is not None], params=params)
+    log_batches(client, parent_run_id, metrics=[m for m in metrics if m is not None], params=params)
     client.log_text(parent_run_id, json.dumps(rows, indent=1, default=str), "trials.json")
     client.log_text(parent_run_id, trials_markdown(rows), "trials.md")
     for name, figure in study_figures(study).items():
         client.log_figure(parent_run_id, figure, f"plots/{name}.png")
-        import matplotlib.pyplot as plt
-
         plt.close(figure)
     client.set_terminated(parent_run_id, "FINISHED")
 
 
 def study_figures(study) -> dict[str, Any]:
     """Optuna's optimisation history and (with two or more finished trials) parameter importances."""
-    from optuna.trial import TrialState
-
     with warnings.catch_warnings():  # optuna.visualization.matplotlib is marked experimental
         warnings.simplefilter("ignore")
-        import matplotlib
-
         matplotlib.use("Agg", force=False)
-        from optuna.visualization import matplotlib as plots
-
         figures: dict[str, Any] = {}
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if complete:
-            figures["optimization_history"] = plots.plot_optimization_history(study).figure
+            figures["optimization_history"] = optuna_plots.plot_optimization_history(study).figure
         if len(complete) >= 2:
             try:
-                figures["param_importances"] = plots.plot_param_importances(study).figure
+                figures["param_importances"] = optuna_plots.plot_param_importances(study).figure
             except (ValueError, RuntimeError) as exc:  # e.g. every trial with the same values
-                import logging
-
-                logging.getLogger(__name__).info("no parameter-importance plot: %s", exc)
+                _log.info("no parameter-importance plot: %s", exc)
     for figure in figures.values():
         figure.set_size_inches(7, 4.5)
         figure.tight_layout()
@@ -163,9 +162,6 @@ def _num(value: Any) -> str:
 def version_hyperparameters(model_name: str, names: list[str]) -> tuple[int, dict[str, float]] | None:
     """``(version, values)``: the hyperparameters ``names`` that the production version (else the latest) of
     ``model_name`` was trained with, read from its training run's params; None when there is none."""
-    from .aliases import alias_version
-    from .models import latest_version
-
     client = MlflowClient()
     try:
         mv = alias_version(model_name, "production", client) or latest_version(model_name, client)

@@ -11,9 +11,12 @@ Remote tracking servers (``http(s)://``) keep their own artifact store (``mlflow
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import re
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,12 +26,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from red import read_edit
 from red.utils import slug
-
 from tasks.lifecycle.identity import code_revision, code_version  # noqa: F401 - part of this module's API
+from tasks.models import display_name
+
+from .plots import edit_heatmap_figure, training_curves_figure
 from .store import (ARTIFACTS_DIRNAME, DB_FILENAME, DEFAULT_RUNS_DIR, default_tracking_uri,  # noqa: F401 - re-exported
                     local_artifact_root, setup_tracking, sqlite_path)
-from .store import normalize_uri as _normalize_uri  # noqa: F401
 
 if TYPE_CHECKING:  # tasks is only needed for type hints
     from tasks.result import TrainResult
@@ -72,9 +77,9 @@ def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> s
 
 
 # ---------------------------------------------------------------------------------------------
-# small helpers shared with registry.models
+# small helpers shared with registry.models and registry.studies
 # ---------------------------------------------------------------------------------------------
-def _key(name: str) -> str:
+def mlflow_key(name: str) -> str:
     """A valid MLflow param/metric key (alphanumerics, _ - . / space :)."""
     key = re.sub(r"[^\w.\- :/]", "_", str(name)).strip("/") or "_"
     key = re.sub(r"/{2,}", "/", key).replace("/./", "/")
@@ -97,7 +102,8 @@ def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
     return out
 
 
-def _param_value(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """A param value as MLflow stores it: a string (JSON for non-strings), cut to MLflow's length limit."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= _MAX_PARAM_VALUE else text[: _MAX_PARAM_VALUE - 3] + "..."
 
@@ -126,7 +132,7 @@ def report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     source = report.get("metrics")
     if not isinstance(source, Mapping):
         source = {k: v for k, v in report.items() if _is_number(v)}
-    return {_key(k): float(v) for k, v in flatten(source, sep="/").items() if _is_number(v)}
+    return {mlflow_key(k): float(v) for k, v in flatten(source, sep="/").items() if _is_number(v)}
 
 
 def report_markdown(name: str, report: Mapping[str, Any], original: Any = None) -> str:
@@ -145,14 +151,16 @@ def report_markdown(name: str, report: Mapping[str, Any], original: Any = None) 
     return "\n".join(lines)
 
 
-def _metric(key: str, value: Any, step: int, ts: int) -> Metric | None:
+def number_metric(key: str, value: Any, step: int, ts: int) -> Metric | None:
+    """A ``Metric`` under a valid key for a number (bools excluded), None for anything else (left unlogged)."""
     if not _is_number(value):
         return None
-    return Metric(key=_key(key), value=float(value), timestamp=ts, step=int(step))
+    return Metric(key=mlflow_key(key), value=float(value), timestamp=ts, step=int(step))
 
 
-def _log_batches(client: MlflowClient, run_id: str, metrics: Iterable[Metric] = (),
-                 params: Iterable[Param] = (), tags: Iterable[RunTag] = ()) -> None:
+def log_batches(client: MlflowClient, run_id: str, metrics: Iterable[Metric] = (),
+                params: Iterable[Param] = (), tags: Iterable[RunTag] = ()) -> None:
+    """Log ``metrics``, ``params`` and ``tags`` to ``run_id`` in batches within MLflow's per-call limits."""
     metrics, params, tags = list(metrics), list(params), list(tags)
     for i in range(0, len(metrics), _BATCH_METRICS):
         client.log_batch(run_id, metrics=metrics[i:i + _BATCH_METRICS])
@@ -170,8 +178,6 @@ def _read_edit_meta(path: str | None) -> tuple[dict | None, dict | None]:
     """(tensors, meta) of a redflow edit file, or (None, None) for adapters/checkpoints."""
     if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
         return None, None
-    from red import read_edit
-
     return read_edit(path)
 
 
@@ -199,8 +205,6 @@ def _belongs(key: str, method: str) -> bool:
 
 def training_params(result: "TrainResult", meta: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Flat run params: the hyperparameters of the method that ran, method, base model (by name), data, edit config."""
-    from tasks.models import display_name
-
     params: dict[str, Any] = {
         "task": result.task,
         "method": result.method,
@@ -214,7 +218,7 @@ def training_params(result: "TrainResult", meta: Mapping[str, Any] | None = None
     if meta:
         params.update(flatten(meta.get("config") or {}, prefix="edit"))
         params["edit.targets"] = len(meta.get("targets") or {})
-    return {_key(k): _param_value(v) for k, v in params.items()
+    return {mlflow_key(k): param_text(v) for k, v in params.items()
             if v is not None and v != "" and _belongs(k, result.method)}
 
 
@@ -229,32 +233,30 @@ def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metri
     out: list[Metric | None] = []
     for row in result.steps or []:
         step = int(row.get("step", 0))
-        out += [_metric(f"train/{k}", v, step, ts) for k, v in row.items() if k != "step"]
+        out += [number_metric(f"train/{k}", v, step, ts) for k, v in row.items() if k != "step"]
     for row in result.epochs or []:
         epoch = int(row.get("epoch", 0))
-        out += [_metric(f"epoch/{k}", v, epoch, ts) for k, v in row.items() if k != "epoch"]
+        out += [number_metric(f"epoch/{k}", v, epoch, ts) for k, v in row.items() if k != "epoch"]
     best = int(result.best_epoch or 0)
     primary = result.primary_metric
     for row in result.epochs or []:  # the primary metric's curve under one name for every task
-        out.append(_metric(f"epoch/validation_{PRIMARY}", row.get(f"validation_{primary}"), int(row.get("epoch", 0)), ts))
+        out.append(number_metric(f"epoch/validation_{PRIMARY}", row.get(f"validation_{primary}"),
+                                 int(row.get("epoch", 0)), ts))
     for split, values in (("validation", result.validation), ("test", result.test)):
-        out += [_metric(final_metric_key(split, k), v, best, ts) for k, v in (values or {}).items()]
-        out.append(_metric(f"{split}_{PRIMARY}", (values or {}).get(primary), best, ts))
+        out += [number_metric(final_metric_key(split, k), v, best, ts) for k, v in (values or {}).items()]
+        out.append(number_metric(f"{split}_{PRIMARY}", (values or {}).get(primary), best, ts))
     out += [
-        _metric("best_epoch", result.best_epoch, 0, ts),
-        _metric("trainable_parameters", result.trainable_parameters, 0, ts),
-        _metric("edit_parameters", result.edit_parameters, 0, ts),
-        _metric("train_seconds", result.seconds, 0, ts),
+        number_metric("best_epoch", result.best_epoch, 0, ts),
+        number_metric("trainable_parameters", result.trainable_parameters, 0, ts),
+        number_metric("edit_parameters", result.edit_parameters, 0, ts),
+        number_metric("train_seconds", result.seconds, 0, ts),
     ]
-    out += [_metric(f"truncated/{k}", v, 0, ts) for k, v in (result.truncated or {}).items()]
+    out += [number_metric(f"truncated/{k}", v, 0, ts) for k, v in (result.truncated or {}).items()]
     return [m for m in out if m is not None]
 
 
 def _owner_alive(owner: str | None) -> bool | None:
     """Whether the process that tagged itself ``host:pid`` still runs (None: another host, cannot tell)."""
-    import os
-    import socket
-
     host, _, pid = (owner or "").rpartition(":")
     if not host or host != socket.gethostname() or not pid.isdigit():
         return None
@@ -269,9 +271,6 @@ def _owner_alive(owner: str | None) -> bool | None:
 
 def owner_tag() -> str:
     """``host:pid`` of this process: what ``_owner_alive`` checks to tell a crashed writer from a live one."""
-    import os
-    import socket
-
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -326,8 +325,6 @@ def _settled(client: MlflowClient, run: Any, timeout: float | None = None) -> An
 
 def training_key(result: "TrainResult") -> str:
     """A stable id of one training: its output folder (one per attempt) and what it produced."""
-    import hashlib
-
     text = json.dumps([str(Path(result.output_dir).resolve()), result.edit_path, result.global_step])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -358,8 +355,6 @@ def log_training(
     it is returned as is, and a run left half-logged by an earlier try is deleted and logged anew. A run
     another live process is still logging is never deleted or ended: it is waited for (:func:`_settled`).
     """
-    from .plots import edit_heatmap_figure, training_curves_figure
-
     client = MlflowClient()
     experiment_id = get_or_create_experiment(experiment, client)
     training_id = training_key(result)
@@ -371,8 +366,6 @@ def log_training(
             return run.info.run_id
         client.delete_run(run.info.run_id)  # half-logged by a try that failed (its owner ended it or died)
     tensors, meta = _read_edit_meta(result.edit_path)
-    from tasks.models import display_name
-
     run_tags = {
         "redflow.training_id": training_id,
         "redflow.owner": owner_tag(),
@@ -396,7 +389,7 @@ def log_training(
     run_id = run.info.run_id
     try:
         params = [Param(k, v) for k, v in training_params(result, meta).items()]
-        _log_batches(client, run_id, metrics=training_metrics(result), params=params)
+        log_batches(client, run_id, metrics=training_metrics(result), params=params)
         client.log_dict(run_id, result.to_dict(), "train_result.json")
         if config:
             client.log_dict(run_id, json.loads(json.dumps(config, default=str)), "config.json")
@@ -414,8 +407,8 @@ def log_training(
             name = report_name(data, i)
             client.log_dict(run_id, json.loads(json.dumps(data, default=str)), f"evaluation/{name}.json")
             client.log_text(run_id, report_markdown(name, data, report), f"evaluation/{name}.md")
-            metrics = [_metric(f"eval/{name}/{k}", v, 0, ts) for k, v in report_metrics(data).items()]
-            _log_batches(client, run_id, metrics=[m for m in metrics if m is not None])
+            metrics = [number_metric(f"eval/{name}/{k}", v, 0, ts) for k, v in report_metrics(data).items()]
+            log_batches(client, run_id, metrics=[m for m in metrics if m is not None])
         curves = training_curves_figure(result)
         if curves is not None:
             client.log_figure(run_id, curves, "plots/training_curves.png")

@@ -2,10 +2,8 @@
 
 * ``require_model`` / ``require_version``: the model (version) or a ``ModelNotFound`` that names what exists.
 * ``version_rows``: one dict per version - aliases, status, method, key metrics, the gate's decision.
-* ``history_rows``: alias moves and gate decisions, newest first (from the ``redflow.alias_history`` tag).
-* ``history_markdown`` / ``update_history_description``: the same history as a markdown section of the
-  registered model's description (what the MLflow UI shows on the model page), newest first; the JSON
-  tag stays the source of truth.
+* ``history_rows``: alias moves and gate decisions, newest first (from the ``redflow.alias_history`` tags;
+  ``registry.history`` reads them and renders them into the model's description).
 """
 from __future__ import annotations
 
@@ -17,11 +15,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .aliases import STATUS_TAG
+from .history import history_entries
 from .locks import LOCK_MODEL_PREFIX
 
-HISTORY_HEADING = "## Alias history (newest first)"
-HISTORY_ROWS_SHOWN = 50
-DESCRIPTION_CHARS = 5000  # registered_models.description is VARCHAR(5000) on MLflow's SQL stores
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
@@ -108,45 +104,5 @@ def version_rows(name: str, client: MlflowClient | None = None) -> list[dict[str
 def history_rows(name: str, client: MlflowClient | None = None) -> list[dict[str, Any]]:
     """Recorded alias moves and gate decisions of ``name``, newest first (``at, alias, action, version,
     from, by, reason`` and whatever else the move recorded)."""
-    from .aliases import history_entries
-
     client = client or MlflowClient()
     return list(reversed(history_entries(client, name, require_model(name, client))))
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def history_markdown(entries: list[dict[str, Any]], limit: int = HISTORY_ROWS_SHOWN, *,
-                     max_chars: int | None = None, reason_chars: int = 200) -> str:
-    """The alias history (oldest-first ``entries``, as stored) as a markdown table, newest first.
-
-    ``max_chars`` bounds the text (a registered model's description holds 5,000 characters on SQL
-    stores): the oldest rows shown are dropped until it fits; ``redflow history`` shows them all.
-    """
-    newest = list(reversed(entries))
-    head = [HISTORY_HEADING, ""]
-    if not newest:
-        return "\n".join(head + ["No alias moves yet."])
-    head += ["| when (UTC) | alias | action | version | from | by | why |", "|---|---|---|---:|---:|---|---|"]
-    rows = [f"| {_cell(str(e.get('at', ''))[:19].replace('T', ' '))} | {_cell(e.get('alias'))} | "
-            f"{_cell(e.get('action'))} | {_cell(e.get('version'))} | {_cell(e.get('from'))} | "
-            f"{_cell(e.get('by'))} | {_cell(str(e.get('reason', ''))[:reason_chars])} |" for e in newest[:limit]]
-    while True:
-        hidden = len(newest) - len(rows)
-        tail = [f"\n{hidden} older entries: `redflow history <model>`."] if hidden else []
-        text = "\n".join(head + rows + tail)
-        if max_chars is None or len(text) <= max_chars or not rows:
-            return text
-        rows.pop()
-
-
-def update_history_description(client: MlflowClient, name: str, entries: list[dict[str, Any]]) -> None:
-    """Rewrite the history section of ``name``'s description (the text above the section is kept),
-    within the 5,000 characters a SQL-backed MLflow store allows."""
-    model = client.get_registered_model(name)
-    intro = (model.description or "").split(HISTORY_HEADING, 1)[0].rstrip()[:1500]
-    prefix = intro + "\n\n" if intro else ""
-    text = prefix + history_markdown(entries, max_chars=DESCRIPTION_CHARS - len(prefix))
-    client.update_registered_model(name, description=text)

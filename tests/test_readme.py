@@ -52,7 +52,7 @@ def readme_blocks(text: str) -> list[list[str]]:
 
 
 def _free_ports(commands: list[str]) -> dict[str, str]:
-    from registry.server import free_port
+    from registry.serving.server import free_port
 
     ports = {p for c in commands for p in re.findall(r"(?:--port |127\.0\.0\.1:|localhost:)(\d{4,5})\b", c)}
     return {p: str(free_port()) for p in sorted(ports)}
@@ -120,7 +120,7 @@ def test_every_readme_command_works_after_the_demo(tmp_path, tiny_checkpoints, m
 
 def _run(raw: str, command: str, env: dict, cwd: Path, pool, servers: list, ran: list, skipped: list) -> None:
     """Run one README command (or start it, for a server) and check its outcome."""
-    from registry.server import start_server_process
+    from registry.serving.server import start_server_process
 
     why = next((why for pattern, why in SKIP if re.match(pattern, command)), None)
     if why is not None:

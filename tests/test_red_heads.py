@@ -152,7 +152,8 @@ def test_a_fresh_module_inside_the_backbone_is_trained_and_saved(tmp_path, senti
 def test_a_base_without_a_pad_token_trains_registers_and_serves_batches(tmp_path, sentiment):
     from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
 
-    from registry.pyfunc import build_model_config, load_in_process
+    from registry.serving.pyfunc import load_in_process
+    from registry.serving.version_config import build_model_config
 
     base = tmp_path / "gpt2-no-pad"
     torch.manual_seed(0)

@@ -144,7 +144,8 @@ class _Dtypes(TrainerCallback):
 
 
 def test_bf16_training_loads_the_base_in_bf16_and_serves_in_it(tmp_path, tiny_checkpoints):
-    from registry.pyfunc import build_model_config, load_in_process
+    from registry.serving.pyfunc import load_in_process
+    from registry.serving.version_config import build_model_config
     from tasks.data import DataSpec, prepare_data
     from tasks.train import TrainConfig, train
 

@@ -25,7 +25,8 @@ from registry.aliases import (PromotionPolicy, RollbackError, alias_history, ali
 from registry.locks import LOCK_MODEL_PREFIX, LockTimeout, lock_kind, registry_lock
 from registry.models import (RegistrationError, download_edit, model_name_for, record_evaluation, register_edit,
                              resolve_version)
-from registry.pyfunc import build_model_config, load_in_process
+from registry.serving.pyfunc import load_in_process
+from registry.serving.version_config import build_model_config
 from registry.tracking import (default_tracking_uri, get_or_create_experiment, log_training, setup_tracking,
                                sqlite_path)
 from tasks.result import TrainResult

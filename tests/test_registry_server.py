@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from registry.aliases import PromotionPolicy, alias_history, gate_and_promote, production_version
 from registry.locks import LOCK_MODEL_PREFIX, lock_kind
 from registry.models import register_edit
-from registry.server import (ServerStartError, free_port, invoke, start_model_server, start_server_process,
+from registry.serving.server import (ServerStartError, free_port, invoke, start_model_server, start_server_process,
                              start_tracking_server)
 from registry.tracking import get_or_create_experiment, log_training, setup_tracking
 from test_registry import (TEXTS, _one_thread, direct_probabilities, edits,  # noqa: F401 (fixtures)

@@ -18,7 +18,7 @@ import torch
 import red
 from registry.aliases import PromotionPolicy, gate_and_promote
 from registry.models import register_edit
-from registry.server import invoke, start_model_server
+from registry.serving.server import invoke, start_model_server
 from registry.tracking import log_training, setup_tracking
 from test_registry import LABELS, _one_thread, fresh_runs_dir, make_result  # noqa: F401 (fixture)
 

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from bench.task_edits import TaskSpec, demo_specs, register_task, task_edits
 from flows.cli import app
 from registry.aliases import move_alias, rollback
-from registry.server import free_port, invoke, start_model_server, start_server_process
+from registry.serving.server import free_port, invoke, start_model_server, start_server_process
 from registry.store import setup_tracking
 from test_registry import fresh_runs_dir
 
@@ -247,7 +247,7 @@ def test_serve_refuses_unknown_models_reft_edits_and_bad_settings_before_listeni
     from registry.models import register_edit
     from registry.tracking import get_or_create_experiment
 
-    from registry.server import free_port
+    from registry.serving.server import free_port
 
     def serve(*args):
         port = [] if "--port" in args else ["--port", str(free_port())]  # 5001 may be taken on a shared machine
@@ -283,7 +283,7 @@ def test_serve_refuses_unknown_models_reft_edits_and_bad_settings_before_listeni
     out = serve("--models", "reft-*")  # a pattern whose only model cannot serve: nothing to serve
     assert out.exit_code == 2 and "no task can be served: reft-sentiment v1: reft-sentiment v1 is a loreft" in out.output
     # one model under a pattern that cannot serve does not keep the others down at start-up: refused, as while running
-    from registry.multitask import load_multitask
+    from registry.serving.multitask import load_multitask
 
     model = load_multitask({"models": ["red-*", "reft-*"], "tracking_uri": store["uri"], "poll_interval": 0})
     try:
@@ -297,7 +297,7 @@ def test_serve_refuses_unknown_models_reft_edits_and_bad_settings_before_listeni
 def test_classification_regression_and_generation_tasks_share_one_model(store, tiny_checkpoints, tmp_path):
     """Any label count and regression in one bank on one base; generation on a causal LM base in its own passes;
     each row as its own task's pyfunc answers it."""
-    from registry.multitask import load_multitask
+    from registry.serving.multitask import load_multitask
 
     specs = {"cls3": TaskSpec("cls3", ("red", "green", "blue"), ("text",), 32),
              "reg": TaskSpec("reg", None, ("text",), 32),
@@ -320,7 +320,7 @@ def test_classification_regression_and_generation_tasks_share_one_model(store, t
                 model.predict(None, pd.DataFrame(rows), params={"max_new_tokens": bad})
     finally:
         model.close()
-    from registry.serving_config import ServingConfigError
+    from registry.serving.serving_config import ServingConfigError
 
     with pytest.raises(ServingConfigError, match=r"max_new_tokens 100000 does not fit .*reads at most 256 positions"):
         load_multitask({"models": ["mixed-*"], "poll_interval": 0, "max_new_tokens": 100000})  # refused at start-up
@@ -343,8 +343,8 @@ def test_classification_regression_and_generation_tasks_share_one_model(store, t
 
 
 def test_rows_route_by_task_or_model_name_and_a_shared_task_name_must_name_the_model():
-    from registry.routing import RequestError, route
-    from registry.served_tasks import ServedTask
+    from registry.serving.routing import RequestError, route
+    from registry.serving.served_tasks import ServedTask
 
     def task(model, name, columns=("sentence",)):
         return ServedTask(model=model, version=1, task=name, task_type="classification", text_columns=columns,

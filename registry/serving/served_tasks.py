@@ -10,7 +10,7 @@ each row's own prompt positions and are served alone with ``mlflow models serve`
 checkpoints carry their own weights), its edit file fails its own checks (``red.read_edit``: tampered,
 truncated, foreign) or its checksum differs from the ``edit_sha256`` it was registered with, or its
 head does not match its labels. The base weights' fingerprint is checked when the edit is put into
-its bank (``registry.multitask``).
+its bank (``registry.serving.snapshot``).
 """
 from __future__ import annotations
 
@@ -20,12 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from .aliases import READY, STATUS_TAG
-from .locks import LOCK_MODEL_PREFIX
+from red import EditFileError, read_edit
+
+from ..aliases import READY, STATUS_TAG
+from ..locks import LOCK_MODEL_PREFIX
 from .serving_config import ServingConfig, ServingConfigError
+from .version_config import head_num_labels, version_settings
 
 _log = logging.getLogger(__name__)
 
@@ -159,14 +164,6 @@ def fetch_task(client: MlflowClient, name: str, version: int, dest: str | Path, 
 
     Raises ``VersionRefused`` naming the reason; MLflow/network errors propagate (the caller retries).
     """
-    import mlflow
-    from mlflow.models import Model
-
-    from red import EditFileError, read_edit
-
-    from .pyfunc import head_num_labels
-    from .pyfunc import serving_config as version_settings  # the version's own model_config, flat
-
     mv = client.get_model_version(name, str(version))
     status = mv.tags.get(STATUS_TAG, READY)
     if status != READY:

@@ -1,7 +1,7 @@
 """The serving config of a multi-task server: which registered models, which alias, how often to look.
 
 One small document, the same whether it comes from ``redflow serve`` flags, a YAML file, or a version
-of a serving *bundle* (a registered model whose versions are serving configs, ``registry.bundle``)::
+of a serving *bundle* (a registered model whose versions are serving configs, ``registry.serving.bundle``)::
 
     models: ["red-*"]          # registered model names and/or glob patterns (fnmatch); or "a,b,c"
     alias: production          # the alias followed for every model
@@ -22,6 +22,7 @@ import fnmatch
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 GLOB_CHARS = "*?["
@@ -99,8 +100,6 @@ def serving_config(data: ServingConfig | dict[str, Any] | None = None, **overrid
 
 def load_serving_config(path: str | Path, **overrides: Any) -> ServingConfig:
     """Read a YAML serving config (see the module docstring); flags in ``overrides`` win."""
-    import yaml
-
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -8,6 +8,6 @@ model with ``register_edit(..., bundle_code=True)``).
 """
 import mlflow
 
-from registry.pyfunc import RedEditModel
+from registry.serving.pyfunc import RedEditModel
 
 mlflow.models.set_model(RedEditModel())

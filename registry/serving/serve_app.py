@@ -1,6 +1,6 @@
 """``redflow serve``: the multi-task pyfunc behind MLflow's own scoring server, plus ``/reload`` and ``/tasks``.
 
-The model is the bundle's pyfunc (``registry/bundle_code.py`` with the serving config as its
+The model is the bundle's pyfunc (``registry/serving/bundle_code.py`` with the serving config as its
 ``model_config``), saved as models-from-code into a temporary folder and loaded with
 ``mlflow.pyfunc.load_model`` - exactly what ``mlflow models serve`` loads for a registered bundle. The
 HTTP app is ``mlflow.pyfunc.scoring_server.init(model)``, so ``/ping``, ``/health``, ``/version`` and
@@ -19,32 +19,31 @@ import socket
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
+import mlflow
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from mlflow.pyfunc import PyFuncModel, scoring_server
+
+from .bundle import BUNDLE_CODE
+from .multitask import bundle_signature
+from .requirements import pip_requirements
 from .serving_config import ServingConfig, ServingConfigError
 
 
-def build_model(config: ServingConfig):
+def build_model(config: ServingConfig) -> PyFuncModel:
     """The multi-task pyfunc as MLflow loads it (a ``PyFuncModel``), following the registry if configured."""
-    import mlflow
-
-    from .bundle import BUNDLE_CODE
-    from .models import _requirements
-    from .multitask import bundle_signature
-
     with tempfile.TemporaryDirectory(prefix="redflow-bundle-") as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # no input example, no type hints
         path = Path(tmp) / "bundle"
         mlflow.pyfunc.save_model(path=str(path), python_model=str(BUNDLE_CODE), model_config=config.to_dict(),
-                                 signature=bundle_signature(config), pip_requirements=_requirements())
+                                 signature=bundle_signature(config), pip_requirements=pip_requirements())
         return mlflow.pyfunc.load_model(str(path))
 
 
-def create_app(pyfunc_model) -> Any:
+def create_app(pyfunc_model: PyFuncModel) -> FastAPI:
     """MLflow's scoring app for ``pyfunc_model`` with ``POST /reload`` and ``GET /tasks`` added."""
-    from fastapi.responses import JSONResponse
-    from mlflow.pyfunc import scoring_server
-
     app = scoring_server.init(pyfunc_model)
     model = pyfunc_model.unwrap_python_model()
 
@@ -76,8 +75,6 @@ def check_port(host: str, port: int) -> None:
 
 def serve(config: ServingConfig, *, host: str = "127.0.0.1", port: int = 5001, log_level: str = "info") -> None:
     """Load the tasks and serve them until interrupted (SIGINT/SIGTERM end it cleanly)."""
-    import uvicorn
-
     check_port(host, port)
     pyfunc_model = build_model(config)
     try:

@@ -28,20 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from .answers import RequestError
 from .served_tasks import ServedTask
 
 TASK_COLUMN = "task"
 MAX_LISTED = 10
-
-
-class RequestError(MlflowException):
-    """A request the server refuses (HTTP 400): the message names the rows, columns and tasks served."""
-
-    def __init__(self, message: str):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ and the tail of its log.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -25,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .tracking import ARTIFACTS_DIRNAME, DB_FILENAME, _normalize_uri, sqlite_path
+import mlflow
+import pandas as pd
+
+from ..store import ARTIFACTS_DIRNAME, DB_FILENAME, normalize_uri, sqlite_path
 
 
 class ServerStartError(RuntimeError):
@@ -173,7 +177,7 @@ def start_tracking_server(
         if runs_dir is None:
             raise ValueError("pass runs_dir or backend_uri")
         backend_uri = f"sqlite:///{Path(runs_dir).resolve() / DB_FILENAME}"
-    backend_uri = _normalize_uri(backend_uri)
+    backend_uri = normalize_uri(backend_uri)
     db = sqlite_path(backend_uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +216,6 @@ def start_model_server(
     Predictions: ``POST server.url + "/invocations"`` with ``{"dataframe_split": ...}`` or
     ``{"dataframe_records": [...]}``; answers ``{"predictions": [...]}``.
     """
-    import mlflow
-
     port = port or free_port(host)
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", env_manager,
                "--host", host, "--port", str(port), "--workers", str(workers)]
@@ -225,12 +227,10 @@ def start_model_server(
     return server
 
 
-def invoke(server: ServerProcess, records: list[dict[str, Any]] | None = None, *, frame=None,
+def invoke(server: ServerProcess, records: list[dict[str, Any]] | None = None, *, frame: pd.DataFrame | None = None,
            params: dict[str, Any] | None = None, timeout: float = 120.0) -> Any:
     """POST to ``/invocations`` (``dataframe_split`` for a DataFrame, else ``dataframe_records``) and
     return the decoded ``predictions``."""
-    import json
-
     if frame is not None:
         payload: dict[str, Any] = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
     else:

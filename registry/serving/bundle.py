@@ -2,7 +2,7 @@
 
 ``register_bundle("redflow-serving", {"models": ["red-*"]})`` checks the config (every model it names
 has an alias version that loads and passes its checks: the bundle is loaded once in this process),
-logs ``registry/bundle_code.py`` as a models-from-code pyfunc (no pickle; the config is its
+logs ``registry/serving/bundle_code.py`` as a models-from-code pyfunc (no pickle; the config is its
 ``model_config``, the code is the installed redflow's) into a run of the ``redflow-bundles``
 experiment, registers it as a new version of the bundle and points ``production`` at it (recorded in
 the alias history like any other move). Then::
@@ -25,7 +25,10 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .aliases import PRODUCTION, READY, STATUS_TAG, move_alias
+from ..aliases import PRODUCTION, READY, STATUS_TAG, move_alias
+from ..tracking import code_version, get_or_create_experiment
+from .multitask import bundle_signature, load_multitask
+from .requirements import pip_requirements
 from .served_tasks import BUNDLE_KIND_TAG
 from .serving_config import ServingConfig, ServingConfigError, serving_config
 
@@ -65,10 +68,6 @@ def register_bundle(name: str, config: ServingConfig | dict[str, Any], *, promot
     ``promote`` points ``production`` at the new version. Returns ``{"name", "version", "models", "uri"}``.
     Raises ``ServingConfigError`` for a config that cannot serve (nothing is registered then).
     """
-    from .multitask import bundle_signature, load_multitask
-    from .models import _requirements
-    from .tracking import code_version, get_or_create_experiment
-
     cfg = serving_config(config)
     client = MlflowClient()
     served: list[dict[str, Any]] = []
@@ -84,7 +83,7 @@ def register_bundle(name: str, config: ServingConfig | dict[str, Any], *, promot
         warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # no input example, no type hints
         info = mlflow.pyfunc.log_model(
             name="bundle", python_model=str(BUNDLE_CODE), model_config=cfg.to_dict(),
-            signature=bundle_signature(cfg), pip_requirements=_requirements(),
+            signature=bundle_signature(cfg), pip_requirements=pip_requirements(),
             metadata={"redflow": {"kind": "bundle", "code_version": code_version(),
                                   "requires": "the redflow package (red, registry)"}},
             tags={"redflow.kind": "bundle"})
