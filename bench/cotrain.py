@@ -85,7 +85,7 @@ def prepare(args, work: Path) -> list:
 
 
 def config(args, spec: dict, seed: int, **extra):
-    from tasks.train import TrainConfig
+    from tasks.training import TrainConfig
 
     return TrainConfig(model=common.minilm_path(), method="red", preset="demo", learning_rate=spec["learning_rate"],
                        epochs=args.epochs, seed=seed, logging_steps=5, **extra)
@@ -95,8 +95,8 @@ def run_scenario(scenario: str, args, work: Path) -> dict:
     """Run one scenario in this process; returns timings, memory and per-task scores."""
     import torch
 
-    from tasks.cotrain import CoTask, CoTrainConfig, co_train
-    from tasks.train import train
+    from tasks.training import CoTask, CoTrainConfig, co_train
+    from tasks.training import train
 
     torch.set_num_threads(args.threads or common.available_cores())
     import transformers
@@ -162,7 +162,7 @@ def padded_tokens(args, work: Path, seed: int) -> dict[str, int]:
 
     from red.pretrained import load_tokenizer
     from tasks.data import encode
-    from tasks.mixing import Mixing
+    from tasks.training.mixing import Mixing
 
     tokenizer = load_tokenizer(common.minilm_path())
     lengths = [[len(x) for x in encode(data, tokenizer, max_length=64).train["input_ids"]]

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.result import TrainResult
+from tasks.training import TrainResult
 
 HEAD = "head"
 CELLS = "cells.jsonl"
@@ -94,7 +94,7 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
                     book.add(first)
                 for seed in todo:
                     if seed != seeds[0]:
-                        from tasks.tune import trial_config
+                        from tasks.tuning.trials import trial_config
 
                         cfg = trial_config(config, first["params"]).model_copy(update={"seed": seed})
                         folder = out_dir / task / label / f"seed{seed}"
@@ -119,7 +119,7 @@ def _fields(label: str, task: str, *, model: str, preset: str | None, epochs, ma
     if preset and method not in _preset_methods(preset):
         # e.g. ReFT and head have no row in the paper's RoBERTa table: they borrow RED's row for the task (its
         # epochs, batch, length, schedule and rate), so every method of a table gets the same training budget
-        from tasks.presets import preset_values
+        from tasks.training.presets import preset_values
 
         fields["preset"] = None
         if "red" in _preset_methods(preset):
@@ -133,15 +133,15 @@ def _fields(label: str, task: str, *, model: str, preset: str | None, epochs, ma
 
 
 def _config(fields: dict[str, Any], seed: int):
-    from tasks.train import TrainConfig
+    from tasks.training import TrainConfig
 
     return TrainConfig(**fields, seed=seed)
 
 
 def _train_job(data, config, folder: Path, discard: bool = False) -> TrainResult:
     """One plain training (a seed run); with ``discard`` only its records are kept on disk."""
-    from tasks.train import train
-    from tasks.study import discard_artifacts
+    from tasks.training import train
+    from tasks.tuning.study import discard_artifacts
 
     result = train(data, config, folder)
     if discard:
@@ -150,7 +150,7 @@ def _train_job(data, config, folder: Path, discard: bool = False) -> TrainResult
 
 
 def _trial_job(data, config, ref, run_key: str, cache_dir: str, number: int, params: dict[str, Any]):
-    from tasks.study import run_trial
+    from tasks.tuning.study import run_trial
 
     return run_trial(data, config, ref, number, params, run_key=run_key, cache_dir=cache_dir)
 
@@ -158,9 +158,9 @@ def _trial_job(data, config, ref, run_key: str, cache_dir: str, number: int, par
 def _tuned_cell(data, config, label: str, tune, key: str, out_dir: Path, pool, parallel: int,
                 say: Callable[[str], None]) -> dict[str, Any]:
     """Run (or resume) the label's study on the first seed; its best trial is that seed's cell."""
-    from tasks.train import training_identity
-    from tasks.study import (best_result, discard_artifacts, enqueue_first, open_study, run_study, storage_url,
-                       study_name, trials_table)
+    from tasks.training import training_identity
+    from tasks.tuning.study import (best_result, discard_artifacts, enqueue_first, open_study, run_study, storage_url,
+                                    study_name, trials_table)
 
     tuned = config.model_copy(update={"tune": tune})
     hp = tuned.resolved(data.task or data.name)
@@ -253,7 +253,7 @@ class CellBook:
         if data.name in self._floors:
             return
         from tasks.evaluate.metrics import metric_set
-        from tasks.floors import majority_label, majority_scores
+        from tasks.training.floors import majority_label, majority_scores
 
         label = data.label_column
         scores = majority_scores(list(data.test[label]), metric_set(data.task, data.metric),
@@ -362,7 +362,7 @@ def parse_method(label: str) -> tuple[str, dict[str, Any]]:
 
 
 def _preset_methods(preset: str) -> set[str]:
-    from tasks.presets import PRESETS
+    from tasks.training.presets import PRESETS
 
     return set(PRESETS.get(preset, {}))
 

@@ -40,8 +40,8 @@ def measure(glue_dir: str, tasks: list[str], methods: list[str], model: str, ste
     from transformers import TrainerCallback
 
     from tasks.data import DataSpec, prepare_data
-    from tasks.models import resolve_model
-    from tasks.train import TrainConfig, train
+    from tasks.training.model_names import resolve_model
+    from tasks.training import TrainConfig, train
 
     torch.set_num_threads(1)
 

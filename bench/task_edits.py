@@ -78,7 +78,7 @@ def register_task(edit_path: Path, spec: TaskSpec, model_name: str, *, score: fl
     import red
     from registry.models import register_edit
     from registry.tracking import get_or_create_experiment
-    from tasks.result import TrainResult
+    from tasks.training import TrainResult
 
     from mlflow.tracking import MlflowClient
 

@@ -203,7 +203,7 @@ def _stop_training_on_interrupt() -> Iterator[None]:
     import signal
     import threading
 
-    from tasks.train import clear_stop, request_stop
+    from tasks.training import clear_stop, request_stop
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -669,7 +669,7 @@ def params(model: str = typer.Argument(..., help="Hub name, local checkpoint/con
            lora_rank: int = typer.Option(8, help="LoRA rank for the comparison (query/value).")) -> None:
     """Trainable parameters of RED vs LoRA vs full fine-tuning, from the config alone (no weights)."""
     from red import EditConfig, count_parameters
-    from tasks.models import resolve_model
+    from tasks.training.model_names import resolve_model
 
     with guard():
         try:
@@ -720,8 +720,8 @@ def bench_glue(glue_dir: Path = typer.Option(..., help="Folder in the GLUE TSV l
     import optuna
 
     from bench.glue_bench import run_glue_benchmark, to_markdown
-    from tasks.models import resolve_model
-    from tasks.tune import TuneConfig
+    from tasks.training.model_names import resolve_model
+    from tasks.tuning.space import TuneConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one progress line per trial comes from the benchmark
     with guard():

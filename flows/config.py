@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, model_validator
 
-from tasks.cotrain import CoTrainConfig
+from tasks.training import CoTrainConfig
 from tasks.data import DataSpec
-from tasks.train import TrainConfig
+from tasks.training import TrainConfig
 
 
 class ConfigError(ValueError):
@@ -104,7 +104,7 @@ class RetrainConfig(BaseModel):
             if group is not None:
                 groups.setdefault(group, {})[t.name] = self.train_config(t)
         for group, configs in groups.items():
-            from tasks.cotrain import shared_settings
+            from tasks.training import shared_settings
 
             try:
                 shared_settings(configs, {t.name: t.data.task or t.name for t in self.tasks if t.name in configs})
@@ -129,7 +129,7 @@ class RetrainConfig(BaseModel):
         return self.co_train if isinstance(self.co_train, CoTrainConfig) else CoTrainConfig()
 
     def _merged(self, task: TaskSpec) -> dict[str, Any]:
-        from tasks.models import resolve_model
+        from tasks.training.model_names import resolve_model
 
         merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
         merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
@@ -154,7 +154,7 @@ class RetrainConfig(BaseModel):
     def _task_issues(self, index: int, task: TaskSpec) -> list[tuple[str, str]]:
         """Problems in task ``index``'s merged training config and its ``edit`` (checked by red.EditConfig)."""
         from red import EditConfig
-        from tasks.train import EDIT_METHODS
+        from tasks.training import EDIT_METHODS
 
         try:
             tc = TrainConfig(**self._merged(task))
@@ -245,7 +245,7 @@ def _msg(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:
     """Pydantic's message without its 'Value error, ' prefix; an unknown field also lists the known ones."""
     msg = str(error["msg"]).removeprefix("Value error, ")
     if model is TrainConfig and tuple(error.get("loc", ()))[:1] == ("tune",):
-        from tasks.tune import TuneConfig
+        from tasks.tuning.space import TuneConfig
 
         model = TuneConfig
     if error.get("type") == "extra_forbidden" and model is not None:

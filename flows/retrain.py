@@ -267,7 +267,7 @@ def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> d
 def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
     """One task's line of the retrain summary: trained / unchanged / failed / diverged, steps, champion vs challenger."""
     from tasks.lifecycle.attempts import AttemptBusy
-    from tasks.train import TrainingDiverged
+    from tasks.training import TrainingDiverged
 
     row: dict[str, Any] = {"task": name}
     failed = next(((step, f) for step, f in chain.items() if not f.state.is_completed()), None)
@@ -309,7 +309,7 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
                rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
                reason=d.reason, co_trained_with=list(r.co_trained_with), learned=r.learned)
     if r.learned is False:  # whatever the method: the validation score never left the majority-class level
-        from tasks.floors import did_not_learn_note
+        from tasks.training.floors import did_not_learn_note
 
         row["note"] = did_not_learn_note(r.primary_metric, _best_validation(r), r.floor.get(r.primary_metric, 0.0),
                                          tuned=bool(r.tuning))
@@ -330,7 +330,7 @@ def retrain_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict
     """The subflow that owns the task runner. SIGTERM (a worker or runner cancelling the flow run, ``kill``)
     asks the trainings to stop at their next step before the task runner shuts down, which would otherwise wait
     for them to end (tasks.train.stop_training_when_interrupted)."""
-    from tasks.train import stop_training_when_interrupted
+    from tasks.training import stop_training_when_interrupted
 
     with stop_training_when_interrupted():
         return run_tasks(cfg, run_key, force)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.lifecycle.plan import GATE, TRAIN, UNCHANGED, Plan, decide  # noqa: F401 - re-exported
-from tasks.result import TrainResult
+from tasks.training import TrainResult
 
 from .config import RetrainConfig, TaskSpec
 
@@ -76,7 +76,7 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
     those of the latest registered version and the gate decided on it, ``gate`` when it never did."""
     from registry.aliases import production_version
     from registry.models import latest_version, version_record
-    from tasks.train import training_identity
+    from tasks.training import training_identity
 
     _tracking(cfg)
     config = cfg.train_config(task)
@@ -127,7 +127,7 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
                callbacks: list | None = None) -> TrainResult | None:
     """Train in this run's own folder (resuming only a crashed twin); None when the plan says unchanged."""
     from tasks.lifecycle.attempts import open_attempt, prune
-    from tasks.train import train
+    from tasks.training import train
 
     if plan.action != TRAIN:
         return None
@@ -187,7 +187,7 @@ def co_train_key(cfg: RetrainConfig, task: TaskSpec, data) -> str | None:
     The config's validation already made a group's tasks share base model, method and schedule; the data
     decides the model class (sequence classification/regression, causal LM, seq2seq).
     """
-    from tasks.cotrain import family
+    from tasks.training import family
 
     group = cfg.co_train_group(task)
     return None if group is None else f"{group}.{family(data.task_type)}"
@@ -204,7 +204,7 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     stops them all (bad shared settings, the base does not load, an I/O error) is raised.
     """
     from tasks.lifecycle.attempts import open_attempt, prune
-    from tasks.cotrain import CoTask, co_train, group_identity
+    from tasks.training import CoTask, co_train, group_identity
 
     settings = cfg.co_train_settings()
     outcomes: dict[str, TrainResult | Exception] = {}

@@ -24,7 +24,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.result import TrainResult
+from tasks.training import TrainResult
 
 from . import console
 from .config import RetrainConfig, TaskSpec
@@ -42,7 +42,7 @@ def open_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan):
     configured values (``start_at_config``).
     """
     from registry.studies import start_study_run, version_hyperparameters
-    from tasks.study import enqueue_first, open_study, storage_url, study_name
+    from tasks.tuning.study import enqueue_first, open_study, storage_url, study_name
 
     _tracking(cfg)
     _quiet_optuna()
@@ -76,7 +76,7 @@ def open_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan):
 def trial_step(cfg: RetrainConfig, task: TaskSpec, data, ref, number: int, params: dict[str, Any], run_key: str,
                callbacks: list | None = None):
     """Train one trial (in whichever process the task runner chose); a ``tasks.study.TrialOutcome``."""
-    from tasks.study import run_trial
+    from tasks.tuning.study import run_trial
 
     return run_trial(data, cfg.train_config(task), ref, number, params, run_key=run_key,
                      cache_dir=Path(cfg.runs_dir) / "cache" / "base", callbacks=callbacks)
@@ -96,7 +96,7 @@ def log_told(cfg: RetrainConfig, task: TaskSpec, opened, parent: str, number: in
 
 def log_earlier_trials(cfg: RetrainConfig, task: TaskSpec, opened, parent: str) -> None:
     """Nested runs for trials a crashed run told but did not log yet."""
-    from tasks.study import outcome_of
+    from tasks.tuning.study import outcome_of
 
     for frozen in opened.study.get_trials(deepcopy=False):
         if frozen.state.is_finished() and f"mlflow_run.{frozen.number}" not in opened.study.user_attrs \
@@ -111,7 +111,7 @@ def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: 
     marked finished only after that. Until register_step marks that attempt registered, a run that dies
     on the way leaves the study to be reused by the next run (``tasks.study.open_study``), not searched again."""
     from registry.studies import finish_study_run
-    from tasks.study import best_result, discard_artifacts, summary_note, trials_table
+    from tasks.tuning.study import best_result, discard_artifacts, summary_note, trials_table
 
     rows = trials_table(opened.study)
     try:
@@ -140,7 +140,7 @@ def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: 
 
 def trials_markdown(task: TaskSpec, opened, parent: str, best_number: int | None) -> str:
     from registry.studies import trials_markdown as table
-    from tasks.study import trials_table
+    from tasks.tuning.study import trials_table
 
     return "\n".join([f"# Tuning `{task.name}`", "", f"Study `{opened.study.study_name}` in "
                       f"`{opened.ref.storage_url}`; MLflow parent run `{parent}`; best trial "
@@ -186,7 +186,7 @@ def tune_flow(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> T
 
     The prepared data is read back from the retrain's data cache here rather than passed in: a flow's
     parameters are serialised to the Prefect API, and the splits are no parameter to store there."""
-    from tasks.train import stop_training_when_interrupted
+    from tasks.training import stop_training_when_interrupted
 
     with stop_training_when_interrupted():  # a SIGTERM stops the running trials at their next step
         return _tune(cfg, task, plan, run_key)
@@ -195,7 +195,7 @@ def tune_flow(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> T
 def _tune(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> TrainResult:
     from prefect.futures import as_completed
 
-    from tasks.study import run_study
+    from tasks.tuning.study import run_study
 
     from .steps import prepare_step
 

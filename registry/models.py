@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from red import read_edit
 from tasks.lifecycle.identity import Identity, dependency_versions
 from tasks.lifecycle.plan import VersionRecord
-from tasks.models import display_name
+from tasks.training.model_names import display_name
 
 from .aliases import CANDIDATE, READY, STATUS_TAG, alias_version, is_gated, move_locked
 from .baselines import ARTIFACT_KEYS, BaselineArtifactError, artifact_sha256, refuse_pickle, save_bitfit
@@ -45,7 +45,7 @@ from .tracking import (as_dict, code_revision, code_version, final_metric_key, g
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tasks.result import TrainResult
+    from tasks.training import TrainResult
 
 _logger = logging.getLogger(__name__)
 

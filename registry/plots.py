@@ -26,7 +26,7 @@ from red import read_edit  # noqa: E402
 if TYPE_CHECKING:
     import torch
 
-    from tasks.result import TrainResult
+    from tasks.training import TrainResult
 
 
 def _figure(width: float, height: float) -> Figure:

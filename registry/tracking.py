@@ -29,14 +29,14 @@ from mlflow.tracking import MlflowClient
 from red import read_edit
 from red.utils import slug
 from tasks.lifecycle.identity import code_revision, code_version  # noqa: F401 - part of this module's API
-from tasks.models import display_name
+from tasks.training.model_names import display_name
 
 from .plots import edit_heatmap_figure, training_curves_figure
 from .store import (ARTIFACTS_DIRNAME, DB_FILENAME, DEFAULT_RUNS_DIR, default_tracking_uri,  # noqa: F401 - re-exported
                     local_artifact_root, setup_tracking, sqlite_path)
 
 if TYPE_CHECKING:  # tasks is only needed for type hints
-    from tasks.result import TrainResult
+    from tasks.training import TrainResult
 
 _MAX_PARAM_VALUE = 6000        # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _MAX_TAG_VALUE = 8000          # mlflow.utils.validation.MAX_TAG_VAL_LENGTH

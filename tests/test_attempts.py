@@ -196,6 +196,6 @@ def test_the_code_identity_follows_the_method_and_trainer_sources_not_the_git_st
     (tmp_path / "flows").mkdir()
     (tmp_path / "flows" / "cli.py").write_text("# neither does the CLI")
     assert source_hash(tmp_path) == code_version()
-    train = tmp_path / "tasks" / "train.py"
+    train = tmp_path / "tasks" / "training" / "config.py"
     train.write_text(train.read_text().replace("logging_steps: int = 10", "logging_steps: int = 11"))
     assert source_hash(tmp_path) != code_version()  # an uncommitted change of the trainer is a change

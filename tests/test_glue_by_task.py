@@ -8,7 +8,7 @@ import pytest
 
 from tasks.data import DataSpec, prepare_data
 from tasks.evaluate.metrics import metric_set
-from tasks.train import TrainConfig, train
+from tasks.training import TrainConfig, train
 
 from test_data import write_glue
 

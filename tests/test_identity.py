@@ -57,9 +57,9 @@ def test_every_listed_code_module_exists():
 
 
 def test_every_repository_module_that_training_imports_is_listed_or_excluded_with_a_reason():
-    """What ``tasks.train`` and ``tasks.data`` load when imported (in a fresh interpreter), and what any listed
+    """What ``tasks.training`` and ``tasks.data`` load when imported (in a fresh interpreter), and what any listed
     module imports, even inside a function, is either part of the code version or excluded on purpose."""
-    script = ("import os, sys, tasks.train, tasks.data\n"
+    script = ("import os, sys, tasks.training, tasks.data\n"
               "root = os.getcwd()\n"
               "for m in list(sys.modules.values()):\n"
               "    f = getattr(m, '__file__', None) or ''\n"
@@ -67,7 +67,7 @@ def test_every_repository_module_that_training_imports_is_listed_or_excluded_wit
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          check=True).stdout.split()
     imported = {Path(p).as_posix() for p in out}
-    assert {"tasks/train.py", "tasks/data/prepare.py"} <= imported
+    assert {"tasks/training/loop.py", "tasks/data/prepare.py"} <= imported
     assert sorted(p for p in imported if not _covered(p)) == []
 
     def module_file(name: str) -> str | None:
@@ -109,11 +109,11 @@ def test_comments_docstrings_and_formatting_leave_the_code_version_equal_and_a_r
         return ('"""A different module docstring.\n\nWith more words."""\n# a new comment\n'
                 + text.split('"""', 2)[2].replace("\n\n\ndef ", "\n\n\n\ndef ") + "\n# trailing comment\n")
 
-    for module in ("tasks/train.py", "tasks/data/prepare.py", "tasks/data/splits.py", "red/methods/red/layer.py"):
+    for module in ("tasks/training/loop.py", "tasks/data/prepare.py", "tasks/data/splits.py", "red/methods/red/layer.py"):
         _edit(root / module, reword)
     assert source_hash(root) == code_version()
 
-    for module in ("tasks/train.py", "tasks/data/encoding.py", "tasks/mixing.py", "red/methods/red/layer.py"):
+    for module in ("tasks/training/loop.py", "tasks/data/encoding.py", "tasks/training/mixing.py", "red/methods/red/layer.py"):
         changed = _copy_sources(tmp_path / module.replace("/", "_"))
         _edit(changed / module, lambda text: text + "\n\ndef _new_behaviour() -> int:\n    return 1\n")
         assert source_hash(changed) != code_version(), module
@@ -121,7 +121,7 @@ def test_comments_docstrings_and_formatting_leave_the_code_version_equal_and_a_r
 
 @pytest.mark.parametrize("module", ["tasks/evaluate/metrics.py", "tasks/evaluate/suites.py",
                                     "tasks/lifecycle/attempts.py", "tasks/lifecycle/identity.py",
-                                    "tasks/study.py", "tasks/floors.py", "red/merge.py"])
+                                    "tasks/tuning/study.py", "tasks/training/floors.py", "red/merge.py"])
 def test_code_outside_training_does_not_change_the_code_version(tmp_path, module):
     """Evaluation, run bookkeeping, the search's bookkeeping, the benchmark driver and the export do not
     change what a training produces: editing them retrains nothing."""

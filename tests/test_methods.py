@@ -42,7 +42,7 @@ def test_every_method_registers_without_pickle_and_serves_what_it_trained(tmp_pa
     from flows.retrain import retrain
     from flows.steps import prepare_step
     from registry.tracking import setup_tracking
-    from tasks.result import TrainResult
+    from tasks.training import TrainResult
 
     bert = tiny_checkpoints["bert"]
     tasks = []

@@ -118,7 +118,7 @@ def sentiment(tmp_path_factory):
 
 
 def _train(data, base, tmp_path, batch):
-    from tasks.train import TrainConfig, train
+    from tasks.training import TrainConfig, train
 
     seen = _Logits(batch)
     result = train(data, TrainConfig(model=str(base), epochs=1, batch_size=8, max_length=16, learning_rate=5e-2,

@@ -71,7 +71,7 @@ def test_lora_training_adapts_the_table_targets_on_distilbert(tmp_path, minilm_p
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
     from tasks.data import DataSpec, prepare_data
-    from tasks.train import TrainConfig, train
+    from tasks.training import TrainConfig, train
 
     base = tmp_path / "distilbert"
     tok = AutoTokenizer.from_pretrained(minilm_path)

@@ -147,7 +147,7 @@ def test_bf16_training_loads_the_base_in_bf16_and_serves_in_it(tmp_path, tiny_ch
     from registry.serving.pyfunc import load_in_process
     from registry.serving.version_config import build_model_config
     from tasks.data import DataSpec, prepare_data
-    from tasks.train import TrainConfig, train
+    from tasks.training import TrainConfig, train
 
     data = prepare_data(DataSpec(name="sentiment", source="synthetic", task="sentiment", path=tmp_path / "data",
                                  synthetic={"n_train": 32, "n_dev": 16}), seed=0)

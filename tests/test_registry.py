@@ -29,7 +29,7 @@ from registry.serving.pyfunc import load_in_process
 from registry.serving.version_config import build_model_config
 from registry.tracking import (default_tracking_uri, get_or_create_experiment, log_training, setup_tracking,
                                sqlite_path)
-from tasks.result import TrainResult
+from tasks.training import TrainResult
 
 LABELS = ["negative", "positive"]
 TEXTS = ["a gripping, beautifully acted film.", "dull and far too long.", "it was fine, I guess."]

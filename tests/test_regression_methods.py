@@ -69,7 +69,7 @@ def similarity(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(similarity, minilm_path, tmp_path_factory):
     """Train a method once per module (``trained(method)``, ``trained("head", learning_rate=0.0)``...)."""
-    from tasks.train import TrainConfig, train
+    from tasks.training import TrainConfig, train
 
     root, done = tmp_path_factory.mktemp("trained"), {}
 
@@ -112,7 +112,8 @@ def test_a_fresh_regression_head_starts_at_the_training_labels_mean(kind, method
     from transformers import DataCollatorWithPadding
 
     from tasks.data import encode
-    from tasks.train import TrainConfig, center_regression_head, load_base_model, load_tokenizer, prepare_model
+    from tasks.training import TrainConfig
+    from tasks.training.models import center_regression_head, load_base_model, load_tokenizer, prepare_model
 
     path = tiny_checkpoints[kind]
     tokenizer = load_tokenizer(path)
@@ -155,7 +156,7 @@ def test_the_head_is_centred_on_every_training_label_not_the_first_rows(tiny_che
     from transformers import DataCollatorWithPadding
 
     from tasks.data import encode
-    from tasks.train import center_regression_head, load_base_model, load_tokenizer
+    from tasks.training.models import center_regression_head, load_base_model, load_tokenizer
 
     path = tiny_checkpoints["bert"]
     tokenizer = load_tokenizer(path)

@@ -10,9 +10,9 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 import red
 from tasks.data import DataSpec, prepare_data
-from tasks.presets import preset_values
-from tasks.result import TrainResult
-from tasks.train import TrainConfig, TrainingError, train
+from tasks.training.presets import preset_values
+from tasks.training import TrainResult
+from tasks.training import TrainConfig, TrainingError, train
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_resuming_a_crashed_training_runs_only_the_missing_steps(sentiment, tiny
 
 
 def test_a_finite_loss_that_runs_away_is_reported_as_diverged(sentiment, tiny_checkpoints, tmp_path):
-    from tasks.train import TrainingDiverged
+    from tasks.training import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match=r"rose from .* diverged .*Lower the learning rate \(now 1e\+0?6\)"):
         train(sentiment, _config(tiny_checkpoints["bert"], learning_rate=1e6, epochs=3), tmp_path)
@@ -213,7 +213,7 @@ def test_a_base_folder_without_tokenizer_files_is_refused_before_training(sentim
 def test_a_run_too_short_for_the_loss_guard_that_ends_diverged_is_not_a_result(sentiment, tiny_checkpoints, tmp_path):
     """Two steps: the logged training loss is the untrained one, the last update ran away. The validation
     loss says so, and the run is diverged rather than a registrable 'did not learn'."""
-    from tasks.train import TrainingDiverged
+    from tasks.training import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match=r"the validation loss ended at .*x the loss before training"):
         train(sentiment, _config(tiny_checkpoints["bert"], epochs=1, max_steps=2, learning_rate=1e4), tmp_path)

@@ -172,7 +172,7 @@ def test_a_study_killed_mid_trial_resumes_without_redoing_finished_trials(tmp_pa
     import textwrap
 
     from flows.retrain import retrain
-    from tasks.result import TrainResult
+    from tasks.training import TrainResult
 
     tune = {"trials": 3, "parallel": 1, "pruner": "none", "learning_rate": [1e-3, 1e-1], "start_at_config": False,
             "first_trials": [{"learning_rate": 1e-2}, {"learning_rate": 3e-2}]}
@@ -184,7 +184,7 @@ def test_a_study_killed_mid_trial_resumes_without_redoing_finished_trials(tmp_pa
         from transformers import TrainerCallback
         from flows.config import load_config
         from flows import steps, tuning
-        from tasks.study import run_study_in_threads
+        from tasks.tuning.study import run_study_in_threads
 
         class KillTrial1(TrainerCallback):
             def __init__(self, number):
@@ -235,10 +235,10 @@ def _study_digest(cfg_path) -> str:
     cfg = load_config(cfg_path)
     task = cfg.tasks[0]
     data = steps.prepare_step(cfg, task)
-    from tasks.train import training_identity
+    from tasks.training import training_identity
 
     identity = training_identity(data, cfg.train_config(task), cache_dir=Path(cfg.runs_dir) / "cache" / "base")
-    from tasks.study import study_name
+    from tasks.tuning.study import study_name
 
     return study_name("x", identity.to_dict()).split(".", 1)[1]
 
@@ -289,7 +289,7 @@ def test_a_bad_tune_block_is_a_config_error_naming_its_yaml_path(tmp_path):
 
 
 def test_the_tune_block_is_part_of_the_training_identity_but_parallelism_is_not():
-    from tasks.train import TrainConfig
+    from tasks.training import TrainConfig
 
     base = TrainConfig(model="m", learning_rate=1e-2)
     tuned = TrainConfig(**{**base.model_dump(), "tune": {"trials": 4}})
@@ -301,14 +301,14 @@ def test_the_tune_block_is_part_of_the_training_identity_but_parallelism_is_not(
     space = tuned.tune.space(tuned.resolved("sst2"), "red")  # default: a decade either side of the configured rate
     assert (space["learning_rate"].low, space["learning_rate"].high, space["learning_rate"].log) == \
         (pytest.approx(1e-3), pytest.approx(1e-1), True)
-    from tasks.train import train
+    from tasks.training import train
 
     with pytest.raises(ValueError, match="this config has a tune block"):  # a search is never trained as one run
         train(None, tuned, "/nonexistent")
 
 
 def test_floors_are_what_a_constant_answer_scores():
-    from tasks.floors import learned, majority_scores
+    from tasks.training.floors import learned, majority_scores
 
     labels = [1] * 68 + [0] * 32  # MRPC-like: 68 % equivalent
     assert majority_scores(labels, ["accuracy", "f1"]) == pytest.approx({"accuracy": 0.68, "f1": 2 * .68 / 1.68})
@@ -328,8 +328,8 @@ def test_a_study_whose_every_trial_failed_is_not_resumed_and_a_twin_run_is_busy(
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from tasks.study import open_study, storage_url
-    from tasks.tune import TuneConfig
+    from tasks.tuning.study import open_study, storage_url
+    from tasks.tuning.space import TuneConfig
 
     tune, space = TuneConfig(trials=2), {"learning_rate": FloatDistribution(1e-4, 1e-1, log=True)}
 
@@ -367,8 +367,8 @@ def test_a_resumed_study_never_samples_the_values_of_an_earlier_trial_again(tmp_
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from tasks.study import TrialOutcome, open_study, run_study_in_threads, storage_url
-    from tasks.tune import TuneConfig
+    from tasks.tuning.study import TrialOutcome, open_study, run_study_in_threads, storage_url
+    from tasks.tuning.space import TuneConfig
 
     tune = TuneConfig(trials=5, sampler=sampler, seed=3, pruner="none")
     space = {"learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
@@ -425,7 +425,7 @@ def test_a_finished_search_whose_run_died_before_registering_is_registered_witho
     from flows import steps
     from flows.retrain import retrain
     from flows.tuning import tune_flow
-    from tasks.study import storage_url
+    from tasks.tuning.study import storage_url
 
     tune = {"trials": 2, "parallel": 1, "pruner": "none", "learning_rate": [1e-3, 1e-1], "start_at_config": False,
             "first_trials": [{"learning_rate": 1e-2}, {"learning_rate": 3e-2}]}

@@ -32,8 +32,11 @@ import platform
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import huggingface_hub as hub
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +49,27 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 
 # The modules whose behaviour changes a trained edit, as paths from the repository root ("dir/": every
 # module under it, less CODE_EXCLUDED). Moving a file means updating this tuple: tests/test_identity.py
-# fails when a listed path is gone, or when tasks.train / tasks.data import a repository module that is
+# fails when a listed path is gone, or when tasks.training / tasks.data import a repository module that is
 # neither listed nor excluded below.
 CODE_MODULES: tuple[str, ...] = (
     "red/",                 # the method: edits, targets, hooks, ReFT, loading the base, the edit file
     "tasks/__init__.py",
     "tasks/data/",          # data preparation: prepare_data and encode, and every module they read through
-    "tasks/train.py",       # training: the Trainer set-up, co-training and its row mixing, presets
-    "tasks/cotrain.py",
-    "tasks/mixing.py",
-    "tasks/presets.py",
-    "tasks/models.py",      # resolves the base model's name to the checkpoint that is loaded
-    "tasks/tune.py",        # a tuned task's search space, sampler and trial configs decide its edit
+    "tasks/training/",      # training: config and presets, the base's name and preparation, the Trainers, guards,
+                            # co-training and its row mixing, the best epoch and what is saved (finish.py)
+    "tasks/tuning/",        # a tuned task's search space, sampler and trial configs decide its edit
 )
 
 # Repository modules on (or beside) the training path that are deliberately outside the code version.
 CODE_EXCLUDED: dict[str, str] = {
     "red/merge.py": "folds a finished edit into the base weights for export; never runs while training",
-    "tasks/result.py": "the record of a finished training (what is logged), not how it trains",
-    "tasks/floors.py": "judges a finished training against the majority-class floor ('did not learn')",
+    "tasks/training/result.py": "the record of a finished training (what is logged), not how it trains",
+    "tasks/training/floors.py": "judges a finished training against the majority-class floor ('did not learn')",
     "tasks/evaluate/": "scores a trained edit (metrics, suites, reports); the metric formulas are standard, "
                        "so a change there fixes a measurement rather than training a different edit",
     "tasks/lifecycle/": "bookkeeping of runs: identity, attempts, the nightly plan",
-    "tasks/study.py": "runs a search (storage, resume, pruning bookkeeping); tasks/tune.py holds what it searches",
+    "tasks/tuning/study.py": "runs a search (storage, resume, pruning bookkeeping); tasks/tuning/space.py holds what "
+                             "it searches",
 }
 
 
@@ -155,8 +156,6 @@ def dependency_versions() -> dict[str, str]:
 @functools.lru_cache(maxsize=None)
 def installed_version(package: str) -> str:
     """The installed version of ``package``, or ``not installed`` (cached per process: it cannot change under it)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -178,8 +177,6 @@ def code_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     try:
-        from importlib.metadata import version
-
         return f"redflow=={version('redflow')}"
     except Exception:  # noqa: BLE001 - not installed as a distribution
         return "unknown"
@@ -237,8 +234,6 @@ def _folder_id(folder: Path, cache_dir: Path | None) -> str:
 
 def _hub_commit(repo: str, revision: str | None) -> str | None:
     try:
-        import huggingface_hub as hub
-
         if not hub.constants.HF_HUB_OFFLINE:
             try:
                 return hub.HfApi().model_info(repo, revision=revision).sha

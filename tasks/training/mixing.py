@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from accelerate.data_loader import SeedableRandomSampler
 
 Mode = Literal["stratified", "random"]
 Order = Literal["length", "task"]
@@ -128,7 +129,7 @@ class Mixing:
 
         A task with a small share has no rows in some steps; co-trained, it is not stepped then (no gradient, so
         AdamW skips it), so these counts are the lengths of the tasks' own learning-rate schedules
-        (``tasks.cotrain``). Random mixing draws each epoch once here, not once per step."""
+        (``tasks.training.cotrain``). Random mixing draws each epoch once here, not once per step."""
         taken = [0] * len(self.sizes)
         if self.mode == "random":
             for epoch in range(math.ceil(steps / self.steps_per_epoch)):
@@ -153,8 +154,6 @@ class Mixing:
     # ---- which rows --------------------------------------------------------------------------
     def _stream(self, task: int, start: int, count: int) -> list[int]:
         """Rows ``start .. start+count`` of task ``task``'s stream of permutations (indices into its rows)."""
-        from accelerate.data_loader import SeedableRandomSampler
-
         n = self.sizes[task]
         out: list[int] = []
         position = start

@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tasks.evaluate.metrics import glue_metrics
+
 # A score must exceed the floor by more than this (in the metric's own units: 0.01 = one point of
 # accuracy, F1, MCC or correlation) to count as learned: one lucky row on a small validation split
 # is not a model.
@@ -50,8 +52,6 @@ def majority_scores(labels: Sequence[Any], metrics: Sequence[str], *, predict: A
         raise ValueError("no labels to compute a floor on")
     if task_type == "regression":
         return {m: 0.0 for m in metrics}
-    from tasks.evaluate.metrics import glue_metrics
-
     constant = majority_label(labels) if predict is None else predict
     scores = glue_metrics(list(metrics), [constant] * len(labels), labels)
     return {m: (0.0 if m in _CORRELATIONS or math.isnan(v) else float(v)) for m, v in scores.items()}

@@ -5,19 +5,17 @@ RoBERTa-base rates span 1e-3 to 8e-3, T5's 5e-3 to 1e-1), so a new task gets a s
 a guess. :class:`TuneConfig` is the ``tune:`` block of a task: the search space (learning rate on a
 log scale, by default one decade either side of the configured rate; optionally warmup ratio,
 weight decay and, for LoRA, the rank), the trial and time budgets, the pruner and the sampler.
-:func:`trial_config` is the TrainConfig one trial trains. Running a study (Optuna's storage, the
-ask-and-tell loop, one trial with pruning, resuming after a crash) is :mod:`tasks.study`.
+The TrainConfig one trial trains is :func:`tasks.tuning.trials.trial_config`. Running a study (Optuna's
+storage, the ask-and-tell loop, one trial with pruning, resuming after a crash) is :mod:`tasks.tuning.study`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+import warnings
+from typing import Any, Literal
 
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-if TYPE_CHECKING:  # optuna is imported only where a study runs
-    import optuna
-
-    from .train import TrainConfig
 
 TUNABLE = ("learning_rate", "warmup_ratio", "weight_decay", "lora_r")
 
@@ -95,8 +93,6 @@ class TuneConfig(BaseModel):
 
     def space(self, hp: dict[str, Any], method: str) -> dict[str, "optuna.distributions.BaseDistribution"]:
         """Optuna distributions by TrainConfig field, for resolved hyperparameters ``hp`` of ``method``."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution
-
         centre = float(hp["learning_rate"])
         low, high = self.learning_rate or (centre / self.span, centre * self.span)
         space: dict[str, Any] = {"learning_rate": FloatDistribution(low, high, log=True)}
@@ -125,12 +121,8 @@ class TuneConfig(BaseModel):
         the sequence's position in the study (a system attribute keyed by the seed), so a resume continues
         it; only its fallback random stream (used until a trial finishes) is offset.
         """
-        import optuna
-
         stream = self.seed + asked
         if self.sampler == "qmc":
-            import warnings
-
             with warnings.catch_warnings():  # "experimental" since Optuna 3.0; its interface is what we use
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.samplers.QMCSampler(scramble=True, seed=self.seed, warn_asynchronous_seeding=False,
@@ -141,8 +133,7 @@ class TuneConfig(BaseModel):
         return optuna.samplers.TPESampler(seed=stream)
 
     def make_pruner(self):
-        import optuna
-
+        """The study's pruner (``pruner``): median, successive halving, or none."""
         if self.pruner == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=self.pruner_startup_trials, n_warmup_steps=0)
         if self.pruner == "successive_halving":
@@ -150,19 +141,8 @@ class TuneConfig(BaseModel):
         return optuna.pruners.NopPruner()
 
 
-def trial_config(config: "TrainConfig", params: dict[str, Any]) -> "TrainConfig":
-    """The TrainConfig one trial trains: ``config`` with the trial's values and no ``tune`` block."""
-    unknown = sorted(set(params) - set(TUNABLE))
-    if unknown:
-        raise ValueError(f"trial parameters {unknown} are not tunable fields ({', '.join(TUNABLE)})")
-    values = {k: (int(v) if k == "lora_r" else float(v)) for k, v in params.items()}
-    return config.model_copy(update={**values, "tune": None})
-
-
 def in_space(values: dict[str, Any], space: dict[str, Any]) -> dict[str, Any] | None:
     """``values`` restricted to the searched names, or None when one of them lies outside its distribution."""
-    from optuna.distributions import CategoricalDistribution
-
     picked = {k: values[k] for k in space if k in values}
     if not picked:
         return None

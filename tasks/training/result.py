@@ -37,10 +37,10 @@ class TrainResult:
     identity: dict[str, str] = field(default_factory=dict)  # tasks.lifecycle.identity.Identity of the inputs
     recipe: dict[str, Any] = field(default_factory=dict)  # TrainConfig.recipe(): the resolved config hashed
     notes: list[str] = field(default_factory=list)  # why it trained, what was resumed (for the run summary)
-    co_trained_with: list[str] = field(default_factory=list)  # the other tasks of its co-training (tasks.cotrain)
+    co_trained_with: list[str] = field(default_factory=list)  # the other tasks of its co-training (training.cotrain)
     floor: dict[str, float] = field(default_factory=dict)  # majority-class/chance scores of the validation split
-    learned: bool | None = None       # a validation score left the floor (tasks.floors); None: no floor (LMs)
-    tuning: dict[str, Any] = field(default_factory=dict)   # the search this result won (tasks.tune), if any
+    learned: bool | None = None       # a validation score left the floor (tasks.training.floors); None: no floor (LMs)
+    tuning: dict[str, Any] = field(default_factory=dict)   # the search this result won (tasks.tuning), if any
 
     @property
     def score(self) -> float:

@@ -14,7 +14,7 @@
 
 Selection uses the validation split only (the value of a trial is its best epoch's validation
 score); the best trial's edit is what the caller evaluates on test, registers and gates. The search
-space and budgets are :class:`tasks.tune.TuneConfig`. No Prefect, no MLflow here.
+space and budgets are :class:`tasks.tuning.space.TuneConfig`. No Prefect, no MLflow here.
 """
 from __future__ import annotations
 
@@ -22,19 +22,25 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import optuna
+from filelock import FileLock, Timeout
+from optuna.trial import Trial, TrialState
+from transformers import TrainerCallback
 
 from red.utils import slug
+from tasks.lifecycle.attempts import TRAINED, AttemptBusy, open_attempt, read_state
+from tasks.training import TrainConfig, TrainingDiverged, TrainingError, TrainResult, train, training_identity
 
-from .tune import TuneConfig, in_space, trial_config
-
-if TYPE_CHECKING:
-    from .result import TrainResult
-    from .train import TrainConfig
+from .space import TuneConfig, in_space
+from .trials import trial_config
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +57,6 @@ def storage_url(root: str | Path) -> str:
 
 def make_storage(url: str):
     """An RDB storage; SQLite waits for a writer rather than failing while trials report at once."""
-    import optuna
-
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
@@ -81,8 +85,6 @@ class StudyRef:
     def trial(self, number: int):
         """The live :class:`optuna.trial.Trial` ``number`` (for ``report``/``should_prune`` in the trial's process),
         in a study loaded with the pruner (the sampler is never asked: the trial's values are set)."""
-        import optuna
-
         storage = make_storage(self.storage_url)
         study = optuna.load_study(study_name=self.name, storage=storage, sampler=optuna.samplers.RandomSampler(),
                                   pruner=self.tune.make_pruner())
@@ -123,8 +125,6 @@ class OpenStudy:
 
 
 def _counts(trial) -> bool:
-    from optuna.trial import TrialState
-
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and not trial.user_attrs.get("crashed")
@@ -152,9 +152,6 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
     A study whose whole budget failed (no trial finished: resuming would only fail again) is left alone
     too, and the next name used.
     """
-    import optuna
-    from filelock import FileLock, Timeout
-
     storage = make_storage(url)
     existing = set(optuna.get_all_study_names(storage))
     folder = Path(folder)
@@ -169,8 +166,6 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
         try:
             lock.acquire(timeout=0)
         except Timeout:  # the same identity searched by a live process: a twin run, as in tasks.lifecycle.attempts
-            from .lifecycle.attempts import AttemptBusy
-
             raise AttemptBusy(f"study {current} of the same inputs is being run by another live process; this run "
                               "leaves it to finish (it registers the result)") from None
         ref = StudyRef(url, current, tune, str(study_dir), direction, metric)
@@ -212,11 +207,6 @@ def _unregistered_best(study):
     """The best trial of finished ``study`` when its training can still be registered: its attempt finished
     training (``trained``, not ``registered``: register_step marks the attempt it registers) and its result
     and edit are still on disk. None otherwise."""
-    from optuna.trial import TrialState
-
-    from .lifecycle.attempts import TRAINED, read_state
-    from .result import TrainResult
-
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
     best = study.best_trial
@@ -232,15 +222,11 @@ def _unregistered_best(study):
 
 def _any_success(study) -> bool:
     """A trial of ``study`` that ended with a value (complete, or pruned after reporting one)."""
-    from optuna.trial import TrialState
-
     return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                for t in study.get_trials(deepcopy=False))
 
 
 def _recover_crashed(opened: OpenStudy, storage) -> None:
-    from optuna.trial import Trial, TrialState
-
     study = opened.study
     study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -299,8 +285,6 @@ class TrialOutcome:
 
 def outcome_of(frozen) -> TrialOutcome:
     """The outcome of a trial told earlier, rebuilt from the storage (and its result file, if it is still there)."""
-    from .result import TrainResult
-
     path = frozen.user_attrs.get("result")
     result = TrainResult.load(path) if path and Path(path).is_file() else None
     state = {"COMPLETE": COMPLETE, "PRUNED": PRUNED}.get(frozen.state.name, FAIL)
@@ -310,40 +294,38 @@ def outcome_of(frozen) -> TrialOutcome:
                         seconds=float(frozen.user_attrs.get("seconds") or 0.0))
 
 
-def pruning_callback(trial, metric: str):
+class PruningCallback(TrainerCallback):
     """A Trainer callback that reports each epoch's validation ``metric`` to ``trial`` and stops training when
     the study's pruner says so (``pruned`` is then True). Stand-in for optuna-integration's callback, which
     needs the package and an in-process study."""
-    from transformers import TrainerCallback
 
-    class Pruning(TrainerCallback):
-        def __init__(self):
-            self.pruned = False
-            self.reported: dict[int, float] = {}
-            self._training = True
+    def __init__(self, trial, metric: str):
+        self.trial = trial
+        self.metric = metric
+        self.pruned = False
+        self.reported: dict[int, float] = {}
+        self._training = True
 
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            value = (metrics or {}).get(f"eval_{metric}")
-            if not self._training or value is None or not math.isfinite(float(value)):
-                return
-            step = max(1, math.ceil(float(state.epoch or 0) - 1e-9))
-            if step in self.reported:
-                return
-            self.reported[step] = float(value)
-            trial.report(float(value), step)
-            if state.max_steps and state.global_step >= state.max_steps:
-                return  # the last epoch: the trial is finished, there is nothing left to save by stopping it
-            if trial.should_prune():
-                self.pruned = True
-                control.should_training_stop = True
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(f"eval_{self.metric}")
+        if not self._training or value is None or not math.isfinite(float(value)):
+            return
+        step = max(1, math.ceil(float(state.epoch or 0) - 1e-9))
+        if step in self.reported:
+            return
+        self.reported[step] = float(value)
+        self.trial.report(float(value), step)
+        if state.max_steps and state.global_step >= state.max_steps:
+            return  # the last epoch: the trial is finished, there is nothing left to save by stopping it
+        if self.trial.should_prune():
+            self.pruned = True
+            control.should_training_stop = True
 
-        def on_train_end(self, args, state, control, **kwargs):
-            self._training = False  # the final validation and test evaluations are not epochs
-
-    return Pruning()
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training = False  # the final validation and test evaluations are not epochs
 
 
-def run_trial(data, config: "TrainConfig", ref: StudyRef, number: int, params: dict[str, Any], *, run_key: str,
+def run_trial(data, config: TrainConfig, ref: StudyRef, number: int, params: dict[str, Any], *, run_key: str,
               cache_dir: str | Path | None = None, callbacks: list | None = None) -> TrialOutcome:
     """Train trial ``number`` of study ``ref`` with ``params`` in its own attempt folder; report and prune.
 
@@ -351,15 +333,12 @@ def run_trial(data, config: "TrainConfig", ref: StudyRef, number: int, params: d
     rate diverging is an ordinary outcome of a search); other exceptions propagate. A crashed trial
     asked again with the same values resumes from its last complete checkpoint.
     """
-    from .lifecycle.attempts import open_attempt
-    from .train import TrainingDiverged, TrainingError, train, training_identity
-
     started = time.time()
     cfg = trial_config(config, params)
     identity = training_identity(data, cfg, cache_dir=cache_dir)
     attempt = open_attempt(Path(ref.folder), identity, f"{run_key}-t{number}", resume=cfg.resume)
     trial = ref.trial(number)
-    pruning = pruning_callback(trial, ref.metric)
+    pruning = PruningCallback(trial, ref.metric)
     trial.set_user_attr("output_dir", str(attempt.folder))
     try:
         result = train(data, cfg, attempt.folder, resume_from=attempt.resume_from, identity=identity,
@@ -401,8 +380,6 @@ def run_study(opened: OpenStudy, *, submit: Callable[[int, dict[str, Any]], Any]
     exception that ended it. Stops asking when the budget (``trials``, counting what a resumed study
     already did) or ``timeout`` is used up; returns when every submitted trial has been told.
     """
-    from optuna.trial import TrialState
-
     study, tune = opened.study, opened.ref.tune
     deadline = time.monotonic() + tune.timeout if tune.timeout else math.inf
     pending: dict[Any, int] = {}
@@ -432,8 +409,6 @@ def run_study_in_threads(opened: OpenStudy, trial: Callable[[int, dict[str, Any]
                          parallel: int = 1,
                          on_told: Callable[[int, "TrialOutcome | BaseException"], None] | None = None) -> None:
     """:func:`run_study` with the trials in a thread pool of this process (the benchmark; scripts)."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
     def outcome(future):
         error = future.exception()
         return error if error is not None else future.result()
@@ -456,13 +431,8 @@ def trials_table(study) -> list[dict[str, Any]]:
     return rows
 
 
-def best_result(opened: OpenStudy) -> tuple[Any, "TrainResult"]:
+def best_result(opened: OpenStudy) -> tuple[Any, TrainResult]:
     """``(best FrozenTrial, its TrainResult)``; raises TrainingDiverged/TrainingError when no trial completed."""
-    from optuna.trial import TrialState
-
-    from .result import TrainResult
-    from .train import TrainingDiverged, TrainingError
-
     study = opened.study
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -492,8 +462,6 @@ def summary_note(opened: OpenStudy, best) -> str:
 
 def discard_artifacts(folder: str | Path, keep: tuple[str, ...] = ("result.json", "attempt.json")) -> None:
     """Delete a finished trial's trained artifacts (adapters, checkpoints), keeping its records."""
-    import shutil
-
     folder = Path(folder)
     if not folder.is_dir():
         return

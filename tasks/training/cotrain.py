@@ -1,0 +1,391 @@
+"""Co-train K tasks' RED edits in one pass over one copy of the base model, with transformers' Trainer.
+
+Training K tasks alone needs K copies of the base (or K trainings one after another). RED's edits are
+per-row vectors, so one forward/backward over a batch whose rows belong to different tasks can train all
+of them: each row uses, and trains, only its task's vectors and head (:class:`red.bank_train.TrainableBank`).
+What this adds on top of the single-task training of :mod:`tasks.training.loop` (whose Trainer subclass,
+checkpoints, guards and finish into a result it reuses; the co-training's Trainer is
+:class:`tasks.training.multitask.MultiTaskTrainer`):
+
+- **mixed batches** (:mod:`tasks.training.mixing`): rows per step proportional to task size or with a temperature,
+  stratified (deterministic) or random, cut into micro-batches of one task's batch size;
+- **per-task losses averaged per task**: ``loss = sum_k mean_{rows of k} loss_i`` over the whole optimizer step
+  (gradient accumulation included), classification, regression, causal LM and seq2seq, label smoothing per
+  task, so a big task does not drown a small one. Because the tasks' parameters are disjoint, each task's
+  gradient is exactly the gradient of its own mean loss;
+- **per-task optimizer settings**: one parameter group per task (learning rate, weight decay, with the
+  Trainer's no-decay rule for biases and norms) under the shared schedule type, and **per-task gradient clipping**
+  at ``max_grad_norm`` (a global clip would couple the tasks);
+- **a task without rows in a step is not stepped**: its gradients are set to None, which AdamW skips (no moment
+  update, no ``state["step"]`` increment, so no change to bias correction, no weight decay), and its learning-rate
+  schedule (warmup, decay) runs over the steps that hold its rows only
+  (:class:`~tasks.training.multitask.TaskSchedules`), so a small task
+  trains as it would alone on the same batches however many steps it sits out;
+- **per-task evaluation each epoch** on each task's own validation set; each task keeps **its own best
+  epoch**, restored from the checkpoint of that epoch before its edit is saved and tested;
+- **per-task NaN and divergence guards**: a task whose loss becomes NaN/inf, or runs away, is stopped and
+  reported (its rows leave the batches, its parameters stop moving); the others go on;
+- checkpoints (trainable tensors only) every epoch and resume, as for single tasks.
+
+For K tasks with the same number of rows, batch size b, ``rows_per_step = K * b``, ``batch_size = b``,
+``micro_batches="task"``, no dropout and the same hyperparameters, each task's saved edit equals the one training
+it alone gives (same rows in the same order, same initial head, same per-step gradient), up to floating-point
+rounding.
+
+Each task's edit is an ordinary edit file (``red.load_edit``, registration) and its ``TrainResult`` reads
+as if trained alone, plus ``co_trained_with`` and the ``co_train.*`` params.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, set_seed
+
+from red import EditMismatchError, TrainableBank, pretrained
+from red.bank import head_copy
+from tasks.data import encode
+from tasks.lifecycle.gate import align_head
+from tasks.lifecycle.identity import Identity
+
+from .config import EDIT_METHODS, TrainConfig, training_identity
+from .control import trainer_slot
+from .errors import TrainingDiverged, TrainingError
+from .finish import finish, result_params
+from .guards import StopOnRequest, initial_loss
+from .mixing import Mixing
+from .models import center_regression_head, edit_config, head_for, load_base_model, load_tokenizer, precision_dtype
+from .multitask import MultiTaskTrainer, TaskCollator, TaskRows, TaskSpec
+from .result import TrainResult
+from .trainer import checkpoint_step, compute_metrics_for, quiet_console_logging, training_arguments
+
+log = logging.getLogger(__name__)
+
+#: Settings every task of a co-training shares: one base, one method, one schedule.
+SHARED = ("model", "revision", "method", "precision", "epochs", "max_steps", "warmup_ratio", "warmup_steps",
+          "lr_scheduler")
+
+
+class CoTrainConfig(BaseModel):
+    """How the tasks' rows are mixed (see :mod:`tasks.training.mixing`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(default=1.0, gt=0, description="Task k's share of the rows is proportional to "
+                               "n_k^(1/temperature): 1 = proportional to size, larger flattens toward uniform "
+                               "(.inf = uniform).")
+    mixing: Literal["stratified", "random"] = Field(
+        default="stratified", description="stratified: every step holds each task's share (deterministic); "
+        "random: each row's task is drawn from the shares.")
+    batch_size: int | None = Field(default=None, ge=1, description="Rows per forward pass (default: the largest "
+                                   "batch_size of the tasks): the activation memory of one task's batch.")
+    rows_per_step: int | None = Field(default=None, ge=1, description="Rows per optimizer step (default: the sum "
+                                      "of the tasks' batch_size x grad_accum), cut into forward passes.")
+    micro_batches: Literal["length", "task"] = Field(
+        default="length", description="How a step's rows are cut into forward passes: sorted by length (least "
+        "padding), or each task's rows together (with equal shares, every pass is one task's batch in the order "
+        "training it alone takes). The step's gradient is the same either way.")
+
+    def recipe(self) -> dict[str, Any]:
+        """What part of a co-trained task's training identity (``tasks.training.config.training_identity``)."""
+        return self.model_dump(mode="json")
+
+
+def family(task_type: str) -> str:
+    """Tasks of one family load the same model class and can share a base: ``sequence`` (classification and
+    regression), ``causal_lm``, ``seq2seq``."""
+    return "sequence" if task_type in ("classification", "regression") else task_type
+
+
+def shared_settings(configs: dict[str, TrainConfig], presets: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings of :data:`SHARED`, which the co-trained tasks must agree on; ValueError naming what differs.
+
+    ``configs``: task name -> its training config; ``presets``: task name -> the GLUE task its preset is looked up
+    by (default the name). Methods other than RED are refused: ReFT's interventions sit at per-row prompt positions
+    and LoRA, BitFit and full fine-tuning change weights the tasks would share.
+    """
+    values: dict[str, dict[str, Any]] = {}
+    for name, config in configs.items():
+        if config.method != "red":
+            how = ("its interventions sit at per-row prompt positions through a per-task low-rank projection, which "
+                   "the co-training bank does not route" if config.method in EDIT_METHODS else
+                   "it trains weights of the base model (or adapters on them) that the co-trained tasks share")
+            raise ValueError(f"co-training trains RED edits; task {name!r} uses method {config.method!r}: {how}. "
+                             f"Train it alone (co_train: false on the task) or use method: red.")
+        hp = config.resolved((presets or {}).get(name, name))
+        values[name] = {"model": config.model, "revision": config.revision, "method": config.method,
+                        "precision": config.precision, "max_steps": config.max_steps,
+                        **{k: hp[k] for k in ("epochs", "warmup_ratio", "warmup_steps", "lr_scheduler")}}
+    first = next(iter(values.values()))
+    for key in SHARED:
+        seen = {name: v[key] for name, v in values.items()}
+        if len({json.dumps(v, default=str) for v in seen.values()}) > 1:
+            raise ValueError(f"co-trained tasks share one base model and one schedule, but they differ in {key} "
+                             f"({', '.join(f'{n}: {v!r}' for n, v in seen.items())}). Set the same {key} for "
+                             "them (e.g. in defaults), or train some alone (co_train: false) or in another group.")
+    return dict(first)
+
+
+def group_identity(identities: dict[str, Identity], settings: CoTrainConfig) -> Identity:
+    """The identity of a co-training: its tasks' identities (by name) and the settings; equal means the same
+    trainings, so a crashed co-training is resumed only by one of exactly the same inputs."""
+    def digest(values) -> str:
+        return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    named = sorted(identities.items())
+    bases = sorted({i.base_id for _, i in named})
+    codes = sorted({i.code_version for _, i in named})
+    return Identity(data_hash=digest([[n, i.data_hash] for n, i in named]),
+                    config_hash=digest({"tasks": [[n, i.config_hash] for n, i in named],
+                                        "co_train": settings.recipe()}),
+                    base_id=bases[0] if len(bases) == 1 else digest(bases),
+                    code_version=codes[0] if len(codes) == 1 else digest(codes))
+
+
+@dataclass
+class CoTask:
+    """One task of a co-training: its prepared data and config, where its edit goes, and how it starts."""
+
+    data: Any                                   # tasks.data.TaskData
+    config: TrainConfig
+    out_dir: Path                               # the task's edit file, result.json, eval/ go here
+    init_state: dict[str, torch.Tensor] | None = None   # edit-file tensors to start from (init: production)
+    init_note: str = "fresh"
+    identity: Identity | None = None
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+
+def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str, Exception],
+                         fresh_heads: set[str] | None = None):
+    """The base model (loaded as the first task's) and, per task, its head modules ``{name: module}``.
+
+    A task's head starts as training it alone starts it: loaded by the same loader with the task's own labels
+    after seeding with the task's seed (so freshly initialised heads get the same random values). A task whose
+    labels, seed and head settings equal an earlier task's starts from copies of the same modules; others load the
+    checkpoint once more, keep only the head, and free the rest. A task whose head cannot be trained
+    (TrainingError) is put in ``failed``; one whose head was freshly initialised, in ``fresh_heads``.
+    """
+    fresh_heads = set() if fresh_heads is None else fresh_heads
+    base = None
+    loaded: dict[str, dict[str, torch.nn.Module] | TrainingError] = {}  # by labels, seed and head settings
+    new: dict[str, bool] = {}  # by the same key: the head was freshly initialised (not in the checkpoint)
+    heads: dict[str, dict[str, torch.nn.Module]] = {}
+    for task in tasks:
+        data, config = task.data, task.config
+        key = json.dumps([data.task_type, data.num_labels or 2, config.seed, config.edit.get("head", "auto")])
+        if key not in loaded:
+            set_seed(config.seed)
+            model, fresh = load_base_model(config.model, data.task_type, revision=config.revision,
+                                           num_labels=data.num_labels or 2, label_list=data.label_list, dtype=dtype,
+                                           tokenizer=tokenizer)
+            new[key] = bool(fresh)
+            try:
+                loaded[key] = {h: head_copy(model.get_submodule(h))
+                               for h in head_for(model, config.edit, data.task_type, fresh)}
+            except TrainingError as exc:
+                loaded[key] = exc
+            if base is None:
+                base = model
+            else:
+                del model
+        if isinstance(loaded[key], TrainingError):
+            failed[task.name] = TrainingError(f"task {task.name}: {loaded[key]}")
+        else:
+            heads[task.name] = {name: head_copy(module) for name, module in loaded[key].items()}
+            if new[key]:
+                fresh_heads.add(task.name)
+    pretrained.set_pad_token(tokenizer, base)
+    return base, heads
+
+
+def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str | Path, *,
+             resume_from: str | Path | None = None,
+             callbacks: list | None = None) -> dict[str, TrainResult | Exception]:
+    """Train ``tasks`` together (RED, one base, one Trainer); checkpoints under ``out_dir/checkpoints``.
+
+    Returns, per task name (in the given order), its :class:`TrainResult` (edit file, result.json under the task's
+    ``out_dir``; ``seconds`` is the co-training's) or the error that stopped that task alone: its data does not
+    encode, its head cannot be trained, its start edit does not fit, its loss became NaN
+    (:class:`TrainingError`) or ran away (:class:`TrainingDiverged`). Raises ``ValueError`` /
+    :class:`TrainingError` for what stops them all: settings the tasks must share that differ (:data:`SHARED`),
+    tasks of different model families, a method other than RED, a base that cannot load.
+    ``resume_from``: a complete checkpoint of a crashed co-training of the same inputs (see tasks.lifecycle.attempts).
+    """
+    if not tasks:
+        raise ValueError("co_train needs at least one task")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"co-trained task names must be unique; got {names}")
+    settings = settings or CoTrainConfig()
+    started = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shared = shared_settings({t.name: t.config for t in tasks}, {t.name: t.data.task or t.name for t in tasks})
+    families = {t.name: family(t.data.task_type) for t in tasks}
+    if len(set(families.values())) > 1:
+        raise TrainingError(f"co-trained tasks must load one model class, but their task types need different ones "
+                            f"({families}); group them by task type")
+    hps = {t.name: t.config.resolved(t.data.task or t.name) for t in tasks}
+    first = tasks[0].config
+    set_seed(first.seed)
+    tokenizer = load_tokenizer(first.model, first.revision, tasks[0].data.task_type)
+    outcomes: dict[str, TrainResult | Exception] = {}  # failures first, then results
+    encoded = {}
+    for task in tasks:  # a task whose data does not encode fails alone
+        try:
+            encoded[task.name] = encode(task.data, tokenizer, max_length=hps[task.name]["max_length"])
+            if len(encoded[task.name].train) == 0:
+                raise TrainingError(f"task {task.name} has no training rows")
+        except (ValueError, TrainingError) as exc:
+            outcomes[task.name] = exc
+    fresh_heads: set[str] = set()
+    base, heads = _load_base_and_heads([t for t in tasks if t.name not in outcomes], tokenizer,
+                                       precision_dtype(first.precision), outcomes, fresh_heads=fresh_heads)
+    live = [t for t in tasks if t.name not in outcomes]
+    if not live:
+        return {name: outcomes[name] for name in names}
+    live_names = [t.name for t in live]
+    configs = [edit_config("red", t.config.edit, list(heads[t.name])) for t in live]
+    bank = TrainableBank(base, configs, live_names, heads=[heads[t.name] for t in live],
+                         task_types=[t.data.task_type for t in live])
+    cannot_start: dict[int, TrainingError] = {}
+    for k, task in enumerate(live):
+        if task.init_state is not None:
+            try:  # the head's rows in this task's label order, by name (tasks.lifecycle.gate)
+                bank.task_edit(k).load_edit_state(align_head(task.init_state, task.data.label_list, task.init_note))
+            except ValueError as exc:  # other labels: refused, naming both lists and the fix
+                cannot_start[k] = TrainingError(f"task {task.name}: cannot warm-start: {exc}")
+            except EditMismatchError as exc:
+                cannot_start[k] = TrainingError(
+                    f"task {task.name}: cannot start from {task.init_note}: its edit does not fit this training's edit "
+                    f"layout ({exc}). Train with the same edit settings (position, kind, layers) and labels, or set "
+                    "init: fresh.")
+
+    specs = []
+    for k, task in enumerate(live):
+        enc, hp = encoded[task.name], hps[task.name]
+        classification = family(task.data.task_type) == "sequence"
+        metric = task.data.metric if classification else "loss"
+        specs.append(TaskSpec(
+            name=task.name, task_type=task.data.task_type, metric=metric, greater=metric != "loss",
+            learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"],
+            label_smoothing=hp["label_smoothing"], divergence_factor=task.config.divergence_factor,
+            validation=enc.validation.add_column("task_ids", [k] * len(enc.validation)),
+            test=enc.test.add_column("task_ids", [k] * len(enc.test)),
+            compute_metrics=compute_metrics_for(task.data) if classification else None))
+    live_hps = [hps[n] for n in live_names]
+    trains = [encoded[n].train for n in live_names]
+    micro = settings.batch_size or max(hp["batch_size"] for hp in live_hps)
+    mixing = Mixing(sizes=[len(t) for t in trains],
+                    rows_per_step=settings.rows_per_step or sum(hp["batch_size"] * hp["grad_accum"] for hp in live_hps),
+                    micro_batch=micro, seeds=[t.config.seed for t in live], temperature=settings.temperature,
+                    mode=settings.mixing, seed=first.seed, order=settings.micro_batches,
+                    lengths=[[len(x) for x in t["input_ids"]] for t in trains])
+    with trainer_slot():
+        args = training_arguments(
+            first, {**live_hps[0], "epochs": shared["epochs"], "batch_size": micro,
+                    "eval_batch_size": max(hp["eval_batch_size"] for hp in live_hps),
+                    "grad_accum": mixing.micro_batches_per_step, "weight_decay": 0.0, "label_smoothing": 0.0},
+            out_dir, load_best_model_at_end=False, metric_for_best_model=None, save_total_limit=None,
+            logging_steps=max(1, min(mixing.steps_per_epoch, *(t.config.logging_steps for t in live))))
+        inner = (DataCollatorWithPadding(tokenizer) if families[names[0]] == "sequence"
+                 else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
+        trainer = MultiTaskTrainer(
+            model=bank, args=args, train_dataset=TaskRows(trains),
+            eval_dataset={f"t{k}": s.validation for k, s in enumerate(specs)}, data_collator=TaskCollator(inner),
+            callbacks=[StopOnRequest()] + list(callbacks or []), tasks=specs, mixing=mixing)
+        quiet_console_logging(trainer)
+        for k, error in cannot_start.items():
+            trainer.stop_task(k, error)
+        for k, task in enumerate(live):  # a new regression head starts at its labels' mean, as alone (issue 22)
+            if task.data.task_type == "regression" and task.init_state is None and task.name in fresh_heads:
+                rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), 256))]
+                center_regression_head(bank, TaskCollator(inner), rows, hps[task.name]["eval_batch_size"])
+        for k, spec in enumerate(specs):  # the baseline a training alone measures (guards.initial_loss)
+            rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), micro))]
+            spec.start_loss = initial_loss(bank, TaskCollator(inner), rows, micro, loss_of=trainer.compute_loss)
+        resume = str(resume_from) if resume_from else None
+        start_step = checkpoint_step(resume)
+        if resume:
+            log.info("resuming the co-training of %s from %s (step %d)", ", ".join(live_names), resume, start_step)
+        if len(trainer.stopped) < len(live):
+            trainer.train(resume_from_checkpoint=resume)
+        bank.eval()
+
+        for k, (task, spec) in enumerate(zip(live, specs)):
+            if k in trainer.stopped:
+                outcomes[task.name] = trainer.stopped[k]
+            else:
+                try:
+                    outcomes[task.name] = _task_result(trainer, bank, k, task, hps[task.name], encoded[task.name],
+                                                       spec, settings, mixing, live_names, started, resume,
+                                                       start_step)
+                except TrainingDiverged as exc:  # as a training alone: nothing of this task is written
+                    outcomes[task.name] = TrainingDiverged(f"task {task.name}: {exc}")
+    return {name: outcomes[name] for name in names}
+
+
+def _task_view(history: list[dict], k: int) -> list[dict]:
+    """Task k's entries of a co-training's log history, named as a single-task training names them."""
+    view = []
+    for h in history:
+        if f"loss_t{k}" in h:
+            view.append({"epoch": h.get("epoch", 0), "step": h.get("step"), "loss": h[f"loss_t{k}"],
+                         "learning_rate": h.get(f"learning_rate_t{k}", 0.0)})
+        evals = {"eval_" + key[len(f"eval_t{k}_"):]: v for key, v in h.items() if key.startswith(f"eval_t{k}_")}
+        if evals:
+            view.append({"epoch": h.get("epoch", 0), "step": h.get("step"), **evals})
+    return view
+
+
+def _restore_best(trainer, bank, k: int, view: list[dict], metric: str, best_epoch: int) -> None:
+    """Load task k's tensors from the checkpoint written at the end of its best epoch."""
+    steps = [h["step"] for h in view if f"eval_{metric}" in h and (math.ceil(h["epoch"] - 1e-9) or 1) == best_epoch]
+    folder = Path(trainer.args.output_dir) / f"checkpoint-{steps[-1]}" if steps else None
+    if folder is None or not (folder / "trainable.safetensors").is_file():
+        log.warning("task %s: no checkpoint of its best epoch %d; keeping its last state", bank.names[k], best_epoch)
+        return
+    state = load_file(str(folder / "trainable.safetensors"))
+    with torch.no_grad():
+        for name, p in bank.task_parameters(k).items():
+            p.copy_(state[name].to(p.device, p.dtype))
+
+
+def _task_result(trainer: MultiTaskTrainer, bank: TrainableBank, k: int, task: CoTask, hp: dict[str, Any], enc,
+                 spec: TaskSpec, settings: CoTrainConfig, mixing: Mixing, names: list[str], started: float,
+                 resume: str | None, start_step: int) -> TrainResult:
+    """Task k's result (:func:`tasks.training.finish.finish`): its best epoch restored from its checkpoint, its
+    edit saved under the task's ``out_dir``; raises TrainingDiverged as a training alone does."""
+    view = _task_view(trainer.state.log_history, k)
+    edit = bank.task_edit(k)
+    params = result_params(task.config, hp, bank.base_model)
+    params.update({"co_train.tasks": ",".join(names), "co_train.temperature": settings.temperature,
+                   "co_train.mixing": settings.mixing, "co_train.micro_batches": settings.micro_batches,
+                   "co_train.batch_size": mixing.micro_batch,
+                   "co_train.rows_per_step": mixing.rows_per_step, "co_train.steps_per_epoch": mixing.steps_per_epoch,
+                   "co_train.share": round(mixing.weights[k], 6)})
+    splits = {"eval": spec.validation, "test": spec.test}
+    return finish(
+        task.data, task.config, Path(task.out_dir), model=edit, history=view, metric=spec.metric,
+        evaluate=lambda split: trainer.evaluate_task(k, splits[split], split),
+        restore_best=lambda best: _restore_best(trainer, bank, k, view, spec.metric, best),
+        start_loss=spec.start_loss, learning_rate=spec.learning_rate, params=params,
+        trainable_parameters=sum(p.numel() for p in bank.task_parameters(k).values()),
+        edit_parameters=edit.num_edit_parameters, truncated=enc.truncated,
+        global_step=int(trainer.state.global_step),  # steps_trained: the steps that held this task's rows
+        steps_trained=(mixing.steps_with_rows(int(trainer.state.global_step))[k]
+                       - mixing.steps_with_rows(start_step)[k]),
+        started=started, resumed_from=resume, init=task.init_note,
+        identity=task.identity or training_identity(task.data, task.config, co_train=settings.recipe()),
+        co_trained_with=[n for n in names if n != task.name])
