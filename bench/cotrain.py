@@ -9,10 +9,10 @@ demo preset (batch 16, 3 epochs, max length 64, learning rate 2e-2; topic 5e-3 a
 
 Scenarios, each in a fresh Python process (so each has its own peak RSS):
 
-  one          the first task trained alone (tasks.train.train): the memory reference.
+  one          the first task trained alone (tasks.training.train): the memory reference.
   alone:S      the K tasks trained one after another in one process, training seed S (what a retrain with
                max_workers: 1 does).
-  cotrain:S    the K tasks co-trained (tasks.cotrain.co_train, default settings: shares proportional to size,
+  cotrain:S    the K tasks co-trained (tasks.training.co_train, default settings: shares proportional to size,
                stratified; rows per forward pass = the tasks' batch size; rows per optimizer step = the sum of their
                batch sizes; each step's rows sorted by length before they are cut into forward passes), seed S.
   cotrain_task:S  (with --task-order) the same with micro_batches="task": each task's rows of a step kept
@@ -157,7 +157,8 @@ def run_scenario(scenario: str, args, work: Path) -> dict:
 
 def padded_tokens(args, work: Path, seed: int) -> dict[str, int]:
     """Token positions the training forward passes compute (rows x the longest row of their batch), per setting,
-    from the same schedules the trainers use (the Trainer's epoch orders; tasks.mixing), and the unpadded count."""
+    from the same schedules the trainers use (the Trainer's epoch orders; tasks.training.mixing), and the unpadded
+    count."""
     from accelerate.data_loader import SeedableRandomSampler
 
     from red.pretrained import load_tokenizer

@@ -1,7 +1,7 @@
 """The paper's Table 1 on the models and data at hand: GLUE tasks × methods × seeds, with two floors.
 
 Every (task, method, seed) cell trains with the same pipeline the flows use (tasks.data +
-tasks.train), picks the best epoch on the validation half of the official dev set and reports the
+tasks.training), picks the best epoch on the validation half of the official dev set and reports the
 test half, as the paper does. Beside the methods the table reports two floors per task, so a
 reader can tell learning from label frequencies:
 
@@ -9,7 +9,7 @@ reader can tell learning from label frequencies:
 - **head only**: the frozen base with only the task head trained (method ``head``), tuned and seeded
   like every method. A cell that does not beat it is marked: the method added nothing of its own.
 
-With ``tune`` every method (head included) gets the same Optuna trial budget (``tasks.study``) on the
+With ``tune`` every method (head included) gets the same Optuna trial budget (``tasks.tuning.study``) on the
 first seed; the best trial's values, chosen on validation, are then trained with every other seed.
 All seeds share one validation/test split of the dev set (the first seed's), so no seed's test rows
 ever chose a learning rate. Cells go to ``<out_dir>/cells.jsonl`` as they finish, and a rerun of the
@@ -43,7 +43,7 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
     """Train every cell (skipping those ``<out_dir>/cells.jsonl`` already holds for the same settings) and
     return ``{"cells", "floors", "table", "settings"}``.
 
-    ``tune`` (a :class:`tasks.tune.TuneConfig`) searches each method's hyperparameters on the first seed;
+    ``tune`` (a :class:`tasks.tuning.space.TuneConfig`) searches each method's hyperparameters on the first seed;
     ``parallel`` trials (and seed runs) at once, each in its own process when above 1. ``head_floor`` adds
     the ``head`` method (the head-only floor) when ``methods`` lacks it.
     """
@@ -290,7 +290,7 @@ def _settings_key(settings: dict[str, Any]) -> str:
 
 # ---- where trials and seed runs run -------------------------------------------------------------------
 class _Pool:
-    """A concurrent.futures executor and the three calls tasks.study.run_study needs around it."""
+    """A concurrent.futures executor and the three calls tasks.tuning.study.run_study needs around it."""
 
     def __init__(self, executor):
         self.executor = executor

@@ -1,6 +1,6 @@
 """How long will `redflow bench glue --tune` take here? Measure, then estimate.
 
-Measures the optimizer-step time of ``tasks.train.train`` on real GLUE rows (each task's own text
+Measures the optimizer-step time of ``tasks.training.train`` on real GLUE rows (each task's own text
 lengths, dynamic padding) for every method, one torch thread per training (as ``--parallel`` gives
 each worker on a 2-core machine), plus the time to score the validation and test halves; then
 estimates a benchmark budget from those numbers:

@@ -19,7 +19,7 @@ def _requirement(name: str) -> Requirement:
 
 
 def test_the_transformers_floor_has_float_warmup_steps_and_the_dtype_argument():
-    """tasks/train.py passes ``warmup_steps=<ratio below 1>`` (a ratio since transformers 5.0, PR #41326; 4.x
+    """tasks/training/trainer.py passes ``warmup_steps=<ratio below 1>`` (a ratio since transformers 5.0, PR #41326; 4.x
     takes it as 0 steps: no warmup, silently) and red/pretrained.py ``from_pretrained(dtype=...)`` (4.56+)."""
     spec = _requirement("transformers").specifier
     assert Version("5.0.0") in spec

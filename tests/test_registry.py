@@ -59,7 +59,7 @@ def build_edits(minilm_path: str, out: Path, seeds=(1, 2)) -> list[Path]:
 
 def make_result(edit_path: Path | str, score: float, *, task: str = "sst2", validation: float | None = None
                 ) -> TrainResult:
-    """A TrainResult as tasks.train would return it, written by hand."""
+    """A TrainResult as tasks.training.train would return it, written by hand."""
     tensors, meta = red.read_edit(edit_path)
     val = score + 0.01 if validation is None else validation
     return TrainResult(

@@ -1,7 +1,7 @@
 """Every method the trainer offers learns a regression task, and a trained LoRA serves what it trained.
 
 A fresh regression head predicts ~0 while the labels sit on their own scale (STS-B: 0-5). Until
-training starts the head at the labels' mean (``tasks.train.center_regression_head``), the MSE gradient
+training starts the head at the labels' mean (``tasks.training.models.center_regression_head``), the MSE gradient
 was all offset: LoRA, BitFit, full fine-tuning and the head alone spent their steps pushing every
 prediction up together and ended with a Pearson around 0 (issue 22), while RED, whose bias vectors
 move the offset fast, learned. The task here is a sentence-pair similarity that a frozen MiniLM (a

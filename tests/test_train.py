@@ -1,4 +1,4 @@
-"""tasks/train: every method through one Trainer-based pipeline, with the paper's protocol."""
+"""tasks/training: every method through one Trainer-based pipeline, with the paper's protocol."""
 from __future__ import annotations
 
 import math
