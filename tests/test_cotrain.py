@@ -12,11 +12,10 @@ import torch.nn.functional as F
 import red
 from red import EditConfig, attach
 from red.bank_train import TrainableBank
-from tasks.training import CoTask, CoTrainConfig, co_train
 from tasks.data import DataSpec, prepare_data
+from tasks.training import CoTask, CoTrainConfig, TrainConfig, TrainingDiverged, TrainingError, co_train, train
 from tasks.training.floors import learned
 from tasks.training.mixing import Mixing, mixing_weights
-from tasks.training import TrainConfig, TrainingDiverged, TrainingError, train
 
 
 # ---- the trainable bank: each row's gradient reaches only its task, as if trained alone -------------------------

@@ -184,9 +184,8 @@ def test_warm_start_maps_head_rows_by_label_name_and_refuses_other_labels(tmp_pa
 
 def test_co_training_warm_start_maps_head_rows_by_name_and_refuses_other_labels(tmp_path, tiny_checkpoints):
     from red import read_edit
-    from tasks.training import CoTask, co_train
     from tasks.data import DataSpec, prepare_data
-    from tasks.training import TrainConfig, TrainingError, train
+    from tasks.training import CoTask, TrainConfig, TrainingError, co_train, train
 
     rows = _sentiment_rows(80, seed=4)
     _write_rows(tmp_path / "reviews.csv", rows)

@@ -10,9 +10,8 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 import red
 from tasks.data import DataSpec, prepare_data
+from tasks.training import TrainConfig, TrainingError, TrainResult, train
 from tasks.training.presets import preset_values
-from tasks.training import TrainResult
-from tasks.training import TrainConfig, TrainingError, train
 
 
 @pytest.fixture(scope="module")

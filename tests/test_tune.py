@@ -328,8 +328,8 @@ def test_a_study_whose_every_trial_failed_is_not_resumed_and_a_twin_run_is_busy(
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from tasks.tuning.study import open_study, storage_url
     from tasks.tuning.space import TuneConfig
+    from tasks.tuning.study import open_study, storage_url
 
     tune, space = TuneConfig(trials=2), {"learning_rate": FloatDistribution(1e-4, 1e-1, log=True)}
 
@@ -367,8 +367,8 @@ def test_a_resumed_study_never_samples_the_values_of_an_earlier_trial_again(tmp_
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from tasks.tuning.study import TrialOutcome, open_study, run_study_in_threads, storage_url
     from tasks.tuning.space import TuneConfig
+    from tasks.tuning.study import TrialOutcome, open_study, run_study_in_threads, storage_url
 
     tune = TuneConfig(trials=5, sampler=sampler, seed=3, pruner="none")
     space = {"learning_rate": FloatDistribution(1e-4, 1e-1, log=True),
