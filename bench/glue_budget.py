@@ -30,19 +30,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from tasks.data import DataSpec, prepare_data  # noqa: E402
+from tasks.training import TrainConfig, train  # noqa: E402
+from tasks.training.model_names import resolve_model  # noqa: E402
+
 METHODS = ("red", "lora", "bitfit", "full", "loreft", "head")
 TASKS = ("sst2", "mrpc", "rte")
 
 
 def measure(glue_dir: str, tasks: list[str], methods: list[str], model: str, steps: int, batch: int,
             max_length: int, work: Path) -> dict:
-    import torch
-    from transformers import TrainerCallback
-
-    from tasks.data import DataSpec, prepare_data
-    from tasks.training.model_names import resolve_model
-    from tasks.training import TrainConfig, train
-
     torch.set_num_threads(1)
 
     class Clock(TrainerCallback):

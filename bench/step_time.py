@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,8 +47,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+# bench.common first: it sets the offline environment (HF_HUB_OFFLINE...) that transformers reads on import
 from bench import common  # noqa: E402
+
+import red  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
 
 ALL_METHODS = ("red", "lora", "full", "floor", "floor_emb", "red_ops", "loreft_r4", "loreft_r8", "floor_block")
 MB = 2**20
@@ -110,29 +116,21 @@ def _require_grad_hook(module, args, output):
 def build(name: str, device: torch.device, lora_dropout: float, batch: int = 0, seq: int = 0) -> Method:
     model = common.load_minilm(device)
     if name == "red_ops":
-        import red
-
         layers = len(red.attach(model).targets)
         return RedOps(batch, seq, model.config.hidden_size, layers, device)
     model.train()
     if name == "red":
-        import red
-
         edited = red.attach(model, red.EditConfig())
         edited.train()
         params = edited.edit_parameters() + list(edited.head_parameters().values())
         return Method(name, edited, params, f"RED scale+bias on {len(edited.targets)} FFN outputs + classifier")
     if name.startswith("loreft_r"):
-        import red
-
         rank = int(name.rsplit("_r", 1)[1])
         edited = red.attach(model, red.EditConfig(method="loreft", rank=rank, positions="f7+l7"))
         edited.train()
         params = edited.edit_parameters() + list(edited.head_parameters().values())
         return Method(name, edited, params, f"LoReFT rank {rank}, f7+l7, on {len(edited.targets)} block outputs + classifier")
     if name == "lora":
-        from peft import LoraConfig, get_peft_model
-
         cfg = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=lora_dropout,
                          target_modules=["query", "value"], modules_to_save=["classifier"])
         peft_model = get_peft_model(model, cfg)
@@ -195,8 +193,6 @@ def peak_memory(method: Method, batch: dict[str, torch.Tensor], device: torch.de
         peak = torch.cuda.max_memory_allocated(device)
         return {"static_mb": static / MB, "step_peak_mb": (peak - before) / MB, "peak_mb": peak / MB,
                 "how": "torch.cuda.max_memory_allocated (everything allocated on the GPU)"}
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         method.step(batch)
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,8 +237,6 @@ def rss_child(args) -> None:
 
 def rss_per_method(methods: list[str], args) -> dict:
     """Peak-RSS growth of the training steps, each method in a fresh subprocess (a cross-check of the profiler)."""
-    import subprocess
-
     out = {}
     for name in methods:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child", "--methods", name,

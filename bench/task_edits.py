@@ -14,6 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from mlflow.tracking import MlflowClient
+
+import red
+from red.pretrained import load_base_model
+from registry.models import register_edit
+from registry.tracking import get_or_create_experiment
+from tasks.training import TrainResult
 
 DEMO_TASKS = (("sentiment", ("negative", "positive"), ("sentence",)),
               ("topic", ("sports", "tech", "food", "travel"), ("sentence",)),
@@ -48,9 +55,6 @@ def demo_specs(max_lengths: tuple[int, ...] = (64, 32, 64)) -> list[TaskSpec]:
 
 def task_edits(base_path: str, out: Path, specs: list[TaskSpec], seeds: list[int]) -> list[Path]:
     """One perturbed RED edit per ``(spec, seed)`` pair on ``base_path``, saved as ``out/<name>-s<seed>.safetensors``."""
-    import red
-    from red.pretrained import load_base_model
-
     models: dict[tuple, object] = {}
     paths = []
     for spec, seed in zip(specs, seeds):
@@ -75,13 +79,6 @@ def task_edits(base_path: str, out: Path, specs: list[TaskSpec], seeds: list[int
 def register_task(edit_path: Path, spec: TaskSpec, model_name: str, *, score: float = 0.8,
                   experiment: str = "serving-tasks", validate: bool = True) -> int:
     """Register ``edit_path`` as a new version of ``model_name`` (alias ``candidate``); returns the version."""
-    import red
-    from registry.models import register_edit
-    from registry.tracking import get_or_create_experiment
-    from tasks.training import TrainResult
-
-    from mlflow.tracking import MlflowClient
-
     _, meta = red.read_edit(edit_path)
     metric = spec.metric
     result = TrainResult(
