@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .sources import DataError, _rows
+from .sources import DataError, row_numbers
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Origin:
     def at(self, positions: Sequence[int]) -> str:
         """``"lines 3, 17"`` for 0-based row positions."""
         numbers = [int(p) + self.first for p in positions]
-        return f"{self.unit}{'s' if len(numbers) > 1 else ''} {_rows(numbers)}"
+        return f"{self.unit}{'s' if len(numbers) > 1 else ''} {row_numbers(numbers)}"
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], origin: Origin, fix: str = "") -> None:

@@ -14,9 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-if TYPE_CHECKING:  # pragma: no cover
-    from datasets import Dataset
+import datasets
+from datasets import Dataset
 
+if TYPE_CHECKING:  # pragma: no cover
     from .spec import TaskData
 
 log = logging.getLogger("tasks.data")
@@ -58,8 +59,6 @@ def encode(data: "TaskData", tokenizer: Any, max_length: int = 256, max_target_l
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
-    import datasets
-
     target_length = max_target_length or max_length
     out: dict[str, Any] = {}
     truncated: dict[str, int] = {}

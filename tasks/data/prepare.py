@@ -23,10 +23,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import datasets
 import numpy as np
 import pandas as pd
+from datasets.utils import logging as ds_logging
 
 from . import glue, splits
 from .encoding import EncodedData, encode
@@ -34,9 +36,6 @@ from .loading import Loaded, load
 from .sources import DataError
 from .spec import DataSpec, SyntheticOptions, TaskData
 from .synthetic import SYNTHETIC_TASKS, write_synthetic
-
-if TYPE_CHECKING:  # pragma: no cover
-    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +223,6 @@ def _build(spec: DataSpec, seed: int, files: dict[str, Path], key: str) -> TaskD
 
 
 def _to_dataset(frame: pd.DataFrame, loaded: Loaded):
-    import datasets
-
     features: dict[str, Any] = {c: datasets.Value("string") for c in frame.columns if c != "label"}
     if "label" in frame.columns:
         if loaded.label_list is not None:
@@ -240,9 +237,6 @@ def _to_dataset(frame: pd.DataFrame, loaded: Loaded):
 
 def _write_cache(entry: Path, data: TaskData, spec: DataSpec) -> None:
     """Write splits + meta.json to a temporary folder, then rename it into place (atomic)."""
-    import datasets
-    from datasets.utils import logging as ds_logging
-
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     bars_were_on = ds_logging.is_progress_bar_enabled()
@@ -262,8 +256,6 @@ def _write_cache(entry: Path, data: TaskData, spec: DataSpec) -> None:
 
 
 def _read_cache(entry: Path) -> TaskData | None:
-    import datasets
-
     meta_path = entry / "meta.json"
     if not meta_path.exists():
         return None

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+import datasets
 import pandas as pd
 
 
@@ -127,7 +128,7 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
                         f"found a JSON {type(records).__name__}.")
     bad = [i + 1 for i, r in enumerate(records) if not isinstance(r, dict)]
     if bad:
-        raise DataError(f"cannot read {path}: records {_rows(bad)} are not JSON objects.")
+        raise DataError(f"cannot read {path}: records {row_numbers(bad)} are not JSON objects.")
     if not records:
         raise DataError(f"cannot read {path}: the file holds no records.")
     return records
@@ -247,7 +248,7 @@ def _require_keys(records: list[dict[str, Any]], path: Path, keys: Iterable[str]
         missing = [i + 1 for i, r in enumerate(records) if r.get(key) is None]
         if missing:
             found = sorted(set().union(*(r.keys() for r in records[:50])))
-            raise DataError(f"{path}: {len(missing)} record(s) lack '{key}' (records {_rows(missing)}); "
+            raise DataError(f"{path}: {len(missing)} record(s) lack '{key}' (records {row_numbers(missing)}); "
                             f"keys found: {found}. {hint}.")
 
 
@@ -262,8 +263,6 @@ def load_hub(name: str, config: str | None, revision: str | None
     has one). Needs a network on first use. Offline, ``datasets`` raises ``ConnectionError``:
     it is turned into a :class:`DataError` that says what to do instead.
     """
-    import datasets
-
     try:
         loaded = datasets.load_dataset(name, config, revision=revision)
     except Exception as exc:  # network, auth, missing config: all end the same way for the user
@@ -292,6 +291,8 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _rows(rows: list[int], limit: int = 10) -> str:
+def row_numbers(rows: list[int], limit: int = 10) -> str:
+    """Row numbers for an error message: the first ``limit`` of ``rows``, comma-separated, and how many in all
+    when there are more (``"3, 7, ... (12 in all)"``)."""
     shown = ", ".join(str(r) for r in rows[:limit])
     return shown + (f", ... ({len(rows)} in all)" if len(rows) > limit else "")

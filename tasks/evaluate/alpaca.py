@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 from .generate import generate_answers
 from .guards import describe_model
@@ -139,8 +140,6 @@ def fit_soft_logistic(X: np.ndarray, y: np.ndarray, C: float = 100.0, max_iter: 
     search. With two or three features this takes about a millisecond, which matters for the
     bootstrap. Shapes: X (n, d), y (n,) -> w (d,).
     """
-    from scipy.special import expit
-
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     penalty = 1.0 / C

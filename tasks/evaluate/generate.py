@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .guards import unwrap_model
+from .guards import special_token_layout, unwrap_model
 
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -96,6 +96,4 @@ def generate_answers(model: torch.nn.Module, tokenizer: Any, instructions: Seque
 
 
 def _appends_suffix(tokenizer: Any) -> bool:
-    from .guards import special_token_layout
-
     return special_token_layout(tokenizer)[1]

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from red import EditedModel
+
 from .errors import DegenerateScoresError, TokenizerError
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     HFLM expects (config, device, tie_weights, generate). ReFT edits also hook
     the wrapper's inputs, so those stay wrapped.
     """
-    try:
-        from red import EditedModel
-    except ImportError:  # pragma: no cover - red ships with the project
-        return model
     if isinstance(model, EditedModel):
         if model.edit_config.is_reft:
             return model
@@ -56,10 +54,6 @@ def describe_model(model: torch.nn.Module) -> str:
     """A short name for reports: the checkpoint name plus what edit is attached."""
     base = unwrap_model(model)
     name = getattr(getattr(base, "config", None), "_name_or_path", "") or type(base).__name__
-    try:
-        from red import EditedModel
-    except ImportError:  # pragma: no cover
-        return name
     if isinstance(model, EditedModel):
         state = "merged" if model.merged else "attached"
         return f"{name} + {model.edit_config.method} ({state}, {model.num_edit_parameters} params)"

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import httpx
 import torch
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -124,8 +125,6 @@ class ChatJudge:
 
     def complete(self, messages: list[dict[str, str]], client: Any = None) -> str:
         """One chat completion with retries; returns the assistant's text."""
-        import httpx
-
         body = {"model": self.model, "messages": messages, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, **self.extra_body}
         own = client is None
@@ -199,8 +198,6 @@ class ChatJudge:
 
     def judge(self, instructions: Sequence[str], reference_outputs: Sequence[str],
               model_outputs: Sequence[str]) -> list[float]:
-        import httpx
-
         _same_length(instructions, reference_outputs, model_outputs)
         swaps = self.swaps(len(instructions))
         with httpx.Client(timeout=self.timeout) as client:

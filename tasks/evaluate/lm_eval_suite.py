@@ -13,15 +13,21 @@ before loading anything and names the data sets to pre-fetch.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
+from huggingface_hub import constants as hub_constants
+
+from red.methods.reft.model import given_prompt
 
 from .errors import EvalUnavailableError
 from .guards import check_degenerate, check_generative, describe_model, prepare_tokenizer, unwrap_model
@@ -104,7 +110,7 @@ def evaluate_lm(model: torch.nn.Module, tokenizer: Any, tasks: TaskSpec = "openl
     every task and group lm-eval reports, and ``average`` over the requested
     tasks' headline metrics (the primary metric).
     """
-    import lm_eval
+    import lm_eval  # optional: lm-eval loads only when a suite runs (seconds to import)
 
     label, suite = resolve_tasks(tasks)
     check_generative(model)
@@ -202,7 +208,7 @@ def lm_eval_model(model: torch.nn.Module, tokenizer: Any, *, backend: str = "cau
     alike), but ReFT edits the first/last *prompt* tokens, so it would count padding and the scored
     continuation as prompt and give a request a different log-likelihood in each batch.
     """
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # optional: lm-eval loads only when a suite runs (seconds to import)
 
     kwargs = dict(tokenizer=tokenizer, backend=backend, batch_size=batch_size, max_length=max_length,
                   add_bos_token=add_bos_token)
@@ -223,8 +229,6 @@ def score_continuations(model: torch.nn.Module, requests: Sequence[tuple[Any, li
     tokens of the context, as in ``generate()``, never on padding or scored tokens, so a request
     gets the same score in any batch. Rows are batched longest first; results come back in order.
     """
-    from red.methods.reft.model import given_prompt
-
     device = device or next(model.parameters()).device
     rows = []
     for _, context, continuation in requests:
@@ -257,7 +261,7 @@ def score_continuations(model: torch.nn.Module, requests: Sequence[tuple[Any, li
 
 
 def _context_prompt_lm_class():
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # optional: lm-eval loads only when a suite runs (seconds to import)
 
     class ContextPromptLM(HFLM):
         """HFLM whose log-likelihood requests are scored by ``score_continuations`` (ReFT-edited causal LMs)."""
@@ -284,7 +288,7 @@ def _as_list(paths: Any) -> list[Any]:
 
 def _task_manager(names: Sequence[str], include_path: Any, builtin_tasks: bool = True):
     """Index only the local folders when they hold every task; lm-eval's full index takes seconds."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # optional: lm-eval loads only when a suite runs (seconds to import)
 
     local = [str(p) for p in _as_list(include_path)]
     for p in local:
@@ -305,8 +309,6 @@ def _task_manager(names: Sequence[str], include_path: Any, builtin_tasks: bool =
 def _check_names(names: Sequence[str], tm: Any, local: Sequence[str]) -> None:
     missing = [n for n in names if n not in tm.all_tasks]
     if missing:
-        import difflib
-
         hints = {n: difflib.get_close_matches(n, tm.all_tasks, n=3) for n in missing}
         raise ValueError(f"unknown lm-eval task(s): {hints} (name -> close matches); local folders: {list(local)}")
 
@@ -370,12 +372,8 @@ def _offline() -> bool:
 
 def hub_dataset_cached(dataset: str) -> bool:
     """Whether a hub data set has anything in the local HF caches (hub snapshots or datasets' own cache)."""
-    from huggingface_hub import constants as hub_constants
-
     roots = [Path(hub_constants.HF_HUB_CACHE) / f"datasets--{dataset.replace('/', '--')}"]
     try:
-        import datasets
-
         roots.append(Path(datasets.config.HF_DATASETS_CACHE) / dataset.replace("/", "___"))
     except Exception:  # pragma: no cover
         pass
@@ -414,8 +412,6 @@ def _is_offline_error(exc: BaseException) -> bool:
 
 def _version(package: str) -> str:
     try:
-        from importlib.metadata import version
-
         return version(package)
     except Exception:  # pragma: no cover
         return "unknown"

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 # Official metric set per GLUE task (as in the GLUE paper and HF's glue metric).
 GLUE_TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -118,29 +120,21 @@ def glue_metrics(task_or_metric: str | Sequence[str], predictions: Sequence[Any]
 
 
 def _accuracy(preds: np.ndarray, refs: np.ndarray) -> float:
-    from sklearn.metrics import accuracy_score
-
     return float(accuracy_score(refs, preds))
 
 
 def _f1(preds: np.ndarray, refs: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
     classes = np.union1d(np.unique(refs), np.unique(preds))
     binary = len(classes) <= 2 and set(classes.tolist()) <= {0, 1}
     return float(f1_score(refs, preds, average="binary" if binary else "macro", zero_division=0))
 
 
 def _mcc(preds: np.ndarray, refs: np.ndarray) -> float:
-    from sklearn.metrics import matthews_corrcoef
-
     return float(matthews_corrcoef(refs, preds))
 
 
 def _correlation(kind: str) -> Callable[[np.ndarray, np.ndarray], float]:
     def fn(preds: np.ndarray, refs: np.ndarray) -> float:
-        from scipy import stats
-
         preds = preds.astype(float).reshape(-1)
         refs = refs.astype(float).reshape(-1)
         if np.ptp(preds) == 0 or np.ptp(refs) == 0:

@@ -20,18 +20,21 @@ Per-row scores:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
+from tasks.data import encode
+
+from .classification import predict_classification
 from .direction import higher_is_better
-from .metrics import glue_metrics
-
-if TYPE_CHECKING:
-    from .report import EvalReport
+from .metrics import GLUE_TASK_METRICS, glue_metrics, normalize_task
+from .report import EvalReport
 
 GENERATIVE = ("causal_lm", "seq2seq")
 
@@ -121,8 +124,6 @@ def paired_bootstrap(challenger: RowScores, champion: RowScores, *, higher: bool
     n = len(challenger)
     diffs = []
     with np.errstate(all="ignore"):
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(resamples):
@@ -142,8 +143,6 @@ def fast_metric(metric: str, preds: np.ndarray, labels: np.ndarray) -> float:
     if metric in ("pearson", "spearman"):
         x, y = preds.astype(float), labels.astype(float)
         if metric == "spearman":
-            from scipy.stats import rankdata
-
             x, y = rankdata(x), rankdata(y)
         if np.ptp(x) == 0 or np.ptp(y) == 0:
             return math.nan
@@ -184,8 +183,6 @@ def score_rows(model: torch.nn.Module, rows: Any, *, task_type: str, metric: str
                                  batch_size=batch_size)
         return RowScores(metric=metric if metric in ("loss", "perplexity") else "loss", kind="nll", nll=nll,
                          tokens=tokens)
-    from .classification import predict_classification
-
     preds, labels = predict_classification(model, rows, batch_size=batch_size, pad_token_id=pad_token_id,
                                            regression=task_type == "regression")
     return RowScores(metric=metric, kind="prediction", predictions=np.asarray(preds).tolist(),
@@ -235,24 +232,18 @@ def score_split(model: torch.nn.Module, tokenizer: Any, data: Any, *, metric: st
     Champion and challenger see the same text rows at the same ``max_length`` even when their
     tokenizers differ (another base model).
     """
-    from tasks.data import encode
-
     enc = encode(data, tokenizer, max_length=max_length, splits=(split,))
     return score_rows(model, enc.splits()[split], task_type=data.task_type, metric=metric,
                       pad_token_id=tokenizer.pad_token_id, batch_size=batch_size)
 
 
-def rows_report(scores: RowScores, data: Any, *, name: str, model: str = "") -> "EvalReport":
+def rows_report(scores: RowScores, data: Any, *, name: str, model: str = "") -> EvalReport:
     """The EvalReport of a per-row scoring: every metric of the task (GLUE's set), or loss and perplexity."""
-    from .report import EvalReport
-
     if scores.kind == "nll":
         loss = RowScores(**{**scores.to_dict(), "metric": "loss"}).value()
         metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
         return EvalReport(name=name, kind=data.task_type, metrics=metrics, primary=scores.metric, model=model,
                           details={"n": len(scores), "tokens": int(sum(scores.tokens))})
-    from .metrics import GLUE_TASK_METRICS, normalize_task
-
     task = data.task if data.task and normalize_task(data.task) in GLUE_TASK_METRICS else data.metric
     metrics = glue_metrics(task, scores.predictions, scores.labels)
     if scores.metric not in metrics:

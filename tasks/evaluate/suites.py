@@ -15,6 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from red.pretrained import from_pretrained, load_pretrained_edit
+
+from .alpaca import run_alpaca_eval
+from .judges import ChatJudge, RewardModelJudge
+from .lm_eval_suite import evaluate_lm, resolve_tasks
+from .local_tasks import write_arc_task
+from .paired import GENERATIVE, RowScores, rows_report, score_split
 from .report import EvalReport
 
 SuiteSpec = str | dict[str, Any]
@@ -31,8 +40,6 @@ def suite_name(suite: SuiteSpec) -> str:
 def run_suite(suite: SuiteSpec, edit_path: str | Path, *, data=None, out_dir: str | Path = "eval",
               max_length: int = 256, loaded=None) -> EvalReport:
     """Run one suite on the edit at ``edit_path``; ``loaded`` reuses an (edited, tokenizer, meta) triple."""
-    from red.pretrained import load_pretrained_edit
-
     name = suite_name(suite)
     opts: dict[str, Any] = dict(suite) if isinstance(suite, dict) else {}
     edited, tokenizer, meta = loaded or load_pretrained_edit(edit_path)
@@ -41,29 +48,20 @@ def run_suite(suite: SuiteSpec, edit_path: str | Path, *, data=None, out_dir: st
     if name in ("test", "classification", "glue"):
         if data is None:
             raise ValueError(f"suite {name!r} needs the task's data (a TaskData)")
-        from .paired import GENERATIVE, rows_report, score_split
-
         metric = "loss" if data.task_type in GENERATIVE else data.metric
         scores = score_split(edited, tokenizer, data, metric=metric, max_length=max_length)
         return rows_report(scores, data, name=f"{task}/test", model=str(edit_path))
     if name in ("openllm-v1", "lm-eval"):
-        from .lm_eval_suite import evaluate_lm
-
         tasks = opts.get("tasks") or (suite.split(":", 1)[1].split(",") if isinstance(suite, str) and ":" in suite
                                       else "openllm-v1")
         return evaluate_lm(edited, tokenizer, tasks, limit=opts.get("limit"), include_path=opts.get("include_path"),
                            builtin_tasks=opts.get("builtin_tasks", True), name=f"{task}/{name}")
     if name == "arc":
-        from .lm_eval_suite import evaluate_lm
-        from .local_tasks import write_arc_task
-
         local = write_arc_task({"test": opts["path"]}, out_dir / "arc_task", limit=opts.get("limit"),
                                num_fewshot=opts.get("shots", 0))
         return evaluate_lm(edited, tokenizer, local.name, include_path=local.folder, builtin_tasks=False,
                            name=f"{task}/arc")
     if name == "alpaca":
-        from .alpaca import run_alpaca_eval
-
         return run_alpaca_eval(edited, tokenizer, opts["reference"], judge=_judge(opts.get("judge")),
                                generator=f"redflow-{task}", limit=opts.get("limit"), out_dir=out_dir / "alpaca",
                                max_new_tokens=opts.get("max_new_tokens", 256), name=f"{task}/alpaca")
@@ -78,17 +76,9 @@ def _judge(spec: dict[str, Any] | None):
     spec = dict(spec)
     kind = spec.pop("kind", "chat")
     if kind == "chat":
-        from .judges import ChatJudge
-
         return ChatJudge(**spec)
     if kind == "reward":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from .judges import RewardModelJudge
-
         path = spec.pop("model")
-        from red.pretrained import from_pretrained
-
         return RewardModelJudge(from_pretrained(AutoModelForSequenceClassification, path).eval(),
                                 AutoTokenizer.from_pretrained(path), **spec)
     raise ValueError(f"unknown judge kind {kind!r}; use chat or reward")
@@ -104,8 +94,6 @@ def suite_tasks(suite: SuiteSpec) -> list[str]:
     name = suite_name(suite)
     names = [name]
     if name in ("openllm-v1", "lm-eval"):
-        from .lm_eval_suite import resolve_tasks
-
         opts = dict(suite) if isinstance(suite, dict) else {}
         tasks = opts.get("tasks") or (suite.split(":", 1)[1].split(",") if isinstance(suite, str) and ":" in suite
                                       else "openllm-v1")
@@ -158,8 +146,6 @@ def suite_metric_key(report: EvalReport, metric: str) -> str:
 def suite_scores(report: EvalReport, metric: str):
     """A suite report's gate metric as RowScores: its per-row values when the suite logs them, else the
     point value alone (compared without a confidence interval)."""
-    from .paired import RowScores
-
     key = suite_metric_key(report, metric)
     rows = (report.details.get("per_row") or {}).get(key)
     values = [float(v) for v in rows] if rows else [float(report.metrics[key])]

@@ -35,11 +35,13 @@ import os
 import shutil
 import socket
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from safetensors import safe_open
 
 from red.utils import slug
 
@@ -171,8 +173,6 @@ def _checkpoint_problem(folder: Path) -> str | None:
     if not tensors.is_file():
         return "no trainable.safetensors"
     try:
-        from safetensors import safe_open
-
         with safe_open(str(tensors), framework="pt") as handle:
             list(handle.keys())
     except Exception as exc:  # noqa: BLE001 - any unreadable file is incomplete
@@ -188,8 +188,6 @@ def _checkpoint_problem(folder: Path) -> str | None:
 
 def _archive_problem(path: Path) -> str | None:
     """torch.save writes a zip archive: check that every member is there and intact (CRC), without unpickling."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
