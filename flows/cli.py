@@ -235,7 +235,8 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
     """
     from .config import load_config
     from .console import logging_to, reporting
-    from .orchestrator import ephemeral_server_grace, reap_orphaned_servers
+    from .ephemeral_servers import reap_orphaned_servers
+    from .orchestrator import ephemeral_server_grace
     from .retrain import RetrainFailed, retrain as retrain_flow
 
     cfg = load_config(config, overrides)
@@ -418,7 +419,8 @@ def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. r
             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
             runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP)) -> None:
     """Move 'production' to VERSION if it passes the gate (compare-and-set; recorded). Exit 1 if rejected."""
-    from .operations import promote_version, promotion_policy, task_for_model
+    from .operations import promotion_policy, task_for_model
+    from .promotion import promote_version
 
     with guard():
         cfg = None

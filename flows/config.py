@@ -11,9 +11,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, model_validator
 
-from tasks.training import CoTrainConfig
+from red import EditConfig
+from registry.aliases import PromotionPolicy
 from tasks.data import DataSpec
-from tasks.training import TrainConfig
+from tasks.data.glue import GLUE_TASKS
+from tasks.data.synthetic import SYNTHETIC_TASKS
+from tasks.evaluate.suites import check_gate_metric
+from tasks.training import EDIT_METHODS, CoTrainConfig, TrainConfig, shared_settings
+from tasks.training.model_names import resolve_model
+from tasks.tuning.space import TuneConfig
 
 
 class ConfigError(ValueError):
@@ -37,8 +43,6 @@ class Promotion(BaseModel):
     confidence: float = Field(default=0.95, ge=0.5, lt=1.0, description="Of the bootstrap interval.")
 
     def policy(self):
-        from registry.aliases import PromotionPolicy
-
         return PromotionPolicy(**self.model_dump())
 
 
@@ -104,8 +108,6 @@ class RetrainConfig(BaseModel):
             if group is not None:
                 groups.setdefault(group, {})[t.name] = self.train_config(t)
         for group, configs in groups.items():
-            from tasks.training import shared_settings
-
             try:
                 shared_settings(configs, {t.name: t.data.task or t.name for t in self.tasks if t.name in configs})
             except ValueError as exc:
@@ -129,8 +131,6 @@ class RetrainConfig(BaseModel):
         return self.co_train if isinstance(self.co_train, CoTrainConfig) else CoTrainConfig()
 
     def _merged(self, task: TaskSpec) -> dict[str, Any]:
-        from tasks.training.model_names import resolve_model
-
         merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
         merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
         # true or {}: the default search; false (the task's own, or in its train:) turns a defaults search off
@@ -153,9 +153,6 @@ class RetrainConfig(BaseModel):
 
     def _task_issues(self, index: int, task: TaskSpec) -> list[tuple[str, str]]:
         """Problems in task ``index``'s merged training config and its ``edit`` (checked by red.EditConfig)."""
-        from red import EditConfig
-        from tasks.training import EDIT_METHODS
-
         try:
             tc = TrainConfig(**self._merged(task))
         except ValidationError as exc:
@@ -166,8 +163,6 @@ class RetrainConfig(BaseModel):
                      "register; use bitfit, or an edit method")]
         metric = self.promotion_for(task).metric
         if metric:  # a gate metric the task never produces would only fail at night
-            from tasks.evaluate.suites import check_gate_metric
-
             try:
                 check_gate_metric(metric, task.evaluate, _known_task_type(task))
             except ValueError as exc:
@@ -223,9 +218,6 @@ def _known_task_type(task: TaskSpec) -> str | None:
         return spec.task_type
     if spec.source in ("alpaca", "ultrafeedback"):
         return "causal_lm"
-    from tasks.data.glue import GLUE_TASKS
-    from tasks.data.synthetic import SYNTHETIC_TASKS
-
     if spec.source == "synthetic" and spec.task in SYNTHETIC_TASKS:
         return SYNTHETIC_TASKS[spec.task].task_type
     if spec.source in ("glue", "hub") and spec.task in GLUE_TASKS:
@@ -245,8 +237,6 @@ def _msg(error: dict[str, Any], model: type[BaseModel] | None = None) -> str:
     """Pydantic's message without its 'Value error, ' prefix; an unknown field also lists the known ones."""
     msg = str(error["msg"]).removeprefix("Value error, ")
     if model is TrainConfig and tuple(error.get("loc", ()))[:1] == ("tune",):
-        from tasks.tuning.space import TuneConfig
-
         model = TuneConfig
     if error.get("type") == "extra_forbidden" and model is not None:
         msg += f" (known fields: {', '.join(model.model_fields)})"

@@ -8,10 +8,16 @@ display; anywhere else (a log file, CI) each step change is one plain line, neve
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import TrainerCallback
 
 
 class Reporter:
@@ -55,8 +61,6 @@ class RichReporter(Reporter):
     """A live display on a terminal: per task its step, and a progress bar labelled with it while training."""
 
     def __init__(self, console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         self._progress = Progress(TextColumn("{task.fields[name]:<12.12}", markup=False),
                                   TextColumn("{task.fields[step]:<9.9}", markup=False), BarColumn(bar_width=20),
                                   MofNCompleteColumn(), TimeElapsedColumn(),
@@ -110,30 +114,33 @@ def reporting(console, *, live: bool | None = None) -> Iterator[Reporter]:
         reporter.close()
 
 
-def training_callback(task: str):
+class ReportTraining(TrainerCallback):
+    """Reports one task's optimizer steps, and each epoch's validation scores, to the installed reporter."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.done = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        progress(self.task, state.global_step, state.max_steps)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.done = True  # evaluations after this score the best epoch again: not a new epoch
+
+    def on_step_end(self, args, state, control, **kwargs):
+        progress(self.task, state.global_step, state.max_steps)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        shown = {k[len("eval_"):]: v for k, v in (metrics or {}).items()
+                 if k.startswith("eval_") and isinstance(v, float) and not k.endswith(("runtime", "per_second"))}
+        if shown and not self.done:
+            text = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:2])
+            progress(self.task, state.global_step, state.max_steps, f"epoch {state.epoch:.0f}: {text}")
+
+
+def training_callback(task: str) -> ReportTraining:
     """A transformers ``TrainerCallback`` that reports the task's optimizer steps, epochs and validation."""
-    from transformers import TrainerCallback
-
-    class ReportTraining(TrainerCallback):
-        done = False
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            progress(task, state.global_step, state.max_steps)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.done = True  # evaluations after this score the best epoch again: not a new epoch
-
-        def on_step_end(self, args, state, control, **kwargs):
-            progress(task, state.global_step, state.max_steps)
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            shown = {k[len("eval_"):]: v for k, v in (metrics or {}).items()
-                     if k.startswith("eval_") and isinstance(v, float) and not k.endswith(("runtime", "per_second"))}
-            if shown and not self.done:
-                text = ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:2])
-                progress(task, state.global_step, state.max_steps, f"epoch {state.epoch:.0f}: {text}")
-
-    return ReportTraining()
+    return ReportTraining(task)
 
 
 def quiet_libraries() -> None:
@@ -143,8 +150,6 @@ def quiet_libraries() -> None:
     as "newly initialized" is trained and saved with the edit), datasets a bar per map/save, and
     MLflow one per artifact download; a retrain loads several models per task.
     """
-    import os
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per finished run
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -169,10 +174,6 @@ def logging_to(path) -> Iterator[None]:
     warnings) to the file ``path`` and keep them off the console, where the reporter shows one line per task.
     Everything is restored afterwards.
     """
-    import logging
-    import os
-    from pathlib import Path
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)

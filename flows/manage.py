@@ -1,7 +1,7 @@
 """Flows that act on registered versions: re-evaluate, promote, roll back.
 
-Each is a thin Prefect flow over a plain function (``evaluate_version`` here, ``promote_version`` and
-``rollback_version`` in ``flows.operations``), which the CLI calls directly when no Prefect API is
+Each is a thin Prefect flow over a plain function (``evaluate_version`` here, ``promote_version`` in
+``flows.promotion``, ``rollback_version`` in ``flows.operations``), which the CLI calls directly when no Prefect API is
 configured, and tests can call too.
 
 No ``from __future__ import annotations``: Prefect validates the flows' parameters against real annotations wherever
@@ -10,11 +10,21 @@ it runs them (see flows/retrain.py).
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from red.pretrained import load_pretrained_edit
+from registry import download_edit, record_evaluation, resolve_version
+from registry.champion import trained_max_length
+from registry.views import require_model
+from tasks.evaluate.suites import run_suite, suite_name
+
 from .config import RetrainConfig, load_config
-from .operations import open_store, promote_version, rollback_version  # noqa: F401 - promote_version: API
+from .operations import open_store, promotion_policy, rollback_version, task_for_model
+from .promotion import promote_version
+from .steps import prepare_step
 
 
 def _tracking(cfg: RetrainConfig | None, tracking_uri: str | None) -> str:
@@ -26,13 +36,6 @@ def evaluate_version(model_name: str, version_or_alias: int | str, suites: list[
                      cfg: RetrainConfig | None = None, task_name: str | None = None,
                      out_dir: str | Path = "runs/eval") -> list:
     """Evaluate one registered version on ``suites`` and record each report on that version."""
-    from red.pretrained import load_pretrained_edit
-    from registry import download_edit, record_evaluation, resolve_version
-    from registry.champion import trained_max_length
-    from tasks.evaluate.suites import run_suite, suite_name
-
-    from mlflow import MlflowClient
-
     version = resolve_version(model_name, version_or_alias)
     edit_path = download_edit(model_name, version, Path(out_dir) / model_name / str(version))
     loaded = load_pretrained_edit(edit_path)
@@ -42,8 +45,6 @@ def evaluate_version(model_name: str, version_or_alias: int | str, suites: list[
         if cfg is None or task_name is None:
             raise ValueError("suite 'test' needs the task's data. Fix: pass --config (the retrain config) "
                              "and, if the model is not red-<task>, --task")
-        from .steps import prepare_step
-
         task = next((t for t in cfg.tasks if t.name == task_name), None)
         if task is None:
             raise ValueError(f"task {task_name!r} is not in config {cfg.name!r}: {[t.name for t in cfg.tasks]}")
@@ -64,10 +65,6 @@ class ReevaluationFailed(RuntimeError):
 def evaluate_reports(model_name: str, version_or_alias: str = "production", suites: list[Any] | None = None,
                      config: str | None = None, task: str | None = None, tracking_uri: str | None = None) -> list:
     """The body of ``evaluate`` as a plain function: resolve the store and the task, evaluate, record."""
-    from registry.views import require_model
-
-    from .operations import task_for_model
-
     cfg = load_config(config) if config else None
     _tracking(cfg, tracking_uri)
     require_model(model_name)
@@ -94,9 +91,6 @@ def reevaluate(config: str = "configs/demo.yaml", alias: str = "production") -> 
     Each version is evaluated on its own: one that fails does not stop the others; the flow ends
     Failed afterwards (so a schedule alerts), naming what failed and why.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     cfg = load_config(config)
     _tracking(cfg, None)
     client = MlflowClient()
@@ -136,10 +130,8 @@ def promote(model_name: str, version: int, force: bool = False, margin: float | 
             task: str | None = None) -> dict:
     """Move 'production' to ``version`` through the gate (``force``: without it, recorded as forced).
 
-    With ``config`` both versions are scored on the task's current rows (see ``operations.promote_version``).
+    With ``config`` both versions are scored on the task's current rows (see ``promotion.promote_version``).
     """
-    from .operations import promotion_policy, task_for_model
-
     cfg = load_config(config) if config else None
     open_store(tracking_uri, runs_dir, cfg=cfg)
     spec = task_for_model(cfg, model_name, task) if cfg is not None else None

@@ -15,31 +15,39 @@ parameters against its annotations, and a served deployment ships the flow to it
 with only the globals its code uses: string annotations naming ``Path`` or ``RetrainConfig`` no longer resolve
 there (``RetrainModel is not fully defined``). Real annotations travel with the function.
 """
+import uuid
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.utilities.annotations import allow_failure
 
-from red.utils import slug
+from registry import get_or_create_experiment
+from tasks.lifecycle.attempts import AttemptBusy
+from tasks.training import TrainingDiverged, stop_training_when_interrupted
+from tasks.training.floors import did_not_learn_note
 
 from . import console, steps
+from .artifacts import artifact_key, summary_markdown
 from .config import RetrainConfig, TaskSpec, load_config
-from .orchestrator import record_ephemeral_server
+from .ephemeral_servers import record_ephemeral_server
+from .retries import retry_if_transient
 from .runners import make_task_runner, subflow_task_runner
+from .tuning import tune_flow
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="prepare-{task.name}",
-      retry_condition_fn=lambda t, r, s: _transient(s))
+      retry_condition_fn=retry_if_transient)
 def prepare_data_task(cfg: RetrainConfig, task: TaskSpec):
     console.report(task.name, "prepare")
     return steps.prepare_step(cfg, task)
 
 
 @task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="plan-{task.name}",
-      retry_condition_fn=lambda t, r, s: _transient(s))
+      retry_condition_fn=retry_if_transient)
 def plan_task(cfg: RetrainConfig, task: TaskSpec, data, force: bool):
     console.report(task.name, "plan")
     plan = steps.plan_step(cfg, task, data, force=force)
@@ -50,7 +58,7 @@ def plan_task(cfg: RetrainConfig, task: TaskSpec, data, force: bool):
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="train-{task.name}",
-      retry_condition_fn=lambda t, r, s: _transient(s))
+      retry_condition_fn=retry_if_transient)
 def train_task(cfg: RetrainConfig, task: TaskSpec, data, plan, run_key: str):
     if plan.action == steps.TRAIN:
         console.report(task.name, "train")
@@ -65,7 +73,7 @@ def train_task(cfg: RetrainConfig, task: TaskSpec, data, plan, run_key: str):
 
 
 @task(name="co-train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="co-train-{group}",
-      retry_condition_fn=lambda t, r, s: _transient(s))
+      retry_condition_fn=retry_if_transient)
 def cotrain_task(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: list, plans: list, run_key: str):
     results = steps.cotrain_step(cfg, group, tasks, datas, plans, run_key)
     logger = get_run_logger()
@@ -90,7 +98,7 @@ def cotrained_task(task: TaskSpec, results):
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, task_run_name="evaluate-{task.name}",
-      retry_condition_fn=lambda t, r, s: _transient(s))
+      retry_condition_fn=retry_if_transient)
 def evaluate_task(cfg: RetrainConfig, task: TaskSpec, result, data):
     if result is not None:
         console.report(task.name, "evaluate")
@@ -98,7 +106,7 @@ def evaluate_task(cfg: RetrainConfig, task: TaskSpec, result, data):
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="register-{task.name}",
-      retry_condition_fn=lambda t, r, s: _transient(s))
+      retry_condition_fn=retry_if_transient)
 def register_task(cfg: RetrainConfig, task: TaskSpec, result, evaluation):
     if result is not None:
         console.report(task.name, "register")
@@ -106,7 +114,7 @@ def register_task(cfg: RetrainConfig, task: TaskSpec, result, evaluation):
 
 
 @task(name="gate-and-promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
-      task_run_name="promote-{task.name}", retry_condition_fn=lambda t, r, s: _transient(s))
+      task_run_name="promote-{task.name}", retry_condition_fn=retry_if_transient)
 def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result, evaluation, data, plan=None):
     if registered is not None:
         console.report(task.name, "gate", f"v{registered['version']} vs production")
@@ -118,17 +126,6 @@ def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result, evaluat
         get_run_logger().info("%s v%s: %s (%s)", task.name, decision.version,
                               "promoted" if decision.promoted else "not promoted", decision.reason)
     return decision
-
-
-def _transient(state) -> bool:
-    """Retry only errors that may pass (I/O, a busy database), never bad data, bad config or a NaN loss."""
-    try:
-        state.result()
-    except (OSError, TimeoutError, ConnectionError) as exc:
-        return not isinstance(exc, FileNotFoundError)
-    except Exception:
-        return False
-    return False
 
 
 class RetrainFailed(RuntimeError):
@@ -146,11 +143,19 @@ class RetrainFailed(RuntimeError):
 def _tracking(cfg: RetrainConfig) -> str:
     """Point MLflow at the store and create its schema and the experiment here, once, before tasks fan out
     (several workers creating a new SQLite store at once race on its migrations)."""
-    from registry import get_or_create_experiment, setup_tracking
-
-    uri = setup_tracking(cfg.tracking_uri, cfg.runs_dir)
+    uri = steps.setup_store(cfg)
     get_or_create_experiment(cfg.experiment)
     return uri
+
+
+def new_run_key() -> str:
+    """This run's key: the Prefect flow run id when there is one (retries share it), else a fresh uuid."""
+    try:
+        if flow_run.id:
+            return str(flow_run.id)
+    except Exception:  # noqa: BLE001 - outside Prefect
+        pass
+    return uuid.uuid4().hex
 
 
 STEPS = ("prepare", "plan", "train", "evaluate", "register", "promote")
@@ -238,8 +243,6 @@ class _Settled:
 def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> dict[str, Any]:
     """A tuned task's chain: its study as a subflow (trials through the same kind of task runner), then
     evaluate, register and gate the best trial like any training."""
-    from .tuning import tune_flow
-
     data.wait()
     plan.wait()
     chain: dict[str, Any] = {"prepare": data, "plan": plan}
@@ -266,9 +269,6 @@ def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> d
 
 def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
     """One task's line of the retrain summary: trained / unchanged / failed / diverged, steps, champion vs challenger."""
-    from tasks.lifecycle.attempts import AttemptBusy
-    from tasks.training import TrainingDiverged
-
     row: dict[str, Any] = {"task": name}
     failed = next(((step, f) for step, f in chain.items() if not f.state.is_completed()), None)
     if failed is not None:  # the first step that did not complete is the cause; the rest never ran
@@ -309,8 +309,6 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
                rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
                reason=d.reason, co_trained_with=list(r.co_trained_with), learned=r.learned)
     if r.learned is False:  # whatever the method: the validation score never left the majority-class level
-        from tasks.training.floors import did_not_learn_note
-
         row["note"] = did_not_learn_note(r.primary_metric, _best_validation(r), r.floor.get(r.primary_metric, 0.0),
                                          tuned=bool(r.tuning))
         row["why"] = f"{row['note']}; {row['why']}"
@@ -329,74 +327,9 @@ def _best_validation(r) -> float | None:
 def retrain_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str, Any]:
     """The subflow that owns the task runner. SIGTERM (a worker or runner cancelling the flow run, ``kill``)
     asks the trainings to stop at their next step before the task runner shuts down, which would otherwise wait
-    for them to end (tasks.train.stop_training_when_interrupted)."""
-    from tasks.training import stop_training_when_interrupted
-
+    for them to end (tasks.training.stop_training_when_interrupted)."""
     with stop_training_when_interrupted():
         return run_tasks(cfg, run_key, force)
-
-
-def summary_markdown(cfg: RetrainConfig, summary: dict[str, Any], tracking_uri: str) -> str:
-    """The Prefect artifact: one row per task (status, steps trained, champion vs challenger on the same rows,
-    decision) with links to its MLflow run and model version, then each task's reasons."""
-    lines = [f"# Retrain `{cfg.name}`", "", f"MLflow: `{tracking_uri}` · experiment `{cfg.experiment}`", "",
-             "| task | status | steps | metric | challenger | champion | improvement (95% CI) | version | decision |",
-             "|---|---|---:|---|---:|---:|---|---|---|"]
-    notes = []
-    for row in summary.values():
-        status = row["status"]
-        if status in ("failed", "diverged"):
-            lines.append(f"| {row['task']} | **{status}** | | | | | | | |")
-            notes.append(f"- **{row['task']}**: {row.get('error', '')}")
-            continue
-        if status in ("unchanged", "busy"):
-            version = f"v{row['version']}" if row.get("version") else ""
-            lines.append(f"| {row['task']} | {status} | 0 | | | | | {version} | nothing registered |")
-            notes.append(f"- {row['task']}: {row['reason']}")
-            continue
-        ci = row.get("ci")
-        gain = (f"{row['difference']:+.4f} ({ci[0]:+.4f} to {ci[1]:+.4f})" if row.get("difference") is not None
-                and ci else "")
-        champion = (f"{_f(row['champion'])} (v{row['champion_version']})" if row.get("champion") is not None
-                    else "none" if row.get("champion_version") is None else "")
-        version = _link(f"v{row['version']}", tracking_uri, f"models/{row['model_name']}/versions/{row['version']}")
-        if status == "gated":  # registered by an earlier run that died before its gate; gated tonight
-            lines.append(f"| {row['task']} | gated | 0 | {row['metric']} | {_f(row['challenger'])} | {champion} | "
-                         f"{gain} | {version} | {row['decision']} |")
-            notes.append(f"- {row['task']}: {row['why']}. Gate: {row['reason']}. "
-                         f"Model `models:/{row['model_name']}/{row['version']}`")
-            continue
-        run = _link("run", tracking_uri, f"experiments/{row.get('experiment_id', '')}/runs/{row['run_id']}")
-        status = "trained, **did not learn**" if row.get("learned") is False else "trained"
-        lines.append(f"| {row['task']} | {status} | {row['steps_trained']} | {row['metric']} | "
-                     f"{_f(row['challenger'])} | {champion} | {gain} | {version} ({run}) | {row['decision']} |")
-        notes.append(f"- {row['task']}: {row['why']}. Gate: {row['reason']}. MLflow run `{row['run_id']}`, "
-                     f"model `models:/{row['model_name']}/{row['version']}`")
-        if row.get("tuning"):
-            notes.append(_trials_line(row["tuning"]))
-    return "\n".join(lines + [""] + notes)
-
-
-def _trials_line(tuning: dict[str, Any]) -> str:
-    """The trials of a tuned task, one clause each (the subflow's own artifact has the full table)."""
-    def one(t: dict[str, Any]) -> str:
-        values = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
-        score = f" {t['value']:.4f}" if t.get("value") is not None else ""
-        best = " (best)" if t["number"] == tuning.get("best_trial") else ""
-        return f"#{t['number']} {values}: {'crashed' if t.get('crashed') else t['state']}{score}{best}"
-
-    return f"  - trials of study `{tuning['study']}`: " + "; ".join(one(t) for t in tuning.get("trials") or [])
-
-
-def _link(text: str, tracking_uri: str, page: str) -> str:
-    """A link into the MLflow UI when the store is a server; the bare text for a local SQLite store."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"[{text}]({tracking_uri.rstrip('/')}/#/{page})"
-    return text
-
-
-def _f(x) -> str:
-    return "" if x is None else f"{x:.4f}"
 
 
 @flow(name="retrain")
@@ -414,10 +347,10 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
             raise ValueError(f"unknown task(s) {unknown}; the config has {[t.name for t in cfg.tasks]}")
         cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in only]})
     uri = _tracking(cfg)
-    run_key = steps.new_run_key()
+    run_key = new_run_key()
     runner = make_task_runner(cfg.task_runner, cfg.max_workers, cfg.runs_dir)
     summary = retrain_tasks.with_options(task_runner=runner)(cfg, run_key, force)
-    create_markdown_artifact(key=f"retrain-{_slug(cfg.name)}", markdown=summary_markdown(cfg, summary, uri),
+    create_markdown_artifact(key=artifact_key("retrain", cfg.name), markdown=summary_markdown(cfg, summary, uri),
                              description=f"retrain {cfg.name}: per task trained/unchanged/failed, steps, "
                                          "champion vs challenger on the same rows, decision")
     failed = [n for n, row in summary.items() if row["status"] in ("failed", "diverged")]
@@ -429,6 +362,3 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
             + "; ".join(f"{n}: {summary[n]['error']}" for n in failed), summary)
     return summary
 
-
-def _slug(name: str) -> str:
-    return slug(name, keep="a-z0-9-", strip="-", lower=True)

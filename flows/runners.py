@@ -20,6 +20,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from prefect.context import FlowRunContext
+from prefect.task_runners import ThreadPoolTaskRunner
+
 # AF_UNIX paths stop at 107 bytes (103 on macOS); Ray puts <temp>/session_<date>_<pid>/sockets/plasma_store there
 RAY_TEMP_DIR_MAX_CHARS = 40
 
@@ -74,8 +77,6 @@ def make_task_runner(kind: str, max_workers: int = 2, runs_dir: str | Path | Non
     ``<runs_dir>/ray``) unless ``REDFLOW_RAY_ADDRESS`` names a running cluster.
     """
     if kind == "threads":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
         return ThreadPoolTaskRunner(max_workers=max_workers)
     if kind == "dask":
         DaskTaskRunner = _runner_class("prefect_dask", "DaskTaskRunner", "prefect-dask")  # noqa: N806 - a class
@@ -94,8 +95,6 @@ def subflow_task_runner(kind: str, max_workers: int = 2, runs_dir: str | Path | 
     parent's Dask cluster (by its scheduler's address), the Ray instance this process already joined, or
     a thread pool of ``max_workers``. Outside a flow run, the same as :func:`make_task_runner`."""
     if kind == "dask":
-        from prefect.context import FlowRunContext
-
         context = FlowRunContext.get()
         parent = context.task_runner if context is not None else None
         client = getattr(parent, "client", None) if parent is not None and type(parent).__name__ == "DaskTaskRunner" \

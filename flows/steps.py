@@ -20,18 +20,32 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.lifecycle.plan import GATE, TRAIN, UNCHANGED, Plan, decide  # noqa: F401 - re-exported
-from tasks.training import TrainResult
+from mlflow import MlflowClient
 
-from .config import RetrainConfig, TaskSpec
+from red import read_edit
+from registry import gate_and_promote, log_training, register_edit, setup_tracking
+from registry.aliases import CANDIDATE, alias_version, move_alias, production_version
+from registry.champion import load_trained, score_version, trained_max_length
+from registry.models import download_edit, latest_version, registered_from, version_record
+from tasks.data import prepare_data
+from tasks.evaluate.paired import rows_report, score_split
+from tasks.evaluate.suites import check_gate_metric, find_suite, run_suite, suite_name, suite_scores
+from tasks.lifecycle.attempts import (attempt_folder, finished_unregistered, mark_registered, open_attempt, prune,
+                                      registered_as, registration_lock)
+from tasks.lifecycle.gate import LabelledState
+from tasks.lifecycle.plan import GATE, TRAIN, UNCHANGED, Plan, decide  # noqa: F401 - re-exported
+from tasks.training import CoTask, TrainResult, co_train, family, group_identity, train, training_identity
+
+from . import console
+from .config import ConfigError, RetrainConfig, TaskSpec
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class Evaluation:
@@ -45,28 +59,15 @@ def task_dir(cfg: RetrainConfig, task: TaskSpec) -> Path:
     return Path(cfg.runs_dir) / cfg.name / task.name
 
 
-def new_run_key() -> str:
-    """This run's key: the Prefect flow run id when there is one (retries share it), else a fresh uuid."""
-    try:
-        from prefect.runtime import flow_run
-
-        if flow_run.id:
-            return str(flow_run.id)
-    except Exception:  # noqa: BLE001 - outside Prefect
-        pass
-    return uuid.uuid4().hex
-
-
-def _tracking(cfg: RetrainConfig) -> str:
-    from registry import setup_tracking
-
-    return setup_tracking(cfg.tracking_uri, cfg.runs_dir)  # steps may run in Dask/Ray worker processes
+def setup_store(cfg: RetrainConfig) -> str:
+    """Point MLflow at the config's store (``cfg.tracking_uri``, else ``sqlite:///<runs_dir>/mlflow.db``) and return
+    its URI. Every step that talks to MLflow calls it first: steps may run in Dask/Ray worker processes, where
+    nothing pointed MLflow anywhere yet."""
+    return setup_tracking(cfg.tracking_uri, cfg.runs_dir)
 
 
 def prepare_step(cfg: RetrainConfig, task: TaskSpec):
     """Load, validate and split the task's data (cached by content hash under runs_dir/cache)."""
-    from tasks.data import prepare_data
-
     spec = task.data if task.data.name else task.data.model_copy(update={"name": task.name})
     return prepare_data(spec, seed=spec.split_seed, cache_dir=Path(cfg.runs_dir) / "cache" / "data")
 
@@ -74,21 +75,13 @@ def prepare_step(cfg: RetrainConfig, task: TaskSpec):
 def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) -> Plan:
     """Tonight's action for ``task`` (``tasks.lifecycle.plan.decide``): train, ``unchanged`` when the inputs equal
     those of the latest registered version and the gate decided on it, ``gate`` when it never did."""
-    from registry.aliases import production_version
-    from registry.models import latest_version, version_record
-    from tasks.training import training_identity
-
-    _tracking(cfg)
+    setup_store(cfg)
     config = cfg.train_config(task)
     metric = cfg.promotion_for(task).metric
     if metric:  # the config could not tell the task type (a CSV's labels decide it): check now, before training
-        from tasks.evaluate.suites import check_gate_metric
-
         try:
             check_gate_metric(metric, task.evaluate, data.task_type)
         except ValueError as exc:
-            from .config import ConfigError
-
             raise ConfigError(f"promotion.metric of task {task.name!r} ({data.task_type} data): {exc}. Fix: gate "
                               "on a metric this task produces") from None
     co_train = cfg.co_train_settings().recipe() if cfg.co_train_group(task) is not None else None
@@ -126,9 +119,6 @@ def failures_recorded(attempt) -> Iterator[None]:
 def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: str,
                callbacks: list | None = None) -> TrainResult | None:
     """Train in this run's own folder (resuming only a crashed twin); None when the plan says unchanged."""
-    from tasks.lifecycle.attempts import open_attempt, prune
-    from tasks.training import train
-
     if plan.action != TRAIN:
         return None
     config = cfg.train_config(task)
@@ -139,11 +129,9 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
     if plan.init_version is not None:
         init_state, init_note = _production_state(cfg, task, plan.init_version)
     attempt = open_attempt(task_dir(cfg, task), plan.identity, run_key, resume=config.resume)
-    from .console import report
-
     for note in attempt.notes:  # resumes and skipped checkpoints: said when training starts, not only after
         log.info("%s: %s", task.name, note)
-        report(task.name, "train", note)
+        console.report(task.name, "train", note)
     with failures_recorded(attempt):
         result = train(data, config, attempt.folder, resume_from=attempt.resume_from, init_state=init_state,
                        init_note=init_note, identity=plan.identity, callbacks=callbacks)
@@ -157,8 +145,6 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
 def finished_training(cfg: RetrainConfig, task: TaskSpec, identity) -> Path | None:
     """The folder of a finished, never registered training of ``task`` with ``identity``: trained alone (its own
     attempts) or in a co-training (a group of this config; a group's last task to register trains alone)."""
-    from tasks.lifecycle.attempts import finished_unregistered
-
     done = finished_unregistered(task_dir(cfg, task), identity)
     groups = sorted((Path(cfg.runs_dir) / cfg.name / "@cotrain").glob("*"))
     for folder in groups if done is None else ():
@@ -170,8 +156,6 @@ def finished_training(cfg: RetrainConfig, task: TaskSpec, identity) -> Path | No
 
 def _reuse_finished(done: Path, plan: Plan) -> TrainResult:
     """The result a finished, never registered training left in ``done``, to register instead of retraining."""
-    from tasks.lifecycle.attempts import attempt_folder
-
     result = TrainResult.load(done / "result.json")
     result.output_dir = str(done)  # where it is now (a run may have moved runs_dir)
     name = (attempt_folder(done) or done).name
@@ -187,8 +171,6 @@ def co_train_key(cfg: RetrainConfig, task: TaskSpec, data) -> str | None:
     The config's validation already made a group's tasks share base model, method and schedule; the data
     decides the model class (sequence classification/regression, causal LM, seq2seq).
     """
-    from tasks.training import family
-
     group = cfg.co_train_group(task)
     return None if group is None else f"{group}.{family(data.task_type)}"
 
@@ -203,9 +185,6 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     that cannot start (its production edit does not load) or that stops (NaN, divergence) fails alone; what
     stops them all (bad shared settings, the base does not load, an I/O error) is raised.
     """
-    from tasks.lifecycle.attempts import open_attempt, prune
-    from tasks.training import CoTask, co_train, group_identity
-
     settings = cfg.co_train_settings()
     outcomes: dict[str, TrainResult | Exception] = {}
     members = []
@@ -253,11 +232,7 @@ def _production_state(cfg: RetrainConfig, task: TaskSpec, version: int):
     The labels travel with the tensors (``LabelledState``) so that training puts the head's rows in
     tonight's label order by name, or refuses a head of other labels (``tasks.lifecycle.gate.align_head``).
     """
-    from red import read_edit
-    from registry.models import download_edit
-    from tasks.lifecycle.gate import LabelledState
-
-    _tracking(cfg)
+    setup_store(cfg)
     name = cfg.model_name(task)
     path = download_edit(name, version, Path(cfg.runs_dir) / "cache" / "versions" / name / str(version))
     tensors, meta = read_edit(path)
@@ -276,10 +251,6 @@ def evaluate_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     """Score the saved artifact on the test rows (row by row) and run the task's other suites."""
     if result is None:
         return None
-    from registry.champion import load_trained
-    from tasks.evaluate.paired import rows_report, score_split
-    from tasks.evaluate.suites import find_suite, run_suite, suite_name, suite_scores
-
     metric = gate_metric(cfg, task, result)
     max_length = int(result.params.get("max_length", 256))
     out = Path(result.output_dir) / "eval"
@@ -306,14 +277,7 @@ def register_step(cfg: RetrainConfig, task: TaskSpec, result: TrainResult | None
     """Log the run to MLflow (once, whatever the retries) and register the edit as a new ``candidate``."""
     if result is None:
         return None
-    from registry import log_training, register_edit
-    from registry.models import registered_from
-
-    from mlflow import MlflowClient
-
-    from tasks.lifecycle.attempts import mark_registered, registered_as, registration_lock
-
-    _tracking(cfg)
+    setup_store(cfg)
     client, name = MlflowClient(), cfg.model_name(task)
     with registration_lock(result.output_dir):  # a twin that found the same finished training waits, then reuses
         done = registered_as(result.output_dir, task.name)
@@ -345,11 +309,7 @@ def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any] 
         return gate_registered_step(cfg, task, plan, data)
     if registered is None or result is None:
         return None
-    from registry import gate_and_promote
-    from registry.champion import score_version
-    from tasks.evaluate.suites import find_suite
-
-    _tracking(cfg)
+    setup_store(cfg)
     policy = cfg.promotion_for(task).policy()
     metric = gate_metric(cfg, task, result)
     challenger = (evaluation.rows.get(metric) if evaluation else None)
@@ -371,13 +331,7 @@ def gate_registered_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, data):
     serve, on tonight's test rows (or the gate suite's rows) at the length the candidate trained with. A
     version that got its decision meanwhile (a twin run) keeps it: nothing is decided twice.
     """
-    from mlflow import MlflowClient
-
-    from registry import gate_and_promote
-    from registry.champion import score_version, trained_max_length
-    from tasks.evaluate.suites import find_suite
-
-    _tracking(cfg)
+    setup_store(cfg)
     name, version = cfg.model_name(task), int(plan.latest_version)
     mv = MlflowClient().get_model_version(name, str(version))
     metric = gate_metric(cfg, task, mv.tags.get("primary_metric") or "accuracy")
@@ -397,9 +351,6 @@ def _finish_registration(cfg: RetrainConfig, task: TaskSpec, plan: Plan, name: s
     """What a registration that died after its version became ``ready`` left undone: the attempt that trained it
     is marked registered (so no later run, ``--force`` included, registers it again), and ``candidate`` points
     at it unless a newer version holds it."""
-    from registry.aliases import CANDIDATE, alias_version, move_alias
-    from tasks.lifecycle.attempts import mark_registered
-
     done = finished_training(cfg, task, plan.identity)
     if done is not None:
         mark_registered(done, name, version, task=task.name)

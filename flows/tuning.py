@@ -20,15 +20,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import optuna
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 
-from tasks.training import TrainResult
+from registry.studies import finish_study_run, log_trial_run, start_study_run, version_hyperparameters
+from registry.studies import trials_markdown as trials_table_markdown
+from tasks.training import TrainResult, stop_training_when_interrupted
+from tasks.tuning.study import (best_result, discard_artifacts, enqueue_first, open_study, outcome_of, run_study,
+                                run_trial, storage_url, study_name, summary_note, trials_table)
 
 from . import console
+from .artifacts import artifact_key
 from .config import RetrainConfig, TaskSpec
-from .steps import Plan, _tracking, task_dir
+from .retries import retry_if_transient
+from .steps import Plan, prepare_step, setup_store, task_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +49,7 @@ def open_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan):
     production (else latest) version's values (``reuse_best``), then ``first_trials``, then the
     configured values (``start_at_config``).
     """
-    from registry.studies import start_study_run, version_hyperparameters
-    from tasks.tuning.study import enqueue_first, open_study, storage_url, study_name
-
-    _tracking(cfg)
+    setup_store(cfg)
     _quiet_optuna()
     config = cfg.train_config(task)
     tune = config.tune
@@ -76,16 +81,12 @@ def open_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan):
 def trial_step(cfg: RetrainConfig, task: TaskSpec, data, ref, number: int, params: dict[str, Any], run_key: str,
                callbacks: list | None = None):
     """Train one trial (in whichever process the task runner chose); a ``tasks.study.TrialOutcome``."""
-    from tasks.tuning.study import run_trial
-
     return run_trial(data, cfg.train_config(task), ref, number, params, run_key=run_key,
                      cache_dir=Path(cfg.runs_dir) / "cache" / "base", callbacks=callbacks)
 
 
 def log_told(cfg: RetrainConfig, task: TaskSpec, opened, parent: str, number: int, outcome) -> str:
     """The trial's nested MLflow run (once: the study remembers its run id)."""
-    from registry.studies import log_trial_run
-
     key = f"mlflow_run.{number}"
     if key in opened.study.user_attrs:
         return opened.study.user_attrs[key]
@@ -96,8 +97,6 @@ def log_told(cfg: RetrainConfig, task: TaskSpec, opened, parent: str, number: in
 
 def log_earlier_trials(cfg: RetrainConfig, task: TaskSpec, opened, parent: str) -> None:
     """Nested runs for trials a crashed run told but did not log yet."""
-    from tasks.tuning.study import outcome_of
-
     for frozen in opened.study.get_trials(deepcopy=False):
         if frozen.state.is_finished() and f"mlflow_run.{frozen.number}" not in opened.study.user_attrs \
                 and not frozen.user_attrs.get("crashed"):
@@ -110,9 +109,6 @@ def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: 
     The best trial's attempt folder (its edit) is kept, the other trials' artifacts are dropped; the study is
     marked finished only after that. Until register_step marks that attempt registered, a run that dies
     on the way leaves the study to be reused by the next run (``tasks.study.open_study``), not searched again."""
-    from registry.studies import finish_study_run
-    from tasks.tuning.study import best_result, discard_artifacts, summary_note, trials_table
-
     rows = trials_table(opened.study)
     try:
         best, result = best_result(opened)
@@ -139,31 +135,21 @@ def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: 
 
 
 def trials_markdown(task: TaskSpec, opened, parent: str, best_number: int | None) -> str:
-    from registry.studies import trials_markdown as table
-    from tasks.tuning.study import trials_table
-
+    """The tuning subflow's Prefect artifact: the study, its MLflow parent run, every trial, the study's notes."""
     return "\n".join([f"# Tuning `{task.name}`", "", f"Study `{opened.study.study_name}` in "
                       f"`{opened.ref.storage_url}`; MLflow parent run `{parent}`; best trial "
                       f"{best_number if best_number is not None else '-'} (validation {opened.ref.metric}).", "",
-                      table(trials_table(opened.study)), "", *(f"- {n}" for n in opened.notes)])
+                      trials_table_markdown(trials_table(opened.study)), "", *(f"- {n}" for n in opened.notes)])
 
 
 def _quiet_optuna() -> None:
     """Optuna's messages go through standard logging (the run's log file), not straight to stderr."""
-    import optuna
-
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
 
 
 # ---- Prefect ---------------------------------------------------------------------------------------
-def _retry(task_, run, state) -> bool:
-    from .retrain import _transient
-
-    return _transient(state)
-
-
-@task(name="tune-trial", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=_retry,
+@task(name="tune-trial", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient,
       task_run_name="trial-{task.name}-{number}")
 def trial_task(cfg: RetrainConfig, task: TaskSpec, data, ref, number: int, params: dict[str, Any], run_key: str):
     console.report(task.name, "tune", f"trial {number}")
@@ -186,19 +172,11 @@ def tune_flow(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> T
 
     The prepared data is read back from the retrain's data cache here rather than passed in: a flow's
     parameters are serialised to the Prefect API, and the splits are no parameter to store there."""
-    from tasks.training import stop_training_when_interrupted
-
     with stop_training_when_interrupted():  # a SIGTERM stops the running trials at their next step
         return _tune(cfg, task, plan, run_key)
 
 
 def _tune(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> TrainResult:
-    from prefect.futures import as_completed
-
-    from tasks.tuning.study import run_study
-
-    from .steps import prepare_step
-
     data = prepare_step(cfg, task)
     if data.data_hash != plan.identity.data_hash:
         raise RuntimeError(f"{task.name}: the data changed between planning and tuning "
@@ -226,9 +204,7 @@ def _tune(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> Train
         return result
     finally:
         opened.close()
-        from .retrain import _slug
-
-        create_markdown_artifact(key=f"tune-{_slug(cfg.name)}-{_slug(task.name)}",
+        create_markdown_artifact(key=artifact_key("tune", cfg.name, task.name),
                                  markdown=trials_markdown(task, opened, parent, best_number),
                                  description=f"tuning {task.name}: every trial, its values, state and validation score")
 

@@ -100,7 +100,7 @@ def test_sigterm_during_a_tuning_study_stops_the_running_trial_at_the_next_step(
 def test_a_sigkilled_retrains_temporary_prefect_server_is_stopped_by_the_next_command(tmp_path, tiny_checkpoints,
                                                                                      monkeypatch):
     """SIGKILL skips Prefect's atexit stop of its temporary server: the next redflow command stops it."""
-    from flows.orchestrator import SERVER_APP, reap_orphaned_servers
+    from flows.ephemeral_servers import SERVER_APP, reap_orphaned_servers
 
     monkeypatch.setenv("REDFLOW_STATE_DIR", str(tmp_path / "state"))
     cfg = _long_training(tmp_path, tiny_checkpoints["bert"])

@@ -88,7 +88,8 @@ def test_a_tuned_task_registers_its_best_trial_and_an_untrained_floor_is_flagged
     version from the best trial, nested under a parent MLflow run with the trials and Optuna's plots; an
     untuned task whose labels carry no signal trains, registers, and is flagged 'did not learn'. Night 2:
     nothing changed, nothing tuned. Night 3 (more data): the new study's first trial is v1's best rate."""
-    from flows.retrain import retrain, summary_markdown
+    from flows.artifacts import summary_markdown
+    from flows.retrain import retrain
 
     tune = {"trials": 3, "parallel": 1, "pruner": "median", "pruner_startup_trials": 2, "sampler": "qmc",
             "learning_rate": [1e-6, 1e-1], "start_at_config": False,
