@@ -53,7 +53,7 @@ for _k, _v in {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TRANSFORMERS_VE
 
 from bench import common  # noqa: E402
 from bench.task_edits import TaskSpec, register_task, task_edits  # noqa: E402
-from flows.console import quiet_libraries  # noqa: E402
+from flows.cli.common import quiet_libraries  # noqa: E402
 from registry.aliases import move_alias, rollback  # noqa: E402
 from registry.serving.server import free_port, invoke, start_model_server, start_server_process  # noqa: E402
 from registry.store import setup_tracking  # noqa: E402

@@ -143,31 +143,6 @@ def training_callback(task: str) -> ReportTraining:
     return ReportTraining(task)
 
 
-def quiet_libraries() -> None:
-    """No third-party progress bars or load reports on the console (the log file keeps the detail).
-
-    transformers prints a bar and a "LOAD REPORT" for every model it loads (the head it reports
-    as "newly initialized" is trained and saved with the edit), datasets a bar per map/save, and
-    MLflow one per artifact download; a retrain loads several models per task.
-    """
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per finished run
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001 - best effort: output only
-        pass
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except Exception:  # noqa: BLE001
-        pass
-
-
 @contextlib.contextmanager
 def logging_to(path) -> Iterator[None]:
     """Within the block, send every log record (Prefect's flow and task runs, redflow's steps, MLflow, Python

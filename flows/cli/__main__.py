@@ -1,0 +1,4 @@
+"""``python -m flows.cli``: the ``redflow`` command."""
+from . import main
+
+main()

@@ -1,0 +1,210 @@
+"""Commands on registered versions: promote, rollback, versions, history, evaluate.
+
+They run as plain functions (``flows/operations.py``, ``flows/promotion.py``, ``flows/manage.py``) unless a Prefect
+API is configured; then promote, rollback and evaluate run as flow runs (``flows/manage.py``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+from .common import RUNS_DIR_HELP, TRACKING_HELP, Negative, console, guard, note, print_json
+
+
+def _open(tracking_uri: Optional[str], runs_dir: str = "runs", cfg=None) -> str:
+    from ..operations import open_store  # lazy: loads MLflow; --help stays instant
+
+    target = open_store(tracking_uri, runs_dir, cfg=cfg)
+    note(target.describe())
+    return target.uri
+
+
+def _prefect_api() -> Optional[str]:
+    from ..orchestrator import prefect_api_url  # lazy: loads Prefect; --help stays instant
+
+    url = prefect_api_url()
+    if url:
+        note(f"Prefect API: {url} (this runs as a flow run)")
+    return url
+
+
+def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+            version: int = typer.Argument(..., help="Version number to move 'production' to."),
+            force: bool = typer.Option(False, help="Skip the quality gate (recorded as a forced promotion)."),
+            config: Optional[Path] = typer.Option(None, help="Retrain config: the task's promotion settings and "
+                                                             "store; VERSION and production are then scored on the "
+                                                             "task's current test rows (without it production is "
+                                                             "never replaced, only a first version promoted)."),
+            task: Optional[str] = typer.Option(None, help="Task in --config (default: the one registering "
+                                                          "MODEL_NAME)."),
+            margin: Optional[float] = typer.Option(None, help="Required improvement over the current production "
+                                                              "(default: the config's, else 0)."),
+            minimum: Optional[float] = typer.Option(None, help="Floor a version must reach (default: the config's)."),
+            metric: Optional[str] = typer.Option(None, help="Metric to compare (default: the config's, else the "
+                                                            "version's primary test metric)."),
+            higher_is_better: Optional[bool] = typer.Option(None, "--higher-is-better/--lower-is-better",
+                                                            help="Metric direction (default: the config's, else "
+                                                                 "from the metric: losses are lower-is-better)."),
+            tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+            runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP)) -> None:
+    """Move 'production' to VERSION if it passes the gate (compare-and-set; recorded). Exit 1 if rejected."""
+    from ..operations import promotion_policy, task_for_model  # lazy: loads MLflow; --help stays instant
+    from ..promotion import promote_version  # lazy: loads torch; --help stays instant
+
+    with guard():
+        cfg = None
+        if config is not None:
+            from ..config import load_config  # lazy: loads torch; --help stays instant
+
+            cfg = load_config(config)
+        uri = _open(tracking_uri, runs_dir, cfg)
+        spec = task_for_model(cfg, model_name, task) if cfg is not None else None
+        policy = promotion_policy(cfg, spec, margin=margin, minimum=minimum, metric=metric,
+                                  higher_is_better=higher_is_better)
+        if _prefect_api():
+            from ..manage import promote as promote_flow  # lazy: loads Prefect; --help stays instant
+
+            result = promote_flow(model_name, version, force=force, margin=margin, minimum=minimum, metric=metric,
+                                  tracking_uri=uri, higher_is_better=higher_is_better,
+                                  config=str(config) if config else None, task=spec.name if spec else None)
+        else:
+            result = promote_version(model_name, version, force=force, policy=policy, cfg=cfg, task=spec).to_dict()
+        print_json(result)
+        if result.get("previous") == version and not result.get("promoted"):
+            note(f"{model_name}: v{version} is already production")  # the state asked for: success
+        elif not force and not result.get("promoted"):
+            raise Negative(f"{model_name} v{version} not promoted: {result.get('reason')}")
+        else:
+            note(f"{model_name}: production -> v{version}" + (" (forced)" if force else ""))
+
+
+def rollback(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+             to_version: Optional[int] = typer.Option(None, help="Version to put back (default: the version the "
+                                                                 "current production replaced)."),
+             reason: str = typer.Option("", help="Why (recorded in the alias history)."),
+             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+             runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP)) -> None:
+    """Move 'production' back to the previous production version (recorded in the alias history)."""
+    from ..operations import rollback_version  # lazy: loads MLflow; --help stays instant
+
+    with guard():
+        uri = _open(tracking_uri, runs_dir)
+        if _prefect_api():
+            from ..manage import rollback as rollback_flow  # lazy: loads Prefect; --help stays instant
+
+            move = rollback_flow(model_name, to_version, reason, tracking_uri=uri)
+        else:
+            move = rollback_version(model_name, to_version, reason).to_dict()
+        print_json(move)
+        note(f"{model_name}: production v{move.get('previous')} -> v{move.get('version')}")
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _who(by: Any) -> str:
+    """``user@host`` of a lock owner ``user@host:pid:thread:nonce``."""
+    return str(by or "").split(":", 1)[0]
+
+
+def _rows(fetch, model_name: str, tracking_uri: Optional[str], runs_dir: str, as_json: bool) -> Optional[list]:
+    """Open the store and fetch rows; with ``as_json`` print them and return None."""
+    _open(tracking_uri, runs_dir)
+    rows = fetch(model_name)
+    if as_json:
+        print_json(rows)
+        return None
+    return rows
+
+
+def versions(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+             runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the versions of MODEL_NAME: aliases, status, method, key metrics and the gate's decisions."""
+    from registry.views import version_rows  # lazy: loads MLflow; --help stays instant
+
+    with guard():
+        rows = _rows(version_rows, model_name, tracking_uri, runs_dir, as_json)
+        if rows is None:
+            return
+        metric = next((r["metric"] for r in rows if r["metric"]), "metric")
+        table = Table(title=f"{escape(model_name)}: {len(rows)} version(s); test/val = {escape(metric)}",
+                      box=box.SIMPLE_HEAD, padding=(0, 1))
+        for col, justify in (("ver", "right"), ("aliases", "left"), ("method", "left"), ("test", "right"),
+                             ("val", "right"), ("gate", "left"), ("registered (UTC)", "left")):
+            table.add_column(col, justify=justify, no_wrap=col != "aliases")  # type: ignore[arg-type]
+        for r in rows:
+            labels = r["aliases"] + ([f"({r['status']})"] if r["status"] != "ready" else [])
+            table.add_row(str(r["version"]), escape(", ".join(labels)), escape(r["method"]), _fmt(r["test"]),
+                          _fmt(r["validation"]), escape(r["gate"]), r["created"].removesuffix(" UTC"))
+        console.print(table)
+        for r in rows:
+            if r["gate_reason"]:
+                console.print(Padding(Text(f"v{r['version']} {r['gate']}: {r['gate_reason']}"), (0, 0, 0, 2)),
+                              highlight=False)
+
+
+def history(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+            tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+            runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
+            limit: int = typer.Option(20, min=1, help="Show the newest LIMIT entries."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON (all entries) instead of text.")) -> None:
+    """Alias moves and gate decisions of MODEL_NAME, newest first: when, what, who and why."""
+    from registry.views import history_rows  # lazy: loads MLflow; --help stays instant
+
+    with guard():
+        rows = _rows(history_rows, model_name, tracking_uri, runs_dir, as_json)
+        if rows is None:
+            return
+        console.print(Text(f"{model_name}: alias history, newest first ({min(limit, len(rows))} of {len(rows)})",
+                           style="bold"))
+        for e in rows[:limit]:
+            if e.get("action") == "reject":
+                move = f"v{e.get('version')}" + (f" (stays v{e['from']})" if e.get("from") is not None else "")
+            elif e.get("from") is None:
+                move = f"v{e.get('version')}"
+            else:
+                move = f"v{e.get('from')} -> v{e.get('version')}"
+            when = str(e.get("at", ""))[:19].replace("T", " ")
+            console.print(Text.assemble((f"{when} UTC  ", "dim"), (f"{e.get('alias', '')} ", "bold"),
+                                        f"{e.get('action', '')}  {move}  ", (f"by {_who(e.get('by'))}", "dim")),
+                          highlight=False)
+            if e.get("reason"):
+                console.print(Padding(Text(str(e["reason"])), (0, 0, 0, 4)), highlight=False)
+
+
+def evaluate(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+             version: str = typer.Option("production", help="Version number or alias."),
+             suite: list[str] = typer.Option(["test"], help="Suites: test, openllm-v1, lm-eval:TASKS (repeatable)."),
+             config: Optional[Path] = typer.Option(None, help="Retrain config (the 'test' suite's data, the store)."),
+             task: Optional[str] = typer.Option(None, help="Task in --config (default: the one registering "
+                                                           "MODEL_NAME)."),
+             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
+    """Re-evaluate a version or alias on suites and record the result on that version."""
+    with guard():
+        cfg = None
+        if config is not None:
+            from ..config import load_config  # lazy: loads torch; --help stays instant
+
+            cfg = load_config(config)
+        uri = _open(tracking_uri, cfg=cfg)
+        cfg_arg = str(config) if config else None
+        if _prefect_api():
+            from ..manage import evaluate as evaluate_flow  # lazy: loads Prefect; --help stays instant
+
+            metrics = evaluate_flow(model_name, version, list(suite), cfg_arg, task, uri)
+        else:
+            from ..manage import evaluate_reports  # lazy: loads Prefect; --help stays instant
+
+            reports = evaluate_reports(model_name, version, list(suite), cfg_arg, task, uri)
+            metrics = {r.name: r.metrics for r in reports}
+        print_json(metrics)
