@@ -61,7 +61,7 @@ class TaskSpec(BaseModel):
         default=None, description="Co-training: null follows the config's co_train; false trains this task "
         "alone; true joins the default group; a name co-trains it with the tasks of that group name.")
     tune: dict[str, Any] | StrictBool | None = Field(
-        default=None, description="tasks.tune.TuneConfig fields: search the learning rate with Optuna (merged key by "
+        default=None, description="tasks.tuning.space.TuneConfig fields: search the learning rate with Optuna (merged key by "
         "key over defaults.tune); true: the default search; false: no search for this task even if defaults has one.")
 
 
@@ -86,7 +86,7 @@ class RetrainConfig(BaseModel):
     promotion: Promotion = Field(default_factory=Promotion)
     co_train: bool | CoTrainConfig = Field(
         default=False, description="Train the tasks that need training and share base model and method in one pass "
-        "over one copy of the base (tasks.cotrain): true, or the mixing settings (temperature, mixing, batch_size, "
+        "over one copy of the base (tasks.training.cotrain): true, or the mixing settings (temperature, mixing, batch_size, "
         "rows_per_step). Each task is still evaluated, registered and gated on its own.")
     tasks: list[TaskSpec] = Field(min_length=1)
 

@@ -9,7 +9,7 @@ notebook) can call each step directly without Prefect. What makes a *nightly* re
 - ``train_step`` trains in this run's own folder and resumes only a crashed training of the
   same inputs (``tasks.lifecycle.attempts``); ``init: production`` starts from the production edit;
 - ``cotrain_step`` trains a co-training group's tasks in one pass over one copy of the base
-  (``tasks.cotrain``), in the group's own attempt folder; each task's result then goes through the same
+  (``tasks.training.cotrain``), in the group's own attempt folder; each task's result then goes through the same
   evaluate/register/promote steps as a task trained alone;
 - ``evaluate_step`` scores the saved artifact row by row on the test split;
 - ``promote_step`` scores the current production on the same rows and gates on the paired

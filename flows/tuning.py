@@ -1,7 +1,7 @@
 """The tune branch of a retrain: a Prefect subflow per tuned task, its trials fanned out as Prefect tasks.
 
 A task with a ``tune:`` block does not train once: ``tune_flow`` opens (or resumes) the task's Optuna
-study (``tasks.study``; storage ``sqlite:///<runs_dir>/optuna.db``), asks ``parallel`` trials at a time,
+study (``tasks.tuning.study``; storage ``sqlite:///<runs_dir>/optuna.db``), asks ``parallel`` trials at a time,
 submits each as a ``tune-trial`` task through the task runner of the retrain (threads, Dask or Ray),
 and tells each result back as it finishes (ask-and-tell). Trials report every epoch's validation score
 to the study from the process that runs them, so the study's pruner stops poor ones early. The best
@@ -80,7 +80,7 @@ def open_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan):
 
 def trial_step(cfg: RetrainConfig, task: TaskSpec, data, ref, number: int, params: dict[str, Any], run_key: str,
                callbacks: list | None = None):
-    """Train one trial (in whichever process the task runner chose); a ``tasks.study.TrialOutcome``."""
+    """Train one trial (in whichever process the task runner chose); a ``tasks.tuning.study.TrialOutcome``."""
     return run_trial(data, cfg.train_config(task), ref, number, params, run_key=run_key,
                      cache_dir=Path(cfg.runs_dir) / "cache" / "base", callbacks=callbacks)
 
@@ -108,7 +108,7 @@ def finish_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, opened, parent: 
 
     The best trial's attempt folder (its edit) is kept, the other trials' artifacts are dropped; the study is
     marked finished only after that. Until register_step marks that attempt registered, a run that dies
-    on the way leaves the study to be reused by the next run (``tasks.study.open_study``), not searched again."""
+    on the way leaves the study to be reused by the next run (``tasks.tuning.study.open_study``), not searched again."""
     rows = trials_table(opened.study)
     try:
         best, result = best_result(opened)

@@ -1,6 +1,6 @@
 """The baseline methods as registered artifacts, and how the pyfunc loads them (no pickle anywhere).
 
-What ``tasks.train`` leaves for a method that is not an edit, and what a version stores:
+What ``tasks.training`` leaves for a method that is not an edit, and what a version stores:
 
 * ``lora``: a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, the task
   head as PEFT's ``modules_to_save``) -> artifact ``adapter``; served as ``PeftModel.from_pretrained``
@@ -73,7 +73,7 @@ def _checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def is_bitfit_trained(name: str, heads: list[str]) -> bool:
-    """What BitFit trains (tasks.train.prepare_model): every bias, plus the task head modules ``heads``
+    """What BitFit trains (tasks.training.models.prepare_model): every bias, plus the task head modules ``heads``
     (``red.targets.task_head_modules`` of the task model)."""
     return name.endswith(".bias") or name.split(".", 1)[0] in heads
 

@@ -62,7 +62,7 @@ def start_study_run(experiment: str, task: str, method: str, study_name: str, st
 
 
 def log_trial_run(experiment: str, parent_run_id: str, task: str, number: int, outcome, metric: str) -> str:
-    """One nested run for told trial ``number`` (a ``tasks.study.TrialOutcome`` or the exception that ended it)."""
+    """One nested run for told trial ``number`` (a ``tasks.tuning.study.TrialOutcome`` or the exception that ended it)."""
     client = MlflowClient()
     experiment_id = get_or_create_experiment(experiment, client)
     failed = isinstance(outcome, BaseException)

@@ -6,7 +6,7 @@ Storage layout (local default; which store is used is decided in ``registry.stor
     <runs_dir>/mlartifacts/<experiment>/...   run artifacts and logged models
 
 Remote tracking servers (``http(s)://``) keep their own artifact store (``mlflow server
---artifacts-destination``; see ``registry.server``).
+--artifacts-destination``; see ``registry.serving.server``).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _slug(text: str) -> str:
 
 # MLflow's experiment kind: the UI opens a "custom model development" experiment on its training runs
 # rather than on the GenAI (traces) pages. MLflow 3.17's UI takes the view from its own workflow switch,
-# so links redflow prints also carry ``?workflowType=machine_learning`` (flows/cli.py experiment_url).
+# so links redflow prints also carry ``?workflowType=machine_learning`` (flows/cli/retraining.py experiment_url).
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 PRIMARY = "primary"  # test_primary, validation_primary, epoch/validation_primary: one name across tasks
 
