@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, field_validator,
+                      model_validator)
 
-from red import EditConfig
-from registry.aliases import PromotionPolicy
-from tasks.data import DataSpec
-from tasks.data.glue import GLUE_TASKS
+from red.config import EditConfig
+from registry.policy import PromotionPolicy
+from tasks.data.glue_tasks import GLUE_TASKS
+from tasks.data.spec import DataSpec
 from tasks.data.synthetic import SYNTHETIC_TASKS
-from tasks.evaluate.suites import check_gate_metric
-from tasks.training import EDIT_METHODS, CoTrainConfig, TrainConfig, shared_settings
-from tasks.training.model_names import resolve_model
+from tasks.evaluate.suite_specs import check_gate_metric
+from tasks.training.config import EDIT_METHODS, TrainConfig
+from tasks.training.cotrain_settings import CoTrainConfig, shared_settings
+from tasks.training.model_names import missing_model_folder, resolve_model
 from tasks.tuning.space import TuneConfig
 
 
@@ -89,6 +91,14 @@ class RetrainConfig(BaseModel):
         "over one copy of the base (tasks.training.cotrain): true, or the mixing settings (temperature, mixing, batch_size, "
         "rows_per_step). Each task is still evaluated, registered and gated on its own.")
     tasks: list[TaskSpec] = Field(min_length=1)
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model_folder_exists(cls, value: str) -> str:
+        problem = missing_model_folder(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "RetrainConfig":

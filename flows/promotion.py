@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from registry import AliasMove, PromotionPolicy, gate_and_promote, move_alias, production_version
 from registry.champion import score_version, trained_max_length
 from registry.views import require_version
-from tasks.evaluate.suites import find_suite
+from tasks.evaluate.suite_specs import find_suite
 
 from .config import RetrainConfig, TaskSpec
 from .steps import prepare_step

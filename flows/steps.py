@@ -34,7 +34,8 @@ from registry.champion import load_trained, score_version, trained_max_length
 from registry.models import download_edit, latest_version, registered_from, version_record
 from tasks.data import prepare_data
 from tasks.evaluate.paired import rows_report, score_split
-from tasks.evaluate.suites import check_gate_metric, find_suite, run_suite, suite_name, suite_scores
+from tasks.evaluate.suite_specs import check_gate_metric, find_suite, suite_name
+from tasks.evaluate.suites import run_suite, suite_scores
 from tasks.lifecycle.attempts import (attempt_folder, finished_unregistered, mark_registered, open_attempt, prune,
                                       registered_as, registration_lock)
 from tasks.lifecycle.gate import LabelledState

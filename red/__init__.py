@@ -5,18 +5,33 @@ down-projection of a frozen model, train them, fold them into the weights,
 save them as small safetensors files, and serve several tasks in one batch.
 This package imports neither Prefect nor MLflow.
 """
-from .architectures import ARCHITECTURES
-from .bank import EditBank
-from .bank_train import TrainableBank
-from .config import EditConfig
-from .errors import (EditConfigError, EditFileError, EditMismatchError, MergeError, RedError,
-                     UnknownArchitectureError)
-from .io import read_edit, save_edit
-from .model import EditedModel, attach, load_edit
-from .params import count_parameters
+from __future__ import annotations
+
+from .exports import lazy_exports
+
+_EXPORTS = {
+    "ARCHITECTURES": "architectures",
+    "EditBank": "bank",
+    "EditConfig": "config",
+    "EditConfigError": "errors",
+    "EditFileError": "errors",
+    "EditMismatchError": "errors",
+    "EditedModel": "model",
+    "MergeError": "errors",
+    "RedError": "errors",
+    "TrainableBank": "bank_train",
+    "UnknownArchitectureError": "errors",
+    "attach": "model",
+    "count_parameters": "params",
+    "load_edit": "model",
+    "read_edit": "io",
+    "save_edit": "io",
+}
 
 __all__ = [
     "ARCHITECTURES", "EditBank", "EditConfig", "EditConfigError", "EditFileError", "EditMismatchError",
     "EditedModel", "MergeError", "RedError", "TrainableBank", "UnknownArchitectureError", "attach",
     "count_parameters", "load_edit", "read_edit", "save_edit",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

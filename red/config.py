@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .methods.reft.positions import parse_positions
+from .methods.reft.notation import parse_positions
 
 Method = Literal["red", "loreft", "direft", "nodireft"]
 

@@ -44,7 +44,7 @@ _EXPORTS = {
     "model_name_for": "models",
     "resolve_version": "models",
     "RegistrationError": "models",
-    "PromotionPolicy": "aliases",
+    "PromotionPolicy": "policy",
     "PromotionDecision": "aliases",
     "AliasMove": "aliases",
     "gate_and_promote": "aliases",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -42,10 +43,14 @@ class Terminated(KeyboardInterrupt):
     action would end the process on the spot and leave both running."""
 
 
+#: Errors a user fixes that need no import to recognise: a config error is told without loading MLflow or torch.
+PLAIN_USER_ERRORS: tuple[type[BaseException], ...] = (LookupError, ValueError, FileNotFoundError, PermissionError)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user fixes (exit 2): ConfigError and pydantic's errors are ValueErrors, ModelNotFound a
     LookupError, StoreNotFound a FileNotFoundError; registry's own are imported lazily (they need mlflow)."""
-    kinds: list[type[BaseException]] = [LookupError, ValueError, FileNotFoundError, PermissionError]
+    kinds: list[type[BaseException]] = list(PLAIN_USER_ERRORS)
     try:
         from registry.aliases import RollbackError  # lazy: loads MLflow; --help stays instant
         from registry.locks import LockTimeout  # lazy: loads MLflow; --help stays instant
@@ -99,7 +104,7 @@ def guard() -> Iterator[None]:
         if _state["debug"]:
             err.print("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), markup=False,
                       highlight=False)
-        if isinstance(exc, _user_errors()):
+        if isinstance(exc, PLAIN_USER_ERRORS) or isinstance(exc, _user_errors()):
             _say("error: ", "bold red", str(exc))
             raise typer.Exit(EXIT_USAGE) from None
         where = f"traceback in {log}" if log else "traceback not written"
@@ -149,21 +154,20 @@ def quiet_libraries() -> None:
     transformers prints a bar and a "LOAD REPORT" for every model it loads (the head it reports
     as "newly initialized" is trained and saved with the edit), datasets a bar per map/save, and
     MLflow one per artifact download; a retrain loads several models per task. The environment is set before
-    those libraries load: tqdm reads ``TQDM_DISABLE`` when it is first imported.
+    those libraries load (tqdm reads ``TQDM_DISABLE`` when it is first imported, transformers
+    ``TRANSFORMERS_VERBOSITY``, the hub and datasets their ``*_DISABLE_PROGRESS_BARS``), so that nothing heavy is
+    imported here: a config error is reported before torch and transformers load. A library already loaded (a
+    test, an in-process caller) is told directly.
     """
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per finished run
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    try:
-        import transformers  # lazy: after TQDM_DISABLE is set: tqdm reads it when first imported
-
+    for key, value in {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                       "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ..." per finished run
+                       "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                       "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}.items():
+        os.environ.setdefault(key, value)
+    transformers = sys.modules.get("transformers")
+    if transformers is not None:
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001 - best effort: output only
-        pass
-    try:
-        import datasets  # lazy: after TQDM_DISABLE is set: tqdm reads it when first imported
-
+    datasets = sys.modules.get("datasets")
+    if datasets is not None:
         datasets.disable_progress_bars()
-    except Exception:  # noqa: BLE001
-        pass

@@ -12,10 +12,23 @@
 :mod:`.encoding` ``encode``: splits to model inputs, with truncation counts
 ==============  ==================================================================================
 """
-from .encoding import EncodedData, encode
-from .prepare import PREPARE_VERSION, data_hash, prepare_data
-from .sources import DataError
-from .spec import DataSpec, SyntheticOptions, TaskData
+from __future__ import annotations
+
+from red.exports import lazy_exports
+
+_EXPORTS = {
+    "DataError": "sources",
+    "DataSpec": "spec",
+    "EncodedData": "encoding",
+    "PREPARE_VERSION": "prepare",
+    "SyntheticOptions": "spec",
+    "TaskData": "spec",
+    "data_hash": "prepare",
+    "encode": "encoding",
+    "prepare_data": "prepare",
+}
 
 __all__ = ["DataError", "DataSpec", "EncodedData", "PREPARE_VERSION", "SyntheticOptions", "TaskData", "data_hash",
            "encode", "prepare_data"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

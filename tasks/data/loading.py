@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import glue
+from . import glue, glue_tasks
 from .checks import Origin, clean_text, infer_label_list, labels_to_float, labels_to_ids, require_columns
 from .sources import DataError, load_hub, parse_alpaca, parse_ultrafeedback, read_json_records, read_table
 from .synthetic import SYNTHETIC_TASKS
@@ -54,7 +54,7 @@ def load(spec: DataSpec, files: dict[str, Path]) -> Loaded:
 
 
 def _load_glue(spec: DataSpec, files: dict[str, Path]) -> Loaded:
-    task = glue.GLUE_TASKS[spec.task]  # type: ignore[index]
+    task = glue_tasks.GLUE_TASKS[spec.task]  # type: ignore[index]
     fix = (f"Fix: {task.folder} files must be GLUE's original TSVs (labels {list(task.label_list)} or their "
            f"indices); re-download them." if task.label_list else
            f"Fix: {task.folder} scores must be numbers in [0, 5]; re-download the files.")
@@ -77,7 +77,7 @@ def _load_hub(spec: DataSpec) -> Loaded:
     where = f"hub {spec.hub_name}" + (f"[{spec.hub_config}]" if spec.hub_config else "")
     if "train" not in raw:
         raise DataError(f"{where}: no 'train' split (found {sorted(raw)}).")
-    glue_task = glue.GLUE_TASKS.get(spec.task or "")
+    glue_task = glue_tasks.GLUE_TASKS.get(spec.task or "")
     if glue_task is not None:  # the paper's protocol: official train, dev split into validation/test
         dev_name = "validation_matched" if glue_task.name == "mnli" else "validation"
         if dev_name not in raw:

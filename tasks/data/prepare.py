@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from datasets.utils import logging as ds_logging
 
-from . import glue, splits
+from . import glue, glue_tasks, splits
 from .encoding import EncodedData, encode
 from .loading import Loaded, load
 from .sources import DataError
@@ -102,7 +102,7 @@ def _inputs(spec: DataSpec, cache_dir: str | Path | None) -> tuple[dict[str, Pat
                         "to retrain on newer data", spec.name or spec.hub_name, spec.hub_name)
         return {}, identity
     if spec.source == "glue":
-        task = glue.GLUE_TASKS[spec.task]  # type: ignore[index]
+        task = glue_tasks.GLUE_TASKS[spec.task]  # type: ignore[index]
         return glue.glue_files(Path(spec.path), task), ""  # type: ignore[arg-type]
     if spec.source == "synthetic":
         base = spec.path if spec.path is not None else (Path(cache_dir) / "synthetic" if cache_dir else None)
@@ -174,7 +174,7 @@ def _split(loaded: Loaded, spec: DataSpec, seed: int) -> tuple[dict[str, pd.Data
     origin = {role: o.name for role, o in loaded.origins.items()}
     notes = {"train": origin["train"]}
     columns = list(loaded.text_columns)
-    glue_dev = loaded.task in glue.GLUE_TASKS and spec.source in ("glue", "hub")
+    glue_dev = loaded.task in glue_tasks.GLUE_TASKS and spec.source in ("glue", "hub")
     if "dev" in frames:
         dev = frames.pop("dev")
         if glue_dev:  # the paper's protocol on GLUE's fixed dev files

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import glue, splits
+from . import glue_tasks, splits
 from .synthetic import SYNTHETIC_TASKS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,10 +105,10 @@ class DataSpec(BaseModel):
         source = self.source
         if source in ("glue", "hub") and self.task is not None:
             if source == "glue" or _is_glue_name(self.task):
-                self.task = glue.canonical_task(self.task)
+                self.task = glue_tasks.canonical_task(self.task)
         if source == "glue":
             _need(self.path is not None and self.task is not None, "source 'glue' needs `path` (the GLUE folder) "
-                  f"and `task` (one of {sorted(glue.GLUE_TASKS)})")
+                  f"and `task` (one of {sorted(glue_tasks.GLUE_TASKS)})")
         elif source == "hub":
             _need(self.hub_name is not None, "source 'hub' needs `hub_name` (e.g. 'nyu-mll/glue') and usually "
                   "`hub_config` (e.g. 'sst2')")
@@ -118,7 +118,7 @@ class DataSpec(BaseModel):
         else:
             _need(self.path is not None, f"source {source!r} needs `path` (a file, or a folder with train/dev/"
                   f"validation/test files)")
-        if source in ("csv", "tsv", "json", "jsonl") or (source == "hub" and self.task not in glue.GLUE_TASKS):
+        if source in ("csv", "tsv", "json", "jsonl") or (source == "hub" and self.task not in glue_tasks.GLUE_TASKS):
             _need(self.text_columns is not None, f"source {source!r} needs `text_columns` (the input column, "
                   "or two for sentence pairs)")
         if self.task_type is not None:
@@ -144,15 +144,15 @@ def _need(condition: bool, message: str) -> None:
 
 def _is_glue_name(task: str) -> bool:
     try:
-        glue.canonical_task(task)
+        glue_tasks.canonical_task(task)
         return True
     except ValueError:
         return False
 
 
 def _allowed_types(spec: DataSpec) -> set[str]:
-    if spec.task in glue.GLUE_TASKS and spec.source in ("glue", "hub"):
-        return {glue.GLUE_TASKS[spec.task].task_type, "seq2seq"}
+    if spec.task in glue_tasks.GLUE_TASKS and spec.source in ("glue", "hub"):
+        return {glue_tasks.GLUE_TASKS[spec.task].task_type, "seq2seq"}
     if spec.source == "synthetic":
         return {SYNTHETIC_TASKS[spec.task].task_type, "seq2seq"}  # type: ignore[index]
     if spec.source in ("alpaca", "ultrafeedback"):

@@ -12,18 +12,50 @@ JSON + markdown) for the registry to log::
 
 Trainer integration: ``Trainer(compute_metrics=make_compute_metrics("stsb"))``.
 """
-from .alpaca import (alpaca_report, judge_outputs, length_controlled_win_rate, load_instruction_set,
-                     run_alpaca_eval, win_rate, write_model_outputs)
-from .classification import evaluate_classification, predict_classification
-from .errors import (DegenerateScoresError, EvalError, EvalUnavailableError, JudgeError, JudgeUnavailableError,
-                     TokenizerError)
-from .generate import ALPACA_TEMPLATE, PAPER_DECODING, format_prompt, generate_answers
-from .guards import check_degenerate, prepare_tokenizer, unwrap_model
-from .judges import ChatJudge, Judge, RewardModelJudge, parse_choice
-from .lm_eval_suite import SUITES, SuiteTask, evaluate_lm, resolve_tasks
-from .local_tasks import LocalTask, write_arc_task
-from .metrics import GLUE_TASK_METRICS, glue_metrics, logits_to_predictions, make_compute_metrics, primary_metric
-from .report import EvalReport
+from __future__ import annotations
+
+from red.exports import lazy_exports
+
+_EXPORTS = {
+    "ALPACA_TEMPLATE": "generate",
+    "ChatJudge": "judges",
+    "DegenerateScoresError": "errors",
+    "EvalError": "errors",
+    "EvalReport": "report",
+    "EvalUnavailableError": "errors",
+    "GLUE_TASK_METRICS": "metrics",
+    "Judge": "judges",
+    "JudgeError": "errors",
+    "JudgeUnavailableError": "errors",
+    "LocalTask": "local_tasks",
+    "PAPER_DECODING": "generate",
+    "RewardModelJudge": "judges",
+    "SUITES": "suite_specs",
+    "SuiteTask": "suite_specs",
+    "TokenizerError": "errors",
+    "alpaca_report": "alpaca",
+    "check_degenerate": "guards",
+    "evaluate_classification": "classification",
+    "evaluate_lm": "lm_eval_suite",
+    "format_prompt": "generate",
+    "generate_answers": "generate",
+    "glue_metrics": "metrics",
+    "judge_outputs": "alpaca",
+    "length_controlled_win_rate": "alpaca",
+    "load_instruction_set": "alpaca",
+    "logits_to_predictions": "metrics",
+    "make_compute_metrics": "metrics",
+    "parse_choice": "judges",
+    "predict_classification": "classification",
+    "prepare_tokenizer": "guards",
+    "primary_metric": "metrics",
+    "resolve_tasks": "suite_specs",
+    "run_alpaca_eval": "alpaca",
+    "unwrap_model": "guards",
+    "win_rate": "alpaca",
+    "write_arc_task": "local_tasks",
+    "write_model_outputs": "alpaca",
+}
 
 __all__ = [
     "ALPACA_TEMPLATE", "ChatJudge", "DegenerateScoresError", "EvalError", "EvalReport", "EvalUnavailableError",
@@ -34,3 +66,5 @@ __all__ = [
     "make_compute_metrics", "predict_classification", "prepare_tokenizer", "primary_metric", "resolve_tasks",
     "run_alpaca_eval", "unwrap_model", "win_rate", "write_arc_task", "write_model_outputs",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -32,56 +31,12 @@ from red.methods.reft.model import given_prompt
 from .errors import EvalUnavailableError
 from .guards import check_degenerate, check_generative, describe_model, prepare_tokenizer, unwrap_model
 from .report import EvalReport
+from .suite_specs import SuiteTask, resolve_tasks
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SuiteTask:
-    """One lm-eval task (or group) of a suite: its shots and the metric it is ranked by."""
-
-    task: str
-    num_fewshot: int | None = None
-    metric: str | None = None        # lm-eval metric name, e.g. "acc_norm"; None: pick acc_norm > acc > ...
-    filter: str = "none"             # lm-eval filter name, e.g. "strict-match" for gsm8k
-    dataset: str | None = None       # hub data set it reads (for the offline pre-flight check)
-
-
-SUITES: dict[str, tuple[SuiteTask, ...]] = {
-    # Open LLM Leaderboard v1 (HuggingFaceH4, 2023-2024): tasks, shots and the metric each column showed.
-    "openllm-v1": (
-        SuiteTask("arc_challenge", 25, "acc_norm", dataset="allenai/ai2_arc"),
-        SuiteTask("hellaswag", 10, "acc_norm", dataset="Rowan/hellaswag"),
-        SuiteTask("truthfulqa_mc2", 0, "acc", dataset="truthfulqa/truthful_qa"),
-        SuiteTask("mmlu", 5, "acc", dataset="cais/mmlu"),
-        SuiteTask("winogrande", 5, "acc", dataset="allenai/winogrande"),
-        SuiteTask("gsm8k", 5, "exact_match", filter="strict-match", dataset="openai/gsm8k"),
-    ),
-}
 _METRIC_PREFERENCE = ("acc_norm", "acc", "exact_match", "f1", "mcc", "em", "bleu")
-
-
-def resolve_tasks(tasks: str | SuiteTask | Sequence[str | SuiteTask]) -> tuple[str, list[SuiteTask]]:
-    """A suite name, a task name, ``"task:shots"``, or a list of these -> (report name, SuiteTasks)."""
-    items = [tasks] if isinstance(tasks, (str, SuiteTask)) else list(tasks)
-    if not items:
-        raise ValueError("no lm-eval tasks given")
-    out: list[SuiteTask] = []
-    for item in items:
-        if isinstance(item, SuiteTask):
-            out.append(item)
-        elif item in SUITES:
-            out.extend(SUITES[item])
-        else:
-            name, _, shots = item.partition(":")
-            out.append(SuiteTask(name, int(shots) if shots else None))
-    if isinstance(tasks, str):
-        label = tasks
-    elif isinstance(tasks, SuiteTask):
-        label = tasks.task
-    else:
-        label = "+".join(t if isinstance(t, str) else t.task for t in items)
-    return label, out
 
 
 TaskSpec = str | SuiteTask | Sequence[str | SuiteTask]

@@ -21,21 +21,11 @@ from red.pretrained import from_pretrained, load_pretrained_edit
 
 from .alpaca import run_alpaca_eval
 from .judges import ChatJudge, RewardModelJudge
-from .lm_eval_suite import evaluate_lm, resolve_tasks
+from .lm_eval_suite import evaluate_lm
 from .local_tasks import write_arc_task
 from .paired import GENERATIVE, RowScores, rows_report, score_split
 from .report import EvalReport
-
-SuiteSpec = str | dict[str, Any]
-
-
-def suite_name(suite: SuiteSpec) -> str:
-    if isinstance(suite, str):
-        return suite.split(":", 1)[0]
-    if "suite" not in suite:
-        raise ValueError(f"an evaluation suite given as a mapping needs a 'suite' key, got {sorted(suite)}")
-    return str(suite["suite"])
-
+from .suite_specs import SuiteSpec, suite_name
 
 def run_suite(suite: SuiteSpec, edit_path: str | Path, *, data=None, out_dir: str | Path = "eval",
               max_length: int = 256, loaded=None) -> EvalReport:
@@ -82,52 +72,6 @@ def _judge(spec: dict[str, Any] | None):
         return RewardModelJudge(from_pretrained(AutoModelForSequenceClassification, path).eval(),
                                 AutoTokenizer.from_pretrained(path), **spec)
     raise ValueError(f"unknown judge kind {kind!r}; use chat or reward")
-
-
-# ---- gating on a suite's metric ---------------------------------------------------------------------------
-PRIMARY_METRICS = {"classification": ("accuracy", "f1", "mcc"), "regression": ("pearson", "spearman"),
-                   "causal_lm": ("loss", "perplexity"), "seq2seq": ("loss", "perplexity")}
-
-
-def suite_tasks(suite: SuiteSpec) -> list[str]:
-    """The names a gate metric may use for ``suite``: the suite's own, and for lm-eval its tasks'."""
-    name = suite_name(suite)
-    names = [name]
-    if name in ("openllm-v1", "lm-eval"):
-        opts = dict(suite) if isinstance(suite, dict) else {}
-        tasks = opts.get("tasks") or (suite.split(":", 1)[1].split(",") if isinstance(suite, str) and ":" in suite
-                                      else "openllm-v1")
-        names += [t.task for t in resolve_tasks(tasks)[1]]
-    return names
-
-
-def find_suite(suites: list[SuiteSpec], metric: str) -> SuiteSpec | None:
-    """The suite of ``suites`` that produces gate metric ``metric`` (``<suite or lm-eval task>/<metric>``).
-
-    None for a plain metric (``accuracy``, ``loss``...: the task's own test rows). Raises ValueError
-    naming the suites there are when ``metric`` names a suite the task does not run.
-    """
-    if "/" not in metric:
-        return None
-    head = metric.split("/", 1)[0]
-    for suite in suites:
-        if suite_name(suite) != "test" and head in suite_tasks(suite):
-            return suite
-    have = [suite_name(s) for s in suites]
-    raise ValueError(f"gate metric {metric!r} names {head!r}, which is not among this task's evaluation suites "
-                     f"{have}: add the suite to the task's `evaluate:` list, or gate on a metric it produces")
-
-
-def check_gate_metric(metric: str, suites: list[SuiteSpec], task_type: str | None) -> None:
-    """Refuse, at config time, a gate metric that the task's training and suites will never produce."""
-    if "/" in metric:
-        find_suite(suites, metric)
-        return
-    name = metric[len("test_"):] if metric.startswith("test_") else metric
-    allowed = PRIMARY_METRICS.get(task_type or "") or tuple(m for ms in PRIMARY_METRICS.values() for m in ms)
-    if name not in allowed:
-        raise ValueError(f"gate metric {metric!r} is not one the task's test rows give ({', '.join(allowed)}) nor "
-                         "an evaluation suite's ('<suite>/<metric>', e.g. alpaca/lc_win_rate, arc_challenge/acc_norm)")
 
 
 def suite_metric_key(report: EvalReport, metric: str) -> str:

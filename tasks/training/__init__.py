@@ -12,14 +12,35 @@ Modules, by what they hold:
   (its mixed batches);
 - ``finish``: a finished Trainer to a :class:`TrainResult` (``result``), judged against ``floors``.
 """
-from .config import EDIT_METHODS, Method, TrainConfig, training_identity
-from .control import clear_stop, request_stop, stop_training_when_interrupted, trainer_slot
-from .cotrain import CoTask, CoTrainConfig, co_train, family, group_identity, shared_settings
-from .errors import TrainingDiverged, TrainingError, TrainingInterrupted
-from .loop import train
-from .result import TrainResult
+from __future__ import annotations
+
+from red.exports import lazy_exports
+
+_EXPORTS = {
+    "CoTask": "cotrain",
+    "CoTrainConfig": "cotrain_settings",
+    "EDIT_METHODS": "config",
+    "Method": "config",
+    "TrainConfig": "config",
+    "TrainResult": "result",
+    "TrainingDiverged": "errors",
+    "TrainingError": "errors",
+    "TrainingInterrupted": "errors",
+    "clear_stop": "control",
+    "co_train": "cotrain",
+    "family": "cotrain_settings",
+    "group_identity": "cotrain",
+    "request_stop": "control",
+    "shared_settings": "cotrain_settings",
+    "stop_training_when_interrupted": "control",
+    "train": "loop",
+    "trainer_slot": "control",
+    "training_identity": "config",
+}
 
 __all__ = ["EDIT_METHODS", "CoTask", "CoTrainConfig", "Method", "TrainConfig", "TrainResult", "TrainingDiverged",
            "TrainingError", "TrainingInterrupted", "clear_stop", "co_train", "family", "group_identity",
            "request_stop", "shared_settings", "stop_training_when_interrupted", "train", "trainer_slot",
            "training_identity"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

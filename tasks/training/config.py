@@ -21,29 +21,58 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Hub name (e.g. roberta-base) or local checkpoint folder.")
-    revision: str | None = None
-    method: Method = "red"
-    edit: dict[str, Any] = Field(default_factory=dict, description="red.EditConfig fields: position, kind, layers, rank...")
-    preset: str | None = None
-    learning_rate: float | None = None
-    epochs: float | None = None
-    batch_size: int | None = None
-    eval_batch_size: int | None = None
-    grad_accum: int | None = None
-    weight_decay: float | None = None
-    warmup_ratio: float | None = None
-    warmup_steps: int | None = None
-    lr_scheduler: str | None = None
-    max_length: int | None = None
-    label_smoothing: float | None = None
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float | None = None
-    lora_targets: list[str] | None = None
-    max_steps: int | None = Field(default=None, description="Stop after this many optimizer steps (quick runs).")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 42
+    model: str = Field(description="The base model: a hub id (e.g. roberta-base), a local checkpoint folder, or "
+                       "'minilm' for the packaged MiniLM. Set by the retrain config's base_model.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the base "
+                                 "model; null: the default branch. Set by the retrain config's revision.")
+    method: Method = Field(default="red", description="What is trained: red (scale and bias vectors), loreft, "
+                           "direft, nodireft (ReFT interventions), lora, bitfit (biases), full (every weight); "
+                           "head (only the task head) is a floor for `redflow bench glue`, not a model to register.")
+    edit: dict[str, Any] = Field(default_factory=dict, description="red.EditConfig fields for edit methods: "
+                                 "position, kind, layers, rank, positions (see the Edit section).")
+    preset: str | None = Field(default=None, description="A hyperparameter table from the RED/ReFT papers "
+                               "(tasks/training/presets.py, e.g. glue-roberta-base); explicit fields win over it.")
+    learning_rate: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="Peak learning "
+                                        "rate (finite, >= 0; 0 keeps the starting point: a frozen baseline). "
+                                        "Default: the preset's, else 1e-3.")
+    epochs: float | None = Field(default=None, ge=1, allow_inf_nan=False, description="Passes over the training "
+                                 "rows (>= 1). Default: the preset's, else 3.")
+    batch_size: int | None = Field(default=None, ge=1, description="Training rows per forward pass (>= 1). "
+                                   "Default: the preset's, else 32.")
+    eval_batch_size: int | None = Field(default=None, ge=1, description="Rows per forward pass when scoring the "
+                                        "validation and test rows (>= 1; does not change the result). Default: "
+                                        "max(batch_size, 32).")
+    grad_accum: int | None = Field(default=None, ge=1, description="Forward passes accumulated per optimizer step "
+                                   "(>= 1): a step sees batch_size x grad_accum rows. Default: 1.")
+    weight_decay: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="AdamW weight decay "
+                                       "(>= 0). Default: the preset's, else 0.")
+    warmup_ratio: float | None = Field(default=None, ge=0, lt=1, description="Share of the optimizer steps spent "
+                                       "warming the learning rate up from 0 (0 <= ratio < 1). Default: the "
+                                       "preset's, else 0.06; warmup_steps > 0 wins over it.")
+    warmup_steps: int | None = Field(default=None, ge=0, description="Warm-up length in optimizer steps (>= 0); "
+                                     "0 uses warmup_ratio. Default: 0.")
+    lr_scheduler: str | None = Field(default=None, description="transformers' learning-rate schedule after the "
+                                     "warm-up (linear, cosine, constant, constant_with_warmup, polynomial...). "
+                                     "Default: the preset's, else linear.")
+    max_length: int | None = Field(default=None, ge=1, description="Tokens per row (>= 1); longer rows are "
+                                   "truncated and the run reports how many were. Default: the preset's, else 256.")
+    label_smoothing: float | None = Field(default=None, ge=0, lt=1, description="Label smoothing of the "
+                                          "classification loss (0 <= value < 1). Default: 0.")
+    lora_r: int | None = Field(default=None, ge=1, description="LoRA rank (method: lora; >= 1). Default: 8.")
+    lora_alpha: int | None = Field(default=None, ge=1, description="LoRA scaling alpha (method: lora; >= 1). "
+                                   "Default: 8.")
+    lora_dropout: float | None = Field(default=None, ge=0, lt=1, description="Dropout on LoRA's input (method: "
+                                       "lora; 0 <= value < 1). Default: 0.")
+    lora_targets: list[str] | None = Field(default=None, description="Module names LoRA adapts (method: lora). "
+                                           "Default: the architecture's query and value projections (the "
+                                           "paper's LoRA baseline).")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps (quick "
+                                  "runs; >= 1). Default: no limit.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="Weights' and activations' precision; auto: bf16 on a GPU that supports it, "
+        "else fp32.")
+    seed: int = Field(default=42, description="Random seed of the run (transformers.set_seed): the head's and the "
+                      "edit's initialisation, the row order.")
     resume: bool = Field(default=True, description="Resume a crashed training of exactly the same inputs (see "
                          "tasks.lifecycle.attempts); a finished training is never resumed.")
     init: Literal["fresh", "production"] = Field(
@@ -52,7 +81,7 @@ class TrainConfig(BaseModel):
     divergence_factor: float | None = Field(
         default=5.0, gt=1, description="Stop and report 'diverged' when an epoch's mean training loss exceeds this "
         "many times the first logged loss (a finite loss that ran away); null disables the check.")
-    logging_steps: int = 10
+    logging_steps: int = Field(default=10, ge=1, description="Optimizer steps between logged training losses.")
     tune: TuneConfig | None = Field(default=None, description="Search the learning rate (and optionally warmup, "
                                     "weight decay, LoRA rank) with Optuna instead of training once (tasks.tuning).")
 

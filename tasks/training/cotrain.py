@@ -44,10 +44,9 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, set_seed
 
@@ -57,8 +56,9 @@ from tasks.data import encode
 from tasks.lifecycle.gate import align_head
 from tasks.lifecycle.identity import Identity
 
-from .config import EDIT_METHODS, TrainConfig, training_identity
+from .config import TrainConfig, training_identity
 from .control import trainer_slot
+from .cotrain_settings import CoTrainConfig, family, shared_settings
 from .errors import TrainingDiverged, TrainingError
 from .finish import finish, result_params
 from .guards import StopOnRequest, initial_loss
@@ -69,69 +69,6 @@ from .result import TrainResult
 from .trainer import checkpoint_step, compute_metrics_for, quiet_console_logging, training_arguments
 
 log = logging.getLogger(__name__)
-
-#: Settings every task of a co-training shares: one base, one method, one schedule.
-SHARED = ("model", "revision", "method", "precision", "epochs", "max_steps", "warmup_ratio", "warmup_steps",
-          "lr_scheduler")
-
-
-class CoTrainConfig(BaseModel):
-    """How the tasks' rows are mixed (see :mod:`tasks.training.mixing`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    temperature: float = Field(default=1.0, gt=0, description="Task k's share of the rows is proportional to "
-                               "n_k^(1/temperature): 1 = proportional to size, larger flattens toward uniform "
-                               "(.inf = uniform).")
-    mixing: Literal["stratified", "random"] = Field(
-        default="stratified", description="stratified: every step holds each task's share (deterministic); "
-        "random: each row's task is drawn from the shares.")
-    batch_size: int | None = Field(default=None, ge=1, description="Rows per forward pass (default: the largest "
-                                   "batch_size of the tasks): the activation memory of one task's batch.")
-    rows_per_step: int | None = Field(default=None, ge=1, description="Rows per optimizer step (default: the sum "
-                                      "of the tasks' batch_size x grad_accum), cut into forward passes.")
-    micro_batches: Literal["length", "task"] = Field(
-        default="length", description="How a step's rows are cut into forward passes: sorted by length (least "
-        "padding), or each task's rows together (with equal shares, every pass is one task's batch in the order "
-        "training it alone takes). The step's gradient is the same either way.")
-
-    def recipe(self) -> dict[str, Any]:
-        """What part of a co-trained task's training identity (``tasks.training.config.training_identity``)."""
-        return self.model_dump(mode="json")
-
-
-def family(task_type: str) -> str:
-    """Tasks of one family load the same model class and can share a base: ``sequence`` (classification and
-    regression), ``causal_lm``, ``seq2seq``."""
-    return "sequence" if task_type in ("classification", "regression") else task_type
-
-
-def shared_settings(configs: dict[str, TrainConfig], presets: dict[str, str] | None = None) -> dict[str, Any]:
-    """The settings of :data:`SHARED`, which the co-trained tasks must agree on; ValueError naming what differs.
-
-    ``configs``: task name -> its training config; ``presets``: task name -> the GLUE task its preset is looked up
-    by (default the name). Methods other than RED are refused: ReFT's interventions sit at per-row prompt positions
-    and LoRA, BitFit and full fine-tuning change weights the tasks would share.
-    """
-    values: dict[str, dict[str, Any]] = {}
-    for name, config in configs.items():
-        if config.method != "red":
-            how = ("its interventions sit at per-row prompt positions through a per-task low-rank projection, which "
-                   "the co-training bank does not route" if config.method in EDIT_METHODS else
-                   "it trains weights of the base model (or adapters on them) that the co-trained tasks share")
-            raise ValueError(f"co-training trains RED edits; task {name!r} uses method {config.method!r}: {how}. "
-                             f"Train it alone (co_train: false on the task) or use method: red.")
-        hp = config.resolved((presets or {}).get(name, name))
-        values[name] = {"model": config.model, "revision": config.revision, "method": config.method,
-                        "precision": config.precision, "max_steps": config.max_steps,
-                        **{k: hp[k] for k in ("epochs", "warmup_ratio", "warmup_steps", "lr_scheduler")}}
-    first = next(iter(values.values()))
-    for key in SHARED:
-        seen = {name: v[key] for name, v in values.items()}
-        if len({json.dumps(v, default=str) for v in seen.values()}) > 1:
-            raise ValueError(f"co-trained tasks share one base model and one schedule, but they differ in {key} "
-                             f"({', '.join(f'{n}: {v!r}' for n, v in seen.items())}). Set the same {key} for "
-                             "them (e.g. in defaults), or train some alone (co_train: false) or in another group.")
-    return dict(first)
 
 
 def group_identity(identities: dict[str, Identity], settings: CoTrainConfig) -> Identity:
@@ -218,7 +155,7 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     ``out_dir``; ``seconds`` is the co-training's) or the error that stopped that task alone: its data does not
     encode, its head cannot be trained, its start edit does not fit, its loss became NaN
     (:class:`TrainingError`) or ran away (:class:`TrainingDiverged`). Raises ``ValueError`` /
-    :class:`TrainingError` for what stops them all: settings the tasks must share that differ (:data:`SHARED`),
+    :class:`TrainingError` for what stops them all: settings the tasks must share that differ (:data:`.cotrain_settings.SHARED`),
     tasks of different model families, a method other than RED, a base that cannot load.
     ``resume_from``: a complete checkpoint of a crashed co-training of the same inputs (see tasks.lifecycle.attempts).
     """

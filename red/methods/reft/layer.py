@@ -41,7 +41,8 @@ from ...config import EditConfig
 from ...errors import EditConfigError
 from ...hooks import HookedEdit
 from ...targets import Target
-from .positions import PromptPositions, Window, parse_positions
+from .notation import parse_positions
+from .positions import PromptPositions, Window
 
 
 class _UnitDiagonal(nn.Module):

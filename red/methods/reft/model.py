@@ -21,7 +21,8 @@ from ...config import EditConfig
 from ...errors import EditConfigError
 from ...targets import Target, find_targets
 from .layer import ReftEdit
-from .positions import PromptPositions, parse_positions
+from .notation import parse_positions
+from .positions import PromptPositions
 
 
 def prompt_module(model: nn.Module) -> nn.Module:

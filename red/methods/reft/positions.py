@@ -1,7 +1,7 @@
 """Which token positions a ReFT intervention acts on, per row, whatever the padding.
 
 ReFT edits the residual stream only at the first ``f`` and last ``l`` tokens of
-the *prompt* (``positions="f7+l7"``, read by :func:`parse_positions`). Those indices differ per row: left
+the *prompt* (``positions="f7+l7"``, read by :func:`.notation.parse_positions`). Those indices differ per row: left
 padding shifts them right, a shorter prompt moves the suffix left, and in a
 causal-LM training row the prompt ends where the labelled response begins. So
 they are computed from the inputs of each forward pass, never assumed:
@@ -27,7 +27,6 @@ it recomputes the prompt, which is edited exactly as in the first pass.
 from __future__ import annotations
 
 import inspect
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,26 +40,6 @@ IGNORE_INDEX = -100
 
 
 # ---- pure functions (the specification, tested directly) ---------------------------------
-def parse_positions(spec: str) -> tuple[int, int]:
-    """Parse the ReFT position notation: ``f7+l7`` -> (7, 7), ``l1`` -> (0, 1)."""
-    first = last = 0
-    seen = False
-    for part in spec.replace(" ", "").split("+"):
-        match = re.fullmatch(r"([fl])(\d+)", part)
-        if not match:
-            raise ValueError(
-                f"positions {spec!r} is not in the form 'f<N>+l<M>' (first N and last M prompt tokens), e.g. 'f7+l7' or 'l1'"
-            )
-        seen = True
-        if match.group(1) == "f":
-            first = int(match.group(2))
-        else:
-            last = int(match.group(2))
-    if not seen or first + last == 0:
-        raise ValueError(f"positions {spec!r} selects no token; use e.g. 'f7+l7'")
-    return first, last
-
-
 def prompt_mask(attention_mask: torch.Tensor | None, batch: int, length: int,
                 labels: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
     """(batch, length) bool: True at the real prompt tokens of each row."""
