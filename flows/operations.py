@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import rollback
-from registry.store import TrackingTarget, resolve_tracking_uri, use_tracking
+from registry.store import TrackingTarget, open_target
 from registry.views import require_model, require_version
 
 if TYPE_CHECKING:  # the config's module imports the training stack, which these operations never need
@@ -26,10 +26,8 @@ def open_store(tracking_uri: str | None = None, runs_dir: str | Path = "runs", *
     ``create=False`` (every command that works on existing models) raises ``StoreNotFound`` rather
     than creating an empty SQLite store.
     """
-    target = resolve_tracking_uri(tracking_uri, cfg.runs_dir if cfg is not None else runs_dir,
-                                  config_uri=cfg.tracking_uri if cfg is not None else None, source="--tracking-uri")
-    use_tracking(target, create=create)
-    return target
+    return open_target(tracking_uri, cfg.runs_dir if cfg is not None else runs_dir,
+                       config_uri=cfg.tracking_uri if cfg is not None else None, create=create)
 
 
 def task_for_model(cfg: "RetrainConfig", model_name: str, task: str | None = None) -> "TaskSpec":

@@ -34,14 +34,13 @@ from tasks.lifecycle.gate import LabelSpaceMismatch
 
 from .history import HISTORY_ENTRY, HISTORY_TAG, history_entries, json_list, update_history_description
 from .locks import DEFAULT_TIMEOUT, registry_lock
+from .names import READY, STATUS_TAG
 from .policy import PromotionPolicy
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
 _MAX_MODEL_TAG = 5000    # registered_model_tags.value is VARCHAR(5000) on MLflow's SQL stores
 _MAX_VERSION_TAG = 20_000  # a version's own copy, bounded (model_version_tags.value is TEXT)
-STATUS_TAG = "redflow.status"
-READY = "ready"
 _log = logging.getLogger(__name__)
 
 

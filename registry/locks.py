@@ -52,9 +52,9 @@ from mlflow.tracking import MlflowClient
 
 from red.utils import slug
 
+from .names import LOCK_MODEL_PREFIX
 from .store import sqlite_path
 
-LOCK_MODEL_PREFIX = "redflow-lock."
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_TTL = 300.0
 

@@ -26,6 +26,8 @@ import mlflow
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
+from .reachability import Unreachable, connect_error
+
 DEFAULT_RUNS_DIR = "runs"
 ARTIFACTS_DIRNAME = "mlartifacts"
 DB_FILENAME = "mlflow.db"
@@ -35,12 +37,19 @@ ENV_MLFLOW = "MLFLOW_TRACKING_URI"
 _ENV_AT_IMPORT = os.environ.get(ENV_MLFLOW)   # the user's (or the parent process's) export
 _EXPORTED: set[str] = set()                    # URIs this process exported through mlflow.set_tracking_uri
 _SCHEMA_READY: set[str] = set()                # SQLite URIs whose schema this process has opened under the lock
+_REACHABLE: set[str] = set()                   # tracking servers this process found answering
 SCHEMA_LOCK_SUFFIX = ".schema.lock"
 SCHEMA_LOCK_TIMEOUT_S = 600.0                  # a migration of a large store takes minutes, never more
 
 
 class StoreNotFound(FileNotFoundError):
     """A command that only reads found no MLflow store where the tracking URI points."""
+
+
+class StoreUnreachable(Unreachable):
+    """Nothing answers at the tracking server's address (refused, no such host, no connection in time).
+
+    A user error (the CLI exits 2): the message names the URI, where it came from and the fix."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,23 @@ def require_store(target: TrackingTarget) -> None:
             "(e.g. sqlite:///path/to/runs/mlflow.db), set MLFLOW_TRACKING_URI, or run from the folder that holds runs/")
 
 
+def require_reachable(target: TrackingTarget) -> None:
+    """Raise ``StoreUnreachable`` within seconds if ``target`` is an http(s) tracking server nothing answers at.
+
+    MLflow's client would retry a refused connection for about four minutes and then fail as an internal
+    error; this probe (``registry/reachability.py``: connection failures only, a slow server passes) runs
+    once per server and process. Other URIs (SQLite, databricks) are not probed."""
+    if not target.uri.startswith(("http://", "https://")) or target.uri in _REACHABLE:
+        return
+    reason = connect_error(target.uri.rstrip("/") + "/health")
+    if reason is not None:
+        raise StoreUnreachable(
+            f"no MLflow tracking server answers at {target.uri} (from {target.source}): {reason}. Fix: start the "
+            "server (e.g. `mlflow server --host 127.0.0.1 --port 5000`), or point --tracking-uri, "
+            "MLFLOW_TRACKING_URI or the config's tracking_uri at a running one")
+    _REACHABLE.add(target.uri)
+
+
 def schema_lock_path(db: Path) -> Path:
     """The file lock beside a SQLite store that serialises its schema creation and migrations."""
     return db.with_name(f"{db.name}{SCHEMA_LOCK_SUFFIX}")
@@ -150,8 +176,10 @@ def _open_schema(uri: str, db: Path) -> None:
 def use_tracking(target: TrackingTarget, *, create: bool = True) -> str:
     """Point MLflow (tracking and registry) at ``target``; with ``create=False`` the store must exist.
 
-    A SQLite store's schema is created or migrated here, under a file lock (:func:`_open_schema`)."""
+    A SQLite store's schema is created or migrated here, under a file lock (:func:`_open_schema`); an http(s)
+    server is probed first (:func:`require_reachable`: ``StoreUnreachable`` within seconds, not minutes)."""
     db = sqlite_path(target.uri)
+    require_reachable(target)
     if not create:
         require_store(target)
     elif db is not None:
@@ -164,6 +192,17 @@ def use_tracking(target: TrackingTarget, *, create: bool = True) -> str:
     mlflow.set_registry_uri(target.uri)
     _EXPORTED.add(target.uri)
     return target.uri
+
+
+def open_target(uri: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR, *, config_uri: str | None = None,
+                create: bool = False, source: str = "--tracking-uri") -> TrackingTarget:
+    """Resolve the store (``uri`` > ``config_uri`` > env > default under ``runs_dir``) and point MLflow at it.
+
+    What every command that works on existing models does first (``create=False``: ``StoreNotFound`` rather than an
+    empty SQLite store; ``StoreUnreachable`` for a tracking server that does not answer)."""
+    target = resolve_tracking_uri(uri, runs_dir, config_uri=config_uri, source=source)
+    use_tracking(target, create=create)
+    return target
 
 
 def setup_tracking(uri: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR, *, create: bool = True) -> str:

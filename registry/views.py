@@ -14,9 +14,8 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .aliases import STATUS_TAG
 from .history import history_entries
-from .locks import LOCK_MODEL_PREFIX
+from .names import LOCK_MODEL_PREFIX, STATUS_TAG
 
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 

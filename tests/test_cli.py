@@ -120,18 +120,24 @@ def two_versions(tmp_path, minilm_path):
 
 def test_versions_history_promote_and_rollback_tell_scripts_what_happened(tmp_path, two_versions, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert _cli("promote", "red-sst2", "1").exit_code == 0  # the first production version
+    out = _cli("promote", "red-sst2", "1")
+    assert out.exit_code == 0  # the first production version: the store, the verdict, where it was recorded
+    assert len(out.output.strip().splitlines()) <= 3, out.output
+    assert "red-sst2: production -> v1 (promoted: " in out.stdout and "redflow history red-sst2" in out.stdout
     out = _cli("promote", "red-sst2", "1")
     assert out.exit_code == 0 and "already production" in out.output  # the state asked for: not a failure
     out = _cli("promote", "red-sst2", "2", "--margin", "0.01")
-    assert out.exit_code == 1 and _json(out.output)["promoted"] is False  # the gate said no: not a success
-    assert "no: red-sst2 v2 not promoted" in out.output and "MLflow store: sqlite:///" in out.output
+    assert out.exit_code == 1 and len(out.output.strip().splitlines()) <= 3, out.output  # no: not a success
+    assert "no: red-sst2 v2 not promoted" in out.output and "production stays v1" in out.output
+    out = _cli("promote", "red-sst2", "2", "--margin", "0.01", "--json")
+    assert out.exit_code == 1 and json.loads(out.stdout)["promoted"] is False  # the document alone on stdout
+    assert "no: red-sst2 v2 not promoted" in out.stderr and "MLflow store: sqlite:///" in out.stderr
 
     config = write_retrain_config(tmp_path / "c.yaml", "minilm", tmp_path / "runs",
                                   [synthetic_task("sst2", "sentiment", tmp_path)],
                                   promotion={"margin": 0.0, "minimum": 0.9})
-    out = _cli("promote", "red-sst2", "2", "--config", str(config))
-    assert out.exit_code == 1 and _json(out.output)["policy"]["minimum"] == 0.9  # the config's policy was applied
+    out = _cli("promote", "red-sst2", "2", "--config", str(config), "--json")
+    assert out.exit_code == 1 and json.loads(out.stdout)["policy"]["minimum"] == 0.9  # the config's policy applied
 
     assert _cli("promote", "red-sst2", "2", "--force").exit_code == 0
     out = _cli("versions", "red-sst2")
@@ -139,7 +145,9 @@ def test_versions_history_promote_and_rollback_tell_scripts_what_happened(tmp_pa
     rows = _json(_cli("versions", "red-sst2", "--json").output)
     assert [(r["version"], r["aliases"]) for r in rows] == [(2, ["candidate", "production"]), (1, [])]
 
-    assert _cli("rollback", "red-sst2", "--reason", "bad [canary] results").exit_code == 0
+    out = _cli("rollback", "red-sst2", "--reason", "bad [canary] results")
+    assert out.exit_code == 0 and len(out.output.strip().splitlines()) <= 3, out.output
+    assert "red-sst2: production v2 -> v1 (rolled back: bad [canary] results)" in out.stdout
     history = _json(_cli("history", "red-sst2", "--json").output)
     assert [e["action"] for e in history[:3]] == ["rollback", "force-promote", "reject"]  # newest first
     assert history[0]["by"].split("@")[0] and history[0]["reason"] == "bad [canary] results"
@@ -153,6 +161,30 @@ def test_versions_history_promote_and_rollback_tell_scripts_what_happened(tmp_pa
     assert out.exit_code == 2 and "no registered model 'red-nosuch'" in out.output and "red-sst2" in out.output
     out = _cli("promote", "red-sst2", "7")
     assert out.exit_code == 2 and "has no version 7 (versions: 1, 2)" in out.output
+
+
+def test_evaluate_names_the_version_it_resolved_and_where_it_recorded_the_result(tmp_path, two_versions,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _cli("promote", "red-sst2", "1").exit_code == 0
+    config = write_retrain_config(tmp_path / "c.yaml", "minilm", tmp_path / "runs",
+                                  [synthetic_task("sst2", "sentiment", tmp_path)])
+    out = _cli("evaluate", "red-sst2", "--config", str(config))
+    assert out.exit_code == 0 and len(out.output.strip().splitlines()) <= 3, out.output
+    assert "red-sst2@production is v1: " in out.stdout and "accuracy=" in out.stdout
+    [run_id] = [v for k, v in MlflowClient().get_model_version("red-sst2", "1").tags.items()
+                if k.startswith("eval.") and k.endswith(".run_id")]
+    assert f"recorded on red-sst2 v1 (tags eval.<suite>.*) and as MLflow run(s) {run_id}" in out.stdout
+
+    out = _cli("evaluate", "red-sst2", "--version", "2", "--config", str(config), "--json")
+    document = json.loads(out.stdout)  # nothing else on stdout
+    assert out.exit_code == 0 and document["version"] == 2 and document["requested"] == "2"
+    tags = MlflowClient().get_model_version("red-sst2", "2").tags
+    assert list(document["runs"].values()) == [v for k, v in tags.items() if k.startswith("eval.")
+                                               and k.endswith(".run_id")]
+    [(suite, metrics)] = document["metrics"].items()
+    assert suite in document["runs"] and "accuracy" in metrics
+    assert "recorded on red-sst2 v2" in out.stderr
 
 
 def test_with_a_prefect_api_configured_promote_runs_as_a_flow_run(tmp_path, two_versions, monkeypatch,
@@ -169,8 +201,8 @@ def test_with_a_prefect_api_configured_promote_runs_as_a_flow_run(tmp_path, two_
 
     before = asyncio.run(promote_runs())
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
-    out = _cli("promote", "red-sst2", "1", "--tracking-uri", two_versions)
-    assert out.exit_code == 0 and _json(out.output)["promoted"] is True and "runs as a flow run" in out.output
+    out = _cli("promote", "red-sst2", "1", "--tracking-uri", two_versions, "--json")
+    assert out.exit_code == 0 and json.loads(out.stdout)["promoted"] is True and "ran as a flow run" in out.stderr
     assert asyncio.run(promote_runs()) == before + 1
 
 

@@ -17,10 +17,11 @@ def _retrain(*args: str):
     return CliRunner().invoke(app, ["retrain", *args], terminal_width=80)
 
 
-def test_a_one_task_retrain_prints_one_screen_and_logs_the_rest(tmp_path, tiny_checkpoints):
+def test_a_one_task_retrain_prints_one_screen_and_logs_the_rest(tmp_path, tiny_checkpoints, monkeypatch):
     long_name = "sentiment-of-product-reviews"
     cfg = write_retrain_config(tmp_path / "c.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
                                [synthetic_task(long_name, "sentiment", tmp_path)])
+    monkeypatch.chdir(tmp_path)  # the runs lie under the working directory: the paths printed are relative
     out = _retrain(str(cfg))
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
@@ -32,6 +33,10 @@ def test_a_one_task_retrain_prints_one_screen_and_logs_the_rest(tmp_path, tiny_c
     for noise in ("LOAD REPORT", "Consider training", "CloudPickle", "train_runtime", "Traceback"):
         assert noise not in out.output
     assert re.search(rf"{long_name}: train", out.output) and "promoted" in out.output
+    steps = lines[lines.index("Next"):]
+    assert all(len(line.rstrip()) <= 80 for line in steps), steps  # relative paths: nothing wraps at 80 columns
+    assert "sqlite:///runs/mlflow.db" in out.output and "--config c.yaml" in out.output
+    assert str(tmp_path) not in "\n".join(steps) and "full log: runs/" in out.output
     log = Path(re.search(r"full log: (\S+)", out.output).group(1))
     text = log.read_text() if log.is_absolute() else (Path.cwd() / log).read_text()
     assert "Finished in state Completed" in text  # Prefect's run lines went to the file
@@ -51,6 +56,7 @@ def test_a_failed_task_is_in_the_summary_and_the_exit_code_says_no(tmp_path, tin
     assert "missing column(s) ['sentence']" in out.output  # the brackets survive
     assert "Traceback" not in out.output
     assert "no: 1 of 2 tasks failed (broken); the other 1 completed." in out.output
+    assert "Next" not in out.output.splitlines()  # what to look at next after a failure is the failure
 
 
 def test_ctrl_c_stops_training_at_the_next_step_and_leaves_it_resumable(tmp_path, tiny_checkpoints):

@@ -49,15 +49,16 @@ PLAIN_USER_ERRORS: tuple[type[BaseException], ...] = (LookupError, ValueError, F
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user fixes (exit 2): ConfigError and pydantic's errors are ValueErrors, ModelNotFound a
-    LookupError, StoreNotFound a FileNotFoundError; registry's own are imported lazily (they need mlflow)."""
+    LookupError, StoreNotFound a FileNotFoundError, an unreachable tracking server or Prefect API an
+    ``Unreachable``; registry's own are recognised when their module is loaded (they need mlflow)."""
     kinds: list[type[BaseException]] = list(PLAIN_USER_ERRORS)
-    try:
-        from registry.aliases import RollbackError  # lazy: loads MLflow; --help stays instant
-        from registry.locks import LockTimeout  # lazy: loads MLflow; --help stays instant
-
-        kinds += [RollbackError, LockTimeout]
-    except ImportError:  # pragma: no cover - registry needs mlflow, which redflow requires
-        pass
+    # An error of these classes exists only if its module was imported: reading sys.modules imports nothing
+    # (registry.aliases would load torch), so the error of a light command stays quick.
+    for module, name in (("registry.aliases", "RollbackError"), ("registry.locks", "LockTimeout"),
+                         ("registry.reachability", "Unreachable")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            kinds.append(getattr(loaded, name))
     return tuple(kinds)
 
 
@@ -120,6 +121,23 @@ def split_commas(value: Optional[str]) -> Optional[list[str]]:
 def print_json(data: Any) -> None:
     """``data`` as indented JSON on stdout (what the command answers); values JSON cannot hold as their ``str``."""
     console.print_json(data=json.loads(json.dumps(data, default=str)))
+
+
+JSON_HELP = "Print the full document as JSON, alone on stdout (the summary lines go to stderr)."
+
+
+def answer(document: Any, lines: list[Text | str], as_json: bool = False) -> None:
+    """What a command that acts on versions (promote, rollback, evaluate, approve, reject) prints.
+
+    By default the few ``lines`` (at most three: the verdict, the version moved or resolved, where it was recorded)
+    on stdout; with ``--json`` (``as_json``) ``document`` alone on stdout, parseable by ``json.loads`` (the lines go
+    to stderr, where a person running it still sees them).
+    """
+    if as_json:
+        print_json(document)
+    for line in lines:
+        (err if as_json else console).print(line if isinstance(line, Text) else Text(line), soft_wrap=True,
+                                            highlight=False)
 
 
 def _version_callback(value: bool) -> None:

@@ -32,10 +32,13 @@ def _check_only(cfg, config: Path, only: Optional[list[str]]) -> None:
 
 
 def _announce_store(cfg, tracking_uri: Optional[str] = None) -> str:
-    from registry.store import resolve_tracking_uri  # lazy: loads MLflow; --help stays instant
+    """Say which MLflow store the retrain uses; a tracking server that does not answer is an error now, not after
+    minutes of retries inside the flow (``StoreUnreachable``, exit 2)."""
+    from registry.store import require_reachable, resolve_tracking_uri  # lazy: loads MLflow; --help stays instant
 
     target = resolve_tracking_uri(tracking_uri, cfg.runs_dir, config_uri=cfg.tracking_uri, source="--tracking-uri")
     note(target.describe())
+    require_reachable(target)
     return target.uri
 
 
@@ -82,10 +85,11 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
     from ..config import load_config  # lazy: loads torch; --help stays instant
     from ..console import logging_to, reporting  # lazy: loads torch; --help stays instant
     from ..ephemeral_servers import reap_orphaned_servers  # lazy: loads Prefect; --help stays instant
-    from ..orchestrator import ephemeral_server_grace  # lazy: loads Prefect; --help stays instant
+    from ..orchestrator import ephemeral_server_grace, require_prefect_api  # lazy: loads Prefect; --help instant
     from ..retrain import RetrainFailed, retrain as retrain_flow  # lazy: loads Prefect; --help stays instant
 
     cfg = load_config(config, overrides)
+    require_prefect_api()  # a configured API that does not answer: exit 2 now, not minutes of client retries
     given = config
     if overrides:  # the flow reads its config from a file: write the overridden one beside the runs
 
@@ -103,10 +107,10 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
             summary, failure = exc.summary, exc
     if summary:
         print_summary(summary)
-    note(f"full log: {log_path}")
-    print_next_steps(cfg, given)
-    if failure is not None:
+    note(f"full log: {relative(log_path)}")
+    if failure is not None:  # what to look at next is the failure (the summary and the log), not the registry
         raise Negative(str(failure)) from failure
+    print_next_steps(cfg, given)
 
 
 def retrain(config: Path = typer.Argument(..., help="Retrain YAML (see configs/)."),
@@ -174,30 +178,56 @@ def print_summary(summary: dict) -> None:
         console.print(Text.assemble((f"{task}: ", "bold"), (str(text), style)), soft_wrap=False)
 
 
+def relative(path: Path | str) -> str:
+    """``path`` relative to the working directory when it lies under it (what a person types), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def relative_uri(uri: str) -> str:
+    """A ``sqlite:///`` URI whose file lies under the working directory as a relative one (``sqlite:///runs/...``)."""
+    from registry.store import sqlite_path  # lazy: loads MLflow; --help stays instant
+
+    db = sqlite_path(uri)
+    if db is None:
+        return uri
+    short = relative(db)
+    return uri if Path(short).is_absolute() else f"sqlite:///{short}"
+
+
 def print_next_steps(cfg, config: Path | str = "<retrain config>") -> None:
+    """What to look at after a successful retrain: the MLflow UI, Prefect, versions, serving, promote/rollback.
+
+    One command per line (a long one continued with a backslash, so a copy-paste runs it whole); with the runs
+    under the working directory the paths are relative and every line fits 80 columns."""
     from registry import setup_tracking  # lazy: loads MLflow; --help stays instant
 
     uri = setup_tracking(cfg.tracking_uri, cfg.runs_dir)
+    short = relative_uri(uri)
     if uri.startswith(("http://", "https://")):  # a tracking server: its own UI
-        ui = [("Compare runs and see aliases", experiment_url(uri.rstrip("/"), cfg.experiment))]
+        ui = [("Compare runs and see aliases", [experiment_url(uri.rstrip("/"), cfg.experiment)])]
     else:
         ui = [("Compare runs and see aliases (then open the link below)",
-               f"mlflow ui --backend-store-uri {uri} --port 5000"),
-              ("", experiment_url("http://127.0.0.1:5000", cfg.experiment))]
+               [f"mlflow ui --backend-store-uri {short} --port 5000"]),
+              ("", [experiment_url("http://127.0.0.1:5000", cfg.experiment)])]
     steps = [
         *ui,
-        ("Flow runs and their summaries", "prefect server start"),
-        ("Versions and the alias history of a task", "redflow versions red-<task>; redflow history red-<task>"),
-        ("Serve a task", f"MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/red-<task>@production "
-                         "--env-manager local --port 5001"),
+        ("Flow runs and their summaries", ["prefect server start"]),
+        ("Versions and the alias history of a task", ["redflow versions red-<task>; redflow history red-<task>"]),
+        ("Serve a task", [f"MLFLOW_TRACKING_URI={short} \\",
+                          "  mlflow models serve -m models:/red-<task>@production \\",
+                          "  --env-manager local --port 5001"]),
         ("Promote (both versions scored on the task's rows) or roll back",
-         f"redflow promote red-<task> <version> --config {config}; redflow rollback red-<task>"),
+         [f"redflow promote red-<task> <version> --config {relative(config)}", "redflow rollback red-<task>"]),
     ]
     console.print(Text("\nNext", style="bold"))
-    for what, command in steps:  # one command per line, never wrapped by us: copy-paste it whole
+    for what, commands in steps:  # never wrapped by rich: a copy-paste must run what it shows
         if what:
             console.print(Text(f"  {what}:", style="dim"))
-        console.print(Text(f"    {command}"), soft_wrap=True, highlight=False)
+        for command in commands:
+            console.print(Text(f"    {command}"), soft_wrap=True, highlight=False)
 
 
 def experiment_url(ui: str, experiment: str) -> str:

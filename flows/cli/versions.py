@@ -15,24 +15,36 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from .common import RUNS_DIR_HELP, TRACKING_HELP, Negative, console, guard, note, print_json
+from .common import (EXIT_NO, JSON_HELP, RUNS_DIR_HELP, TRACKING_HELP, answer, console, guard, note,
+                     print_json)
 
 
 def _open(tracking_uri: Optional[str], runs_dir: str = "runs", cfg=None) -> str:
-    from ..operations import open_store  # lazy: loads MLflow; --help stays instant
+    """Point MLflow at the existing store and say which. Loads only ``registry.store``: ``versions`` and ``history``
+    stay off the gate's and the training's imports (their CPU is about a bare MLflow client script's)."""
+    from registry.store import open_target  # lazy: loads MLflow; --help stays instant
 
-    target = open_store(tracking_uri, runs_dir, cfg=cfg)
+    target = open_target(tracking_uri, cfg.runs_dir if cfg is not None else runs_dir,
+                         config_uri=cfg.tracking_uri if cfg is not None else None)
     note(target.describe())
     return target.uri
 
 
 def _prefect_api() -> Optional[str]:
-    from ..orchestrator import prefect_api_url  # lazy: loads Prefect; --help stays instant
+    """The configured Prefect API (probed: ``PrefectApiUnreachable`` if it does not answer), or None."""
+    from ..orchestrator import require_prefect_api  # lazy: loads Prefect; --help stays instant
 
-    url = prefect_api_url()
-    if url:
-        note(f"Prefect API: {url} (this runs as a flow run)")
-    return url
+    return require_prefect_api()
+
+
+def _recorded(model_name: str, prefect: Optional[str]) -> str:
+    """The line that says where a move or a gate decision was recorded."""
+    flow = f"; it ran as a flow run on the Prefect API {prefect}" if prefect else ""
+    return f"recorded in the alias history of {model_name} (redflow history {model_name}){flow}"
+
+
+def _no(text: str) -> Text:
+    return Text.assemble(("no: ", "bold yellow"), text)
 
 
 def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
@@ -53,8 +65,12 @@ def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. r
                                                             help="Metric direction (default: the config's, else "
                                                                  "from the metric: losses are lower-is-better)."),
             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
-            runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP)) -> None:
-    """Move 'production' to VERSION if it passes the gate (compare-and-set; recorded). Exit 1 if rejected."""
+            runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
+            as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Move 'production' to VERSION if it passes the gate (compare-and-set; recorded). Exit 1 if rejected.
+
+    Prints the decision and where it was recorded; ``--json`` the gate's full decision (numbers, interval, policy).
+    """
     from ..operations import promotion_policy, task_for_model  # lazy: loads MLflow; --help stays instant
     from ..promotion import promote_version  # lazy: loads torch; --help stays instant
 
@@ -68,7 +84,8 @@ def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. r
         spec = task_for_model(cfg, model_name, task) if cfg is not None else None
         policy = promotion_policy(cfg, spec, margin=margin, minimum=minimum, metric=metric,
                                   higher_is_better=higher_is_better)
-        if _prefect_api():
+        prefect = _prefect_api()
+        if prefect:
             from ..manage import promote as promote_flow  # lazy: loads Prefect; --help stays instant
 
             result = promote_flow(model_name, version, force=force, margin=margin, minimum=minimum, metric=metric,
@@ -76,13 +93,19 @@ def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. r
                                   config=str(config) if config else None, task=spec.name if spec else None)
         else:
             result = promote_version(model_name, version, force=force, policy=policy, cfg=cfg, task=spec).to_dict()
-        print_json(result)
-        if result.get("previous") == version and not result.get("promoted"):
-            note(f"{model_name}: v{version} is already production")  # the state asked for: success
+        previous = result.get("previous")
+        if previous == version and not result.get("promoted"):  # the state asked for: success, nothing moved
+            answer(result, [f"{model_name}: v{version} is already production (nothing moved)"], as_json)
         elif not force and not result.get("promoted"):
-            raise Negative(f"{model_name} v{version} not promoted: {result.get('reason')}")
+            stays = f"production stays v{previous}" if previous is not None else "no version is production"
+            answer(result, [_no(f"{model_name} v{version} not promoted: {result.get('reason')}; {stays}"),
+                            _recorded(model_name, prefect)], as_json)
+            raise typer.Exit(EXIT_NO)
         else:
-            note(f"{model_name}: production -> v{version}" + (" (forced)" if force else ""))
+            moved = f"v{previous} -> v{version}" if previous is not None else f"-> v{version}"
+            why = "forced: " if force else "promoted: "
+            answer(result, [f"{model_name}: production {moved} ({why}{result.get('reason') or 'by hand'})",
+                            _recorded(model_name, prefect)], as_json)
 
 
 def rollback(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
@@ -90,20 +113,22 @@ def rollback(model_name: str = typer.Argument(..., help="Registered model, e.g. 
                                                                  "current production replaced)."),
              reason: str = typer.Option("", help="Why (recorded in the alias history)."),
              tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
-             runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP)) -> None:
+             runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
+             as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Move 'production' back to the previous production version (recorded in the alias history)."""
     from ..operations import rollback_version  # lazy: loads MLflow; --help stays instant
 
     with guard():
         uri = _open(tracking_uri, runs_dir)
-        if _prefect_api():
+        prefect = _prefect_api()
+        if prefect:
             from ..manage import rollback as rollback_flow  # lazy: loads Prefect; --help stays instant
 
             move = rollback_flow(model_name, to_version, reason, tracking_uri=uri)
         else:
             move = rollback_version(model_name, to_version, reason).to_dict()
-        print_json(move)
-        note(f"{model_name}: production v{move.get('previous')} -> v{move.get('version')}")
+        answer(move, [f"{model_name}: production v{move.get('previous')} -> v{move.get('version')} "
+                      f"(rolled back: {move.get('reason') or 'rollback'})", _recorded(model_name, prefect)], as_json)
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -188,8 +213,19 @@ def evaluate(model_name: str = typer.Argument(..., help="Registered model, e.g. 
              config: Optional[Path] = typer.Option(None, help="Retrain config (the 'test' suite's data, the store)."),
              task: Optional[str] = typer.Option(None, help="Task in --config (default: the one registering "
                                                            "MODEL_NAME)."),
-             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP)) -> None:
-    """Re-evaluate a version or alias on suites and record the result on that version."""
+             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+             as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Re-evaluate a version or alias on suites and record the result on that version.
+
+    Prints which version VERSION resolved to with its scores, and where the result was recorded (the version's
+    ``eval.*`` tags and one MLflow run per suite); ``--json`` all of it as one document.
+    """
+    from mlflow import MlflowClient  # lazy: loads MLflow; --help stays instant
+
+    from registry.models import resolve_version  # lazy: loads MLflow; --help stays instant
+    from registry.tracking import report_name  # lazy: loads MLflow; --help stays instant
+    from registry.views import require_model  # lazy: loads MLflow; --help stays instant
+
     with guard():
         cfg = None
         if config is not None:
@@ -197,14 +233,36 @@ def evaluate(model_name: str = typer.Argument(..., help="Registered model, e.g. 
 
             cfg = load_config(config)
         uri = _open(tracking_uri, cfg=cfg)
+        require_model(model_name)
+        number = resolve_version(model_name, version)  # evaluated as a number: what is reported is what ran
         cfg_arg = str(config) if config else None
-        if _prefect_api():
+        prefect = _prefect_api()
+        if prefect:
             from ..manage import evaluate as evaluate_flow  # lazy: loads Prefect; --help stays instant
 
-            metrics = evaluate_flow(model_name, version, list(suite), cfg_arg, task, uri)
+            metrics = evaluate_flow(model_name, str(number), list(suite), cfg_arg, task, uri)
         else:
             from ..manage import evaluate_reports  # lazy: loads Prefect; --help stays instant
 
-            reports = evaluate_reports(model_name, version, list(suite), cfg_arg, task, uri)
+            reports = evaluate_reports(model_name, str(number), list(suite), cfg_arg, task, uri)
             metrics = {r.name: r.metrics for r in reports}
-        print_json(metrics)
+        client = MlflowClient()
+        tags = client.get_model_version(model_name, str(number)).tags
+        runs = {name: tags.get(f"eval.{report_name({'name': name})}.run_id", "") for name in metrics}
+        experiments = sorted({client.get_experiment(client.get_run(r).info.experiment_id).name
+                              for r in runs.values() if r})
+        document = {"model_name": model_name, "requested": version, "version": number, "metrics": metrics,
+                    "runs": runs, "experiments": experiments, "tracking_uri": uri}
+        which = f"{model_name}@{version} is v{number}" if str(version).lstrip("v") != str(number) else \
+            f"{model_name} v{number}"
+        scores = "; ".join(f"{name}: " + ", ".join(f"{k}={_score(v)}" for k, v in m.items())
+                           for name, m in metrics.items())
+        where = (f"recorded on {model_name} v{number} (tags eval.<suite>.*) and as MLflow run(s) "
+                 f"{', '.join(r for r in runs.values() if r)} in experiment {', '.join(experiments)}")
+        if prefect:
+            where += f"; it ran as a flow run on the Prefect API {prefect}"
+        answer(document, [f"{which}: {scores}", where], as_json)
+
+
+def _score(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
