@@ -52,12 +52,18 @@ class TaskSpec(BaseModel):
     """One task of a retrain: its data, training overrides, evaluation suites and promotion policy."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    data: DataSpec
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields overriding the defaults.")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="The task's name (letters, digits, _ . -): its "
+                      "folder, its runs' names and the default registered model red-<name>.")
+    data: DataSpec = Field(description="What the task trains and is scored on (see the data section).")
+    train: dict[str, Any] = Field(default_factory=dict, description="This task's training settings (TrainConfig "
+                                  "fields), each overriding the same field of defaults (edit and tune key by key).")
     evaluate: list[str | dict[str, Any]] = Field(
-        default_factory=lambda: ["test"], description="Evaluation suites (see tasks/evaluate/suites.py).")
-    promotion: Promotion | None = None
+        default_factory=lambda: ["test"], description="Evaluation suites run on the saved edit: test (the task's "
+        "test rows), openllm-v1 or 'lm-eval:<task>[,<task>...]' (lm-eval), or a mapping such as {suite: arc, path: "
+        "ARC.jsonl}, {suite: lm-eval, tasks: [...], include_path: DIR} or {suite: alpaca, reference: FILE, judge: "
+        "{...}} (tasks/evaluate/suites.py). The gate may use their metrics ('<suite or task>/<metric>').")
+    promotion: Promotion | None = Field(default=None, description="This task's gate settings, merged key by key "
+                                        "over the top-level promotion.")
     model_name: str | None = Field(default=None, description="Registered model name (default red-<task>).")
     co_train: bool | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
         default=None, description="Co-training: null follows the config's co_train; false trains this task "
@@ -68,15 +74,29 @@ class TaskSpec(BaseModel):
 
 
 class RetrainConfig(BaseModel):
+    """A retrain config (the YAML ``redflow retrain`` reads): base model, store, tasks, training defaults, gate."""
+
     model_config = ConfigDict(extra="forbid")
-    name: str = "retrain"
+    name: str = Field(default="retrain", description="The config's name: its training folders are "
+                      "<runs_dir>/<name>/<task>/, its versions carry the tag retrain_config=<name> (a night compares "
+                      "only with versions of its own config), and it names the Prefect summary artifact.")
     base_model: str = Field(description="Hub name, local folder, or 'minilm' for the packaged MiniLM.")
-    revision: str | None = None
-    runs_dir: Path = Path("runs")
-    tracking_uri: str | None = Field(default=None, description="Default: sqlite:///<runs_dir>/mlflow.db")
-    experiment: str = "redflow"
-    task_runner: Literal["threads", "dask", "ray"] = "threads"
-    max_workers: int = Field(default=2, ge=1)
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of base_model; "
+                                 "null: the default branch. Part of the base model's identity.")
+    runs_dir: Path = Field(default=Path("runs"), description="Where training folders, the data/base/version caches, "
+                           "the Optuna studies (optuna.db) and the default MLflow store live; relative to the "
+                           "current directory.")
+    tracking_uri: str | None = Field(default=None, description="The MLflow store: sqlite:///<file>, or a tracking "
+                                     "server's http(s):// address. --tracking-uri wins over it; null: "
+                                     "$REDFLOW_TRACKING_URI or $MLFLOW_TRACKING_URI, else sqlite:///<runs_dir>/mlflow.db.")
+    experiment: str = Field(default="redflow", description="MLflow experiment the training runs are logged to "
+                            "(created when missing).")
+    task_runner: Literal["threads", "dask", "ray"] = Field(
+        default="threads", description="Prefect task runner of the tasks' chains: threads (one process; trainings "
+        "take turns), dask (a local cluster of max_workers processes, or $REDFLOW_DASK_ADDRESS) or ray (a local "
+        "Ray with max_workers CPUs, or $REDFLOW_RAY_ADDRESS); dask and ray need their extras installed.")
+    max_workers: int = Field(default=2, ge=1, description="Tasks (and, by default, tuning trials) run at once: the "
+                             "thread pool's size, or the Dask/Ray workers started.")
     keep_attempts: int = Field(default=10, ge=1, description="Training folders kept per task (newest first); "
                                "older finished ones are deleted.")
     retrain_on_dependency_change: StrictBool = Field(
@@ -84,13 +104,15 @@ class RetrainConfig(BaseModel):
         "Python, torch, transformers or peft differ from the versions recorded on its latest version (tags env.*). "
         "Off (default): the change is listed in the night's reasons ('recorded, not retraining') and the task "
         "stays unchanged.")
-    defaults: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for every task.")
-    promotion: Promotion = Field(default_factory=Promotion)
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Training settings (TrainConfig fields, "
+                                     "with edit and tune) for every task; a task's train overrides them.")
+    promotion: Promotion = Field(default_factory=Promotion, description="The gate for every task (a task's own "
+                                 "promotion block overrides it key by key).")
     co_train: bool | CoTrainConfig = Field(
         default=False, description="Train the tasks that need training and share base model and method in one pass "
         "over one copy of the base (tasks.training.cotrain): true, or the mixing settings (temperature, mixing, batch_size, "
         "rows_per_step). Each task is still evaluated, registered and gated on its own.")
-    tasks: list[TaskSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1, description="The tasks to retrain (at least one; names unique).")
 
     @field_validator("base_model")
     @classmethod

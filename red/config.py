@@ -31,9 +31,14 @@ class EditConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Method = "red"
-    position: Literal["ffn", "attn", "ffn+attn"] = "ffn"
-    kind: Literal["scale+bias", "scale", "bias"] = "scale+bias"
+    method: Method = Field(default="red", description="The edit method; in a retrain config it is the task's "
+                           "train.method (set it there only).")
+    position: Literal["ffn", "attn", "ffn+attn"] = Field(
+        default="ffn", description="RED: where h <- s * h + b is applied: the output of each FFN down-projection "
+        "(ffn), of the attention output projection (attn), or both.")
+    kind: Literal["scale+bias", "scale", "bias"] = Field(
+        default="scale+bias", description="RED: which vectors are learned: scaling and bias (the paper's RED), "
+        "scaling only, or bias only (its ablations).")
     layers: list[int] | None = Field(default=None, description="Layer indices to edit (default: all).")
     exclude_layers: list[int] = Field(default_factory=list, description="Layer indices to leave alone.")
     target_modules: list[str] | None = Field(
@@ -46,10 +51,12 @@ class EditConfig(BaseModel):
         "classification head of *ForSequenceClassification models.",
     )
     # ReFT family
-    rank: int = Field(default=4, ge=1)
-    positions: str = Field(default="f7+l7")
+    rank: int = Field(default=4, ge=1, description="ReFT: rank of the subspace each intervention edits.")
+    positions: str = Field(default="f7+l7", description="ReFT: the prompt tokens intervened on, 'f<N>+l<M>': the "
+                           "first N and last M prompt tokens ('l1': the last one only).")
     share_weights: bool = Field(default=False, description="ReFT: one intervention for prefix and suffix positions.")
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="ReFT: dropout on the rank-r edit signal "
+                           "during training (0 <= value < 1).")
 
     @field_validator("positions")
     @classmethod

@@ -1,5 +1,5 @@
 """The ``redflow`` command line (typer): retrain, demo, promote, rollback, versions, history, evaluate, serve,
-bundle, params, bench.
+bundle, params, bench, config.
 
 Exit codes (also in ``redflow --help`` and the README)::
 
@@ -24,14 +24,15 @@ Prefect flow runs, with a temporary server given time to start (``flows/orchestr
 
 This package builds the root ``app`` from one module per command group: ``retraining`` (retrain, demo),
 ``versions`` (promote, rollback, versions, history, evaluate), ``serving`` (serve, bundle), ``benchmarks``
-(params, bench), and ``common`` (consoles, exit codes, errors, the root options). A command imports its stack
+(params, bench), ``config`` (config schema, config docs),
+and ``common`` (consoles, exit codes, errors, the root options). A command imports its stack
 (torch, MLflow, Prefect) when it runs, so ``redflow --help`` stays instant.
 """
 from __future__ import annotations
 
 import typer
 
-from . import benchmarks, retraining, serving, versions
+from . import benchmarks, config, retraining, serving, versions
 from .common import main_options
 
 EPILOG = (
@@ -50,6 +51,7 @@ for command in (retraining.retrain, retraining.demo, versions.promote, versions.
                 versions.history, versions.evaluate, serving.serve, serving.bundle, benchmarks.params):
     app.command()(command)
 app.add_typer(benchmarks.bench_app, name="bench")
+app.add_typer(config.config_app, name="config")
 
 
 def main() -> None:

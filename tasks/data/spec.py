@@ -27,7 +27,7 @@ class SyntheticOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_train: int = Field(default=300, ge=1)
+    n_train: int = Field(default=300, ge=1, description="Training rows generated.")
     n_dev: int = Field(default=200, ge=2, description="Split into validation/test like a GLUE dev set.")
     seed: int = Field(default=0, description="Generation seed (the split seed is prepare_data's).")
 
@@ -55,27 +55,51 @@ class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, description="Task name in runs and registries (default: task or file).")
-    source: Source
+    source: Source = Field(description="Where the rows come from: glue (GLUE's TSV folders), hub (a Hugging Face "
+                           "data set), csv/tsv/json/jsonl (a file or a folder of split files), alpaca / "
+                           "ultrafeedback (instruction JSON), synthetic (a generated task).")
     path: Path | None = Field(default=None, description="File or folder (GLUE: the root or the task folder).")
     task: str | None = Field(default=None, description="GLUE task (sst2, SST-2, ...) or synthetic task name.")
-    hub_name: str | None = None
-    hub_config: str | None = None
+    hub_name: str | None = Field(default=None, description="source hub: the data set's hub id (e.g. "
+                                 "nyu-mll/glue). Its train split trains; a GLUE task's official dev split is halved into "
+                                 "validation and test, otherwise its labelled validation/valid/dev and test splits "
+                                 "are used and what is missing is carved from train.")
+    hub_config: str | None = Field(default=None, description="source hub: the data set's configuration (e.g. "
+                                   "sst2).")
     hub_revision: str | None = Field(default=None, description="Pin it: the cache key only sees the name.")
     columns: dict[str, str] | None = Field(default=None, description="Rename file columns first: {old: new}.")
-    text_columns: list[str] | None = Field(default=None, description="One or two input columns (a pair).")
-    label_column: str | None = Field(default=None, description="Label column (default 'label').")
-    response_column: str | None = Field(default=None, description="Answer column of instruction data in a table.")
-    label_list: list[str] | None = Field(default=None, description="Class names, in index order.")
-    task_type: TaskType | None = None
-    metric: Metric | None = None
-    prompt_template: Literal["alpaca", "none"] = "alpaca"
-    max_train_samples: int | None = Field(default=None, ge=1)
-    max_eval_samples: int | None = Field(default=None, ge=1, description="Applies to validation and test each.")
+    text_columns: list[str] | None = Field(default=None, description="The input column, or two for a sentence "
+                                           "pair (encoded together as one input), after renaming by columns. "
+                                           "Required for csv/tsv/json/jsonl and for hub data that is not a GLUE "
+                                           "task; with response_column, the first one is the prompt.")
+    label_column: str | None = Field(default=None, description="The column holding the target: a class (a name, "
+                                     "or an index into label_list) or, for regression, a number. Default 'label'.")
+    response_column: str | None = Field(default=None, description="The answer column of instruction data in a "
+                                        "table: with it the task is causal_lm (or seq2seq), text_columns[0] the "
+                                        "prompt.")
+    label_list: list[str] | None = Field(default=None, description="Class names in index order (class i is "
+                                         "label_list[i]); labels match by name, then as an index. Default: the "
+                                         "distinct training labels, sorted (numerically when all are integers).")
+    task_type: TaskType | None = Field(default=None, description="classification, regression, causal_lm or "
+                                       "seq2seq (T5-style text-to-text). Default: the GLUE/synthetic task's own; "
+                                       "causal_lm for instruction data; else classification.")
+    metric: Metric | None = Field(default=None, description="The task's primary metric (test_primary, the gate's "
+                                  "default). Default: the GLUE/synthetic task's own, else accuracy "
+                                  "(classification), pearson (regression), loss (language models).")
+    prompt_template: Literal["alpaca", "none"] = Field(
+        default="alpaca", description="Instruction data: wrap instruction and input in the Alpaca prompt "
+        "(alpaca), or join them as they are (none).")
+    max_train_samples: int | None = Field(default=None, ge=1, description="Train on at most this many rows, drawn "
+                                          "seeded without replacement (default: all).")
+    max_eval_samples: int | None = Field(default=None, ge=1, description="Score on at most this many validation "
+                                         "rows and as many test rows, chosen by content hash so the choice barely moves as "
+                                         "rows are added (default: all).")
     validation_size: float = Field(default=0.1, description="Fraction of the rows that goes to "
                                    "validation when no validation (or dev) file is given; assigned by content hash.")
     test_size: float = Field(default=0.1, description="Fraction of the rows that goes to test when no "
                              "test (or dev) file is given; assigned by content hash.")
-    synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions)
+    synthetic: SyntheticOptions = Field(default_factory=SyntheticOptions, description="source synthetic: how many "
+                                        "rows to generate and with which seed.")
     split_seed: int = Field(default=42, description="Seed of the validation/test split in the retrain flow. Kept "
                             "apart from the training seed: changing how a task trains must not move rows between "
                             "train and test (the gate would score production on rows it trained on).")
