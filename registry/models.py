@@ -107,9 +107,11 @@ def download_edit(name: str, version_or_alias: int | str, out_dir: str | Path) -
 _KIND = {"lora": "LoRA adapter", "bitfit": "BitFit biases", "full": "fully fine-tuned checkpoint"}
 
 
-def serving_artifacts(result: "TrainResult", text_columns: list[str] | tuple[str, ...] | None = None
+def serving_artifacts(result: "TrainResult", text_columns: list[str] | tuple[str, ...] | None = None,
+                      model_name: str | None = None
                       ) -> tuple[dict[str, str], dict | None, dict[str, Any], dict[str, Any]]:
-    """``(artifacts, tensors, meta, model_config)``: what a version of ``result`` is logged and served with."""
+    """``(artifacts, tensors, meta, model_config)``: what a version of ``result`` is logged and served with
+    (``model_name``: the registered model it is logged for, named in its answers; default ``red-<task>``)."""
     params = result.params or {}
     columns = text_columns or params.get("text_columns")
     artifacts, tensors, meta = registration_artifacts(result, columns)
@@ -117,7 +119,8 @@ def serving_artifacts(result: "TrainResult", text_columns: list[str] | tuple[str
         task=result.task, task_type=result.task_type, meta=meta, tensors=tensors, base_model=result.base_model,
         base_revision=result.base_revision, text_columns=columns, label_list=result.label_list,
         max_length=int(params.get("max_length") or 256), method=result.method,
-        artifact_sha256=meta.get("artifact_sha256") or meta.get("tensors_sha256"))
+        artifact_sha256=meta.get("artifact_sha256") or meta.get("tensors_sha256"),
+        model=model_name or model_name_for(result.task))
     return artifacts, tensors, meta, config
 
 
@@ -367,7 +370,7 @@ def register_edit(
     client = MlflowClient()
     name = model_name or model_name_for(result.task)
     params = result.params or {}
-    artifacts, tensors, meta, config = serving_artifacts(result, text_columns)
+    artifacts, tensors, meta, config = serving_artifacts(result, text_columns, name)
     serving = version_settings(config)
     signature = model_signature(config)
     example = input_example if input_example is not None else default_input_example(config)

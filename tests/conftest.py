@@ -24,6 +24,7 @@ for _k in ("MLFLOW_TRACKING_URI", "REDFLOW_TRACKING_URI", "PREFECT_API_URL"):
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,6 +151,11 @@ def write_retrain_config(path: Path, base_model: str, runs_dir: Path, tasks: lis
     config.update(extra)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def probability_matrix(answers, labels) -> np.ndarray:
+    """A served answer's ``probabilities`` column (``{label: p}`` per row) as ``[rows, labels]`` in ``labels``' order."""
+    return np.array([[row[label] for label in labels] for row in answers["probabilities"]], dtype=np.float64)
 
 
 def synthetic_task(name: str, task: str, root: Path, n_train: int = 48, n_dev: int = 24) -> dict:

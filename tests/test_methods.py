@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import synthetic_task, write_retrain_config
+from conftest import probability_matrix, synthetic_task, write_retrain_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -94,7 +94,7 @@ def test_every_method_registers_without_pickle_and_serves_what_it_trained(tmp_pa
         enc = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
         with torch.no_grad():
             expected = torch.softmax(model(**enc).logits.float(), -1).numpy()
-        np.testing.assert_allclose(served[["prob_negative", "prob_positive"]].to_numpy(), expected, atol=1e-5,
+        np.testing.assert_allclose(probability_matrix(served, ["negative", "positive"]), expected, atol=1e-5,
                                    err_msg=method)
         accuracy = float((served["label"].map({"negative": 0, "positive": 1}) == list(test["label"])).mean())
         assert accuracy == pytest.approx(result.test["accuracy"]), method  # what the Trainer measured

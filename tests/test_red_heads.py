@@ -16,6 +16,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, TrainerCallback
 
+from conftest import probability_matrix
+
 import red
 from red import EditConfig, attach
 from red.architectures import ARCHITECTURES
@@ -175,5 +177,4 @@ def test_a_base_without_a_pad_token_trains_registers_and_serves_batches(tmp_path
     served = load_in_process(result.edit_path, config)  # what registration's check runs
     out = served.predict(None, pd.DataFrame({sentiment.text_columns[0]: texts}))
     probs = torch.softmax(trained, -1).numpy()
-    columns = [f"prob_{label}" for label in sentiment.label_list]
-    assert out[columns].to_numpy() == pytest.approx(probs, abs=1e-5)
+    assert probability_matrix(out, sentiment.label_list) == pytest.approx(probs, abs=1e-5)

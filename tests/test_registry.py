@@ -25,6 +25,7 @@ from registry.aliases import (PromotionPolicy, RollbackError, alias_history, ali
 from registry.locks import LOCK_MODEL_PREFIX, LockTimeout, lock_kind, registry_lock
 from registry.models import (RegistrationError, download_edit, model_name_for, record_evaluation, register_edit,
                              resolve_version)
+from conftest import probability_matrix
 from registry.serving.pyfunc import load_in_process
 from registry.serving.version_config import build_model_config
 from registry.tracking import (default_tracking_uri, get_or_create_experiment, log_training, setup_tracking,
@@ -258,7 +259,7 @@ def test_register_edit_tags_candidate_and_pyfunc_predicts_like_the_edit(edits, m
     uri = f"models:/{name}@candidate"
     info = mlflow.models.get_model_info(uri)
     assert [c.name for c in info.signature.inputs.inputs] == ["sentence"]
-    assert [c.name for c in info.signature.outputs.inputs] == ["label", "score", "prob_negative", "prob_positive"]
+    assert [c.name for c in info.signature.outputs.inputs] == ["model", "version", "label", "score", "probabilities"]
     local = Path(mlflow.artifacts.download_artifacts(uri))
     assert {p.name for p in (local / "artifacts").iterdir()} == {"sst2-seed1.safetensors", "sst2-seed1.json"}
     assert not (local / "code").exists()  # default: code comes from the installed redflow package
@@ -266,9 +267,10 @@ def test_register_edit_tags_candidate_and_pyfunc_predicts_like_the_edit(edits, m
     example = model.input_example
     assert list(example.columns) == ["sentence"] and len(example) == 2
     out = model.predict(pd.DataFrame({"sentence": TEXTS}))
-    assert list(out.columns) == ["label", "score", "prob_negative", "prob_positive"]
+    assert list(out.columns) == ["model", "version", "label", "score", "probabilities"]  # redflow serve's shape
+    assert set(out["model"]) == {name} and set(out["version"]) == {1}  # resolved from models:/...@candidate
     ref = direct_probabilities(minilm_path, edits[0], TEXTS)
-    assert out[["prob_negative", "prob_positive"]].to_numpy() == pytest.approx(ref, abs=1e-5)
+    assert probability_matrix(out, LABELS) == pytest.approx(ref, abs=1e-5)
     assert list(out["label"]) == [LABELS[i] for i in ref.argmax(1)]
     assert out["score"].to_numpy() == pytest.approx(ref.max(1), abs=1e-5)
 
@@ -282,7 +284,9 @@ def test_pyfunc_text_pairs_and_causal_lm_generation(minilm_path, tmp_path, edits
     pairs = pd.DataFrame({"sentence1": ["A man plays guitar.", "The cat sleeps."],
                           "sentence2": ["Someone makes music.", "A dog runs."]})
     out = model.predict(None, pairs)
-    assert list(out.columns) == ["label", "score", "prob_no", "prob_yes"] and set(out["label"]) <= {"no", "yes"}
+    assert list(out.columns) == ["model", "version", "label", "score", "probabilities"]
+    assert set(out["label"]) <= {"no", "yes"} and all(set(p) == {"no", "yes"} for p in out["probabilities"])
+    assert set(out["version"]) == {None}  # loaded in process, not from the registry: no version to name
     swapped = model.predict(None, pairs.rename(columns={"sentence1": "sentence2", "sentence2": "sentence1"}))
     assert not torch.allclose(torch.tensor(out["score"].to_numpy()), torch.tensor(swapped["score"].to_numpy()))
     from mlflow.exceptions import MlflowException

@@ -16,7 +16,8 @@ from registry.models import register_edit
 from registry.serving.server import (ServerStartError, free_port, invoke, start_model_server, start_server_process,
                              start_tracking_server)
 from registry.tracking import get_or_create_experiment, log_training, setup_tracking
-from test_registry import (TEXTS, _one_thread, direct_probabilities, edits,  # noqa: F401 (fixtures)
+from conftest import probability_matrix
+from test_registry import (LABELS, TEXTS, _one_thread, direct_probabilities, edits,  # noqa: F401 (fixtures)
                            fresh_runs_dir, make_result, same_rows)
 
 
@@ -67,7 +68,7 @@ def test_registration_and_concurrent_promotion_through_a_real_tracking_server(tm
         model = mlflow.pyfunc.load_model(f"models:/{name}@production")
         out = model.predict(pd.DataFrame({"sentence": TEXTS}))
         ref = direct_probabilities(minilm_path, edits[1], TEXTS)
-        assert out[["prob_negative", "prob_positive"]].to_numpy() == pytest.approx(ref, abs=1e-5)
+        assert probability_matrix(out, LABELS) == pytest.approx(ref, abs=1e-5)
     assert not server.running
 
 
@@ -102,5 +103,7 @@ def test_models_serve_production_answers_like_the_in_process_model(tmp_path, edi
     assert not server.running
     for served in (split, records):
         assert list(served["label"]) == list(expected["label"])
-        cols = ["score", "prob_negative", "prob_positive"]
-        assert served[cols].to_numpy() == pytest.approx(expected[cols].to_numpy(), abs=1e-6)
+        assert list(served.columns) == ["model", "version", "label", "score", "probabilities"]
+        assert set(served["model"]) == {name} and set(served["version"]) == {version}
+        assert served["score"].to_numpy() == pytest.approx(expected["score"].to_numpy(), abs=1e-6)
+        assert probability_matrix(served, LABELS) == pytest.approx(probability_matrix(expected, LABELS), abs=1e-6)

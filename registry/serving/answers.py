@@ -71,6 +71,9 @@ def logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # scores
 # ---------------------------------------------------------------------------------------------
+ANSWER_COLUMNS = ("model", "version", "label", "score", "probabilities")
+"""A classification or regression answer's columns, both servers (the multi-task one adds ``task`` first)."""
+
 @dataclass(frozen=True)
 class Scores:
     """The answers of n rows of one classification or regression task.
@@ -85,14 +88,18 @@ class Scores:
     label: list[str] | None = None
     probabilities: np.ndarray | None = None
 
-    def frame(self) -> pd.DataFrame:
-        """One task's pyfunc answer: ``score`` (regression), else ``label``, ``score`` and ``prob_<label>``."""
-        if self.label is None:
-            return pd.DataFrame({"score": self.score})
-        frame = pd.DataFrame({"label": self.label, "score": self.score})
-        for j, label in enumerate(self.labels):
-            frame[f"prob_{label}"] = self.probabilities[:, j]
-        return frame
+    def frame(self, model: str | None = None, version: int | None = None) -> pd.DataFrame:
+        """One task's pyfunc answer, in the multi-task server's shape less its ``task`` column: ``model`` and
+        ``version`` (the registered version that answered; null where unknown), ``label``, ``score`` and
+        ``probabilities`` (``{label: p}``); a regression row's ``label`` and ``probabilities`` are null."""
+        n = len(self.score)
+        records = self.records()
+        return pd.DataFrame({"model": pd.Series([model] * n, dtype=object),
+                             "version": pd.Series([version] * n, dtype=object),
+                             "label": pd.Series([r.get("label") for r in records], dtype=object),
+                             "score": pd.Series(self.score, dtype=np.float64),
+                             "probabilities": pd.Series([r.get("probabilities") for r in records], dtype=object)},
+                            columns=list(ANSWER_COLUMNS))
 
     def records(self) -> list[dict[str, Any]]:
         """The multi-task answer of each row: ``{"score"}`` (regression), else ``{"label", "score",

@@ -9,12 +9,21 @@ serving garbage) and keeps it in eval mode.
 
 Predictions (tokenized, batched and shaped by ``registry.serving.answers``, as the multi-task server's):
 
+* every answer row starts with ``model`` and ``version``: the registered version that answered, as
+  ``redflow serve`` (``registry.serving.multitask``) answers, so a client can switch between the two servers;
 * classification: input columns = the task's text columns (``text``, or ``sentence1`` +
   ``sentence2``); output ``label`` (label name), ``score`` (its probability) and
-  ``prob_<label>`` per class;
-* regression: output ``score``;
+  ``probabilities`` (``{label: p}``);
+* regression: output ``score`` (``label`` and ``probabilities`` null);
 * causal LM / seq2seq: input ``prompt``; output ``generation`` (greedy unless ``do_sample``;
   ``max_new_tokens`` is a serving param).
+
+Which version answers (``registered_as``): a version's number exists only once it is registered, after its
+model (and model config) was logged, so it cannot be written into the model. MLflow writes it beside the model
+when it downloads ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (the ``registered_model_meta``
+file next to ``MLmodel``; what ``mlflow models serve -m models:/...`` and ``mlflow.pyfunc.load_model`` load);
+it is read from there. A model loaded from a path or a run has no such file: ``model`` is then the name it was
+registered under (its model config) and ``version`` null.
 
 This module imports mlflow, pandas, numpy, torch, transformers, ``red`` and ``registry.baselines`` -
 never Prefect or ``flows`` - so a model server only needs the redflow package installed (or the
@@ -31,6 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from red import read_edit
@@ -44,6 +54,29 @@ from .version_config import CLASSIFICATION, GENERATIVE, version_settings
 _logger = logging.getLogger(__name__)
 
 _shared = threading.local()
+
+REGISTERED_MODEL_META = "registered_model_meta"  # MLflow's ModelsArtifactRepository.REGISTERED_MODEL_META_FILE_NAME
+
+
+def registered_as(artifacts: dict[str, str], config: dict[str, Any]) -> tuple[str | None, int | None]:
+    """``(model, version)`` of the registered version these artifacts were downloaded as (see the module
+    docstring): MLflow's ``registered_model_meta`` beside the model's ``MLmodel``, else ``(config["model"],
+    None)``. Never raises: an unreadable file gives the fallback, with a warning."""
+    fallback = (config.get("model") or None, None)
+    for path in artifacts.values():
+        for folder in Path(path).resolve().parents:
+            if not (folder / "MLmodel").is_file():
+                continue
+            meta = folder / REGISTERED_MODEL_META
+            if not meta.is_file():
+                return fallback
+            try:
+                found = yaml.safe_load(meta.read_text()) or {}
+                return str(found["model_name"]), int(found["model_version"])
+            except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+                _logger.warning("%s is unreadable (%s); answering without a version", meta, exc)
+                return fallback
+    return fallback
 
 
 @contextmanager
@@ -69,6 +102,7 @@ class RedEditModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         cfg = version_settings(context.model_config)
+        self.model_name, self.version = registered_as(dict(context.artifacts), cfg)
         if "edit" not in context.artifacts:  # LoRA adapter, BitFit tensors or a full checkpoint
             self._load_baseline(cfg, dict(context.artifacts))
             return
@@ -158,20 +192,21 @@ class RedEditModel(PythonModel):
         outputs = [logits(self.edited, batch) for _, batch in self._batches(texts)]
         labels = self.config.get("label_list")
         found = torch.cat(outputs) if outputs else torch.zeros(0, max(1, len(labels or [])))
-        return scores(found, self.config.get("task_type"), labels).frame()
+        return scores(found, self.config.get("task_type"), labels).frame(self.model_name, self.version)
 
     def _generate(self, prompts: list[str], params: dict[str, Any]) -> pd.DataFrame:
         out: list[str] = []
         for _, batch in self._batches([prompts]):
             out += generate(self.edited, self.tokenizer, batch, params, int(self.config.get("max_new_tokens", 64)),
                             causal=self.config.get("task_type") == "causal_lm", lock=self.tokenize_lock)
-        return pd.DataFrame({"generation": out})
+        return pd.DataFrame({"model": pd.Series([self.model_name] * len(out), dtype=object),
+                             "version": pd.Series([self.version] * len(out), dtype=object), "generation": out})
 
 
 def load_in_process(artifact: str | Path | dict[str, str], model_config: dict[str, Any]) -> RedEditModel:
     """A loaded RedEditModel without MLflow (pre-registration smoke test, notebooks): ``artifact`` is an
     edit file, or the artifacts dict a version is logged with (``{"adapter": dir}``, ``{"bitfit": file}``...)."""
     artifacts = {k: str(v) for k, v in artifact.items()} if isinstance(artifact, dict) else {"edit": str(artifact)}
-    model = RedEditModel()
+    model = RedEditModel()  # not downloaded from the registry: model from the config, version None
     model.load_context(PythonModelContext(artifacts=artifacts, model_config=dict(model_config)))
     return model

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Map
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -56,6 +57,7 @@ def build_model_config(
     dtype: str = "auto",
     method: str | None = None,
     artifact_sha256: str | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """The pyfunc's ``model_config``: everything ``load_context``/``predict`` need besides the edit file.
 
@@ -64,6 +66,9 @@ def build_model_config(
 
     Returned nested as ``{"serving": {...}}``: MLflow also logs a model config as run params
     (flattened with ``/``), and the prefix keeps them from colliding with the training params.
+
+    ``model``: the registered model the version is logged for; its answers name it (``model`` column) when
+    it is loaded from a path rather than ``models:/`` (``registry.serving.pyfunc.registered_as``).
     """
     extra = meta.get("extra") or {}
     base = meta.get("base_model") or {}
@@ -81,6 +86,7 @@ def build_model_config(
             labels = [f"LABEL_{i}" for i in range(n)]
         labels = [str(x) for x in labels]
     return {"serving": {
+        "model": model,
         "task": task,
         "task_type": task_type,
         "text_columns": columns,
@@ -106,20 +112,21 @@ def version_settings(model_config: dict[str, Any] | None) -> dict[str, Any]:
 
 def model_signature(config: dict[str, Any]) -> ModelSignature:
     """The version's signature: its text columns in; ``generation`` (with the ``max_new_tokens``/``do_sample``
-    params), ``score``, or ``label`` + ``score`` + ``prob_<label>`` out."""
+    params), or ``label`` + ``score`` + ``probabilities`` out (a regression's ``label`` and ``probabilities``
+    null), each after ``model`` and ``version`` (null when loaded from a path): ``redflow serve``'s shape."""
     config = version_settings(config)
     inputs = Schema([ColSpec("string", c) for c in config["text_columns"]])
     task_type = config["task_type"]
+    served_by = [ColSpec("string", "model", required=False), ColSpec("long", "version", required=False)]
     if task_type in GENERATIVE:
-        outputs = Schema([ColSpec("string", "generation")])
+        outputs = Schema([*served_by, ColSpec("string", "generation")])
         params = ParamSchema([ParamSpec("max_new_tokens", "long", int(config.get("max_new_tokens", 64))),
                               ParamSpec("do_sample", "boolean", False)])
         return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-    if task_type == REGRESSION:
-        return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", "score")]))
-    cols = [ColSpec("string", "label"), ColSpec("double", "score")]
-    cols += [ColSpec("double", f"prob_{label}") for label in config["label_list"]]
-    return ModelSignature(inputs=inputs, outputs=Schema(cols))
+    regression = task_type == REGRESSION
+    return ModelSignature(inputs=inputs, outputs=Schema([
+        *served_by, ColSpec("string", "label", required=not regression), ColSpec("double", "score"),
+        ColSpec(Map(DataType.double), "probabilities", required=not regression)]))
 
 
 def default_input_example(config: dict[str, Any]) -> pd.DataFrame:
