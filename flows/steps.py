@@ -31,6 +31,7 @@ from red import read_edit
 from registry import gate_and_promote, log_training, register_edit, setup_tracking
 from registry.aliases import CANDIDATE, alias_version, move_alias, production_version
 from registry.champion import load_trained, score_version, trained_max_length
+from registry.edit_diff import log_production_diff
 from registry.models import download_edit, latest_version, registered_from, version_record
 from tasks.data import prepare_data
 from tasks.evaluate.paired import rows_report, score_split
@@ -321,6 +322,9 @@ def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any] 
         return score_version(registered["model_name"], version, data, metric=metric, suite=suite,
                              max_length=int(result.params.get("max_length", 256)), work_dir=work)
 
+    # the new version's edit against production's, on its run (a warning at worst: never fails the night)
+    log_production_diff(registered["model_name"], registered["version"], production_version(registered["model_name"]),
+                        registered["run_id"])
     return gate_and_promote(registered["model_name"], registered["version"], policy, challenger=challenger,
                             score_champion=score_champion if data is not None else None)
 

@@ -107,7 +107,7 @@ def training_curves_figure(result: "TrainResult") -> Figure | None:
     return fig
 
 
-def _short_names(names: list[str]) -> list[str]:
+def short_names(names: list[str]) -> list[str]:
     """Strip the dotted prefix all names share: ``bert.encoder.layer.3.output.dense`` -> ``3.output.dense``."""
     if len(names) < 2:
         return names
@@ -164,7 +164,7 @@ def edit_heatmap_figure(edit: str | Path | tuple[Mapping[str, Any], Mapping[str,
               if any(r is not None for r in rows)]
     if not targets or not panels:
         return None
-    labels = _short_names(targets)
+    labels = short_names(targets)
     height = min(40.0, max(3.0, 0.28 * len(targets) + 1.5))
     fig = _figure(5.0 * len(panels) + 3.5, height)
     axes = fig.subplots(1, len(panels) + 1, width_ratios=[5] * len(panels) + [2.5], sharey=True)
@@ -197,4 +197,39 @@ def edit_heatmap_figure(edit: str | Path | tuple[Mapping[str, Any], Mapping[str,
     bars.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08 if len(targets) > 8 else -0.15),
                 ncol=len(panels), frameon=False)
     bars.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def edit_diff_figure(layers: list[Mapping[str, Any]], title: str) -> Figure | None:
+    """Two edits of one base compared per layer (rows: ``red.compare.LayerDiff.to_dict()`` of each layer):
+    bars of ||Δs||₂ and ||Δb||₂ (ReFT: ||Δθ||₂ over the layer's parameters), and the cosine similarity of the
+    two edit vectors. Returns None when there are no layers."""
+    if not layers:
+        return None
+    names = short_names([str(row["layer"]) for row in layers])
+    red = any(row.get("scale_l2") is not None or row.get("bias_l2") is not None for row in layers)
+    series = ([("||Δs||₂  (scaling)", "scale_l2"), ("||Δb||₂  (bias)", "bias_l2")] if red
+              else [("||Δθ||₂  (parameters)", "l2")])
+    series = [(label, key) for label, key in series if any(row.get(key) is not None for row in layers)]
+    fig = _figure(9.0, min(40.0, max(3.0, 0.28 * len(layers) + 1.5)))
+    norms, cosines = fig.subplots(1, 2, width_ratios=[5, 2.5], sharey=True)
+    fig.suptitle(title, fontsize=10)
+    y = np.arange(len(layers))
+    width = 0.8 / len(series)
+    for i, (label, key) in enumerate(series):
+        values = [float(row.get(key) or 0.0) for row in layers]
+        norms.barh(y + (i - (len(series) - 1) / 2) * width, values, height=width, label=label, color=f"C{i}")
+    norms.set_title("L2 norm of the difference per layer", fontsize=10)
+    norms.legend(fontsize=7, frameon=False)
+    norms.grid(axis="x", alpha=0.3)
+    norms.set_yticks(y)
+    norms.set_yticklabels(names, fontsize=7 if len(layers) > 24 else 8)
+    norms.set_ylabel("edited module")
+    norms.invert_yaxis()
+    cos = [row.get("cosine") for row in layers]
+    cosines.barh(y, [float(c) if c is not None else 0.0 for c in cos], height=0.6, color="C2")
+    cosines.set_xlim(-1.05, 1.05)
+    cosines.axvline(0.0, color="0.5", linewidth=0.8)
+    cosines.set_title("cosine of the edit vectors", fontsize=10)
+    cosines.grid(axis="x", alpha=0.3)
     return fig

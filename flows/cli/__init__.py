@@ -1,4 +1,4 @@
-"""The ``redflow`` command line (typer): retrain, demo, promote, rollback, versions, history, evaluate, serve,
+"""The ``redflow`` command line (typer): retrain, demo, promote, rollback, versions, history, evaluate, diff, serve,
 bundle, params, bench, config.
 
 Exit codes (also in ``redflow --help`` and the README)::
@@ -23,8 +23,8 @@ Prefect API is configured (then promote, rollback and evaluate run as flow runs)
 Prefect flow runs, with a temporary server given time to start (``flows/orchestrator.py``).
 
 This package builds the root ``app`` from one module per command group: ``retraining`` (retrain, demo),
-``versions`` (promote, rollback, versions, history, evaluate), ``serving`` (serve, bundle), ``benchmarks``
-(params, bench), ``config`` (config schema, config docs),
+``versions`` (promote, rollback, versions, history, evaluate), ``diffs`` (diff), ``serving`` (serve, bundle),
+``benchmarks`` (params, bench), ``config`` (config schema, config docs),
 and ``common`` (consoles, exit codes, errors, the root options). A command imports its stack
 (torch, MLflow, Prefect) when it runs, so ``redflow --help`` stays instant.
 """
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import typer
 
-from . import benchmarks, config, retraining, serving, versions
+from . import benchmarks, config, diffs, retraining, serving, versions
 from .common import main_options
 
 EPILOG = (
@@ -48,7 +48,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EPILOG,
                   help="redflow: scheduled multi-task fine-tuning with RED edits (Prefect + MLflow).")
 app.callback()(main_options)
 for command in (retraining.retrain, retraining.demo, versions.promote, versions.rollback, versions.versions,
-                versions.history, versions.evaluate, serving.serve, serving.bundle, benchmarks.params):
+                versions.history, versions.evaluate, diffs.diff, serving.serve, serving.bundle, benchmarks.params):
     app.command()(command)
 app.add_typer(benchmarks.bench_app, name="bench")
 app.add_typer(config.config_app, name="config")

@@ -63,6 +63,7 @@ CODE_MODULES: tuple[str, ...] = (
 # Repository modules on (or beside) the training path that are deliberately outside the code version.
 CODE_EXCLUDED: dict[str, str] = {
     "red/merge.py": "folds a finished edit into the base weights for export; never runs while training",
+    "red/compare.py": "compares two finished edits layer by layer (redflow diff); never runs while training",
     "tasks/training/result.py": "the record of a finished training (what is logged), not how it trains",
     "tasks/training/floors.py": "judges a finished training against the majority-class floor ('did not learn')",
     "tasks/evaluate/": "scores a trained edit (metrics, suites, reports); the metric formulas are standard, "
