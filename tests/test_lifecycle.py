@@ -49,7 +49,7 @@ def _die_after(step: str, cfg_path: Path, task: str) -> None:
             steps.register_step(cfg, task, result, evaluation)
         elif {step!r} == "version":  # the version is ready, the attempt not yet marked registered
             from registry import log_training, register_edit
-            steps._tracking(cfg)
+            steps.setup_store(cfg)
             register_edit(result, log_training(result, experiment=cfg.experiment), model_name=cfg.model_name(task),
                           tags={{"retrain_config": cfg.name}})
         os.kill(os.getpid(), signal.SIGKILL)
