@@ -51,6 +51,9 @@ def test_retrain_registers_every_good_task_even_when_one_fails(tmp_path, tiny_ch
     summary = retrain(config=str(cfg_path), only=["sentiment"], force=True)  # same inputs, retrained on demand
     assert summary["sentiment"]["status"] == "trained" and summary["sentiment"]["version"] == 2
     assert summary["sentiment"]["decision"] == "rejected"  # the same edit again: a tie keeps production
+    v2_run = client.get_model_version("red-sentiment", "2").run_id  # the night compared v2's edit with production's
+    assert {f.path for f in client.list_artifacts(v2_run, "edit_diff")} == {"edit_diff/vs_production.json",
+                                                                             "edit_diff/vs_production.png"}
     assert promote("red-sentiment", 2, force=True, tracking_uri=f"sqlite:///{tmp_path}/runs/mlflow.db",
                    runs_dir=str(tmp_path / "runs"))["version"] == 2
     assert int(client.get_model_version_by_alias("red-sentiment", "production").version) == 2

@@ -20,6 +20,7 @@ from registry.aliases import PromotionPolicy, gate_and_promote
 from registry.models import register_edit
 from registry.serving.server import invoke, start_model_server
 from registry.tracking import log_training, setup_tracking
+from conftest import probability_matrix
 from test_registry import LABELS, _one_thread, fresh_runs_dir, make_result  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,4 +80,5 @@ def test_a_served_reft_edit_answers_concurrent_requests_like_sequential_ones(tmp
             served = list(pool.map(ask, range(len(requests))))
     for got, want in zip(served, expected):
         assert list(got["label"]) == list(want["label"])
-        assert got[columns].to_numpy() == pytest.approx(want[columns].to_numpy(), abs=1e-5)
+        assert probability_matrix(got, LABELS) == pytest.approx(probability_matrix(want, LABELS), abs=1e-5)
+        assert list(got["model"]) == list(want["model"]) and set(got["version"]) == {version}
