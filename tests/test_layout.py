@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,3 +183,60 @@ def test_the_library_layers_import_no_orchestrator_or_tracker():
     bad = [f"{imp.module}:{imp.line} {imp.target}" for imp in IMPORTS
            if imp.target.split(".")[0] in forbidden.get(imp.module.split(".")[0], set())]
     assert bad == []
+
+
+# --------------------------------------------------------------------------- docs/design.md's map
+
+
+AREAS = ("red", "red.methods.red", "red.methods.reft", "tasks.data", "tasks.training", "tasks.tuning", "tasks.evaluate",
+         "tasks.lifecycle", "registry", "registry.serving", "flows", "flows.cli", "bench")
+
+
+def _area(module: str) -> str:
+    """The map's row of a module: the longest area that is the module or one of its packages."""
+    return max((a for a in AREAS if module == a or module.startswith(a + ".")), key=len)
+
+
+def _related(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _map_rows() -> dict[str, str]:
+    """{area: its "may import" cell} from the table in docs/design.md."""
+    rows = {}
+    for line in (ROOT / "docs" / "design.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith("/`"):
+            rows[cells[0].strip("`/").replace("/", ".")] = cells[2]
+    return rows
+
+
+def _allowed(cell: str) -> set[str]:
+    """Project areas a "may import" cell names: ``everything`` (less what follows ``but``), or the areas it spells
+    with dots or slashes (``tasks.data``, ``registry/serving``)."""
+    if cell.startswith("everything"):
+        excluded = {a for a in AREAS if re.search(rf"but [^|]*`{re.escape(a)}`", cell)}
+        return set(AREAS) - excluded
+    named = {m.replace("/", ".") for m in re.findall(r"(?<![\w./])[a-z_]+(?:[./][a-z_]+)*", cell)}
+    return {a for a in AREAS if any(_related(a, n) for n in named if n.split(".")[0] in PACKAGES)}
+
+
+def test_the_design_map_has_a_row_for_every_area():
+    assert sorted(_map_rows()) == sorted(AREAS)
+
+
+def test_every_import_between_areas_is_one_the_design_map_allows():
+    """docs/design.md says what each folder may import; the code's imports stay inside it (a package and its own
+    subpackages, such as red and red/methods, are one room)."""
+    rows = _map_rows()
+    bad = set()
+    for imp in IMPORTS:
+        target = _project_target(imp)
+        if target is None:
+            continue
+        source, dest = _area(imp.module), _area(target)
+        if _related(source, dest) and not {source, dest} == {"registry", "registry.serving"}:
+            continue
+        if dest not in _allowed(rows[source]):
+            bad.add(f"{source} -> {dest} ({imp.module}:{imp.line})")
+    assert sorted(bad) == []
