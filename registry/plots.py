@@ -219,7 +219,10 @@ def edit_diff_figure(layers: list[Mapping[str, Any]], title: str) -> Figure | No
     for i, (label, key) in enumerate(series):
         values = [float(row.get(key) or 0.0) for row in layers]
         norms.barh(y + (i - (len(series) - 1) / 2) * width, values, height=width, label=label, color=f"C{i}")
-    norms.set_title("L2 norm of the difference per layer", fontsize=10)
+    largest = max((float(row.get(key) or 0.0) for row in layers for _, key in series), default=0.0)
+    norms.set_xlim(0.0, largest * 1.05 if largest > 0 else 1.0)
+    norms.set_title("L2 norm of the difference per layer" + ("" if largest > 0 else ": identical edits"),
+                    fontsize=10)
     norms.legend(fontsize=7, frameon=False)
     norms.grid(axis="x", alpha=0.3)
     norms.set_yticks(y)
