@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -180,7 +181,11 @@ def test_setup_tracking_defaults_to_sqlite_and_refuses_file_store(tmp_path, monk
     assert (tmp_path / "runs" / "mlartifacts").is_dir()
     assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri
     assert setup_tracking(str(tmp_path / "x.db")) == f"sqlite:///{(tmp_path / 'x.db').resolve()}"
-    assert setup_tracking("http://127.0.0.1:5999") == "http://127.0.0.1:5999"
+    with socket.socket() as listening:  # something answers there: an http URI is taken as it is
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        assert setup_tracking(url) == url
     monkeypatch.setenv("REDFLOW_TRACKING_URI", str(tmp_path / "env.db"))
     assert setup_tracking(None, tmp_path / "runs") == f"sqlite:///{(tmp_path / 'env.db').resolve()}"
     for bad in (f"file://{tmp_path}/mlruns", str(tmp_path)):
