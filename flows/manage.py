@@ -27,11 +27,6 @@ from .promotion import promote_version
 from .steps import prepare_step
 
 
-def _tracking(cfg: RetrainConfig | None, tracking_uri: str | None) -> str:
-    """Point MLflow at the existing store (flag > config > env > default); never creates one."""
-    return open_store(tracking_uri, cfg=cfg).uri
-
-
 def evaluate_version(model_name: str, version_or_alias: int | str, suites: list[Any], *,
                      cfg: RetrainConfig | None = None, task_name: str | None = None,
                      out_dir: str | Path = "runs/eval") -> list:
@@ -66,7 +61,7 @@ def evaluate_reports(model_name: str, version_or_alias: str = "production", suit
                      config: str | None = None, task: str | None = None, tracking_uri: str | None = None) -> list:
     """The body of ``evaluate`` as a plain function: resolve the store and the task, evaluate, record."""
     cfg = load_config(config) if config else None
-    _tracking(cfg, tracking_uri)
+    open_store(tracking_uri, cfg=cfg)  # the existing store (flag > config > env > default); never creates one
     require_model(model_name)
     if cfg is not None:
         task = task_for_model(cfg, model_name, task).name
@@ -92,7 +87,7 @@ def reevaluate(config: str = "configs/demo.yaml", alias: str = "production") -> 
     Failed afterwards (so a schedule alerts), naming what failed and why.
     """
     cfg = load_config(config)
-    _tracking(cfg, None)
+    open_store(None, cfg=cfg)  # the existing store; never creates one
     client = MlflowClient()
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}

@@ -140,14 +140,6 @@ class RetrainFailed(RuntimeError):
         return (type(self), (str(self), self.summary))
 
 
-def _tracking(cfg: RetrainConfig) -> str:
-    """Point MLflow at the store and create its schema and the experiment here, once, before tasks fan out
-    (several workers creating a new SQLite store at once race on its migrations)."""
-    uri = steps.setup_store(cfg)
-    get_or_create_experiment(cfg.experiment)
-    return uri
-
-
 def new_run_key() -> str:
     """This run's key: the Prefect flow run id when there is one (retries share it), else a fresh uuid."""
     try:
@@ -346,7 +338,10 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; the config has {[t.name for t in cfg.tasks]}")
         cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in only]})
-    uri = _tracking(cfg)
+    # the store's schema and the experiment are created here, once, before tasks fan out (several workers
+    # creating a new SQLite store at once race on its migrations)
+    uri = steps.setup_store(cfg)
+    get_or_create_experiment(cfg.experiment)
     run_key = new_run_key()
     runner = make_task_runner(cfg.task_runner, cfg.max_workers, cfg.runs_dir)
     summary = retrain_tasks.with_options(task_runner=runner)(cfg, run_key, force)

@@ -87,10 +87,6 @@ class AliasMove:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def _now() -> str:
-    return utc_now()
-
-
 def _bounded(entries: list[dict[str, Any]], limit: int = _MAX_VERSION_TAG) -> str:
     """JSON of ``entries``, dropping the oldest until it fits ``limit`` characters."""
     text = json.dumps(entries, separators=(",", ":"))
@@ -170,7 +166,7 @@ def move_locked(client: MlflowClient, name: str, alias: str, version: int, *, ac
     prev_mv = alias_version(name, alias, client)
     previous = int(prev_mv.version) if prev_mv is not None else None
     client.set_registered_model_alias(name, alias, str(version))
-    at = _now()
+    at = utc_now()
     entry = {"at": at, "alias": alias, "action": action, "version": int(version), "from": previous,
              "reason": reason, "by": owner, **(extra or {})}
     try:
@@ -271,7 +267,7 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
     higher = policy.higher(metric)
     better = "higher" if higher else "lower"
     decision = PromotionDecision(promoted=False, reason="", previous=champion, version=version, model_name=name,
-                                 metric=metric, stored=stored, policy=policy.to_dict(), decided_at=_now())
+                                 metric=metric, stored=stored, policy=policy.to_dict(), decided_at=utc_now())
     shown = ("; stored scores from earlier runs (other test rows, not compared): " +
              ", ".join(f"{k} {v:.4g}" for k, v in stored.items())) if stored else ""
     status = mv.tags.get(STATUS_TAG)

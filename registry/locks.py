@@ -75,10 +75,6 @@ def _owner() -> str:
     return f"{_user()}@{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
 
 
-def _slug(name: str) -> str:
-    return slug(name, fill="_", strip="", default="")
-
-
 def lock_kind(registry_uri: str | None = None) -> str:
     """``file`` for local SQLite registries (on POSIX), else ``model``."""
     uri = registry_uri or mlflow.get_registry_uri()
@@ -92,7 +88,7 @@ def lock_file(model_name: str, registry_uri: str | None = None) -> Path:
     db = sqlite_path(registry_uri or mlflow.get_registry_uri())
     if db is None:
         raise ValueError("file locks need a sqlite:/// registry URI")
-    return db.parent / f"{db.name}.locks" / f"{_slug(model_name)}.lock"
+    return db.parent / f"{db.name}.locks" / f"{slug(model_name, fill='_', strip='', default='')}.lock"
 
 
 @contextmanager

@@ -45,10 +45,6 @@ _BATCH_METRICS = 1000          # log_batch limits
 _BATCH_PARAMS = 100
 
 
-def _slug(text: str) -> str:
-    return slug(text, default="default")
-
-
 # MLflow's experiment kind: the UI opens a "custom model development" experiment on its training runs
 # rather than on the GenAI (traces) pages. MLflow 3.17's UI takes the view from its own workflow switch,
 # so links redflow prints also carry ``?workflowType=machine_learning`` (flows/cli/retraining.py experiment_url).
@@ -66,7 +62,7 @@ def get_or_create_experiment(name: str, client: MlflowClient | None = None) -> s
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     root = local_artifact_root(client.tracking_uri)
-    location = (root / _slug(name)).resolve().as_uri() if root is not None else None
+    location = (root / slug(name, default="default")).resolve().as_uri() if root is not None else None
     try:
         return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException as exc:
@@ -123,7 +119,7 @@ def as_dict(report: Any) -> dict[str, Any]:
 def report_name(report: Mapping[str, Any], index: int = 0) -> str:
     for key in ("name", "benchmark", "dataset", "task"):
         if report.get(key):
-            return _slug(str(report[key]))
+            return slug(str(report[key]), default="default")
     return f"report{index}"
 
 

@@ -56,10 +56,6 @@ from .snapshot import BaseGroup, Snapshot
 _log = logging.getLogger(__name__)
 
 
-def _now() -> str:
-    return utc_now("seconds")
-
-
 def bundle_signature(config: ServingConfig | dict | None = None) -> ModelSignature:
     """No input schema (each task reads its own columns; ``registry.serving.routing`` checks them with errors that
     name the task), the answer columns, and the generation params a request may pass."""
@@ -156,7 +152,7 @@ class MultiTaskModel(PythonModel):
                 except VersionRefused as exc:
                     if strict and name in self.config.names:  # asked for by name: the operator must know now
                         raise ServingConfigError(str(exc)) from exc
-                    self._refused[name] = {"model": name, "version": version, "reason": str(exc), "at": _now()}
+                    self._refused[name] = {"model": name, "version": version, "reason": str(exc), "at": utc_now("seconds")}
                     refused.append(self._refused[name])
                     _log.error("refused %s v%s: %s; %s", name, version, exc,
                                f"still serving v{current[name].version}" if name in current else "not served")
@@ -178,7 +174,7 @@ class MultiTaskModel(PythonModel):
                 for c in changed:
                     _log.info("%s: now serving v%s (was %s)", c["model"], c["to"],
                               f"v{c['from']}" if c["from"] is not None else "not served")
-            self.checked_at = _now()
+            self.checked_at = utc_now("seconds")
             return {"changed": changed, "refused": refused, **self.status()}
 
     def _load(self, name: str, version: int) -> ServedTask:

@@ -242,7 +242,8 @@ def _open(root: Path, identity: Identity, run_key: str, resume: bool) -> Attempt
                 return picked
     now = time.time()
     stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
-    folder = root / f"{stamp}-{_slug(run_key)}"
+    key = slug(run_key, keep="A-Za-z0-9", fill="", strip="", limit=12)
+    folder = root / f"{stamp}-{key}"
     suffix = 1
     while folder.exists():
         folder = folder.with_name(f"{folder.name.split('~')[0]}~{suffix}")
@@ -414,7 +415,3 @@ def prune(task_dir: str | Path, keep: int = 10) -> list[Path]:
         finally:
             lock.release()
     return removed
-
-
-def _slug(text: str) -> str:
-    return slug(text, keep="A-Za-z0-9", fill="", strip="", limit=12)

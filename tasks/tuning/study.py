@@ -67,10 +67,6 @@ def study_name(prefix: str, identity: dict[str, Any]) -> str:
     return f"{prefix}.{digest}"
 
 
-def _slug(text: str) -> str:
-    return slug(text, default="study")
-
-
 @dataclass(frozen=True)
 class StudyRef:
     """What a trial needs to find its study from any process: storage, name and the pruner's settings."""
@@ -160,7 +156,7 @@ def open_study(url: str, name: str, tune: TuneConfig, space: dict[str, Any], *, 
     while True:
         current = name if k == 1 else f"{name}#{k}"
         k += 1
-        study_dir = folder / _slug(current)
+        study_dir = folder / slug(current, default="study")
         study_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(study_dir / "study.lock"))
         try:
