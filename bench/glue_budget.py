@@ -41,21 +41,24 @@ METHODS = ("red", "lora", "bitfit", "full", "loreft", "head")
 TASKS = ("sst2", "mrpc", "rte")
 
 
+class StepClock(TrainerCallback):
+    """Times every optimizer step: ``wall`` and ``cpu`` hold one duration in seconds per step, in order."""
+
+    def __init__(self):
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def on_step_begin(self, *args, **kwargs):
+        self._w, self._c = time.perf_counter(), time.process_time()
+
+    def on_step_end(self, *args, **kwargs):
+        self.wall.append(time.perf_counter() - self._w)
+        self.cpu.append(time.process_time() - self._c)
+
+
 def measure(glue_dir: str, tasks: list[str], methods: list[str], model: str, steps: int, batch: int,
             max_length: int, work: Path) -> dict:
     torch.set_num_threads(1)
-
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.wall, self.cpu, self.eval_wall, self.eval_cpu = [], [], [], []
-
-        def on_step_begin(self, *args, **kwargs):
-            self._w, self._c = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, *args, **kwargs):
-            self.wall.append(time.perf_counter() - self._w)
-            self.cpu.append(time.process_time() - self._c)
-
     out: dict = {"tasks": {}, "env": {"python": platform.python_version(), "torch": torch.__version__,
                                       "cores": os.cpu_count(), "loadavg_at_start": os.getloadavg(),
                                       "model": model, "batch": batch, "max_length": max_length, "steps": steps}}
@@ -68,7 +71,7 @@ def measure(glue_dir: str, tasks: list[str], methods: list[str], model: str, ste
         entry = {"train_rows": len(full.train), "validation_rows": len(full.validation), "test_rows": len(full.test),
                  "methods": {}}
         for method in methods:
-            clock = Clock()
+            clock = StepClock()
             started, cpu0 = time.perf_counter(), time.process_time()
             config = TrainConfig(model=path, method=method, max_steps=steps + 1, batch_size=batch,
                                  max_length=max_length, learning_rate=1e-3, logging_steps=1000, resume=False)

@@ -22,8 +22,11 @@ against single-task runs) so the benchmark cannot silently time a broken path.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,7 +58,7 @@ def make_edit_files(device: torch.device, k: int, out_dir: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
@@ -70,34 +73,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--render", metavar="JSON", default=None,
                     help="measure nothing: re-analyse and print a results JSON written by --out")
-    args = ap.parse_args(argv)
-    saved = common.render_saved(args, analyze, render)
-    if saved is not None:
-        return saved
+    return ap.parse_args(argv)
 
-    device = common.setup(args.device, args.threads)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+
+def chosen_methods(text: str) -> list[str]:
+    """``--methods a,b``: the variants to time, in order (``SystemExit`` naming an unknown one)."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
     unknown = set(methods) - set(ALL)
     if unknown:
         raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(ALL)}")
-    env = common.environment(device)
-    print(f"# {common.command_line()}", file=sys.stderr)
-    print(f"# {env}", file=sys.stderr)
+    return methods
 
-    k = args.tasks
-    tmp = None
-    if args.edits_dir:
-        edits_dir = Path(args.edits_dir)
-    else:
-        tmp = tempfile.TemporaryDirectory()
-        edits_dir = Path(tmp.name)
-    paths = make_edit_files(device, max(k, 1), edits_dir)
 
-    batch = common.make_batch(args.batch, args.seq, device)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    ids_one = torch.zeros(args.batch, dtype=torch.long)
-    ids_mixed = torch.arange(args.batch) % k
+@contextlib.contextmanager
+def edits_folder(path: str | None) -> Iterator[Path]:
+    """``--edits-dir`` when given (kept), else a temporary folder removed afterwards."""
+    if path:
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
 
+
+def load_variants(methods: list[str], device: torch.device, paths: list[Path], k: int) -> dict[str, torch.nn.Module]:
+    """Each model variant asked for (the ``addcmul`` op is not a model), on its own copy of the base weights."""
     models: dict[str, torch.nn.Module] = {}
     if "base" in methods:
         models["base"] = common.load_minilm(device).eval()
@@ -109,43 +108,66 @@ def main(argv: list[str] | None = None) -> dict:
         models["bank1"] = red.EditBank(common.load_minilm(device), [paths[0]]).eval()
     if "bankK" in methods:
         models["bankK"] = red.EditBank(common.load_minilm(device), paths[:k]).eval()
+    return models
 
+
+def addcmul_op(device: torch.device, batch: int, seq: int) -> tuple[int, Callable[[], None]]:
+    """The number of layers RED edits, and a function doing only RED's elementwise op, ``addcmul(b, h, s)`` on a
+    random (batch, seq, hidden) tensor, once per edited layer."""
     n_layers = len(red.attach(common.load_minilm(device)).targets)
     hidden = common.load_minilm(device).config.hidden_size
-    h = torch.randn(args.batch, args.seq, hidden, device=device)
+    h = torch.randn(batch, seq, hidden, device=device)
     s = torch.randn(hidden, device=device)
     b = torch.randn(hidden, device=device)
 
     def run_addcmul():
         for _ in range(n_layers):
             torch.addcmul(b, h, s)
+    return n_layers, run_addcmul
+
+
+def measure(args: argparse.Namespace, methods: list[str], device: torch.device, paths: list[Path]) -> dict:
+    """Load the variants, check that they agree, then time them round-robin: ``edited_layers``, ``checks`` and
+    ``methods`` ({name: {"times_s": [...], "cpu_times_s": [...]}}, one entry per timed pass)."""
+    k = args.tasks
+    batch = common.make_batch(args.batch, args.seq, device)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    ids_mixed = torch.arange(args.batch) % k
+    task_ids = {"bank1": torch.zeros(args.batch, dtype=torch.long), "bankK": ids_mixed}
+    models = load_variants(methods, device, paths, k)
+    n_layers, run_addcmul = addcmul_op(device, args.batch, args.seq)
 
     def forward(name):
-        m = models[name]
-        if name == "bank1":
-            return m(**inputs, task_ids=ids_one).logits
-        if name == "bankK":
-            return m(**inputs, task_ids=ids_mixed).logits
-        return m(**inputs).logits
+        if name in task_ids:
+            return models[name](**inputs, task_ids=task_ids[name]).logits
+        return models[name](**inputs).logits
 
     checks = consistency(models, forward, inputs, ids_mixed, paths, k, device)
-
-    def timed(name):
-        if name == "addcmul":
-            return run_addcmul
-        return lambda: forward(name)
-
+    passes = {n: run_addcmul if n == "addcmul" else functools.partial(forward, n) for n in methods}
     with torch.no_grad():
-        times, cpu_times = common.interleaved({n: timed(n) for n in methods}, args.steps, args.warmup, device)
+        times, cpu_times = common.interleaved(passes, args.steps, args.warmup, device)
+    return {"edited_layers": n_layers, "checks": checks,
+            "methods": {n: {"times_s": times[n], "cpu_times_s": cpu_times[n]} for n in methods}}
 
-    result = {"benchmark": "inference", "command": common.command_line(), "args": vars(args), "env": env,
-              "edited_layers": n_layers, "checks": checks,
-              "methods": {n: {"times_s": times[n], "cpu_times_s": cpu_times[n]} for n in methods}}
-    analyze(result)
-    print(render(result, args.markdown))
-    common.write_json(args.out, result)
-    if tmp is not None:
-        tmp.cleanup()
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    saved = common.render_saved(args, analyze, render)
+    if saved is not None:
+        return saved
+    device = common.setup(args.device, args.threads)
+    methods = chosen_methods(args.methods)
+    env = common.environment(device)
+    print(f"# {common.command_line()}", file=sys.stderr)
+    print(f"# {env}", file=sys.stderr)
+    with edits_folder(args.edits_dir) as edits_dir:
+        paths = make_edit_files(device, max(args.tasks, 1), edits_dir)
+        measured = measure(args, methods, device, paths)
+        result = {"benchmark": "inference", "command": common.command_line(), "args": vars(args), "env": env,
+                  **measured}
+        analyze(result)
+        print(render(result, args.markdown))
+        common.write_json(args.out, result)
     return result
 
 
