@@ -146,6 +146,118 @@ def _load_base_and_heads(tasks: list[CoTask], tokenizer, dtype, failed: dict[str
     return base, heads
 
 
+def _check_group(tasks: list[CoTask]) -> tuple[dict[str, Any], str]:
+    """What the tasks must share (:func:`.cotrain_settings.shared_settings`) and the one model family they load;
+    ``ValueError`` for no tasks, repeated names or shared settings that differ, :class:`TrainingError` for tasks
+    of different model families."""
+    if not tasks:
+        raise ValueError("co_train needs at least one task")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"co-trained task names must be unique; got {names}")
+    shared = shared_settings({t.name: t.config for t in tasks}, {t.name: t.data.task or t.name for t in tasks})
+    families = {t.name: family(t.data.task_type) for t in tasks}
+    if len(set(families.values())) > 1:
+        raise TrainingError(f"co-trained tasks must load one model class, but their task types need different ones "
+                            f"({families}); group them by task type")
+    return shared, families[names[0]]
+
+
+def _encode_tasks(tasks: list[CoTask], tokenizer, hps: dict[str, dict[str, Any]],
+                  failed: dict[str, Exception]) -> dict[str, Any]:
+    """Each task's encoded data ``{name: EncodedData}``; a task whose data does not encode, or has no training
+    rows, fails alone: its error goes in ``failed``."""
+    encoded = {}
+    for task in tasks:
+        try:
+            encoded[task.name] = encode(task.data, tokenizer, max_length=hps[task.name]["max_length"])
+            if len(encoded[task.name].train) == 0:
+                raise TrainingError(f"task {task.name} has no training rows")
+        except (ValueError, TrainingError) as exc:
+            failed[task.name] = exc
+    return encoded
+
+
+def _warm_start(bank: TrainableBank, live: list[CoTask]) -> dict[int, TrainingError]:
+    """Load each task's start edit (``init_state``) into the bank; ``{k: error}`` for the tasks whose start edit
+    does not fit (other labels, another edit layout): they stop before training, alone."""
+    cannot_start: dict[int, TrainingError] = {}
+    for k, task in enumerate(live):
+        if task.init_state is not None:
+            try:  # the head's rows in this task's label order, by name (tasks.lifecycle.gate)
+                bank.task_edit(k).load_edit_state(align_head(task.init_state, task.data.label_list, task.init_note))
+            except ValueError as exc:  # other labels: refused, naming both lists and the fix
+                cannot_start[k] = TrainingError(f"task {task.name}: cannot warm-start: {exc}")
+            except EditMismatchError as exc:
+                cannot_start[k] = TrainingError(
+                    f"task {task.name}: cannot start from {task.init_note}: its edit does not fit this training's edit "
+                    f"layout ({exc}). Train with the same edit settings (position, kind, layers) and labels, or set "
+                    "init: fresh.")
+    return cannot_start
+
+
+def _task_specs(live: list[CoTask], encoded: dict[str, Any], hps: dict[str, dict[str, Any]]) -> list[TaskSpec]:
+    """Per task (in bank order k): its metric, optimizer settings, guards and evaluation sets (rows tagged k)."""
+    specs = []
+    for k, task in enumerate(live):
+        enc, hp = encoded[task.name], hps[task.name]
+        classification = family(task.data.task_type) == "sequence"
+        metric = task.data.metric if classification else "loss"
+        specs.append(TaskSpec(
+            name=task.name, task_type=task.data.task_type, metric=metric, greater=metric != "loss",
+            learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"],
+            label_smoothing=hp["label_smoothing"], divergence_factor=task.config.divergence_factor,
+            validation=enc.validation.add_column("task_ids", [k] * len(enc.validation)),
+            test=enc.test.add_column("task_ids", [k] * len(enc.test)),
+            compute_metrics=compute_metrics_for(task.data) if classification else None))
+    return specs
+
+
+def _mixing(live: list[CoTask], trains: list, live_hps: list[dict[str, Any]], settings: CoTrainConfig,
+            seed: int) -> Mixing:
+    """How the tasks' rows make up each optimizer step (:mod:`tasks.training.mixing`)."""
+    return Mixing(sizes=[len(t) for t in trains],
+                  rows_per_step=settings.rows_per_step or sum(hp["batch_size"] * hp["grad_accum"] for hp in live_hps),
+                  micro_batch=settings.batch_size or max(hp["batch_size"] for hp in live_hps),
+                  seeds=[t.config.seed for t in live], temperature=settings.temperature,
+                  mode=settings.mixing, seed=seed, order=settings.micro_batches,
+                  lengths=[[len(x) for x in t["input_ids"]] for t in trains])
+
+
+def _make_trainer(first: TrainConfig, bank: TrainableBank, live: list[CoTask], live_hps: list[dict[str, Any]],
+                  specs: list[TaskSpec], trains: list, mixing: Mixing, collator: TaskCollator, epochs: int,
+                  out_dir: Path, callbacks: list | None) -> MultiTaskTrainer:
+    """The co-training's Trainer: the first task's (``first``) arguments with the shared epochs, the mixing's
+    micro-batches and no Trainer-wide weight decay or label smoothing (both are per task); each task evaluated on
+    its own validation set."""
+    args = training_arguments(
+        first, {**live_hps[0], "epochs": epochs, "batch_size": mixing.micro_batch,
+                "eval_batch_size": max(hp["eval_batch_size"] for hp in live_hps),
+                "grad_accum": mixing.micro_batches_per_step, "weight_decay": 0.0, "label_smoothing": 0.0},
+        out_dir, load_best_model_at_end=False, metric_for_best_model=None, save_total_limit=None,
+        logging_steps=max(1, min(mixing.steps_per_epoch, *(t.config.logging_steps for t in live))))
+    trainer = MultiTaskTrainer(
+        model=bank, args=args, train_dataset=TaskRows(trains),
+        eval_dataset={f"t{k}": s.validation for k, s in enumerate(specs)}, data_collator=collator,
+        callbacks=[StopOnRequest()] + list(callbacks or []), tasks=specs, mixing=mixing)
+    quiet_console_logging(trainer)
+    return trainer
+
+
+def _start_tasks(trainer: MultiTaskTrainer, bank: TrainableBank, live: list[CoTask], specs: list[TaskSpec],
+                 trains: list, hps: dict[str, dict[str, Any]], collator: TaskCollator, micro: int,
+                 fresh_heads: set[str]) -> None:
+    """Before the first step, as each task alone starts: a new regression head at its labels' mean (issue 22), and
+    each task's loss on its first rows, the baseline of its divergence guard (``guards.initial_loss``)."""
+    for k, task in enumerate(live):
+        if task.data.task_type == "regression" and task.init_state is None and task.name in fresh_heads:
+            rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), 256))]
+            center_regression_head(bank, collator, rows, hps[task.name]["eval_batch_size"])
+    for k, spec in enumerate(specs):
+        rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), micro))]
+        spec.start_loss = initial_loss(bank, collator, rows, micro, loss_of=trainer.compute_loss)
+
+
 def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str | Path, *,
              resume_from: str | Path | None = None,
              callbacks: list | None = None) -> dict[str, TrainResult | Exception]:
@@ -159,33 +271,18 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     tasks of different model families, a method other than RED, a base that cannot load.
     ``resume_from``: a complete checkpoint of a crashed co-training of the same inputs (see tasks.lifecycle.attempts).
     """
-    if not tasks:
-        raise ValueError("co_train needs at least one task")
+    shared, model_family = _check_group(tasks)
     names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise ValueError(f"co-trained task names must be unique; got {names}")
     settings = settings or CoTrainConfig()
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shared = shared_settings({t.name: t.config for t in tasks}, {t.name: t.data.task or t.name for t in tasks})
-    families = {t.name: family(t.data.task_type) for t in tasks}
-    if len(set(families.values())) > 1:
-        raise TrainingError(f"co-trained tasks must load one model class, but their task types need different ones "
-                            f"({families}); group them by task type")
     hps = {t.name: t.config.resolved(t.data.task or t.name) for t in tasks}
     first = tasks[0].config
     set_seed(first.seed)
     tokenizer = load_tokenizer(first.model, first.revision, tasks[0].data.task_type)
     outcomes: dict[str, TrainResult | Exception] = {}  # failures first, then results
-    encoded = {}
-    for task in tasks:  # a task whose data does not encode fails alone
-        try:
-            encoded[task.name] = encode(task.data, tokenizer, max_length=hps[task.name]["max_length"])
-            if len(encoded[task.name].train) == 0:
-                raise TrainingError(f"task {task.name} has no training rows")
-        except (ValueError, TrainingError) as exc:
-            outcomes[task.name] = exc
+    encoded = _encode_tasks(tasks, tokenizer, hps, outcomes)
     fresh_heads: set[str] = set()
     base, heads = _load_base_and_heads([t for t in tasks if t.name not in outcomes], tokenizer,
                                        precision_dtype(first.precision), outcomes, fresh_heads=fresh_heads)
@@ -193,65 +290,21 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     if not live:
         return {name: outcomes[name] for name in names}
     live_names = [t.name for t in live]
-    configs = [edit_config("red", t.config.edit, list(heads[t.name])) for t in live]
-    bank = TrainableBank(base, configs, live_names, heads=[heads[t.name] for t in live],
-                         task_types=[t.data.task_type for t in live])
-    cannot_start: dict[int, TrainingError] = {}
-    for k, task in enumerate(live):
-        if task.init_state is not None:
-            try:  # the head's rows in this task's label order, by name (tasks.lifecycle.gate)
-                bank.task_edit(k).load_edit_state(align_head(task.init_state, task.data.label_list, task.init_note))
-            except ValueError as exc:  # other labels: refused, naming both lists and the fix
-                cannot_start[k] = TrainingError(f"task {task.name}: cannot warm-start: {exc}")
-            except EditMismatchError as exc:
-                cannot_start[k] = TrainingError(
-                    f"task {task.name}: cannot start from {task.init_note}: its edit does not fit this training's edit "
-                    f"layout ({exc}). Train with the same edit settings (position, kind, layers) and labels, or set "
-                    "init: fresh.")
-
-    specs = []
-    for k, task in enumerate(live):
-        enc, hp = encoded[task.name], hps[task.name]
-        classification = family(task.data.task_type) == "sequence"
-        metric = task.data.metric if classification else "loss"
-        specs.append(TaskSpec(
-            name=task.name, task_type=task.data.task_type, metric=metric, greater=metric != "loss",
-            learning_rate=hp["learning_rate"], weight_decay=hp["weight_decay"],
-            label_smoothing=hp["label_smoothing"], divergence_factor=task.config.divergence_factor,
-            validation=enc.validation.add_column("task_ids", [k] * len(enc.validation)),
-            test=enc.test.add_column("task_ids", [k] * len(enc.test)),
-            compute_metrics=compute_metrics_for(task.data) if classification else None))
+    bank = TrainableBank(base, [edit_config("red", t.config.edit, list(heads[t.name])) for t in live], live_names,
+                         heads=[heads[t.name] for t in live], task_types=[t.data.task_type for t in live])
+    cannot_start = _warm_start(bank, live)
+    specs = _task_specs(live, encoded, hps)
     live_hps = [hps[n] for n in live_names]
     trains = [encoded[n].train for n in live_names]
-    micro = settings.batch_size or max(hp["batch_size"] for hp in live_hps)
-    mixing = Mixing(sizes=[len(t) for t in trains],
-                    rows_per_step=settings.rows_per_step or sum(hp["batch_size"] * hp["grad_accum"] for hp in live_hps),
-                    micro_batch=micro, seeds=[t.config.seed for t in live], temperature=settings.temperature,
-                    mode=settings.mixing, seed=first.seed, order=settings.micro_batches,
-                    lengths=[[len(x) for x in t["input_ids"]] for t in trains])
+    mixing = _mixing(live, trains, live_hps, settings, first.seed)
+    collator = TaskCollator(DataCollatorWithPadding(tokenizer) if model_family == "sequence"
+                            else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
     with trainer_slot():
-        args = training_arguments(
-            first, {**live_hps[0], "epochs": shared["epochs"], "batch_size": micro,
-                    "eval_batch_size": max(hp["eval_batch_size"] for hp in live_hps),
-                    "grad_accum": mixing.micro_batches_per_step, "weight_decay": 0.0, "label_smoothing": 0.0},
-            out_dir, load_best_model_at_end=False, metric_for_best_model=None, save_total_limit=None,
-            logging_steps=max(1, min(mixing.steps_per_epoch, *(t.config.logging_steps for t in live))))
-        inner = (DataCollatorWithPadding(tokenizer) if families[names[0]] == "sequence"
-                 else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
-        trainer = MultiTaskTrainer(
-            model=bank, args=args, train_dataset=TaskRows(trains),
-            eval_dataset={f"t{k}": s.validation for k, s in enumerate(specs)}, data_collator=TaskCollator(inner),
-            callbacks=[StopOnRequest()] + list(callbacks or []), tasks=specs, mixing=mixing)
-        quiet_console_logging(trainer)
+        trainer = _make_trainer(first, bank, live, live_hps, specs, trains, mixing, collator, shared["epochs"],
+                                out_dir, callbacks)
         for k, error in cannot_start.items():
             trainer.stop_task(k, error)
-        for k, task in enumerate(live):  # a new regression head starts at its labels' mean, as alone (issue 22)
-            if task.data.task_type == "regression" and task.init_state is None and task.name in fresh_heads:
-                rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), 256))]
-                center_regression_head(bank, TaskCollator(inner), rows, hps[task.name]["eval_batch_size"])
-        for k, spec in enumerate(specs):  # the baseline a training alone measures (guards.initial_loss)
-            rows = [{**trains[k][i], "task_ids": k} for i in range(min(len(trains[k]), micro))]
-            spec.start_loss = initial_loss(bank, TaskCollator(inner), rows, micro, loss_of=trainer.compute_loss)
+        _start_tasks(trainer, bank, live, specs, trains, hps, collator, mixing.micro_batch, fresh_heads)
         resume = str(resume_from) if resume_from else None
         start_step = checkpoint_step(resume)
         if resume:
@@ -259,17 +312,15 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
         if len(trainer.stopped) < len(live):
             trainer.train(resume_from_checkpoint=resume)
         bank.eval()
-
         for k, (task, spec) in enumerate(zip(live, specs)):
             if k in trainer.stopped:
                 outcomes[task.name] = trainer.stopped[k]
-            else:
-                try:
-                    outcomes[task.name] = _task_result(trainer, bank, k, task, hps[task.name], encoded[task.name],
-                                                       spec, settings, mixing, live_names, started, resume,
-                                                       start_step)
-                except TrainingDiverged as exc:  # as a training alone: nothing of this task is written
-                    outcomes[task.name] = TrainingDiverged(f"task {task.name}: {exc}")
+                continue
+            try:
+                outcomes[task.name] = _task_result(trainer, bank, k, task, hps[task.name], encoded[task.name], spec,
+                                                   settings, mixing, live_names, started, resume, start_step)
+            except TrainingDiverged as exc:  # as a training alone: nothing of this task is written
+                outcomes[task.name] = TrainingDiverged(f"task {task.name}: {exc}")
     return {name: outcomes[name] for name in names}
 
 
