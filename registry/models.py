@@ -339,6 +339,73 @@ def _discard_version(client: MlflowClient, name: str, version: str, why: BaseExc
         return "left with status 'registering' (never promoted)"
 
 
+def _check_predicts(name: str, artifacts: dict[str, str], config: dict[str, Any], example: pd.DataFrame) -> None:
+    """Load the model in this process and predict on ``example``: ``RegistrationError`` when it does not load or
+    answers another number of rows (checked before anything is written)."""
+    try:
+        predictions = load_in_process(artifacts, config).predict(None, example)
+        if len(predictions) != len(example):
+            raise ValueError(f"{len(predictions)} predictions for {len(example)} inputs")
+    except Exception as exc:
+        raise RegistrationError(f"{name}: the edit does not load or predict with base model "
+                                f"{version_settings(config)['base_model']!r}: {exc}") from exc
+
+
+def _log_pyfunc(result: TrainResult, artifacts: dict[str, str], config: dict[str, Any], example: pd.DataFrame,
+                meta: Mapping[str, Any], bundle_code: bool):
+    """Log the edit as a models-from-code pyfunc (artifact ``model``) into the active run; MLflow's ``ModelInfo``."""
+    serving = version_settings(config)
+    return mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=str(MODEL_CODE),  # models-from-code: the version holds source, not a pickle
+        artifacts=artifacts,
+        code_paths=[str(RED_DIR), str(REGISTRY_DIR)] if bundle_code else None,
+        signature=model_signature(config),
+        input_example=example,
+        pip_requirements=pip_requirements(),
+        model_config=config,
+        metadata={"redflow": {"task": result.task, "method": result.method, "task_type": result.task_type,
+                              "base_model": serving["base_model"], "edit_sha256": meta.get("tensors_sha256"),
+                              "artifact_sha256": serving["artifact_sha256"],
+                              "code_version": code_version(), "bundled_code": bundle_code,
+                              "requires": "the redflow package (red, registry) unless bundled_code"}},
+        tags={"task": result.task, "method": result.method},
+    )
+
+
+def _create_candidate_version(client: MlflowClient, name: str, result: TrainResult, run_id: str, info,
+                              tags: dict[str, str], base_model: str, lock_timeout: float) -> int:
+    """Create the version with ``tags`` and status ``registering`` in one call, mark it ``ready``, point
+    ``candidate`` at it (under the registry lock); the version number. On any failure the version is discarded
+    (:func:`_discard_version`), the logged model tagged failed, and ``RegistrationError`` raised (an interruption
+    that is not an ``Exception`` goes on as itself)."""
+    mv = None
+    try:
+        # one call: the version exists only together with its tags and status 'registering'
+        mv = client.create_model_version(
+            name, source=info.model_uri, run_id=run_id, tags={**tags, STATUS_TAG: "registering"},
+            model_id=info.model_id,
+            description=f"{_KIND.get(result.method, result.method + ' edit')} for {result.task} on {base_model} "
+                        f"({result.primary_metric}={result.score:.4g} on test)")
+        version = str(mv.version)
+        client.set_model_version_tag(name, version, STATUS_TAG, READY)
+        with registry_lock(name, client=client, timeout=lock_timeout) as owner:
+            move_locked(client, name, CANDIDATE, int(version), action="candidate",
+                        reason=f"registered from run {run_id}", owner=owner)
+    except BaseException as exc:
+        outcome = _discard_version(client, name, str(mv.version), exc) if mv is not None else "not created"
+        try:
+            client.set_logged_model_tags(info.model_id, {STATUS_TAG: "failed"})
+        except Exception:  # noqa: BLE001
+            pass
+        if not isinstance(exc, Exception):
+            raise
+        raise RegistrationError(
+            f"registering {name} from run {run_id} failed ({type(exc).__name__}: {exc}); the new version was "
+            f"{outcome}") from exc
+    return int(mv.version)
+
+
 def register_edit(
     result: "TrainResult",
     run_id: str,
@@ -369,37 +436,13 @@ def register_edit(
     """
     client = MlflowClient()
     name = model_name or model_name_for(result.task)
-    params = result.params or {}
-    artifacts, tensors, meta, config = serving_artifacts(result, text_columns, name)
-    serving = version_settings(config)
-    signature = model_signature(config)
+    artifacts, _, meta, config = serving_artifacts(result, text_columns, name)
     example = input_example if input_example is not None else default_input_example(config)
     with shared_loads():  # the smoke test and MLflow's input-example validation load the base model once
         if validate:
-            try:
-                predictions = load_in_process(artifacts, config).predict(None, example)
-                if len(predictions) != len(example):
-                    raise ValueError(f"{len(predictions)} predictions for {len(example)} inputs")
-            except Exception as exc:
-                raise RegistrationError(f"{name}: the edit does not load or predict with base model "
-                                        f"{serving['base_model']!r}: {exc}") from exc
+            _check_predicts(name, artifacts, config, example)
         with _resumed_run(run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(MODEL_CODE),  # models-from-code: the version holds source, not a pickle
-                artifacts=artifacts,
-                code_paths=[str(RED_DIR), str(REGISTRY_DIR)] if bundle_code else None,
-                signature=signature,
-                input_example=example,
-                pip_requirements=pip_requirements(),
-                model_config=config,
-                metadata={"redflow": {"task": result.task, "method": result.method, "task_type": result.task_type,
-                                      "base_model": serving["base_model"], "edit_sha256": meta.get("tensors_sha256"),
-                                      "artifact_sha256": serving["artifact_sha256"],
-                                      "code_version": code_version(), "bundled_code": bundle_code,
-                                      "requires": "the redflow package (red, registry) unless bundled_code"}},
-                tags={"task": result.task, "method": result.method},
-            )
+            info = _log_pyfunc(result, artifacts, config, example, meta, bundle_code)
 
     _ensure_registered_model(client, name, result)
     all_tags = version_tags(result, meta, run_id)
@@ -409,31 +452,8 @@ def register_edit(
     if stale:
         _logger.warning("%s: removed version(s) %s left half-registered by a crashed registration", name, stale)
     all_tags["redflow.owner"] = owner_tag()
-    mv = None
-    try:
-        # one call: the version exists only together with its tags and status 'registering'
-        mv = client.create_model_version(
-            name, source=info.model_uri, run_id=run_id, tags={**all_tags, STATUS_TAG: "registering"},
-            model_id=info.model_id,
-            description=f"{_KIND.get(result.method, result.method + ' edit')} for {result.task} on {serving['base_model']} "
-                        f"({result.primary_metric}={result.score:.4g} on test)")
-        version = str(mv.version)
-        client.set_model_version_tag(name, version, STATUS_TAG, READY)
-        with registry_lock(name, client=client, timeout=lock_timeout) as owner:
-            move_locked(client, name, CANDIDATE, int(version), action="candidate",
-                        reason=f"registered from run {run_id}", owner=owner)
-    except BaseException as exc:
-        outcome = _discard_version(client, name, str(mv.version), exc) if mv is not None else "not created"
-        try:
-            client.set_logged_model_tags(info.model_id, {STATUS_TAG: "failed"})
-        except Exception:  # noqa: BLE001
-            pass
-        if not isinstance(exc, Exception):
-            raise
-        raise RegistrationError(
-            f"registering {name} from run {run_id} failed ({type(exc).__name__}: {exc}); the new version was "
-            f"{outcome}") from exc
-    return int(mv.version)
+    return _create_candidate_version(client, name, result, run_id, info, all_tags,
+                                     version_settings(config)["base_model"], lock_timeout)
 
 
 def record_evaluation(

@@ -325,6 +325,80 @@ def training_key(result: "TrainResult") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def _finished_run(client: MlflowClient, experiment_id: str, training_id: str) -> str | None:
+    """The id of the FINISHED run of training ``training_id``, if an earlier try logged one; the runs earlier tries
+    left half-logged are deleted on the way (a live owner's run is waited for first, never deleted)."""
+    earlier = client.search_runs([experiment_id], filter_string=f"tags.`redflow.training_id` = '{training_id}'")
+    for run in earlier:
+        run = _settled(client, run)  # a live owner's run is waited for, never deleted
+        if run.info.status == "FINISHED":
+            return run.info.run_id
+        client.delete_run(run.info.run_id)  # half-logged by a try that failed (its owner ended it or died)
+    return None
+
+
+def _training_run_tags(result: TrainResult, meta: dict | None, training_id: str, run_name: str | None,
+                       tags: Mapping[str, str] | None) -> dict[str, str]:
+    """A training run's tags: what trained on what (task, method, base, data, code) and who logs it; ``tags`` last."""
+    run_tags = {
+        "redflow.training_id": training_id,
+        "redflow.owner": owner_tag(),
+        "mlflow.runName": run_name or default_run_name(result),
+        "redflow.run_kind": "train",
+        "task": result.task,
+        "method": result.method,
+        "base_model": display_name(result.base_model),
+        "base_model_path": result.base_model,
+        "primary_metric": result.primary_metric,
+        "data_hash": result.data_hash,
+        "code_version": code_version(),
+        "code_revision": code_revision(),
+    }
+    if result.base_fingerprint or meta:
+        run_tags["base_fingerprint"] = result.base_fingerprint or meta["base_model"].get("fingerprint", "")
+    if meta:
+        run_tags["edit_sha256"] = meta.get("tensors_sha256", "")
+    run_tags.update(tags or {})
+    return {k: str(v)[:_MAX_TAG_VALUE] for k, v in run_tags.items()}
+
+
+def _log_edit(client: MlflowClient, run_id: str, edit_path: str | None) -> None:
+    """The edit under ``edit/``: the file and its metadata JSON, or a folder (adapters) up to 256 MiB."""
+    if not edit_path:
+        return
+    edit = Path(edit_path)
+    if edit.is_file():
+        client.log_artifact(run_id, str(edit), "edit")
+        if edit.with_suffix(".json").is_file():
+            client.log_artifact(run_id, str(edit.with_suffix(".json")), "edit")
+    elif edit.is_dir() and _dir_size(edit) <= 256 * 2**20:  # adapters yes, full checkpoints no
+        client.log_artifacts(run_id, str(edit), "edit")
+
+
+def _log_eval_reports(client: MlflowClient, run_id: str, eval_reports: list) -> None:
+    """Each report as ``evaluation/<name>.json|.md`` and its numbers as metrics ``eval/<name>/<metric>``."""
+    ts = int(time.time() * 1000)
+    for i, report in enumerate(eval_reports):
+        data = as_dict(report)
+        name = report_name(data, i)
+        client.log_dict(run_id, json.loads(json.dumps(data, default=str)), f"evaluation/{name}.json")
+        client.log_text(run_id, report_markdown(name, data, report), f"evaluation/{name}.md")
+        metrics = [number_metric(f"eval/{name}/{k}", v, 0, ts) for k, v in report_metrics(data).items()]
+        log_batches(client, run_id, metrics=[m for m in metrics if m is not None])
+
+
+def _log_plots(client: MlflowClient, run_id: str, result: TrainResult, tensors: dict | None,
+               meta: dict | None) -> None:
+    """``plots/training_curves.png`` and, for an edit file, ``plots/edit_heatmap.png`` (each when there is data)."""
+    curves = training_curves_figure(result)
+    if curves is not None:
+        client.log_figure(run_id, curves, "plots/training_curves.png")
+    if tensors is not None:
+        heatmap = edit_heatmap_figure((tensors, meta))
+        if heatmap is not None:
+            client.log_figure(run_id, heatmap, "plots/edit_heatmap.png")
+
+
 def log_training(
     result: "TrainResult",
     *,
@@ -355,33 +429,11 @@ def log_training(
     experiment_id = get_or_create_experiment(experiment, client)
     training_id = training_key(result)
     close_orphaned_runs(client, experiment_id)
-    earlier = client.search_runs([experiment_id], filter_string=f"tags.`redflow.training_id` = '{training_id}'")
-    for run in earlier:
-        run = _settled(client, run)  # a live owner's run is waited for, never deleted
-        if run.info.status == "FINISHED":
-            return run.info.run_id
-        client.delete_run(run.info.run_id)  # half-logged by a try that failed (its owner ended it or died)
+    finished = _finished_run(client, experiment_id, training_id)
+    if finished is not None:
+        return finished
     tensors, meta = _read_edit_meta(result.edit_path)
-    run_tags = {
-        "redflow.training_id": training_id,
-        "redflow.owner": owner_tag(),
-        "mlflow.runName": run_name or default_run_name(result),
-        "redflow.run_kind": "train",
-        "task": result.task,
-        "method": result.method,
-        "base_model": display_name(result.base_model),
-        "base_model_path": result.base_model,
-        "primary_metric": result.primary_metric,
-        "data_hash": result.data_hash,
-        "code_version": code_version(),
-        "code_revision": code_revision(),
-    }
-    if result.base_fingerprint or meta:
-        run_tags["base_fingerprint"] = result.base_fingerprint or meta["base_model"].get("fingerprint", "")
-    if meta:
-        run_tags["edit_sha256"] = meta.get("tensors_sha256", "")
-    run_tags.update(tags or {})
-    run = client.create_run(experiment_id, tags={k: str(v)[:_MAX_TAG_VALUE] for k, v in run_tags.items()})
+    run = client.create_run(experiment_id, tags=_training_run_tags(result, meta, training_id, run_name, tags))
     run_id = run.info.run_id
     try:
         params = [Param(k, v) for k, v in training_params(result, meta).items()]
@@ -389,29 +441,9 @@ def log_training(
         client.log_dict(run_id, result.to_dict(), "train_result.json")
         if config:
             client.log_dict(run_id, json.loads(json.dumps(config, default=str)), "config.json")
-        if result.edit_path:
-            edit = Path(result.edit_path)
-            if edit.is_file():
-                client.log_artifact(run_id, str(edit), "edit")
-                if edit.with_suffix(".json").is_file():
-                    client.log_artifact(run_id, str(edit.with_suffix(".json")), "edit")
-            elif edit.is_dir() and _dir_size(edit) <= 256 * 2**20:  # adapters yes, full checkpoints no
-                client.log_artifacts(run_id, str(edit), "edit")
-        ts = int(time.time() * 1000)
-        for i, report in enumerate(eval_reports or []):
-            data = as_dict(report)
-            name = report_name(data, i)
-            client.log_dict(run_id, json.loads(json.dumps(data, default=str)), f"evaluation/{name}.json")
-            client.log_text(run_id, report_markdown(name, data, report), f"evaluation/{name}.md")
-            metrics = [number_metric(f"eval/{name}/{k}", v, 0, ts) for k, v in report_metrics(data).items()]
-            log_batches(client, run_id, metrics=[m for m in metrics if m is not None])
-        curves = training_curves_figure(result)
-        if curves is not None:
-            client.log_figure(run_id, curves, "plots/training_curves.png")
-        if tensors is not None:
-            heatmap = edit_heatmap_figure((tensors, meta))
-            if heatmap is not None:
-                client.log_figure(run_id, heatmap, "plots/edit_heatmap.png")
+        _log_edit(client, run_id, result.edit_path)
+        _log_eval_reports(client, run_id, eval_reports or [])
+        _log_plots(client, run_id, result, tensors, meta)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
