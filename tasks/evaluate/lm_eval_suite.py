@@ -65,8 +65,6 @@ def evaluate_lm(model: torch.nn.Module, tokenizer: Any, tasks: TaskSpec = "openl
     every task and group lm-eval reports, and ``average`` over the requested
     tasks' headline metrics (the primary metric).
     """
-    import lm_eval  # optional: lm-eval loads only when a suite runs (seconds to import)
-
     label, suite = resolve_tasks(tasks)
     check_generative(model)
     _preflight_hub_datasets(suite, include_path)
@@ -78,49 +76,16 @@ def evaluate_lm(model: torch.nn.Module, tokenizer: Any, tasks: TaskSpec = "openl
     was_training = base.training
     lm = lm_eval_model(model, tok, backend=backend, batch_size=batch_size, max_length=max_length,
                        add_bos_token=add_bos)
-    results: dict[str, dict[str, Any]] = {}
-    samples: dict[str, list[dict[str, Any]]] = {}
-    n_samples: dict[str, Any] = {}
-    configs: dict[str, Any] = {}
     try:
-        for shots, group in _by_fewshot(suite):
-            try:
-                out = lm_eval.simple_evaluate(
-                    model=lm, tasks=[t.task for t in group], num_fewshot=shots, limit=limit,
-                    task_manager=task_manager, bootstrap_iters=bootstrap_iters, log_samples=True,
-                    random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                )
-            except Exception as exc:
-                if _is_offline_error(exc):
-                    raise EvalUnavailableError(
-                        f"lm-eval tasks {[t.task for t in group]} could not load their data: {exc}. The Hugging Face "
-                        "hub is unreachable or offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE). Pre-fetch "
-                        "the data sets into the HF cache on a machine with access, or use local task folders "
-                        "(tasks.evaluate.write_arc_task + include_path)."
-                    ) from exc
-                raise
-            if out is None:  # non-zero rank in distributed runs
-                continue
-            results.update(out.get("results", {}))
-            samples.update(out.get("samples", {}))
-            n_samples.update(out.get("n-samples", {}))
-            configs.update({k: _small_config(v) for k, v in out.get("configs", {}).items()})
+        results, samples, n_samples, configs = _evaluate_by_fewshot(lm, suite, task_manager, limit=limit,
+                                                                    bootstrap_iters=bootstrap_iters, seed=seed)
     finally:
         base.train(was_training)
 
     degenerate = check_degenerate(samples, policy=on_degenerate, threshold=degenerate_threshold)
     metrics, stderr = _flatten(results)
-    headline: dict[str, float] = {}
-    for t in suite:
-        key = _headline_key(t, results)
-        if key is None:
-            raise KeyError(f"lm-eval returned no results for task {t.task!r} (got {sorted(results)})")
-        headline[t.task] = key
-    primary_values = [metrics[k] for k in headline.values()]
-    metrics["average"] = float(sum(primary_values) / len(primary_values))
-    errs = [stderr.get(k) for k in headline.values()]
-    if all(e is not None and math.isfinite(e) for e in errs):
-        stderr["average"] = math.sqrt(sum(e * e for e in errs)) / len(errs)
+    headline = _headline_keys(suite, results)
+    _add_average(metrics, stderr, list(headline.values()))
     return EvalReport(
         name=name or f"lm-eval/{label}", kind="lm-eval", metrics=metrics, primary="average", stderr=stderr,
         model=describe_model(model),
@@ -132,6 +97,64 @@ def evaluate_lm(model: torch.nn.Module, tokenizer: Any, tasks: TaskSpec = "openl
             "per_row": _per_row(samples, metrics),
         },
     )
+
+
+def _evaluate_by_fewshot(lm: Any, suite: Sequence[SuiteTask], task_manager: Any, *, limit: int | float | None,
+                         bootstrap_iters: int, seed: int) -> tuple[dict, dict, dict, dict]:
+    """``lm_eval.simple_evaluate`` once per few-shot setting of ``suite``, merged: lm-eval's ``results``,
+    ``samples`` and ``n-samples`` by task, and each task's config (shortened). ``EvalUnavailableError`` when a
+    task's data cannot load because the hub is unreachable or offline."""
+    import lm_eval  # optional: lm-eval loads only when a suite runs (seconds to import)
+
+    results: dict[str, dict[str, Any]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    n_samples: dict[str, Any] = {}
+    configs: dict[str, Any] = {}
+    for shots, group in _by_fewshot(suite):
+        try:
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=[t.task for t in group], num_fewshot=shots, limit=limit,
+                task_manager=task_manager, bootstrap_iters=bootstrap_iters, log_samples=True,
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            )
+        except Exception as exc:
+            if _is_offline_error(exc):
+                raise EvalUnavailableError(
+                    f"lm-eval tasks {[t.task for t in group]} could not load their data: {exc}. The Hugging Face "
+                    "hub is unreachable or offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE). Pre-fetch "
+                    "the data sets into the HF cache on a machine with access, or use local task folders "
+                    "(tasks.evaluate.write_arc_task + include_path)."
+                ) from exc
+            raise
+        if out is None:  # non-zero rank in distributed runs
+            continue
+        results.update(out.get("results", {}))
+        samples.update(out.get("samples", {}))
+        n_samples.update(out.get("n-samples", {}))
+        configs.update({k: _small_config(v) for k, v in out.get("configs", {}).items()})
+    return results, samples, n_samples, configs
+
+
+def _headline_keys(suite: Sequence[SuiteTask], results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """``{task: metric key}`` of each requested task's headline (primary) metric; ``KeyError`` for a task lm-eval
+    returned no results for."""
+    headline: dict[str, str] = {}
+    for t in suite:
+        key = _headline_key(t, results)
+        if key is None:
+            raise KeyError(f"lm-eval returned no results for task {t.task!r} (got {sorted(results)})")
+        headline[t.task] = key
+    return headline
+
+
+def _add_average(metrics: dict[str, float], stderr: dict[str, float], keys: list[str]) -> None:
+    """``average``: the mean of the metrics ``keys``, and its standard error when every one of theirs is known
+    (independent tasks: the root of the summed squares, over their count)."""
+    values = [metrics[k] for k in keys]
+    metrics["average"] = float(sum(values) / len(values))
+    errs = [stderr.get(k) for k in keys]
+    if all(e is not None and math.isfinite(e) for e in errs):
+        stderr["average"] = math.sqrt(sum(e * e for e in errs)) / len(errs)
 
 
 def _per_row(samples: dict[str, list[dict[str, Any]]], metrics: dict[str, float]) -> dict[str, list[float]]:

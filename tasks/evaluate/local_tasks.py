@@ -78,6 +78,61 @@ def arc_to_hub_layout(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _usable_rows(rows: Iterable[Mapping[str, Any]], limit: int | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """``rows`` in the hub layout, up to ``limit`` of them, and the ids (else the question's start) of the rows
+    skipped: those whose answerKey is not among their labels, or with fewer than two choices."""
+    kept, bad = [], []
+    for row in rows:
+        doc = arc_to_hub_layout(row)
+        if doc["answerKey"] not in doc["choices"]["label"] or len(doc["choices"]["text"]) < 2:
+            bad.append(doc["id"] or doc["question"][:40])
+            continue
+        kept.append(doc)
+        if limit is not None and len(kept) >= limit:
+            break
+    return kept, bad
+
+
+def _write_jsonl(path: Path, docs: list[dict[str, Any]]) -> None:
+    """One JSON object per line, UTF-8 as is (the layout `read_jsonl` and lm-eval's json loader read)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs)
+
+
+def _arc_task_config(name: str, files: dict[str, str], eval_split: str, fewshot: str | None,
+                    num_fewshot: int | None) -> dict[str, Any]:
+    """The lm-eval task YAML (as a dict) of a local ARC task: the built-in ARC task's prompt, target, choices and
+    metrics over the JSONL ``files`` ({split: path}), evaluated on ``eval_split``, few-shot examples from
+    ``fewshot`` (None: zero-shot only)."""
+    config: dict[str, Any] = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": files},
+        "output_type": "multiple_choice",
+        f"{'test' if eval_split == 'test' else 'validation' if eval_split == 'validation' else 'training'}_split":
+            eval_split,
+        "doc_to_text": ARC_PROMPT,
+        "doc_to_target": ARC_TARGET,
+        "doc_to_choice": ARC_CHOICES,
+        "should_decontaminate": True,
+        "doc_to_decontamination_query": ARC_PROMPT,
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
+        "metadata": {"version": 1.0, "source": "redflow tasks.evaluate.write_arc_task"},
+    }
+    if fewshot is not None:
+        config["fewshot_split"] = fewshot
+        if fewshot == "train":
+            config["training_split"] = "train"
+        elif fewshot == "validation" and eval_split != "validation":
+            config["validation_split"] = "validation"
+    if num_fewshot is not None:
+        config["num_fewshot"] = num_fewshot
+    return config
+
+
 def write_arc_task(splits: Mapping[str, str | Path | Iterable[Mapping[str, Any]]], out_dir: str | Path,
                    name: str = "arc_local", *, limit: int | None = None, num_fewshot: int | None = None,
                    eval_split: str | None = None) -> LocalTask:
@@ -108,24 +163,14 @@ def write_arc_task(splits: Mapping[str, str | Path | Iterable[Mapping[str, Any]]
             continue
         source = splits[split]
         rows = read_jsonl(source) if isinstance(source, (str, Path)) else list(source)
-        kept, bad = [], []
-        for row in rows:
-            doc = arc_to_hub_layout(row)
-            if doc["answerKey"] not in doc["choices"]["label"] or len(doc["choices"]["text"]) < 2:
-                bad.append(doc["id"] or doc["question"][:40])
-                continue
-            kept.append(doc)
-            if limit is not None and len(kept) >= limit:
-                break
+        kept, bad = _usable_rows(rows, limit)
         if bad:
             skipped[split] = bad
             log.warning("%s/%s: skipped %d rows whose answerKey is not one of their labels", name, split, len(bad))
         if not kept:
             raise ValueError(f"split {split!r} of {name} has no usable rows")
         path = data_dir / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8") as fh:
-            for doc in kept:
-                fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        _write_jsonl(path, kept)
         counts[split] = len(kept)
         files[split] = str(path)
 
@@ -135,33 +180,8 @@ def write_arc_task(splits: Mapping[str, str | Path | Iterable[Mapping[str, Any]]
         raise ValueError(f"eval_split {eval_split!r} is not among the written splits {given}")
     fewshot = next((s for s in given if s != eval_split), None)
 
-    config: dict[str, Any] = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": files},
-        "output_type": "multiple_choice",
-        f"{'test' if eval_split == 'test' else 'validation' if eval_split == 'validation' else 'training'}_split":
-            eval_split,
-        "doc_to_text": ARC_PROMPT,
-        "doc_to_target": ARC_TARGET,
-        "doc_to_choice": ARC_CHOICES,
-        "should_decontaminate": True,
-        "doc_to_decontamination_query": ARC_PROMPT,
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0, "source": "redflow tasks.evaluate.write_arc_task"},
-    }
-    if fewshot is not None:
-        config["fewshot_split"] = fewshot
-        if fewshot == "train":
-            config["training_split"] = "train"
-        elif fewshot == "validation" and eval_split != "validation":
-            config["validation_split"] = "validation"
-    if num_fewshot is not None:
-        config["num_fewshot"] = num_fewshot
     yaml_path = folder / f"{name}.yaml"
+    config = _arc_task_config(name, files, eval_split, fewshot, num_fewshot)
     yaml_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return LocalTask(name=name, folder=folder, yaml_path=yaml_path, splits=counts, eval_split=eval_split,
                      skipped=skipped)
