@@ -57,6 +57,29 @@ def _terminate_when_trained_a_step(tmp_path: Path, cfg: Path, attempts: str) -> 
     return proc.returncode, out
 
 
+def test_the_sigterm_message_says_a_training_stopped_only_when_one_was_running():
+    """A SIGTERM before any training (the temporary Prefect server starting, data being prepared) claims no
+    resumable training; one that found a training in its slot says it stopped at its last step (fast: no signal)."""
+    from flows.cli.common import terminated_message
+    from tasks.training.control import clear_stop, request_stop, stopped_a_training, trainer_slot
+
+    try:
+        clear_stop()
+        request_stop()  # nothing trains in this process
+        assert not stopped_a_training()
+        assert terminated_message(stopped_a_training()) == " (SIGTERM) while no training was running; nothing to resume"
+        clear_stop()
+        with trainer_slot():
+            request_stop()
+        assert stopped_a_training()  # still known once the stopped training has left its slot
+        assert terminated_message(stopped_a_training()) == " (SIGTERM): training stopped at its last step, resumable"
+        clear_stop()
+        assert not stopped_a_training()
+        assert "worker processes" in terminated_message(None)  # Dask/Ray: trainings this process cannot see
+    finally:
+        clear_stop()
+
+
 def test_sigterm_stops_training_at_the_next_step_stops_every_child_and_leaves_it_resumable(tmp_path,
                                                                                           tiny_checkpoints):
     from tasks.lifecycle.attempts import open_attempt

@@ -40,7 +40,26 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived (exit 143). A KeyboardInterrupt, so that Prefect's engine and every ``except Exception``
     on the way let it through, as they let Ctrl-C through, and the process unwinds normally: context managers
     close the task runner (Dask cluster) and ``atexit`` stops the temporary Prefect server. The default SIGTERM
-    action would end the process on the spot and leave both running."""
+    action would end the process on the spot and leave both running.
+
+    ``stopped_training``: whether the stop found a training of this process running (True), none (False), or
+    cannot tell because trainings run in the task runner's worker processes (None); see :func:`terminated_message`.
+    """
+
+    def __init__(self, message: str = "", stopped_training: bool | None = None):
+        super().__init__(message)
+        self.stopped_training = stopped_training
+
+
+def terminated_message(stopped_training: bool | None) -> str:
+    """What ``redflow`` says after ``terminated`` when SIGTERM ended it: a training stopped at its last step and
+    resumable only when one was running (``stopped_training`` as in :class:`Terminated`)."""
+    if stopped_training is None:
+        return " (SIGTERM): trainings in the task runner's worker processes ended with them; one that saved a " \
+               "checkpoint resumes from it on the next run"
+    if stopped_training:
+        return " (SIGTERM): training stopped at its last step, resumable"
+    return " (SIGTERM) while no training was running; nothing to resume"
 
 
 #: Errors a user fixes that need no import to recognise: a config error is told without loading MLflow or torch.
@@ -91,8 +110,8 @@ def guard() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
-    except Terminated:
-        _say("terminated", "bold red", " (SIGTERM): training stopped at its last step, resumable")
+    except Terminated as exc:
+        _say("terminated", "bold red", terminated_message(exc.stopped_training))
         raise typer.Exit(EXIT_TERMINATED) from None
     except KeyboardInterrupt:
         _say("interrupted", "bold red", "")

@@ -43,16 +43,17 @@ def _announce_store(cfg, tracking_uri: Optional[str] = None) -> str:
 
 
 @contextmanager
-def _stop_training_on_interrupt() -> Iterator[None]:
+def _stop_training_on_interrupt(trains_in_process: bool = True) -> Iterator[None]:
     """Ctrl-C (exit 130) and SIGTERM (exit 143) stop training at the next optimizer step (it runs in worker threads,
     which the main thread's exception does not reach); the attempt is left resumable.
 
     SIGTERM becomes :class:`Terminated` rather than the default action (the process ending on the spot), so the
     command unwinds: Prefect's flow engine (which replaces this handler while a flow runs, and hands the signal
     back to it once the flow has stopped) ends the flow run, the task runner shuts down, and ``atexit`` stops
-    the temporary Prefect server this command started.
+    the temporary Prefect server this command started. ``trains_in_process``: False when the trainings run in
+    the task runner's worker processes (Dask, Ray), which this process cannot see (``Terminated.stopped_training``).
     """
-    from tasks.training import clear_stop, request_stop  # lazy: loads torch; --help stays instant
+    from tasks.training import clear_stop, request_stop, stopped_a_training  # lazy: loads torch; --help instant
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -65,7 +66,7 @@ def _stop_training_on_interrupt() -> Iterator[None]:
 
     def terminated(signum, frame):
         request_stop()
-        raise Terminated(f"signal {signum}")
+        raise Terminated(f"signal {signum}", stopped_training=stopped_a_training() if trains_in_process else None)
 
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, terminated)
@@ -99,7 +100,8 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
         config = tmp
     log_path = Path(cfg.runs_dir) / cfg.name / "logs" / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}.log"
     failure: RetrainFailed | None = None
-    with logging_to(log_path), ephemeral_server_grace(), reporting(err), _stop_training_on_interrupt():
+    with logging_to(log_path), ephemeral_server_grace(), reporting(err), \
+            _stop_training_on_interrupt(trains_in_process=cfg.task_runner == "threads"):
         reap_orphaned_servers()  # temporary Prefect servers of redflow commands that were SIGKILLed
         try:
             summary = retrain_flow(config=str(config), only=only, force=force)

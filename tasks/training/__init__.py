@@ -33,6 +33,7 @@ _EXPORTS = {
     "request_stop": "control",
     "shared_settings": "cotrain_settings",
     "stop_training_when_interrupted": "control",
+    "stopped_a_training": "control",
     "train": "loop",
     "trainer_slot": "control",
     "training_identity": "config",
@@ -40,7 +41,7 @@ _EXPORTS = {
 
 __all__ = ["EDIT_METHODS", "CoTask", "CoTrainConfig", "Method", "TrainConfig", "TrainResult", "TrainingDiverged",
            "TrainingError", "TrainingInterrupted", "clear_stop", "co_train", "family", "group_identity",
-           "request_stop", "shared_settings", "stop_training_when_interrupted", "train", "trainer_slot",
-           "training_identity"]
+           "request_stop", "shared_settings", "stop_training_when_interrupted", "stopped_a_training", "train",
+           "trainer_slot", "training_identity"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 log = logging.getLogger(__name__)
 
 _STOP = threading.Event()
+_STOPPED_TRAINING = threading.Event()  # a stop request found a training in its slot
 _ONE_TRAINER = threading.RLock()
+_in_slot = 0  # trainings holding the slot (one thread at a time; re-entered by the same thread)
 
 
 @contextlib.contextmanager
@@ -26,25 +28,39 @@ def trainer_slot() -> Iterator[None]:
     So trainings in one process take turns; data preparation, evaluation and registration still overlap, and
     trainings run side by side in separate processes (the Dask and Ray task runners, ``bench glue --parallel``).
     """
+    global _in_slot
     if not _ONE_TRAINER.acquire(blocking=False):
         log.info("another training is running in this process; this one waits for it (accelerate's state is "
                  "one per process: use the dask or ray task runner for trainings side by side)")
         _ONE_TRAINER.acquire()
+    _in_slot += 1
     try:
         yield
     finally:
+        _in_slot -= 1
         _ONE_TRAINER.release()
 
 
 def request_stop() -> None:
     """Ask every training in this process to stop at its next optimizer step (a signal handler may call it:
-    training runs in worker threads, which a KeyboardInterrupt in the main thread does not reach)."""
+    training runs in worker threads, which a KeyboardInterrupt in the main thread does not reach). Whether a
+    training was running then is kept for :func:`stopped_a_training`."""
+    if _in_slot:
+        _STOPPED_TRAINING.set()
     _STOP.set()
 
 
 def clear_stop() -> None:
-    """Forget a stop request (a new run in the same process trains again)."""
+    """Forget a stop request, and whether it stopped a training (a new run in the same process trains again)."""
     _STOP.clear()
+    _STOPPED_TRAINING.clear()
+
+
+def stopped_a_training() -> bool:
+    """Whether a stop request since the last :func:`clear_stop` found a training of this process running (it then
+    stops at its next optimizer step, its attempt resumable), rather than none started yet or all finished.
+    Trainings in other processes (the Dask and Ray task runners' workers) are not seen here."""
+    return _STOPPED_TRAINING.is_set()
 
 
 def stop_requested() -> bool:
