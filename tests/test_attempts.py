@@ -197,5 +197,8 @@ def test_the_code_identity_follows_the_method_and_trainer_sources_not_the_git_st
     (tmp_path / "flows" / "cli.py").write_text("# neither does the CLI")
     assert source_hash(tmp_path) == code_version()
     train = tmp_path / "tasks" / "training" / "config.py"
-    train.write_text(train.read_text().replace("logging_steps: int = 10", "logging_steps: int = 11"))
+    before = train.read_text()
+    after = before.replace("logging_steps: int = Field(default=10,", "logging_steps: int = Field(default=11,")
+    assert after != before  # the edit below must change the trainer, or the test proves nothing
+    train.write_text(after)
     assert source_hash(tmp_path) != code_version()  # an uncommitted change of the trainer is a change
