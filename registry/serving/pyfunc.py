@@ -22,8 +22,9 @@ Which version answers (``registered_as``): a version's number exists only once i
 model (and model config) was logged, so it cannot be written into the model. MLflow writes it beside the model
 when it downloads ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (the ``registered_model_meta``
 file next to ``MLmodel``; what ``mlflow models serve -m models:/...`` and ``mlflow.pyfunc.load_model`` load);
-it is read from there. A model loaded from a path or a run has no such file: ``model`` is then the name it was
-registered under (its model config) and ``version`` null.
+it is read from there. Where there is no such file (MLflow 3.18 and later, or a model loaded from a path), the
+version registered from the model's run is asked of the registry (``version_of_run``); ``model`` is the name it was
+registered under (its model config), and ``version`` null when the registry cannot say.
 
 This module imports mlflow, pandas, numpy, torch, transformers, ``red`` and ``registry.baselines`` -
 never Prefect or ``flows`` - so a model server only needs the redflow package installed (or the
@@ -41,6 +42,9 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from red import read_edit
@@ -48,6 +52,7 @@ from red.pretrained import load_pretrained_edit
 from red.utils import default_device
 
 from ..baselines import ARTIFACT_KEYS, load_baseline
+from ..reachability import connect_error
 from .answers import RequestError, encode, generate, logits, padded_batches, scores
 from .version_config import CLASSIFICATION, GENERATIVE, version_settings
 
@@ -69,7 +74,7 @@ def registered_as(artifacts: dict[str, str], config: dict[str, Any]) -> tuple[st
                 continue
             meta = folder / REGISTERED_MODEL_META
             if not meta.is_file():
-                return fallback
+                return fallback[0], version_of_run(folder, fallback[0])
             try:
                 found = yaml.safe_load(meta.read_text()) or {}
                 return str(found["model_name"]), int(found["model_version"])
@@ -77,6 +82,28 @@ def registered_as(artifacts: dict[str, str], config: dict[str, Any]) -> tuple[st
                 _logger.warning("%s is unreadable (%s); answering without a version", meta, exc)
                 return fallback
     return fallback
+
+
+def version_of_run(model_folder: Path, name: str | None) -> int | None:
+    """The version of registered model ``name`` that was registered from the run in ``model_folder/MLmodel``, asked
+    of the registry the process points at; None when there is no name or run, no such version, more than one, or
+    the registry cannot be asked. MLflow 3.18 stopped writing ``registered_model_meta`` beside a downloaded
+    ``models:/`` URI, so this is how a version learns its number there. An http registry is probed first
+    (``registry.reachability``): a dead server costs seconds, not MLflow's minutes of retries."""
+    try:
+        run_id = (yaml.safe_load((model_folder / "MLmodel").read_text()) or {}).get("run_id")
+        if not (name and run_id):
+            return None
+        uri = mlflow.get_registry_uri()
+        if uri.startswith(("http://", "https://")) and connect_error(uri.rstrip("/") + "/health"):
+            return None
+        found = {int(v.version) for v in MlflowClient(registry_uri=uri).search_model_versions(
+            f"name = '{name}' and run_id = '{run_id}'")}
+    except (OSError, yaml.YAMLError, MlflowException, ValueError, TypeError) as exc:
+        _logger.warning("could not ask the registry which version of %s this is (%s); answering without one", name,
+                        exc)
+        return None
+    return found.pop() if len(found) == 1 else None
 
 
 @contextmanager
