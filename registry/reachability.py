@@ -66,6 +66,20 @@ def connect_error(url: str, *, connect_timeout_s: float = PROBE_CONNECT_TIMEOUT_
     return reason
 
 
+_ANSWERED: set[str] = set()  # addresses this process found answering: probed once, not on every call
+
+
+def server_error(url: str) -> str | None:
+    """``connect_error(url)``, remembered per process once something answered: a command that reconnects (every
+    model load, every ``use_tracking``) pays the probe once. A dead address is probed again each time."""
+    if url in _ANSWERED:
+        return None
+    reason = connect_error(url)
+    if reason is None:
+        _ANSWERED.add(url)
+    return reason
+
+
 def _first_line(exc: BaseException) -> str:
     """What failed, first line only (``Connection refused``), from the innermost cause that says something."""
     messages = []

@@ -26,7 +26,7 @@ import mlflow
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
-from .reachability import Unreachable, connect_error
+from .reachability import Unreachable, server_error
 
 DEFAULT_RUNS_DIR = "runs"
 ARTIFACTS_DIRNAME = "mlartifacts"
@@ -37,7 +37,6 @@ ENV_MLFLOW = "MLFLOW_TRACKING_URI"
 _ENV_AT_IMPORT = os.environ.get(ENV_MLFLOW)   # the user's (or the parent process's) export
 _EXPORTED: set[str] = set()                    # URIs this process exported through mlflow.set_tracking_uri
 _SCHEMA_READY: set[str] = set()                # SQLite URIs whose schema this process has opened under the lock
-_REACHABLE: set[str] = set()                   # tracking servers this process found answering
 SCHEMA_LOCK_SUFFIX = ".schema.lock"
 SCHEMA_LOCK_TIMEOUT_S = 600.0                  # a migration of a large store takes minutes, never more
 
@@ -142,15 +141,14 @@ def require_reachable(target: TrackingTarget) -> None:
     MLflow's client would retry a refused connection for about four minutes and then fail as an internal
     error; this probe (``registry/reachability.py``: connection failures only, a slow server passes) runs
     once per server and process. Other URIs (SQLite, databricks) are not probed."""
-    if not target.uri.startswith(("http://", "https://")) or target.uri in _REACHABLE:
+    if not target.uri.startswith(("http://", "https://")):
         return
-    reason = connect_error(target.uri.rstrip("/") + "/health")
+    reason = server_error(target.uri.rstrip("/") + "/health")
     if reason is not None:
         raise StoreUnreachable(
             f"no MLflow tracking server answers at {target.uri} (from {target.source}): {reason}. Fix: start the "
             "server (e.g. `mlflow server --host 127.0.0.1 --port 5000`), or point --tracking-uri, "
             "MLFLOW_TRACKING_URI or the config's tracking_uri at a running one")
-    _REACHABLE.add(target.uri)
 
 
 def schema_lock_path(db: Path) -> Path:

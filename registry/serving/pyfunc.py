@@ -52,7 +52,7 @@ from red.pretrained import load_pretrained_edit
 from red.utils import default_device
 
 from ..baselines import ARTIFACT_KEYS, load_baseline
-from ..reachability import connect_error
+from ..reachability import server_error
 from .answers import RequestError, encode, generate, logits, padded_batches, scores
 from .version_config import CLASSIFICATION, GENERATIVE, version_settings
 
@@ -89,13 +89,14 @@ def version_of_run(model_folder: Path, name: str | None) -> int | None:
     of the registry the process points at; None when there is no name or run, no such version, more than one, or
     the registry cannot be asked. MLflow 3.18 stopped writing ``registered_model_meta`` beside a downloaded
     ``models:/`` URI, so this is how a version learns its number there. An http registry is probed first
-    (``registry.reachability``): a dead server costs seconds, not MLflow's minutes of retries."""
+    (``registry.reachability.server_error``, once per process): a dead server costs seconds, not MLflow's minutes of
+    retries."""
     try:
         run_id = (yaml.safe_load((model_folder / "MLmodel").read_text()) or {}).get("run_id")
         if not (name and run_id):
             return None
         uri = mlflow.get_registry_uri()
-        if uri.startswith(("http://", "https://")) and connect_error(uri.rstrip("/") + "/health"):
+        if uri.startswith(("http://", "https://")) and server_error(uri.rstrip("/") + "/health"):
             return None
         found = {int(v.version) for v in MlflowClient(registry_uri=uri).search_model_versions(
             f"name = '{name}' and run_id = '{run_id}'")}

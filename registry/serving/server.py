@@ -193,7 +193,7 @@ def start_tracking_server(
                "--artifacts-destination", str(artifacts_dir), "--host", host, "--port", str(port),
                "--workers", str(workers)]
     server = start_server_process(command, host=host, port=port, health_path="/health", log_path=log_path, env=env,
-                    timeout=timeout)
+                                  timeout=timeout)
     server.extra.update(backend_uri=backend_uri, artifacts_dir=str(artifacts_dir))
     return server
 
@@ -221,8 +221,8 @@ def start_model_server(
                "--host", host, "--port", str(port), "--workers", str(workers)]
     server_env = {"MLFLOW_TRACKING_URI": tracking_uri or mlflow.get_tracking_uri(),
                   "MLFLOW_REGISTRY_URI": tracking_uri or mlflow.get_registry_uri(), **(env or {})}
-    server = start_server_process(command, host=host, port=port, health_path="/ping", log_path=log_path, env=server_env,
-                    timeout=timeout)
+    server = start_server_process(command, host=host, port=port, health_path="/ping", log_path=log_path,
+                                  env=server_env, timeout=timeout)
     server.extra.update(model_uri=model_uri)
     return server
 
