@@ -28,10 +28,6 @@ _EXPORTS = {
     "save_edit": "io",
 }
 
-__all__ = [
-    "ARCHITECTURES", "EditBank", "EditConfig", "EditConfigError", "EditFileError", "EditMismatchError",
-    "EditedModel", "MergeError", "RedError", "TrainableBank", "UnknownArchitectureError", "attach",
-    "count_parameters", "load_edit", "read_edit", "save_edit",
-]
+__all__ = sorted(_EXPORTS)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -124,7 +124,7 @@ def guard() -> Iterator[None]:
         if _state["debug"]:
             err.print("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), markup=False,
                       highlight=False)
-        if isinstance(exc, PLAIN_USER_ERRORS) or isinstance(exc, _user_errors()):
+        if isinstance(exc, _user_errors()):
             _say("error: ", "bold red", str(exc))
             raise typer.Exit(EXIT_USAGE) from None
         where = f"traceback in {log}" if log else "traceback not written"
