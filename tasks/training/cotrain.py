@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ from .config import TrainConfig, training_identity
 from .control import trainer_slot
 from .cotrain_settings import CoTrainConfig, family, shared_settings
 from .errors import TrainingDiverged, TrainingError
-from .finish import epoch_of, finish, result_params
+from .finish import finish, result_params
 from .guards import StopOnRequest, initial_loss
 from .mixing import Mixing
 from .models import center_regression_head, edit_config, head_for, load_base_model, load_tokenizer, precision_dtype
@@ -266,9 +267,8 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     ``out_dir``; ``seconds`` is the co-training's) or the error that stopped that task alone: its data does not
     encode, its head cannot be trained, its start edit does not fit, its loss became NaN
     (:class:`TrainingError`) or ran away (:class:`TrainingDiverged`). Raises ``ValueError`` /
-    :class:`TrainingError` for what stops them all: settings the tasks must share that differ
-    (:data:`.cotrain_settings.SHARED`), tasks of different model families, a method other than RED, a base that
-    cannot load.
+    :class:`TrainingError` for what stops them all: settings the tasks must share that differ (:data:`.cotrain_settings.SHARED`),
+    tasks of different model families, a method other than RED, a base that cannot load.
     ``resume_from``: a complete checkpoint of a crashed co-training of the same inputs (see tasks.lifecycle.attempts).
     """
     shared, model_family = _check_group(tasks)
@@ -279,30 +279,27 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     hps = {t.name: t.config.resolved(t.data.task or t.name) for t in tasks}
     first = tasks[0].config
-    # the seed and the process's accelerate state are this co-training's until it ends, as in loop.train: the
-    # heads are initialised under each task's seed, which another thread's training would otherwise draw from
+    set_seed(first.seed)
+    tokenizer = load_tokenizer(first.model, first.revision, tasks[0].data.task_type)
+    outcomes: dict[str, TrainResult | Exception] = {}  # failures first, then results
+    encoded = _encode_tasks(tasks, tokenizer, hps, outcomes)
+    fresh_heads: set[str] = set()
+    base, heads = _load_base_and_heads([t for t in tasks if t.name not in outcomes], tokenizer,
+                                       precision_dtype(first.precision), outcomes, fresh_heads=fresh_heads)
+    live = [t for t in tasks if t.name not in outcomes]
+    if not live:
+        return {name: outcomes[name] for name in names}
+    live_names = [t.name for t in live]
+    bank = TrainableBank(base, [edit_config("red", t.config.edit, list(heads[t.name])) for t in live], live_names,
+                         heads=[heads[t.name] for t in live], task_types=[t.data.task_type for t in live])
+    cannot_start = _warm_start(bank, live)
+    specs = _task_specs(live, encoded, hps)
+    live_hps = [hps[n] for n in live_names]
+    trains = [encoded[n].train for n in live_names]
+    mixing = _mixing(live, trains, live_hps, settings, first.seed)
+    collator = TaskCollator(DataCollatorWithPadding(tokenizer) if model_family == "sequence"
+                            else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
     with trainer_slot():
-        set_seed(first.seed)
-        tokenizer = load_tokenizer(first.model, first.revision, tasks[0].data.task_type)
-        outcomes: dict[str, TrainResult | Exception] = {}  # failures first, then results
-        encoded = _encode_tasks(tasks, tokenizer, hps, outcomes)
-        fresh_heads: set[str] = set()
-        base, heads = _load_base_and_heads([t for t in tasks if t.name not in outcomes], tokenizer,
-                                           precision_dtype(first.precision), outcomes, fresh_heads=fresh_heads)
-        live = [t for t in tasks if t.name not in outcomes]
-        if not live:
-            return {name: outcomes[name] for name in names}
-        live_names = [t.name for t in live]
-        bank = TrainableBank(base, [edit_config("red", t.config.edit, list(heads[t.name])) for t in live],
-                             live_names, heads=[heads[t.name] for t in live],
-                             task_types=[t.data.task_type for t in live])
-        cannot_start = _warm_start(bank, live)
-        specs = _task_specs(live, encoded, hps)
-        live_hps = [hps[n] for n in live_names]
-        trains = [encoded[n].train for n in live_names]
-        mixing = _mixing(live, trains, live_hps, settings, first.seed)
-        collator = TaskCollator(DataCollatorWithPadding(tokenizer) if model_family == "sequence"
-                                else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
         trainer = _make_trainer(first, bank, live, live_hps, specs, trains, mixing, collator, shared["epochs"],
                                 out_dir, callbacks)
         for k, error in cannot_start.items():
@@ -342,7 +339,7 @@ def _task_view(history: list[dict], k: int) -> list[dict]:
 
 def _restore_best(trainer, bank, k: int, view: list[dict], metric: str, best_epoch: int) -> None:
     """Load task k's tensors from the checkpoint written at the end of its best epoch."""
-    steps = [h["step"] for h in view if f"eval_{metric}" in h and epoch_of(h) == best_epoch]
+    steps = [h["step"] for h in view if f"eval_{metric}" in h and (math.ceil(h["epoch"] - 1e-9) or 1) == best_epoch]
     folder = Path(trainer.args.output_dir) / f"checkpoint-{steps[-1]}" if steps else None
     if folder is None or not (folder / "trainable.safetensors").is_file():
         log.warning("task %s: no checkpoint of its best epoch %d; keeping its last state", bank.names[k], best_epoch)
@@ -360,7 +357,7 @@ def _task_result(trainer: MultiTaskTrainer, bank: TrainableBank, k: int, task: C
     edit saved under the task's ``out_dir``; raises TrainingDiverged as a training alone does."""
     view = _task_view(trainer.state.log_history, k)
     edit = bank.task_edit(k)
-    params = result_params(task.config, hp, bank.base_model, task.data.text_columns)
+    params = result_params(task.config, hp, bank.base_model)
     params.update({"co_train.tasks": ",".join(names), "co_train.temperature": settings.temperature,
                    "co_train.mixing": settings.mixing, "co_train.micro_batches": settings.micro_batches,
                    "co_train.batch_size": mixing.micro_batch,

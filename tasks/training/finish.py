@@ -34,18 +34,13 @@ def quality_metrics(raw: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k[len(prefix):]: float(v) for k, v in raw.items() if _is_quality(k, v, prefix)}
 
 
-def epoch_of(entry: dict) -> int:
-    """The epoch (1-based) a log ``entry`` belongs to: the Trainer logs fractional epochs, ``1.0`` ending the first."""
-    return math.ceil(entry.get("epoch", 0) - 1e-9) or 1
-
-
 def epoch_table(history: list[dict], metric: str) -> list[dict[str, float]]:
     """One row per epoch of a log ``history``: ``epoch``, ``validation_<m>`` for every quality metric, and the
     epoch's mean ``train_loss``; only epochs that were evaluated on ``metric``."""
     epochs: dict[int, dict[str, float]] = {}
     losses: dict[int, list[float]] = {}
     for h in history:
-        ep = epoch_of(h)
+        ep = math.ceil(h.get("epoch", 0) - 1e-9) or 1
         if "loss" in h:
             losses.setdefault(ep, []).append(h["loss"])
         if f"eval_{metric}" in h:
@@ -128,6 +123,7 @@ def finish(data, config: TrainConfig, out_dir: Path, *, model, history: list[dic
     if restore_best is not None:
         restore_best(best)
     validation = quality_metrics(evaluate("eval"), "eval_")
+    test = quality_metrics(evaluate("test"), "test_")
     floor = validation_floor(data)
     did_learn = learned([e.get(f"validation_{metric}") for e in epochs] + [validation.get(metric)],
                         (floor or {}).get(metric), higher_is_better=greater)
@@ -135,7 +131,6 @@ def finish(data, config: TrainConfig, out_dir: Path, *, model, history: list[dic
         ended = ended_diverged(validation.get("loss"), start_loss, config.divergence_factor, learning_rate)
         if ended:
             raise TrainingDiverged(ended)
-    test = quality_metrics(evaluate("test"), "test_")  # after the verdict: a diverged training is not tested
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     edit_path = save_final(model, config, data, out_dir, tokenizer, validation, test)

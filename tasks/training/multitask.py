@@ -186,12 +186,11 @@ class MultiTaskTrainer(EditTrainer):
                 count = torch.clamp(_label_count(task.task_type, labels[rows]), min=1)
             loss_k = summed / count.to(summed.device)
             if training:
-                value = float(loss_k.detach())  # one device sync per task and micro-batch, for both uses
-                if not math.isfinite(value):
+                if not bool(torch.isfinite(loss_k)):
                     self.stop_task(k, TrainingError(f"task {task.name}: " + nan_message(
-                        value, self.state.global_step + 1, task.learning_rate)))
+                        loss_k.item(), self.state.global_step + 1, task.learning_rate)))
                     continue
-                self._loss_sums[k] += value
+                self._loss_sums[k] += float(loss_k.detach())
             total = total + loss_k
         return (total, outputs) if return_outputs else total
 
