@@ -96,14 +96,14 @@ def decode_sample(sample: str) -> torch.Tensor:
 def sample_difference(recorded: dict[str, str], current: dict[str, str]) -> tuple[float, str | None]:
     """The largest relative RMS difference between two ``weight_sample`` results, and the tensor it is in.
 
-    Returns ``(inf, name)`` for a tensor that is missing, has another size, or holds inf/NaN now.
+    Returns ``(inf, name)`` for a tensor that is missing, has another size, or holds inf/NaN (recorded or now).
     """
     worst, where = 0.0, None
     for name, text in recorded.items():
         if name not in current:
             return math.inf, name
         a, b = decode_sample(text), decode_sample(current[name])
-        if a.shape != b.shape or not bool(torch.isfinite(b).all()):
+        if a.shape != b.shape or not bool(torch.isfinite(a).all()) or not bool(torch.isfinite(b).all()):
             return math.inf, name
         scale = float(a.pow(2).mean().sqrt()) or 1.0
         diff = float((a - b).pow(2).mean().sqrt()) / scale

@@ -30,6 +30,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
+from . import bounded_json
 from .config import EditConfig
 from .errors import EditFileError, EditMismatchError
 from .fingerprint import SAMPLE_RTOL, decode_sample, fingerprint, non_finite, sample_difference, weight_sample
@@ -46,7 +47,7 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()
 
 
@@ -191,7 +192,7 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise EditFileError(corrupt.format(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
     try:  # safetensors accepted the layout: an 8-byte little-endian length, then the JSON header
         n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + n])
+        header = bounded_json.loads(data[8:8 + n])
         metadata = header.get("__metadata__") or {}
     except (ValueError, AttributeError) as exc:
         raise EditFileError(corrupt.format(f"header: {exc}")) from exc
@@ -209,7 +210,7 @@ def read_edit(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if "redflow" not in header:
         raise EditFileError(f"{path} is a safetensors file without redflow metadata; it was not written by redflow")
     try:
-        meta = json.loads(header["redflow"])
+        meta = bounded_json.loads(header["redflow"])
     except (TypeError, ValueError) as exc:
         raise EditFileError(f"{path}: the redflow metadata is not valid JSON ({exc}); the file was altered") from exc
     if not isinstance(meta, dict):
@@ -277,9 +278,13 @@ def _validate(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
             problems.append(f"missing tensors {missing[:3]}")
     for tensor_name, sample in meta["base_model"]["weight_sample"].items():
         try:
-            decode_sample(sample)
+            values = decode_sample(sample)
         except ValueError as exc:
             problems.append(f"base_model.weight_sample[{tensor_name!r}] is not a weight sample: {exc}")
+            break
+        if not bool(torch.isfinite(values).all()):
+            problems.append(f"base_model.weight_sample[{tensor_name!r}] holds NaN/inf: no base checkpoint has such "
+                            "weights, so the base model could not be checked against it")
             break
     empty = [h for h in meta["head"] if not any(n.startswith(f"head.{h}.") for n in tensors)]
     if empty:

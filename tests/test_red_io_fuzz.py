@@ -147,3 +147,36 @@ def test_any_tensor_mutation_is_refused(edit_file, data):
         assert kind in ("drop", "shape", "rename") and name.startswith("head.")
         with pytest.raises(red.EditMismatchError, match="missing|shape"):
             load_edit(tiny_model("gpt2", head="cls"), out)
+
+
+# ---- the causes the issue-28 fuzz found, pinned -------------------------------------------------------------
+def test_metadata_nested_a_thousand_deep_is_refused_before_parsing(edit_file):
+    """Python's JSON reader recurses per level: 1,000+ levels were a RecursionError, now EditFileError."""
+    tensors, meta = _parts(edit_file)
+    out = Path(tempfile.mkdtemp()) / "deep.safetensors"
+    save_file(tensors, str(out), metadata={"redflow": json.dumps(meta)[:-1] + ', "deep": ' + "[" * 5000 + "]" * 5000 + "}"})
+    with pytest.raises(red.EditFileError, match="nested 5001 levels deep"):
+        read_edit(out)
+
+
+def test_a_zero_dim_tensor_is_refused_as_a_mismatch_not_a_torch_error(edit_file):
+    """The checksum used ``view(uint8)``, which torch refuses on a 0-dim tensor (a RuntimeError)."""
+    tensors, meta = _parts(edit_file)
+    tensors["edit.scalar"] = torch.tensor(1.0)
+    assert not _read_or_refuse(_write(tensors, meta))
+
+
+def test_a_re_signed_all_nan_weight_sample_is_refused(edit_file):
+    """NaN compares false with every bound, so a NaN sample used to pass the weight-magnitude check."""
+    import base64
+
+    tensors, meta = _parts(edit_file)
+    name = next(iter(meta["base_model"]["weight_sample"]))
+    n = len(base64.b64decode(meta["base_model"]["weight_sample"][name])) // 2
+    nan = torch.full((n,), float("nan"), dtype=torch.bfloat16).view(torch.int16).numpy().tobytes()
+    meta["base_model"]["weight_sample"][name] = base64.b64encode(nan).decode()
+    out = _write(tensors, meta)
+    with pytest.raises(red.EditFileError, match="NaN/inf"):
+        read_edit(out)
+    from red.fingerprint import sample_difference  # the comparison itself also reads NaN as "unknown amount"
+    assert sample_difference(meta["base_model"]["weight_sample"], meta["base_model"]["weight_sample"])[0] == float("inf")
