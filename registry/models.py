@@ -40,7 +40,8 @@ from .serving.pyfunc import load_in_process, shared_loads
 from .serving.requirements import pip_requirements
 from .serving.version_config import build_model_config, default_input_example, model_signature, version_settings
 from .tracking import (as_dict, code_revision, code_version, final_metric_key, get_or_create_experiment, is_finite,
-                       is_orphaned, log_batches, owner_tag, report_markdown, report_metrics, report_name)
+                       is_orphaned, log_batches, owner_tag, report_markdown, report_metrics, report_name,
+                       versioned_run_name)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -173,12 +174,15 @@ def _resumed_run(run_id: str) -> Iterator[None]:
     if active is not None and active.info.run_id == run_id:
         yield
         return
-    status = MlflowClient().get_run(run_id).info.status
+    info = MlflowClient().get_run(run_id).info
+    status = info.status if info.status in ("FINISHED", "FAILED", "KILLED") else "FINISHED"
     mlflow.start_run(run_id=run_id, nested=active is not None)
     try:
         yield
     finally:
-        mlflow.end_run(status=status if status in ("FINISHED", "FAILED", "KILLED") else "FINISHED")
+        mlflow.end_run(status=status)
+        if info.end_time:  # the run keeps the span of its training and logging, not the registration's end
+            MlflowClient().set_terminated(run_id, status, end_time=info.end_time)
 
 
 def _str(value: Any) -> str:
@@ -452,8 +456,14 @@ def register_edit(
     if stale:
         _logger.warning("%s: removed version(s) %s left half-registered by a crashed registration", name, stale)
     all_tags["redflow.owner"] = owner_tag()
-    return _create_candidate_version(client, name, result, run_id, info, all_tags,
-                                     version_settings(config)["base_model"], lock_timeout)
+    version = _create_candidate_version(client, name, result, run_id, info, all_tags,
+                                        display_name(result.base_model or version_settings(config)["base_model"]),
+                                        lock_timeout)
+    try:  # the run list in the UI tells versions apart by name
+        client.set_tag(run_id, "mlflow.runName", versioned_run_name(result.task, result.method, version))
+    except MlflowException as exc:  # a name is a courtesy: never fail a registered version for it
+        _logger.warning("%s v%s: could not rename training run %s: %s", name, version, run_id, exc)
+    return version
 
 
 def record_evaluation(

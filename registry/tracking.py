@@ -223,6 +223,19 @@ def default_run_name(result: "TrainResult", when: float | None = None) -> str:
     return f"{result.task} {result.method} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(when))}"
 
 
+def training_start_ms(result: "TrainResult") -> int:
+    """When the training began (epoch ms): the run starts there, so its Duration in the MLflow UI spans the training
+    (``train_seconds``) rather than only the logging after it. A result without ``started_at`` (written before it
+    was recorded) starts ``seconds`` before now."""
+    started = result.started_at or (time.time() - float(result.seconds or 0.0))
+    return int(started * 1000)
+
+
+def versioned_run_name(task: str, method: str, version: int | str) -> str:
+    """``sentiment · red · v2``: the name of a training run once its edit is registered as that version."""
+    return f"{task} · {method} · v{version}"
+
+
 def training_metrics(result: "TrainResult", ts: int | None = None) -> list[Metric]:
     """Per-step (``train/<k>``, step=step), per-epoch (``epoch/<k>``, step=epoch) and final metrics."""
     ts = ts or int(time.time() * 1000)
@@ -410,7 +423,9 @@ def log_training(
 ) -> str:
     """Log one task training as one MLflow run and return its run id.
 
-    The run is named ``<task> <method> <UTC time>``; tags ``base_model`` (its name: hub id,
+    The run starts when the training did (:func:`training_start_ms`: its Duration is the training's) and is
+    named ``<task> <method> <UTC time>`` until its edit is registered (then ``<task> · <method> · v<N>``); tags
+    ``base_model`` (its name: hub id,
     ``all-MiniLM-L6-v2``, else the folder's name) and ``base_model_path``. Logs params (the
     hyperparameters of the method that ran, base model, edit config), per-step and per-epoch
     metrics, the final ``validation_*``/``test_*`` metrics (the primary one also as
@@ -433,7 +448,8 @@ def log_training(
     if finished is not None:
         return finished
     tensors, meta = _read_edit_meta(result.edit_path)
-    run = client.create_run(experiment_id, tags=_training_run_tags(result, meta, training_id, run_name, tags))
+    run = client.create_run(experiment_id, start_time=training_start_ms(result),
+                            tags=_training_run_tags(result, meta, training_id, run_name, tags))
     run_id = run.info.run_id
     try:
         params = [Param(k, v) for k, v in training_params(result, meta).items()]

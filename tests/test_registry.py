@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -203,7 +204,7 @@ def test_log_training_records_params_curves_metrics_artifacts_and_plots(edits, t
     assert run.info.status == "FINISHED"
     p = run.data.params
     assert p["method"] == "red" and p["task"] == "sst2"
-    assert p["base_model"] == run.data.tags["base_model"] == "all-MiniLM-L6-v2"  # by name; the path is a tag
+    assert p["base_model"] == run.data.tags["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"  # by id; the path is a tag
     assert run.data.tags["base_model_path"] == result.base_model and "lora_r" not in p and "edit.rank" not in p
     assert run.data.tags["mlflow.runName"].startswith("sst2 red 20")
     assert run.data.metrics["test_primary"] == pytest.approx(0.81)  # one name for the primary metric
@@ -240,16 +241,27 @@ def test_log_training_records_params_curves_metrics_artifacts_and_plots(edits, t
 # ---------------------------------------------------------------------------------------------
 # registration and the pyfunc
 # ---------------------------------------------------------------------------------------------
-def test_register_edit_tags_candidate_and_pyfunc_predicts_like_the_edit(edits, minilm_path):
+def test_register_edit_tags_candidate_and_pyfunc_predicts_like_the_edit(edits, minilm_path, tmp_path):
     result = make_result(edits[0], 0.81)
+    result.output_dir = str(tmp_path)  # a training of its own (the test above logged one from the edits' folder)
+    result.started_at = time.time() - result.seconds  # when tasks.training started it
     run_id = log_training(result, experiment="registry-tests")
+    client = MlflowClient()
+    logged_end = client.get_run(run_id).info.end_time
     version = register_edit(result, run_id)  # validate=True: loads and predicts before writing anything
     name = model_name_for("sst2")
     assert (name, version) == ("red-sst2", 1)
-    client = MlflowClient()
+    run = client.get_run(run_id)  # the run spans the training: its Duration in the UI is at least train_seconds
+    assert run.info.start_time == int(result.started_at * 1000) and run.info.end_time == logged_end
+    assert run.info.end_time - run.info.start_time >= result.seconds * 1000
+    assert run.data.tags["mlflow.runName"] == "sst2 · red · v1"  # registered: the run names its version
+    assert re.search(r"\bv1\b", run.data.tags["mlflow.runName"])
     mv = client.get_model_version(name, "1")
+    assert "on sentence-transformers/all-MiniLM-L6-v2 (" in mv.description  # the base by its id, not a venv path
+    assert "site-packages" not in mv.description and result.base_model not in mv.description
     t = mv.tags
-    assert t["redflow.status"] == "ready" and t["method"] == "red" and t["base_model"] == "all-MiniLM-L6-v2"
+    assert t["redflow.status"] == "ready" and t["method"] == "red"
+    assert t["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert t["base_model_path"] == result.base_model
     assert t["base_fingerprint"] == result.base_fingerprint and t["data_hash"] == "d4t4h45h"
     assert t["primary_metric"] == "accuracy" and float(t["score"]) == pytest.approx(0.81)

@@ -49,12 +49,13 @@ def missing_model_folder(ref: str) -> str | None:
             "hub id such as 'roberta-base', or 'minilm' for the packaged MiniLM")
 
 
-PACKAGED_NAME = "all-MiniLM-L6-v2"
+PACKAGED_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # its model id on the hub: what people look it up by
 
 
 def display_name(ref: str | None) -> str:
-    """A base model's name for people (MLflow params and tags): the hub id as given, ``all-MiniLM-L6-v2``
-    for the packaged MiniLM, else the local folder's name (its path is recorded separately)."""
+    """A base model's name for people (MLflow params, tags, a version's description): the hub id as given,
+    ``sentence-transformers/all-MiniLM-L6-v2`` for the packaged MiniLM, else the local folder's name (its path is
+    recorded separately)."""
     if not ref:
         return ""
     if ref.lower() in PACKAGED:

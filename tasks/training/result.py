@@ -30,6 +30,7 @@ class TrainResult:
     label_list: list[str] | None = None
     truncated: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    started_at: float = 0.0           # when the training started (epoch seconds; 0: unknown): the MLflow run spans it
     global_step: int = 0              # optimizer steps the edit has seen in all (a resumed run counts earlier ones)
     steps_trained: int = 0            # optimizer steps this call actually ran (0 would mean nothing was trained)
     resumed_from: str | None = None   # the crashed training's checkpoint it continued from
