@@ -466,6 +466,21 @@ def register_edit(
     return version
 
 
+EVALUATIONS_SUFFIX = "-evaluations"
+
+
+def evaluation_experiment(client: MlflowClient, mv) -> str:
+    """Where evaluations of version ``mv`` are logged: ``<its training run's experiment>-evaluations`` (else
+    ``<model>-evaluations``), so the training runs' list compares trainings only."""
+    if mv.run_id:
+        try:
+            experiment = client.get_experiment(client.get_run(mv.run_id).info.experiment_id)
+            return experiment.name + EVALUATIONS_SUFFIX
+        except MlflowException:  # its training run was deleted
+            pass
+    return mv.name + EVALUATIONS_SUFFIX
+
+
 def record_evaluation(
     name: str,
     version_or_alias: int | str,
@@ -478,8 +493,8 @@ def record_evaluation(
     and ``eval.<report>.at``. Returns the evaluation run id.
 
     ``report``: a dict (or dataclass/pydantic model) with a name (``name``/``benchmark``/``dataset``/
-    ``task``) and ``metrics`` (or numeric top-level fields). ``experiment`` defaults to the
-    experiment of the version's training run.
+    ``task``) and ``metrics`` (or numeric top-level fields). ``experiment`` defaults to
+    :func:`evaluation_experiment`: beside the training runs' experiment, never among its runs.
     """
     client = MlflowClient()
     version = resolve_version(name, version_or_alias, client)
@@ -489,10 +504,8 @@ def record_evaluation(
     metrics = report_metrics(data)
     if experiment is not None:
         experiment_id = get_or_create_experiment(experiment, client)
-    elif mv.run_id:
-        experiment_id = client.get_run(mv.run_id).info.experiment_id
-    else:
-        experiment_id = get_or_create_experiment(f"{name}-evaluations", client)
+    else:  # kept apart from the training runs: "<training experiment>-evaluations"
+        experiment_id = get_or_create_experiment(evaluation_experiment(client, mv), client)
     run = client.create_run(experiment_id, tags={
         "mlflow.runName": f"eval-{name}-v{version}-{rname}", "redflow.run_kind": "evaluation",
         "model_name": name, "model_version": str(version), "report": rname,

@@ -564,7 +564,10 @@ def test_record_evaluation_and_download_edit(edits, tmp_path):
     assert tags["eval.sst2-contrast.run_id"] == run_id and tags["eval.sst2-contrast.at"]
     run = client.get_run(run_id)
     assert run.data.metrics["accuracy"] == pytest.approx(0.66) and run.data.tags["model_version"] == str(v1)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["redflow.run_kind"] == "evaluation"
+    training = client.get_experiment(client.get_run(client.get_model_version(name, str(v1)).run_id).info.experiment_id)
+    assert client.get_experiment(run.info.experiment_id).name == f"{training.name}-evaluations"  # not among trainings
+    assert run.info.experiment_id != training.experiment_id
     assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {
         "evaluation/sst2-contrast.json", "evaluation/sst2-contrast.md"}
     assert Path(client.download_artifacts(run_id, "evaluation/sst2-contrast.md")).read_text() == report.to_markdown()
