@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StringConstraints, ValidationError, field_validator,
                       model_validator)
 
@@ -22,6 +21,8 @@ from tasks.training.config import EDIT_METHODS, TrainConfig
 from tasks.training.cotrain_settings import CoTrainConfig, shared_settings
 from tasks.training.model_names import missing_model_folder, resolve_model
 from tasks.tuning.space import TuneConfig
+
+from .config_yaml import ConfigTextError, read_yaml
 
 
 class ConfigError(ValueError):
@@ -164,7 +165,12 @@ class RetrainConfig(BaseModel):
 
     def _merged(self, task: TaskSpec) -> dict[str, Any]:
         merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
-        merged["edit"] = {**self.defaults.get("edit", {}), **task.train.get("edit", {})}
+        edits = {"defaults.edit": self.defaults.get("edit", {}), f"tasks.{task.name}.train.edit": task.train.get("edit", {})}
+        odd = [(where, e) for where, e in edits.items() if not isinstance(e, dict)]
+        if odd:  # `edit:` left empty, or a list/number: say where rather than fail merging it
+            raise ConfigIssues([(where, f"must be a mapping of edit settings (e.g. `edit: {{position: ffn}}`), not {e!r}")
+                                for where, e in odd])
+        merged["edit"] = {**edits["defaults.edit"], **edits[f"tasks.{task.name}.train.edit"]}
         # true or {}: the default search; false (the task's own, or in its train:) turns a defaults search off
         blocks = [self.defaults.get("tune"), task.train.get("tune"), task.tune]
         tune = {k: v for block in blocks if isinstance(block, dict) for k, v in block.items()}
@@ -299,11 +305,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raw = read_yaml(path) or {}
+    except ConfigTextError as exc:
+        raise ConfigError(str(exc)) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping with base_model and tasks")
+    odd = [key for key in raw if not isinstance(key, str)]
+    if odd:
+        raise ConfigError(f"{path}: top-level key {odd[0]!r} is a {type(odd[0]).__name__}; every key is a field name "
+                          "(base_model, tasks, defaults, ...). Fix: correct or quote the key in " + str(path))
     raw.update(overrides or {})
     try:
         return RetrainConfig(**raw)

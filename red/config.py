@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .methods.reft.notation import parse_positions
 
 Method = Literal["red", "loreft", "direft", "nodireft"]
+MAX_PATTERN = 512  # characters in one target_modules regular expression
 
 
 class EditConfig(BaseModel):
@@ -68,9 +69,12 @@ class EditConfig(BaseModel):
     @classmethod
     def _patterns(cls, value: list[str] | None) -> list[str] | None:
         for pattern in value or []:
+            if len(pattern) > MAX_PATTERN:  # bounded: a long pattern's nested groups recurse in the compiler
+                raise ValueError(f"target_modules pattern {pattern[:40]!r}... is {len(pattern)} characters; the limit "
+                                 f"is {MAX_PATTERN} (module names are short: match them, not the whole model)")
             try:
                 re.compile(pattern)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}: OverflowError
                 raise ValueError(f"target_modules pattern {pattern!r} is not a valid regular expression: {exc}")
         return value
 

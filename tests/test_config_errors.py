@@ -88,3 +88,35 @@ def test_a_config_error_of_the_cli_costs_little_cpu(tmp_path):
     returncode, cpu = out.stdout.split()
     assert int(returncode) == 2
     assert float(cpu) < 4.0, f"a config error cost {cpu} s of CPU"
+
+
+# ---- texts the issue-28 fuzz found crashing the loader, each now a ConfigError naming the file and the place ----
+HEAD = "base_model: minilm\ntasks:\n  - name: sst2\n    data: {source: synthetic, task: sentiment}\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("defaults: {edit: }\n", "defaults.edit: must be a mapping"),            # was TypeError in the validator
+    ("defaults: {edit: [ffn]}\n", "defaults.edit: must be a mapping"),
+    ("defaults: {edit: 1}\n", "defaults.edit: must be a mapping"),
+    ("1: x\n", "top-level key 1 is a int"),                                     # was "keywords must be strings"
+    ("null: x\n", "top-level key None"), ("true: x\n", "top-level key True"),
+    ("defaults: {edit: {target_modules: ['a{4294967296}']}}\n", "not a valid regular expression"),  # OverflowError
+    ("defaults: {edit: {target_modules: ['" + "(" * 1200 + "a" + ")" * 1200 + "']}}\n", "the limit is 512"),
+    ("x: " + "[" * 1000 + "]" * 1000 + "\n", "nests deeper than 32 levels at line 5"),  # RecursionError
+    ("defaults: {learning_rate: !!bool maybe}\n", "cannot read the value 'maybe' as bool"),   # was KeyError 'maybe'
+    ("defaults: {epochs: !!int x}\n", "cannot read the value 'x' as int"),
+    ("created: 2026-13-45\n", "cannot read the value '2026-13-45' as timestamp"),
+])
+def test_a_malformed_text_is_a_config_error_naming_the_file(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(HEAD + text)
+    with pytest.raises(ConfigError, match="bad.yaml") as exc:
+        load_config(path)
+    assert words in str(exc.value)
+
+
+def test_bytes_that_are_not_utf8_are_named_by_offset(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(HEAD.encode() + b"name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=rf"bad.yaml is not UTF-8 text: byte {len(HEAD) + 9} \(line 5\)"):
+        load_config(path)
