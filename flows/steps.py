@@ -33,6 +33,7 @@ from registry.aliases import CANDIDATE, alias_version, move_alias, production_ve
 from registry.champion import load_trained, score_version, trained_max_length
 from registry.edit_diff import log_production_diff
 from registry.models import download_edit, latest_version, registered_from, version_record
+from registry.tracking import log_gate_comparison
 from tasks.data import prepare_data
 from tasks.evaluate.paired import rows_report, score_split
 from tasks.evaluate.suite_specs import check_gate_metric, find_suite, suite_name
@@ -318,15 +319,37 @@ def promote_step(cfg: RetrainConfig, task: TaskSpec, registered: dict[str, Any] 
     suite = find_suite(task.evaluate, metric)
     work = Path(result.output_dir) / "champion"
 
+    scored: dict[int, Any] = {}  # champion version -> its rows, kept for the comparison logged on the run
+
     def score_champion(version: int):
-        return score_version(registered["model_name"], version, data, metric=metric, suite=suite,
-                             max_length=int(result.params.get("max_length", 256)), work_dir=work)
+        scored[version] = score_version(registered["model_name"], version, data, metric=metric, suite=suite,
+                                        max_length=int(result.params.get("max_length", 256)), work_dir=work)
+        return scored[version]
 
     # the new version's edit against production's, on its run (a warning at worst: never fails the night)
     log_production_diff(registered["model_name"], registered["version"], production_version(registered["model_name"]),
                         registered["run_id"])
-    return gate_and_promote(registered["model_name"], registered["version"], policy, challenger=challenger,
-                            score_champion=score_champion if data is not None else None)
+    decision = gate_and_promote(registered["model_name"], registered["version"], policy, challenger=challenger,
+                                score_champion=score_champion if data is not None else None)
+    _log_gate(registered, decision, challenger, scored.get(decision.previous), data if suite is None else None)
+    return decision
+
+
+def _log_gate(registered: dict[str, Any], decision, challenger, champion, data) -> None:
+    """The gate's comparison on the challenger's training run (``registry.tracking.log_gate_comparison``): metrics
+    ``gate/*`` and the rows where the two versions disagree (with their texts when ``data``'s test split holds the
+    compared rows). A view for people: a failure is a warning, never a failed night."""
+    if not decision.comparison:
+        return
+    texts = None
+    if data is not None and challenger is not None and len(data.test) == len(challenger):
+        texts = {column: list(data.test[column]) for column in data.text_columns}
+    try:
+        log_gate_comparison(registered["run_id"], decision.comparison, challenger, champion, texts=texts,
+                            label_names=getattr(data, "label_list", None))
+    except Exception as exc:  # noqa: BLE001 - never fails the night
+        log.warning("%s v%s: could not log the gate's comparison on run %s (%s: %s)", registered["model_name"],
+                    registered["version"], registered["run_id"], type(exc).__name__, exc)
 
 
 def gate_registered_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, data):

@@ -467,5 +467,45 @@ def log_training(
     return run_id
 
 
+GATE_TABLE = "gate/disagreements.json"
+GATE_METRICS = {"challenger": "challenger", "champion": "champion", "difference": "difference",
+                "ci_low": "ci_low", "ci_high": "ci_high", "n": "rows"}  # comparison key -> gate/<name>
+GATE_TABLE_ROWS = 1000  # enough to read, small enough for the UI's table view
+
+
+def log_gate_comparison(run_id: str, comparison: Mapping[str, Any], challenger: Any = None, champion: Any = None,
+                        texts: Mapping[str, list] | None = None, label_names: list[str] | None = None,
+                        client: MlflowClient | None = None) -> int:
+    """The gate's paired comparison on the challenger's training run, where the UI charts and compares it.
+
+    Metrics ``gate/challenger``, ``gate/champion``, ``gate/difference``, ``gate/ci_low``, ``gate/ci_high`` and
+    ``gate/rows`` (``comparison``: ``tasks.evaluate.paired.Comparison.to_dict()``); with both sides' per-row
+    predictions (``RowScores`` of kind ``prediction``) an MLflow table ``gate/disagreements.json`` of the rows
+    where they differ: ``row``, the text columns (``texts``: column -> the split's values), ``label``,
+    ``challenger``, ``champion`` (label names where ``label_names`` has them). Returns how many rows disagree
+    (0 when there are no per-row predictions to compare)."""
+    client = client or MlflowClient()
+    ts = int(time.time() * 1000)
+    metrics = [number_metric(f"gate/{name}", comparison.get(key), 0, ts) for key, name in GATE_METRICS.items()]
+    log_batches(client, run_id, metrics=[m for m in metrics if m is not None])
+    if getattr(challenger, "kind", None) != "prediction" or getattr(champion, "kind", None) != "prediction":
+        return 0
+    names = label_names or []
+
+    def named(value: float) -> Any:
+        j = int(value)
+        return names[j] if 0 <= j < len(names) and float(value) == j else value
+
+    differ = [i for i, (a, b) in enumerate(zip(challenger.predictions, champion.predictions)) if a != b]
+    shown = differ[:GATE_TABLE_ROWS]
+    table: dict[str, list] = {"row": shown}
+    table.update({column: [values[i] for i in shown] for column, values in (texts or {}).items()})
+    table.update({"label": [named(challenger.labels[i]) for i in shown],
+                  "challenger": [named(challenger.predictions[i]) for i in shown],
+                  "champion": [named(champion.predictions[i]) for i in shown]})
+    client.log_table(run_id, data=table, artifact_file=GATE_TABLE)
+    return len(differ)
+
+
 def is_finite(value: Any) -> bool:
     return _is_number(value) and math.isfinite(float(value))

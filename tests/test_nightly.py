@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,13 @@ def test_four_nights_of_a_growing_csv(tmp_path, minilm_path):
     rescored = score_version("red-reviews", 1, grown, metric="accuracy", max_length=48, work_dir=tmp_path / "check")
     assert night3["champion"] == pytest.approx(rescored.value())
     assert v2.tags["redflow.gate.champion"] == "1" and v2.tags["redflow.gate.rows"] == str(len(grown.test))
+    run2 = client.get_run(v2.run_id)  # the MLflow UI: the comparison on the challenger's run, which names v2
+    assert re.search(r"\bv2\b", run2.data.tags["mlflow.runName"])
+    assert run2.data.metrics["gate/champion"] == pytest.approx(night3["champion"])
+    assert {"gate/challenger", "gate/difference", "gate/ci_low", "gate/ci_high"} <= set(run2.data.metrics)
+    assert run2.info.end_time - run2.info.start_time >= run2.data.metrics["train_seconds"] * 1000 - 1
+    gate_rows = json.loads(Path(client.download_artifacts(v2.run_id, "gate/disagreements.json")).read_text())
+    assert gate_rows["columns"] == ["row", "sentence", "label", "challenger", "champion"]
 
     # night 4: a bad batch of labels (every training row flipped; the test rows are untouched)
     train_rows = set(grown.train["sentence"]) | set(grown.validation["sentence"])

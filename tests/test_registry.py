@@ -30,8 +30,8 @@ from registry.models import (RegistrationError, download_edit, model_name_for, r
 from conftest import probability_matrix
 from registry.serving.pyfunc import load_in_process
 from registry.serving.version_config import build_model_config
-from registry.tracking import (default_tracking_uri, get_or_create_experiment, log_training, setup_tracking,
-                               sqlite_path)
+from registry.tracking import (GATE_TABLE, default_tracking_uri, get_or_create_experiment, log_gate_comparison,
+                               log_training, setup_tracking, sqlite_path)
 from tasks.training import TrainResult
 
 LABELS = ["negative", "positive"]
@@ -544,6 +544,29 @@ def test_failed_registration_leaves_no_version_and_no_alias(edits):
     bad.edit_path = str(Path(edits[0]).with_name("missing.safetensors"))
     with pytest.raises(RegistrationError, match="safetensors"):
         register_edit(bad, versions[0].run_id, model_name=name)
+
+
+def test_the_gate_comparison_is_logged_on_the_challengers_run_with_the_rows_where_they_disagree():
+    from tasks.evaluate.paired import paired_bootstrap
+
+    client = MlflowClient()
+    run_id = client.create_run(get_or_create_experiment("registry-tests")).info.run_id
+    challenger, champion = same_rows(0.80, seed=1), same_rows(0.70, seed=2)
+    comparison = paired_bootstrap(challenger, champion, higher=True).to_dict()
+    texts = {"sentence": [f"row {i}" for i in range(len(ROW_LABELS))]}
+    differ = log_gate_comparison(run_id, comparison, challenger, champion, texts=texts, label_names=LABELS)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["gate/challenger"] == pytest.approx(0.80) and metrics["gate/champion"] == pytest.approx(0.70)
+    assert metrics["gate/difference"] == pytest.approx(0.10) and metrics["gate/rows"] == len(ROW_LABELS)
+    assert metrics["gate/ci_low"] < 0.10 < metrics["gate/ci_high"]
+    table = json.loads(Path(client.download_artifacts(run_id, GATE_TABLE)).read_text())
+    assert table["columns"] == ["row", "sentence", "label", "challenger", "champion"]
+    expected = [i for i in range(len(ROW_LABELS)) if challenger.predictions[i] != champion.predictions[i]]
+    assert differ == len(table["data"]) == len(expected) > 0
+    assert [r[0] for r in table["data"]] == expected
+    first = expected[0]
+    assert table["data"][0] == [first, f"row {first}", LABELS[ROW_LABELS[first]],
+                                LABELS[int(challenger.predictions[first])], LABELS[int(champion.predictions[first])]]
 
 
 def test_record_evaluation_and_download_edit(edits, tmp_path):
