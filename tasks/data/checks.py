@@ -39,6 +39,21 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], origin: Origin,
                                   "in the data spec to the file's column names."))
 
 
+def rename_columns(frame: pd.DataFrame, mapping: dict[str, str], origin: Origin) -> pd.DataFrame:
+    """The spec's ``columns:`` renames; a rename onto a column the file already has is refused (two columns of one
+    name would make every later check read a table where it expects a column)."""
+    renamed = frame.rename(columns=mapping)
+    names = [str(c) for c in renamed.columns]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        sources = {new: [old for old, to in mapping.items() if to == new and old in frame.columns] for new in clashes}
+        listed = "; ".join(f"{new!r} (renamed from {sources[new]}, and already a column)" for new in clashes)
+        raise DataError(f"{origin.name}: after renaming by `columns`, the file has two columns named {listed}. "
+                        "Fix: rename onto a name the file does not use, or drop the rename if the column is already "
+                        "there.")
+    return renamed
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -100,25 +115,32 @@ def labels_to_ids(values: pd.Series, label_list: Sequence[str], origin: Origin, 
 
 def labels_to_float(values: pd.Series, origin: Origin, label_range: tuple[float, float] | None = None,
                     fix: str = "") -> list[float]:
-    """Regression targets as floats; non-numbers, NaN and values outside ``label_range`` fail."""
+    """Regression targets as floats; non-numbers, NaN, infinities (``inf``, ``1e400``, an integer past 1.8e308: no
+    loss can be computed against them) and values outside ``label_range`` fail."""
     out: list[float] = []
     bad: dict[str, list[int]] = {}
     for position, value in enumerate(values.tolist()):
         try:
             number = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past 1.8e308 (JSON's 10**309)
             number = math.nan
-        ok = not math.isnan(number) and (label_range is None or label_range[0] <= number <= label_range[1])
+        ok = math.isfinite(number) and (label_range is None or label_range[0] <= number <= label_range[1])
         if not ok:
             bad.setdefault(repr(value), []).append(position)
         out.append(number)
     if bad:
         count = sum(len(p) for p in bad.values())
-        listed = "; ".join(f"{value} at {origin.at(positions)}" for value, positions in list(bad.items())[:8])
-        allowed = f"numbers in [{label_range[0]}, {label_range[1]}]" if label_range else "numbers"
-        raise DataError(f"{origin.name}: {count} row(s) have regression labels that are not {allowed}: {listed}. "
+        listed = "; ".join(f"{_clip(value)} at {origin.at(positions)}" for value, positions in list(bad.items())[:8])
+        allowed = f"numbers in [{label_range[0]}, {label_range[1]}]" if label_range else "finite numbers"
+        raise DataError(f"{origin.name}: {count} row(s) have regression labels (column {values.name!r}) that are not "
+                        f"{allowed}: {listed}. "
                         + (fix or "Fix: correct those rows."))
     return out
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """A value as an error message shows it: a 310-digit label is shown by its first digits and its length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _label_name(value: Any) -> str:

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from . import glue, glue_tasks
-from .checks import Origin, clean_text, infer_label_list, labels_to_float, labels_to_ids, require_columns
+from .checks import (Origin, clean_text, infer_label_list, labels_to_float, labels_to_ids, rename_columns,
+                     require_columns)
 from .sources import DataError, load_hub, parse_alpaca, parse_ultrafeedback, read_json_records, read_table
 from .synthetic import SYNTHETIC_TASKS
 
@@ -97,10 +98,8 @@ def _load_hub(spec: DataSpec) -> Loaded:
         base_type, metric, task = _base_type(spec), None, spec.task
     frames, origins = {}, {}
     for role, frame in picked.items():
-        if spec.columns:
-            frame = frame.rename(columns=spec.columns)
         origins[role] = Origin(f"{where} split {role}", "row", 0)
-        frames[role] = frame
+        frames[role] = rename_columns(frame, spec.columns, origins[role]) if spec.columns else frame
     loaded = _finish_frames(spec, frames, origins, text_columns, base_type, label_list,
                             glue_task.label_range if glue_task else None)
     loaded.metric = spec.metric or metric or DEFAULT_METRIC[loaded.task_type]
@@ -134,11 +133,9 @@ def _load_table(spec: DataSpec, files: dict[str, Path]) -> Loaded:
     frames, origins = {}, {}
     for role, path in files.items():
         frame = read_table(path, fmt)
-        if spec.columns:
-            frame = frame.rename(columns=spec.columns)
-        frames[role] = frame
         origins[role] = {"csv": Origin(str(path), "row", 1), "tsv": Origin(str(path), "line", 2)}.get(
             fmt, Origin(str(path), "record", 1))
+        frames[role] = rename_columns(frame, spec.columns, origins[role]) if spec.columns else frame
     if synthetic is not None:
         text_columns, label_list, base = list(synthetic.text_columns), list(synthetic.label_list or []), \
             synthetic.task_type

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import datasets
 import pandas as pd
+
+from red import bounded_json
 
 
 class DataError(ValueError):
@@ -107,20 +110,24 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
     records: Any
     if stripped.startswith("["):
         try:
-            records = json.loads(text)
+            records = bounded_json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"cannot read {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
                             f"{exc.msg}.") from exc
+        except ValueError as exc:  # nested past the limit, or an integer of more than 4,300 digits
+            raise DataError(f"cannot read {path}: {_beyond_limits(exc)}") from exc
     else:
         records = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                records.append(bounded_json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DataError(f"cannot read {path}: line {lineno} is not a JSON object ({exc.msg}). "
                                 f"Fix: one JSON object per line (JSON Lines) or one JSON list.") from exc
+            except ValueError as exc:
+                raise DataError(f"cannot read {path}: line {lineno}: {_beyond_limits(exc)}") from exc
         if len(records) == 1 and isinstance(records[0], dict) and isinstance(records[0].get("data"), list):
             records = records[0]["data"]
     if not isinstance(records, list):
@@ -131,7 +138,35 @@ def read_json_records(path: Path) -> list[dict[str, Any]]:
         raise DataError(f"cannot read {path}: records {row_numbers(bad)} are not JSON objects.")
     if not records:
         raise DataError(f"cannot read {path}: the file holds no records.")
+    if _LONE_SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(records, path)
     return records
+
+
+def _beyond_limits(exc: ValueError) -> str:
+    """What a JSON reader's limit error means for a data file (Python's own text advises changing the interpreter)."""
+    if "integer string conversion" in str(exc):
+        reason = "a number with more than 4,300 digits"
+    else:
+        reason = _one_line(exc)
+    return (f"{reason}. Fix: records are flat objects of texts and labels (nested at most "
+            f"{bounded_json.MAX_DEPTH} levels); write numbers with at most a few digits.")
+
+
+_LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # only an escape can put a surrogate into the text
+
+
+def _refuse_lone_surrogates(records: list[dict[str, Any]], path: Path) -> None:
+    """A ``"\\ud800"`` escape with no partner decodes to a string no UTF-8 writer can store (the cache, pyarrow,
+    the tokenizer): refuse it here, naming the record and the field, instead of failing deep in pyarrow."""
+    for number, record in enumerate(records, start=1):
+        for key, value in record.items():
+            try:
+                json.dumps({key: value}, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(f"cannot read {path}: record {number}, field {ascii(key)}"
+                                f": a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair) is not text. "
+                                "Fix: write the character itself, or its complete surrogate pair.") from None
 
 
 def read_table(path: Path, fmt: str) -> pd.DataFrame:

@@ -122,6 +122,22 @@ class DataSpec(BaseModel):
     def _one_or_two(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and not 1 <= len(value) <= 2:
             raise ValueError(f"text_columns takes one column or a pair, got {value}")
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError(f"text_columns {value} names the column {value[0]!r} twice: a sentence pair reads two "
+                             "different columns; give one column, or the pair's two")
+        return value
+
+    @field_validator("label_list", "columns")
+    @classmethod
+    def _distinct_names(cls, value: Any, info) -> Any:
+        names = list(value.values()) if isinstance(value, dict) else list(value or [])
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated and info.field_name == "label_list":
+            raise ValueError(f"label_list names {repeated} more than once: class i is label_list[i], so every name "
+                             "must be distinct; remove the repeats")
+        if repeated:
+            raise ValueError(f"columns renames several columns to {repeated}: a table holds one column of a name; "
+                             "rename each to a different name")
         return value
 
     @model_validator(mode="after")
@@ -145,6 +161,10 @@ class DataSpec(BaseModel):
         if source in ("csv", "tsv", "json", "jsonl") or (source == "hub" and self.task not in glue_tasks.GLUE_TASKS):
             _need(self.text_columns is not None, f"source {source!r} needs `text_columns` (the input column, "
                   "or two for sentence pairs)")
+        if self.response_column is not None and self.response_column in (self.text_columns or []):
+            raise ValueError(f"response_column {self.response_column!r} is also in text_columns "
+                             f"{self.text_columns}: the prompt (text_columns[0]) and the answer must be different "
+                             "columns; name the answer column in response_column")
         if self.task_type is not None:
             allowed = _allowed_types(self)
             _need(self.task_type in allowed, f"task_type {self.task_type!r} does not fit this source/task; "
