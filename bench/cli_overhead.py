@@ -46,7 +46,7 @@ exp = c.create_experiment("bench", artifact_location={str(folder / 'mlartifacts'
 for i in range({versions}):
     run = c.create_run(exp).info.run_id
     tags = {{"method": "red", "primary_metric": "accuracy", "metric.test_accuracy": str(0.8 + i / 100),
-            "metric.validation_accuracy": "0.79", "redflow.gate.decision": "promoted" if i == 0 else "rejected",
+            "metric.validation_accuracy": "0.79", "redflow.gate.decision": "promoted" if i == 0 else "kept out",
             "redflow.gate.reason": "bench", "task": "bench"}}
     c.create_model_version({MODEL!r}, f"runs:/{{run}}/edit", run_id=run, tags=tags)
 c.set_registered_model_alias({MODEL!r}, "production", "1")

@@ -44,6 +44,10 @@ class Promotion(BaseModel):
     require_significant: bool = Field(default=False, description="Also require the bootstrap confidence "
                                       "interval of the improvement to lie above 0.")
     confidence: float = Field(default=0.95, ge=0.5, lt=1.0, description="Of the bootstrap interval.")
+    approval: Literal["none", "required"] = Field(default="none", description="'required': a version that "
+                                                  "passes the gate stays at 'candidate', awaiting approval, until a "
+                                                  "person runs `redflow approve MODEL VERSION` (or `redflow reject`, "
+                                                  "or the approve-version deployment); 'none': it goes to production.")
 
     def policy(self):
         return PromotionPolicy(**self.model_dump())

@@ -1,4 +1,4 @@
-"""Flows that act on registered versions: re-evaluate, promote, roll back.
+"""Flows that act on registered versions: re-evaluate, promote, approve or reject, roll back.
 
 Each is a thin Prefect flow over a plain function (``evaluate_version`` here, ``promote_version`` in
 ``flows.promotion``, ``rollback_version`` in ``flows.operations``), which the CLI calls directly when no Prefect API is
@@ -8,7 +8,7 @@ No ``from __future__ import annotations``: Prefect validates the flows' paramete
 it runs them (see flows/retrain.py).
 """
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from red.pretrained import load_pretrained_edit
 from registry import download_edit, record_evaluation, resolve_version
+from registry.approval import decide_approval
 from registry.champion import trained_max_length
 from registry.views import require_model
 from tasks.evaluate.suites import run_suite, suite_name
@@ -141,3 +142,17 @@ def rollback(model_name: str, to_version: int | None = None, reason: str = "", t
     """Move 'production' back to the version it replaced (or ``to_version``)."""
     open_store(tracking_uri, runs_dir)
     return rollback_version(model_name, to_version, reason).to_dict()
+
+
+@flow(name="approve-version")
+def approve_version(model_name: str, version: int, decision: Literal["approve", "reject"], reason: str = "",
+                    approver: str = "", config: str | None = None, tracking_uri: str | None = None,
+                    runs_dir: str = "runs") -> dict:
+    """A person's decision on a version awaiting approval (``promotion.approval: required``), from the Prefect UI
+    (the ``approve-version`` deployment: its run form asks for these parameters) or ``redflow approve``/``reject``.
+
+    ``approver``: who decides, recorded as ``by`` in the alias history (default: the worker's user@host or its
+    ``$REDFLOW_USER``). Refuses, and the flow run fails with the reason, when the version is not awaiting approval
+    or production moved since the gate (``registry.approval``)."""
+    open_store(tracking_uri, runs_dir, cfg=load_config(config) if config else None)
+    return decide_approval(model_name, version, decision == "approve", reason, by=approver or None).to_dict()

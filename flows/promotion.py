@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from registry import AliasMove, PromotionPolicy, gate_and_promote, move_alias, production_version
 from registry.champion import score_version, trained_max_length
+from registry.decisions import FORCED
 from registry.views import require_version
 from tasks.evaluate.suite_specs import find_suite
 
@@ -37,7 +38,7 @@ def promote_version(model_name: str, version: int, *, force: bool = False, polic
         if production_version(model_name) == int(version):  # nothing to move, and no self-move in the history
             return AliasMove(model_name=model_name, alias="production", version=int(version), previous=int(version),
                              action="none", reason=f"version {version} is already production")
-        return move_alias(model_name, "production", version, action="force-promote",
+        return move_alias(model_name, "production", version, action=FORCED,
                           reason=reason or "promoted by hand without the gate")
     gate_policy = PromotionPolicy(**(policy or {}))
     if cfg is None or task is None:

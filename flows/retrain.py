@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import allow_failure
 
 from registry import get_or_create_experiment
-from tasks.lifecycle.attempts import AttemptBusy
+from tasks.lifecycle.attempts import AttemptBusy, reused_attempt
 from tasks.training import TrainingDiverged, stop_training_when_interrupted
 from tasks.training.floors import did_not_learn_note
 
@@ -68,7 +68,10 @@ def train_task(cfg: RetrainConfig, task: TaskSpec, data, plan, run_key: str):
         for note in result.notes:
             logger.info("%s: %s", task.name, note)
         start = f"after resuming from {result.resumed_from}" if result.resumed_from else f"{result.init} start"
-        logger.info("%s: trained %d optimizer steps (%s)", task.name, result.steps_trained, start)
+        if reused_attempt(result.notes):  # its note, logged above, names the attempt
+            logger.info("%s: trained nothing: registering the finished attempt's result", task.name)
+        else:
+            logger.info("%s: trained %d optimizer steps (%s)", task.name, result.steps_trained, start)
     return result
 
 
@@ -80,6 +83,8 @@ def cotrain_task(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     for name, result in results.items():
         if isinstance(result, BaseException):
             logger.error("%s: stopped, the other tasks went on: %s: %s", name, type(result).__name__, result)
+        elif reused_attempt(result.notes):
+            logger.info("%s: trained nothing: %s", name, reused_attempt(result.notes))
         else:
             logger.info("%s: co-trained %d optimizer steps (%s start) with %s", name, result.steps_trained,
                         result.init, ", ".join(result.co_trained_with))
@@ -122,9 +127,8 @@ def promote_task(cfg: RetrainConfig, task: TaskSpec, registered, result, evaluat
         console.report(task.name, "gate", f"v{plan.latest_version} (registered, never gated) vs production")
     decision = steps.promote_step(cfg, task, registered, result, evaluation, data, plan)
     if decision is not None:
-        console.report(task.name, "done", f"v{decision.version} " + ("promoted" if decision.promoted else "kept out"))
-        get_run_logger().info("%s v%s: %s (%s)", task.name, decision.version,
-                              "promoted" if decision.promoted else "not promoted", decision.reason)
+        console.report(task.name, "done", f"v{decision.version} {decision.outcome}")
+        get_run_logger().info("%s v%s: %s (%s)", task.name, decision.version, decision.outcome, decision.reason)
     return decision
 
 
@@ -280,7 +284,7 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
                    challenger=d.value, champion=d.previous_value, champion_version=d.previous,
                    difference=comparison.get("difference"),
                    ci=(comparison.get("ci_low"), comparison.get("ci_high")) if comparison else None,
-                   rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
+                   rows=comparison.get("n"), promoted=d.promoted, decision=d.outcome,
                    reason=d.reason, why="; ".join(plan.reasons))
         return row
     if plan.action == steps.UNCHANGED:
@@ -298,7 +302,7 @@ def summary_row(name: str, chain: dict[str, Any]) -> dict[str, Any]:
                version=reg["version"], run_id=reg["run_id"], experiment_id=reg.get("experiment_id"), challenger=d.value, champion=d.previous_value,
                champion_version=d.previous, difference=comparison.get("difference"),
                ci=(comparison.get("ci_low"), comparison.get("ci_high")) if comparison else None,
-               rows=comparison.get("n"), promoted=d.promoted, decision="promoted" if d.promoted else "rejected",
+               rows=comparison.get("n"), promoted=d.promoted, decision=d.outcome,
                reason=d.reason, co_trained_with=list(r.co_trained_with), learned=r.learned)
     if r.learned is False:  # whatever the method: the validation score never left the majority-class level
         row["note"] = did_not_learn_note(r.primary_metric, _best_validation(r), r.floor.get(r.primary_metric, 0.0),

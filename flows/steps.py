@@ -32,14 +32,14 @@ from registry import gate_and_promote, log_training, register_edit, setup_tracki
 from registry.aliases import CANDIDATE, alias_version, move_alias, production_version
 from registry.champion import load_trained, score_version, trained_max_length
 from registry.edit_diff import log_production_diff
-from registry.models import download_edit, latest_version, registered_from, version_record
+from registry.models import download_edit, ready_versions, registered_from, version_record
 from registry.tracking import log_gate_comparison
 from tasks.data import prepare_data
 from tasks.evaluate.paired import rows_report, score_split
 from tasks.evaluate.suite_specs import check_gate_metric, find_suite, suite_name
 from tasks.evaluate.suites import run_suite, suite_scores
 from tasks.lifecycle.attempts import (attempt_folder, finished_unregistered, mark_registered, open_attempt, prune,
-                                      registered_as, registration_lock)
+                                      registered_as, registration_lock, reuse_note)
 from tasks.lifecycle.gate import LabelledState
 from tasks.lifecycle.plan import GATE, TRAIN, UNCHANGED, Plan, decide  # noqa: F401 - re-exported
 from tasks.training import CoTask, TrainResult, co_train, family, group_identity, train, training_identity
@@ -91,7 +91,8 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
     identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base", co_train=co_train)
     name = cfg.model_name(task)
     recipe = json.loads(json.dumps(config.recipe(data.task or data.name), default=str))
-    return decide(identity, version_record(latest_version(name, config=cfg.name)), force=force,
+    versions = [version_record(mv) for mv in ready_versions(name, config=cfg.name)]
+    return decide(identity, versions[0] if versions else None, earlier=versions[1:], force=force,
                   dependencies=cfg.retrain_on_dependency_change, recipe=recipe,
                   init_production=config.init == "production",
                   production=production_version(name) if config.init == "production" else None)
@@ -162,8 +163,7 @@ def _reuse_finished(done: Path, plan: Plan) -> TrainResult:
     result = TrainResult.load(done / "result.json")
     result.output_dir = str(done)  # where it is now (a run may have moved runs_dir)
     name = (attempt_folder(done) or done).name
-    result.notes = plan.reasons + [f"reusing finished attempt {name}: it trained the same inputs and its run "
-                                   "stopped before registering it"]
+    result.notes = plan.reasons + [reuse_note(name)]
     result.steps_trained = 0
     return result
 

@@ -32,6 +32,8 @@ from red.utils import utc_now
 from tasks.evaluate.paired import RowScores, paired_bootstrap
 from tasks.lifecycle.gate import LabelSpaceMismatch
 
+from .decisions import (APPROVED, AWAITING_APPROVAL, FORCED, KEPT_OUT, MOVED_TO_PRODUCTION, PROMOTED,
+                        ROLLED_BACK, decision_name, person)
 from .history import HISTORY_ENTRY, HISTORY_TAG, history_entries, json_list, update_history_description
 from .locks import DEFAULT_TIMEOUT, registry_lock
 from .names import READY, STATUS_TAG
@@ -64,7 +66,8 @@ class PromotionDecision:
     stored: dict[str, float] = field(default_factory=dict)  # scores recorded by earlier runs: shown, not compared
     policy: dict[str, Any] = field(default_factory=dict)
     decided_at: str = ""
-    decided_by: str = ""
+    decided_by: str = ""                 # the person (user@host, or $REDFLOW_USER)
+    outcome: str = ""                    # registry.decisions: promoted, kept out or awaiting approval
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,8 +138,8 @@ def metric_value(mv: ModelVersion, key: str) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _append(client: MlflowClient, name: str, entry: dict[str, Any], versions: list[int | None]) -> None:
-    """Append ``entry`` to the model's history and to each involved version's (lock held)."""
+def append_entry(client: MlflowClient, name: str, entry: dict[str, Any], versions: list[int | None]) -> None:
+    """Append ``entry`` to the model's history and to each involved version's (the caller holds the lock)."""
     rm = client.get_registered_model(name)
     history = history_entries(client, name, rm) + [entry]
     numbers = [int(k[len(HISTORY_ENTRY):]) for k in (rm.tags or {})
@@ -161,16 +164,17 @@ def _describe_history(client: MlflowClient, name: str, history: list[dict[str, A
 
 
 def move_locked(client: MlflowClient, name: str, alias: str, version: int, *, action: str, reason: str,
-                 owner: str, extra: dict[str, Any] | None = None) -> AliasMove:
-    """Point ``alias`` at ``version`` and record it; the caller holds the lock."""
+                by: str | None = None, extra: dict[str, Any] | None = None) -> AliasMove:
+    """Point ``alias`` at ``version`` and record it, ``by`` a person (default: this one,
+    ``registry.decisions.person``); the caller holds the lock."""
     prev_mv = alias_version(name, alias, client)
     previous = int(prev_mv.version) if prev_mv is not None else None
     client.set_registered_model_alias(name, alias, str(version))
     at = utc_now()
     entry = {"at": at, "alias": alias, "action": action, "version": int(version), "from": previous,
-             "reason": reason, "by": owner, **(extra or {})}
+             "reason": reason, "by": by or person(), **(extra or {})}
     try:
-        _append(client, name, entry, [int(version), previous])
+        append_entry(client, name, entry, [int(version), previous])
     except BaseException:
         # keep alias and history consistent: undo the move if it cannot be recorded
         if previous is None:
@@ -187,16 +191,20 @@ def move_locked(client: MlflowClient, name: str, alias: str, version: int, *, ac
 # ---------------------------------------------------------------------------------------------
 def move_alias(name: str, alias: str, version: int | str, *, action: str = "set", reason: str = "",
                client: MlflowClient | None = None, lock_timeout: float = DEFAULT_TIMEOUT) -> AliasMove:
-    """Point ``alias`` of ``name`` at ``version`` under the lock and record the move (manual override)."""
+    """Point ``alias`` of ``name`` at ``version`` under the lock and record the move (manual override).
+
+    ``action`` ``forced`` (``redflow promote --force``) also becomes the version's decision (``redflow versions``)."""
     client = client or MlflowClient()
-    with registry_lock(name, client=client, timeout=lock_timeout) as owner:
+    with registry_lock(name, client=client, timeout=lock_timeout):
         mv = client.get_model_version(name, str(version))
         if mv.tags.get(STATUS_TAG, READY) != READY:
             raise ValueError(f"{name} version {version} has status {mv.tags.get(STATUS_TAG)!r}; "
                              "only fully registered versions get aliases")
-        move = move_locked(client, name, alias, int(version), action=action, reason=reason, owner=owner)
+        move = move_locked(client, name, alias, int(version), action=action, reason=reason)
         if alias == PRODUCTION and mv.tags.get("redflow.rolled_back_at"):
             client.delete_model_version_tag(name, str(version), "redflow.rolled_back_at")  # re-instated by hand
+        if alias == PRODUCTION and action == FORCED:
+            mark_decision(client, name, int(version), FORCED, reason, move.at)
         return move
 
 
@@ -215,7 +223,9 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
 
     Compare-and-set under the promotion lock; if production moved while its scores were being
     computed, the new production is scored instead (up to ``max_rescores`` times). The decision is
-    recorded either way (history entry ``promote``/``reject``, ``redflow.gate.*`` version tags).
+    recorded either way (history entry ``promoted``/``kept out``, ``redflow.gate.*`` version tags). With
+    ``policy.approval`` ``required`` a version that passes stays at ``candidate``, ``awaiting approval``
+    (``registry.approval`` decides it).
 
     ``once``: a version the gate already decided on keeps that decision (returned as recorded, nothing
     re-scored or moved): what a nightly run that gates a version registered by an earlier, crashed run
@@ -237,7 +247,7 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
                 champion_rows = score_champion(champion_version)
             except Exception as exc:  # noqa: BLE001 - reported in the decision, never promoted past
                 champion_error = exc
-        with registry_lock(name, client=client, timeout=lock_timeout) as owner:
+        with registry_lock(name, client=client, timeout=lock_timeout):
             prod = alias_version(name, PRODUCTION, client)
             if (int(prod.version) if prod is not None else None) != champion_version:
                 continue  # production moved while we scored it: score the new one
@@ -254,7 +264,15 @@ def gate_and_promote(name: str, version: int | str, policy: PromotionPolicy | No
             lost = _lost_production(client, name) if champion_version is None else None
             decision = _decide(name, mv, version, champion_version, policy, metric, challenger, champion_rows,
                                champion_error, stored, recorded, paired_bootstrap, lost_production=lost)
-            decision.decided_by = owner
+            if decision.promoted and policy.needs_approval:  # passed the gate: a person moves production
+                decision.promoted = False
+                decision.outcome = AWAITING_APPROVAL
+                decision.reason += (f"; awaiting approval (promotion.approval: required): `redflow approve {name} "
+                                    f"{version}` or `redflow reject {name} {version}`")
+            decision.decided_by = person()
+            if champion_version == version:  # already production: nothing decided, its own decision stands
+                decision.outcome = decision_name(mv.tags.get(GATE_DECISION_TAG)) or PROMOTED
+                return decision
             _record_decision(client, name, version, decision)
             return decision
     raise RuntimeError(f"{name}: production kept moving while the gate scored it ({max_rescores + 1} tries); rerun")
@@ -268,8 +286,8 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
     better = "higher" if higher else "lower"
     decision = PromotionDecision(promoted=False, reason="", previous=champion, version=version, model_name=name,
                                  metric=metric, stored=stored, policy=policy.to_dict(), decided_at=utc_now())
-    shown = ("; stored scores from earlier runs (other test rows, not compared): " +
-             ", ".join(f"{k} {v:.4g}" for k, v in stored.items())) if stored else ""
+    shown = ("; their recorded test scores, each on its own rows and so not compared: " +
+             ", ".join(f"{k} {v:.4g}" for k, v in stored.items())) if stored and challenger is None else ""
     status = mv.tags.get(STATUS_TAG)
     value = challenger.value() if challenger is not None else recorded
     decision.value = value
@@ -318,11 +336,15 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
         if gain > 0 and gain >= policy.margin and (significant or not policy.require_significant):
             decision.promoted = True
             decision.reason = f"beats production v{champion} by >= margin {policy.margin:.4g}: {comparison.describe()}"
+            if not significant:  # promoted on the point estimate: say that the interval allows no gain at all
+                decision.reason += (f"; not significant: {policy.confidence:.0%} CI {comparison.ci_low:+.3f}.."
+                                    f"{comparison.ci_high:+.3f} spans 0")
         else:
             why = ("the improvement is not significant" if gain > 0 and gain >= policy.margin
                    else f"not better than production v{champion} by the margin {policy.margin:.4g}")
             decision.reason = f"{why}: {comparison.describe()}"
     decision.reason += shown
+    decision.outcome = PROMOTED if decision.promoted else KEPT_OUT
     return decision
 
 
@@ -330,7 +352,7 @@ def _lost_production(client: MlflowClient, name: str) -> dict[str, Any] | None:
     """The last history entry that put a version in ``production``, when the alias is gone although no redflow
     command removed it (someone deleted it by hand): None when production never had a version."""
     for entry in reversed(history_entries(client, name)):
-        if entry.get("alias") == PRODUCTION and entry.get("action") in ("promote", "set", "rollback"):
+        if entry.get("alias") == PRODUCTION and decision_name(entry.get("action")) in MOVED_TO_PRODUCTION + ("set",):
             return entry
     return None
 
@@ -348,20 +370,23 @@ def _unscored_reason(name: str, version: int, champion: int | None, error: Excep
 
 
 def _record_decision(client: MlflowClient, name: str, version: int, decision: PromotionDecision) -> None:
+    """The gate's decision in the history (``promoted`` moves production; ``kept out`` and ``awaiting approval``
+    move nothing) and on the version (``redflow.gate.*``; ``champion``: the production the gate saw, which
+    ``redflow approve`` checks is still production)."""
     extra = {"metric": decision.metric, "value": decision.value, "previous_value": decision.previous_value,
              "comparison": decision.comparison, "policy": decision.policy}
     if decision.promoted:
-        move_locked(client, name, PRODUCTION, version, action="promote", reason=decision.reason,
-                     owner=decision.decided_by, extra=extra)
+        move_locked(client, name, PRODUCTION, version, action=PROMOTED, reason=decision.reason,
+                    by=decision.decided_by, extra=extra)
     else:
-        _append(client, name, {"at": decision.decided_at, "alias": PRODUCTION, "action": "reject", "version": version,
-                               "from": decision.previous, "reason": decision.reason, "by": decision.decided_by,
-                               **extra}, [version])
-    tags = {"decision": "promoted" if decision.promoted else "rejected", "reason": decision.reason,
-            "at": decision.decided_at}
+        append_entry(client, name, {"at": decision.decided_at, "alias": PRODUCTION, "action": decision.outcome,
+                                    "version": version, "from": decision.previous, "reason": decision.reason,
+                                    "by": decision.decided_by, **extra}, [version])
+    mark_decision(client, name, version, decision.outcome, decision.reason, decision.decided_at)
+    tags = {"champion": str(decision.previous)}
     if decision.comparison:
         c = decision.comparison
-        tags.update({"champion": str(decision.previous), "metric": str(decision.metric),
+        tags.update({"metric": str(decision.metric),
                      "challenger_score": repr(c["challenger"]), "champion_score": repr(c["champion"]),
                      "difference": repr(c["difference"]), "ci": f"[{c['ci_low']!r}, {c['ci_high']!r}]",
                      "rows": str(c["n"])})
@@ -369,11 +394,19 @@ def _record_decision(client: MlflowClient, name: str, version: int, decision: Pr
         client.set_model_version_tag(name, str(version), f"redflow.gate.{k}", v[:5000])
 
 
+def mark_decision(client: MlflowClient, name: str, version: int, outcome: str, reason: str, at: str) -> None:
+    """Version ``version``'s current decision (a name of ``registry.decisions``), why and when: what ``redflow
+    versions`` shows for it. The history keeps every earlier one."""
+    for key, value in (("decision", outcome), ("reason", reason), ("at", at)):
+        client.set_model_version_tag(name, str(version), f"redflow.gate.{key}", str(value)[:5000])
+
+
 GATE_DECISION_TAG = "redflow.gate.decision"
 
 
 def is_gated(mv: ModelVersion | None) -> bool:
-    """Whether the gate decided on ``mv`` (promoted or rejected; tag ``redflow.gate.decision``). A version
+    """Whether the gate (or a person) decided on ``mv`` (tag ``redflow.gate.decision``, any of
+    ``registry.decisions``). A version
     registered by a run that died before its gate is not: the next run of the same inputs gates it."""
     return mv is not None and bool(mv.tags.get(GATE_DECISION_TAG))
 
@@ -381,9 +414,10 @@ def is_gated(mv: ModelVersion | None) -> bool:
 def recorded_decision(name: str, mv: ModelVersion) -> PromotionDecision:
     """The gate decision recorded on ``mv`` (its ``redflow.gate.*`` tags), as :func:`gate_and_promote` returned it."""
     tags = mv.tags
-    decision = PromotionDecision(promoted=tags.get(GATE_DECISION_TAG) == "promoted", previous=None, reason=tags.get(
+    outcome = decision_name(tags.get(GATE_DECISION_TAG))
+    decision = PromotionDecision(promoted=outcome in (PROMOTED, APPROVED, FORCED), previous=None, reason=tags.get(
         "redflow.gate.reason", ""), version=int(mv.version), model_name=name, metric=tags.get("redflow.gate.metric"),
-        decided_at=tags.get("redflow.gate.at"))
+        decided_at=tags.get("redflow.gate.at"), outcome=outcome)
     if tags.get("redflow.gate.rows"):
         low, high = json.loads(tags["redflow.gate.ci"])
         decision.comparison = {"challenger": float(tags["redflow.gate.challenger_score"]),
@@ -401,7 +435,7 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
              client: MlflowClient | None = None, lock_timeout: float = DEFAULT_TIMEOUT) -> AliasMove:
     """Move ``production`` back to the version the current production replaced (or ``to_version``)."""
     client = client or MlflowClient()
-    with registry_lock(name, client=client, timeout=lock_timeout) as owner:
+    with registry_lock(name, client=client, timeout=lock_timeout):
         prod = alias_version(name, PRODUCTION, client)
         if prod is None:
             raise RollbackError(f"{name} has no production version to roll back")
@@ -410,8 +444,8 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
         if target is None:
             history = history_entries(client, name)
             for entry in reversed(history):
-                if (entry.get("alias") == PRODUCTION and entry.get("action") not in ("reject", "rollback")
-                        and entry.get("version") == current):
+                if (entry.get("alias") == PRODUCTION and entry.get("version") == current
+                        and decision_name(entry.get("action")) in (PROMOTED, APPROVED, FORCED, "set")):
                     target = entry.get("from")
                     break
             if target is None:
@@ -426,9 +460,10 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
             raise RollbackError(f"{name}: cannot roll back to version {target}: {exc.message}") from exc
         if mv.tags.get(STATUS_TAG, READY) != READY:
             raise RollbackError(f"{name}: version {target} has status {mv.tags.get(STATUS_TAG)!r}")
-        move = move_locked(client, name, PRODUCTION, target, action="rollback",
-                            reason=reason or f"rollback from v{current}", owner=owner)
+        move = move_locked(client, name, PRODUCTION, target, action=ROLLED_BACK,
+                           reason=reason or f"rollback from v{current}")
         client.set_model_version_tag(name, str(current), "redflow.rolled_back_at", move.at)
+        mark_decision(client, name, current, ROLLED_BACK, f"rolled back to v{target}: {move.reason}", move.at)
         if reason:
             client.set_model_version_tag(name, str(current), "redflow.rolled_back_reason", reason)
         return move
@@ -437,8 +472,9 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
 def alias_history(name: str, alias: str | None = None, *, client: MlflowClient | None = None) -> list[dict[str, Any]]:
     """Recorded alias moves and gate decisions of ``name``, oldest first (optionally one alias's).
 
-    Entries: ``{"at", "alias", "action" ("candidate"|"promote"|"reject"|"rollback"|"set"),
-    "version", "from", "reason", "by", ...}``.
+    Entries: ``{"at", "alias", "action", "version", "from", "reason", "by", ...}``; ``action`` is ``candidate``,
+    ``set`` or a decision of ``registry.decisions`` (older histories: ``promote``, ``reject``, ``force-promote``,
+    ``rollback``; ``decision_name`` maps them), ``by`` the person (user@host or ``$REDFLOW_USER``).
     """
     client = client or MlflowClient()
     history = history_entries(client, name)
@@ -450,6 +486,6 @@ def production_version(name: str, client: MlflowClient | None = None) -> int | N
     return int(mv.version) if mv is not None else None
 
 
-__all__ = ["AliasMove", "CANDIDATE", "PRODUCTION", "PromotionDecision", "PromotionPolicy", "RollbackError",
+__all__ = ["AliasMove", "CANDIDATE", "append_entry", "mark_decision", "PRODUCTION", "PromotionDecision", "PromotionPolicy", "RollbackError",
            "alias_history", "alias_version", "gate_and_promote", "is_gated", "metric_value", "move_alias",
            "production_version", "rollback"]

@@ -15,6 +15,8 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from .decisions import decision_name
+
 HISTORY_TAG = "redflow.alias_history"            # on a version: its entries (JSON list); on a model: legacy list
 HISTORY_ENTRY = "redflow.alias_history."          # on a model: one tag per entry, <prefix><6-digit sequence>
 HISTORY_HEADING = "## Alias history (newest first)"
@@ -68,7 +70,7 @@ def history_markdown(entries: list[dict[str, Any]], limit: int = HISTORY_ROWS_SH
         return "\n".join(head + ["No alias moves yet."])
     head += ["| when (UTC) | alias | action | version | from | by | why |", "|---|---|---|---:|---:|---|---|"]
     rows = [f"| {_cell(str(e.get('at', ''))[:19].replace('T', ' '))} | {_cell(e.get('alias'))} | "
-            f"{_cell(e.get('action'))} | {_cell(e.get('version'))} | {_cell(e.get('from'))} | "
+            f"{_cell(decision_name(e.get('action')))} | {_cell(e.get('version'))} | {_cell(e.get('from'))} | "
             f"{_cell(e.get('by'))} | {_cell(str(e.get('reason', ''))[:reason_chars])} |" for e in newest[:limit]]
     while True:
         hidden = len(newest) - len(rows)

@@ -34,7 +34,6 @@ All writers of one registry must use the same kind (they do when they use the sa
 """
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import threading
@@ -52,6 +51,7 @@ from mlflow.tracking import MlflowClient
 
 from red.utils import slug
 
+from .decisions import user_name
 from .names import LOCK_MODEL_PREFIX
 from .store import sqlite_path
 
@@ -63,16 +63,10 @@ class LockTimeout(TimeoutError):
     """The promotion lock could not be acquired in time (someone else holds it)."""
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (some containers)
-        return f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
-
-
 def _owner() -> str:
-    """Who holds the lock: ``user@host:pid:thread:nonce`` (recorded as ``by`` in the alias history)."""
-    return f"{_user()}@{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+    """Who holds the lock: ``user@host:pid:thread:nonce`` (the process and thread make a holder unique; the alias
+    history records the person, ``registry.decisions.person``, not this)."""
+    return f"{user_name()}@{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
 
 
 def lock_kind(registry_uri: str | None = None) -> str:

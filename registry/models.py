@@ -227,8 +227,8 @@ def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) ->
     return {k: _str(v) for k, v in tags.items() if v is not None}
 
 
-def latest_version(name: str, client: MlflowClient | None = None, *, config: str | None = None):
-    """The newest fully registered (``ready``) version of ``name``, or None (also when the model does not exist).
+def ready_versions(name: str, client: MlflowClient | None = None, *, config: str | None = None) -> list:
+    """The fully registered (``ready``) versions of ``name``, newest first (none when the model does not exist).
 
     ``config``: only versions registered by that retrain config (tag ``retrain_config``; versions without the
     tag count too), so two configs that share a task name do not take each other's versions for their own.
@@ -238,11 +238,17 @@ def latest_version(name: str, client: MlflowClient | None = None, *, config: str
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-            return None
+            return []
         raise
     ready = [mv for mv in versions if mv.tags.get(STATUS_TAG, READY) == READY
              and (config is None or mv.tags.get("retrain_config", config) == config)]
-    return max(ready, key=lambda mv: int(mv.version)) if ready else None
+    return sorted(ready, key=lambda mv: -int(mv.version))
+
+
+def latest_version(name: str, client: MlflowClient | None = None, *, config: str | None = None):
+    """The newest ``ready`` version of ``name`` (see :func:`ready_versions`), or None."""
+    ready = ready_versions(name, client, config=config)
+    return ready[0] if ready else None
 
 
 def registered_from(name: str, run_id: str, client: MlflowClient | None = None) -> int | None:
@@ -393,9 +399,9 @@ def _create_candidate_version(client: MlflowClient, name: str, result: TrainResu
                         f"({result.primary_metric}={result.score:.4g} on test)")
         version = str(mv.version)
         client.set_model_version_tag(name, version, STATUS_TAG, READY)
-        with registry_lock(name, client=client, timeout=lock_timeout) as owner:
+        with registry_lock(name, client=client, timeout=lock_timeout):
             move_locked(client, name, CANDIDATE, int(version), action="candidate",
-                        reason=f"registered from run {run_id}", owner=owner)
+                        reason=f"registered from run {run_id}")
     except BaseException as exc:
         outcome = _discard_version(client, name, str(mv.version), exc) if mv is not None else "not created"
         try:

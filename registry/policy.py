@@ -11,6 +11,8 @@ from typing import Any
 
 from tasks.evaluate.direction import higher_is_better
 
+APPROVALS = ("none", "required")
+
 
 @dataclass(frozen=True)
 class PromotionPolicy:
@@ -24,7 +26,8 @@ class PromotionPolicy:
     ``higher_is_better``: None reads the direction off the metric's name (losses and
     perplexities are lower-is-better; see ``tasks.evaluate.direction``). ``require_significant``:
     also require the lower end of the ``confidence`` bootstrap interval of the improvement to
-    be above 0.
+    be above 0. ``approval``: ``none`` (a version that passes the gate goes to production) or ``required``
+    (it stays at ``candidate``, awaiting approval, until a person runs ``redflow approve`` or ``redflow reject``).
     """
 
     metric: str | None = None
@@ -33,6 +36,7 @@ class PromotionPolicy:
     higher_is_better: bool | None = None
     require_significant: bool = False
     confidence: float = 0.95
+    approval: str = "none"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin >= 0):
@@ -41,6 +45,12 @@ class PromotionPolicy:
             raise ValueError(f"minimum must be finite or None, got {self.minimum!r}")
         if not 0.5 <= self.confidence < 1:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
+        if self.approval not in APPROVALS:
+            raise ValueError(f"approval must be one of {', '.join(APPROVALS)}, got {self.approval!r}")
+
+    @property
+    def needs_approval(self) -> bool:
+        return self.approval == "required"
 
     def metric_name(self, primary_metric: str | None) -> str:
         name = self.metric or primary_metric

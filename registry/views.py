@@ -1,7 +1,7 @@
 """Read-only views of a registered model for people: its versions, its alias history, a readable description.
 
 * ``require_model`` / ``require_version``: the model (version) or a ``ModelNotFound`` that names what exists.
-* ``version_rows``: one dict per version - aliases, status, method, key metrics, the gate's decision.
+* ``version_rows``: one dict per version - aliases, status, method, key metrics, its decision and why.
 * ``history_rows``: alias moves and gate decisions, newest first (from the ``redflow.alias_history`` tags;
   ``registry.history`` reads them and renders them into the model's description).
 """
@@ -14,6 +14,7 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from .decisions import decision_name
 from .history import history_entries
 from .names import LOCK_MODEL_PREFIX, STATUS_TAG
 
@@ -73,8 +74,10 @@ def _when(ms: int | None) -> str:
 
 def version_rows(name: str, client: MlflowClient | None = None) -> list[dict[str, Any]]:
     """Every version of ``name``, newest first: ``{"version", "aliases", "status", "method", "metric",
-    "test", "validation", "gate", "gate_reason", "created", "run_id"}``. ``test``/``validation`` are the
-    version's primary metric on those splits (None when not recorded)."""
+    "test", "validation", "decision", "reason", "created", "run_id"}``. ``test``/``validation`` are the
+    version's primary metric on those splits (None when not recorded); ``decision`` its current one
+    (``registry.decisions``: promoted, kept out, awaiting approval, approved, rejected, forced, rolled back; ""
+    before the gate) and ``reason`` why."""
     client = client or MlflowClient()
     model = require_model(name, client)
     aliases: dict[int, list[str]] = {}
@@ -92,8 +95,8 @@ def version_rows(name: str, client: MlflowClient | None = None) -> list[dict[str
             "metric": metric,
             "test": _float(tags.get(f"metric.test_{metric}", tags.get("score"))),
             "validation": _float(tags.get(f"metric.validation_{metric}")),
-            "gate": tags.get("redflow.gate.decision", ""),
-            "gate_reason": tags.get("redflow.gate.reason", ""),
+            "decision": decision_name(tags.get("redflow.gate.decision")),
+            "reason": tags.get("redflow.gate.reason", ""),
             "created": _when(mv.creation_timestamp),
             "run_id": mv.run_id or "",
         })
@@ -101,7 +104,9 @@ def version_rows(name: str, client: MlflowClient | None = None) -> list[dict[str
 
 
 def history_rows(name: str, client: MlflowClient | None = None) -> list[dict[str, Any]]:
-    """Recorded alias moves and gate decisions of ``name``, newest first (``at, alias, action, version,
-    from, by, reason`` and whatever else the move recorded)."""
+    """Recorded alias moves and decisions of ``name``, newest first (``at, alias, action, version,
+    from, by, reason`` and whatever else the move recorded); ``action`` under today's names
+    (``registry.decisions.decision_name``), older histories included."""
     client = client or MlflowClient()
-    return list(reversed(history_entries(client, name, require_model(name, client))))
+    entries = history_entries(client, name, require_model(name, client))
+    return [{**e, "action": decision_name(e.get("action"))} for e in reversed(entries)]

@@ -128,10 +128,10 @@ def test_versions_history_promote_and_rollback_tell_scripts_what_happened(tmp_pa
     assert out.exit_code == 0 and "already production" in out.output  # the state asked for: not a failure
     out = _cli("promote", "red-sst2", "2", "--margin", "0.01")
     assert out.exit_code == 1 and len(out.output.strip().splitlines()) <= 3, out.output  # no: not a success
-    assert "no: red-sst2 v2 not promoted" in out.output and "production stays v1" in out.output
+    assert "no: red-sst2 v2 kept out" in out.output and "production stays v1" in out.output
     out = _cli("promote", "red-sst2", "2", "--margin", "0.01", "--json")
     assert out.exit_code == 1 and json.loads(out.stdout)["promoted"] is False  # the document alone on stdout
-    assert "no: red-sst2 v2 not promoted" in out.stderr and "MLflow store: sqlite:///" in out.stderr
+    assert "no: red-sst2 v2 kept out" in out.stderr and "MLflow store: sqlite:///" in out.stderr
 
     config = write_retrain_config(tmp_path / "c.yaml", "minilm", tmp_path / "runs",
                                   [synthetic_task("sst2", "sentiment", tmp_path)],
@@ -144,23 +144,60 @@ def test_versions_history_promote_and_rollback_tell_scripts_what_happened(tmp_pa
     assert out.exit_code == 0 and "production" in out.output and "candidate" in out.output and "0.7000" in out.output
     rows = _json(_cli("versions", "red-sst2", "--json").output)
     assert [(r["version"], r["aliases"]) for r in rows] == [(2, ["candidate", "production"]), (1, [])]
+    assert [r["decision"] for r in rows] == ["forced", "promoted"]  # a forced promotion shows as forced
+    assert "v2 forced: promoted by hand without the gate" in out.output
 
     out = _cli("rollback", "red-sst2", "--reason", "bad [canary] results")
     assert out.exit_code == 0 and len(out.output.strip().splitlines()) <= 3, out.output
     assert "red-sst2: production v2 -> v1 (rolled back: bad [canary] results)" in out.stdout
     history = _json(_cli("history", "red-sst2", "--json").output)
-    assert [e["action"] for e in history[:3]] == ["rollback", "force-promote", "reject"]  # newest first
+    assert [e["action"] for e in history[:3]] == ["rolled back", "forced", "kept out"]  # newest first
     assert history[0]["by"].split("@")[0] and history[0]["reason"] == "bad [canary] results"
     text = _cli("history", "red-sst2").output
     assert "bad [canary] results" in text and "v2 -> v1" in text
     description = MlflowClient().get_registered_model("red-sst2").description
-    assert "## Alias history (newest first)" in description and description.index("rollback") < description.index(
-        "force-promote")
+    assert "## Alias history (newest first)" in description and description.index("| rolled back |") < \
+        description.index("| forced |")
 
     out = _cli("rollback", "red-nosuch")
     assert out.exit_code == 2 and "no registered model 'red-nosuch'" in out.output and "red-sst2" in out.output
     out = _cli("promote", "red-sst2", "7")
     assert out.exit_code == 2 and "has no version 7 (versions: 1, 2)" in out.output
+
+
+def test_approve_and_reject_answer_in_three_lines_or_json_and_refuse_with_exit_2(tmp_path, two_versions,
+                                                                                  monkeypatch):
+    """A version awaiting approval (promotion.approval: required) is decided by a named person; deciding one that
+    does not await approval is a usage error (exit 2) that moves nothing."""
+    from registry.aliases import PromotionPolicy, gate_and_promote, production_version
+    from test_registry import same_rows
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REDFLOW_USER", "bob@desk")
+    assert _cli("promote", "red-sst2", "1").exit_code == 0
+    out = _cli("approve", "red-sst2", "2")
+    assert out.exit_code == 2 and "red-sst2 v2 is not awaiting approval (its decision: not gated yet)" in out.output
+    scores = {1: same_rows(0.80, 1), 2: same_rows(0.90, 2)}
+
+    def gate() -> None:
+        d = gate_and_promote("red-sst2", 2, PromotionPolicy(approval="required"), challenger=scores[2],
+                             score_champion=scores.__getitem__)
+        assert d.outcome == "awaiting approval" and production_version("red-sst2") == 1
+
+    gate()
+    assert "awaiting approval" in _cli("versions", "red-sst2").output
+    out = _cli("reject", "red-sst2", "2", "--reason", "canary failed", "--json")
+    assert out.exit_code == 0 and json.loads(out.stdout)["decision"] == "rejected"  # the document alone on stdout
+    assert json.loads(out.stdout)["by"] == "bob@desk" and production_version("red-sst2") == 1
+    assert "red-sst2 v2 rejected by bob@desk: canary failed; production stays v1" in out.stderr
+    gate()  # gated again: awaiting approval again
+    out = _cli("approve", "red-sst2", "2", "--reason", "canary fixed")
+    assert out.exit_code == 0 and len(out.output.strip().splitlines()) <= 3, out.output
+    assert "red-sst2: production v1 -> v2 (approved by bob@desk: canary fixed)" in out.stdout
+    assert production_version("red-sst2") == 2
+    history = _json(_cli("history", "red-sst2", "--json").output)
+    assert [(e["action"], e["by"]) for e in history[:4]] == [("approved", "bob@desk"), ("awaiting approval", "bob@desk"),
+                                                            ("rejected", "bob@desk"), ("awaiting approval", "bob@desk")]
 
 
 def test_evaluate_names_the_version_it_resolved_and_where_it_recorded_the_result(tmp_path, two_versions,

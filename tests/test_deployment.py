@@ -44,12 +44,14 @@ def test_every_flow_validates_its_parameters_wherever_prefect_runs_it(tmp_path):
     from tasks.lifecycle.plan import TRAIN, Plan
 
     project = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    assert {d["name"] for d in project["deployments"]} == {"nightly-retrain", "weekly-reevaluate"}
+    assert {d["name"] for d in project["deployments"]} == {"nightly-retrain", "weekly-reevaluate", "approve-version"}
+    asked = {"approve-version": {"model_name": "red-sentiment", "version": 2, "decision": "approve"}}  # run form
     for deployment in project["deployments"]:
         loaded = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]), use_placeholder_flow=False)
+        given = asked.get(deployment["name"], {})
         for flow in (loaded, _shipped(loaded)):
-            assert flow.validate_parameters(deployment["parameters"]) == {
-                **flow.validate_parameters({}), **deployment["parameters"]}, deployment["name"]
+            assert flow.validate_parameters({**given, **deployment["parameters"]}) == {
+                **flow.validate_parameters(given), **deployment["parameters"]}, deployment["name"]
 
     path = write_retrain_config(tmp_path / "c.yaml", "a-base", tmp_path / "runs",
                                 [synthetic_task("sentiment", "sentiment", tmp_path)])
@@ -63,6 +65,7 @@ def test_every_flow_validates_its_parameters_wherever_prefect_runs_it(tmp_path):
         (manage.evaluate, {"model_name": "red-sentiment", "suites": ["test"]}),
         (manage.promote, {"model_name": "red-sentiment", "version": 2}),
         (manage.rollback, {"model_name": "red-sentiment"}),
+        (manage.approve_version, {"model_name": "red-sentiment", "version": 2, "decision": "reject"}),
     ]:
         assert _shipped(flow).validate_parameters(parameters) == flow.validate_parameters(parameters), flow.name
 

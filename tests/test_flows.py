@@ -50,7 +50,7 @@ def test_retrain_registers_every_good_task_even_when_one_fails(tmp_path, tiny_ch
 
     summary = retrain(config=str(cfg_path), only=["sentiment"], force=True)  # same inputs, retrained on demand
     assert summary["sentiment"]["status"] == "trained" and summary["sentiment"]["version"] == 2
-    assert summary["sentiment"]["decision"] == "rejected"  # the same edit again: a tie keeps production
+    assert summary["sentiment"]["decision"] == "kept out"  # the same edit again: a tie keeps production
     v2_run = client.get_model_version("red-sentiment", "2").run_id  # the night compared v2's edit with production's
     assert {f.path for f in client.list_artifacts(v2_run, "edit_diff")} == {"edit_diff/vs_production.json",
                                                                              "edit_diff/vs_production.png"}
@@ -60,7 +60,7 @@ def test_retrain_registers_every_good_task_even_when_one_fails(tmp_path, tiny_ch
     rollback("red-sentiment", tracking_uri=f"sqlite:///{tmp_path}/runs/mlflow.db", runs_dir=str(tmp_path / "runs"))
     assert int(client.get_model_version_by_alias("red-sentiment", "production").version) == 1
     actions = [e["action"] for e in alias_history("red-sentiment", "production")]
-    assert actions[-2:] == ["force-promote", "rollback"]
+    assert actions[-2:] == ["forced", "rolled back"]
     metrics = evaluate("red-sentiment", "production", ["test"], config=str(cfg_path), task="sentiment")
     assert "accuracy" in metrics["sentiment/test"]
     tags = client.get_model_version("red-sentiment", "1").tags

@@ -137,7 +137,7 @@ def test_a_reordered_or_grown_label_list_never_promotes_an_untrained_candidate(t
     assert "['mixed']" in reason and "from 2 to 3" in reason
     assert "redflow promote red-reviews 3 --force" in reason
     v3 = client.get_model_version("red-reviews", "3")
-    assert v3.tags["redflow.gate.decision"] == "rejected" and v3.tags["redflow.gate.reason"] == reason
+    assert v3.tags["redflow.gate.decision"] == "kept out" and v3.tags["redflow.gate.reason"] == reason
     assert int(client.get_model_version_by_alias("red-reviews", "production").version) == 1
 
 

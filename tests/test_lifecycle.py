@@ -103,7 +103,7 @@ def test_a_first_version_killed_before_its_gate_reaches_production_on_the_rerun(
     forced = retrain(config=str(cfg_path), force=True)["topic"]
     assert forced["status"] == "trained" and forced["steps_trained"] > 0 and forced["version"] == 2
     history = json.loads(client.get_model_version("red-topic", "1").tags["redflow.alias_history"])
-    assert [e["action"] for e in history].count("promote") == 1  # gated once
+    assert [e["action"] for e in history].count("promoted") == 1  # gated once
 
 
 def test_production_removed_by_hand_is_not_taken_for_a_first_version(tmp_path, tiny_checkpoints):
@@ -114,7 +114,7 @@ def test_production_removed_by_hand_is_not_taken_for_a_first_version(tmp_path, t
     assert retrain(config=str(cfg_path))["topic"]["decision"] == "promoted"
     _client(cfg_path).delete_registered_model_alias("red-topic", "production")
     row = retrain(config=str(cfg_path), force=True)["topic"]
-    assert row["version"] == 2 and row["decision"] == "rejected"
+    assert row["version"] == 2 and row["decision"] == "kept out"
     assert "v1 held it" in row["reason"] and "redflow promote red-topic 1 --force" in row["reason"]
 
 
@@ -138,7 +138,7 @@ def test_a_version_decided_meanwhile_keeps_its_decision(tmp_path, tiny_checkpoin
     again = steps.gate_registered_step(cfg, task, steps.Plan(steps.GATE, plan.identity, latest_version=1), data)
     assert not again.promoted and again.reason == first.reason
     history = json.loads(client.get_model_version("red-topic", "1").tags["redflow.alias_history"])
-    assert [e["action"] for e in history].count("reject") == 1
+    assert [e["action"] for e in history].count("kept out") == 1
 
 
 def test_a_co_training_killed_before_registering_is_registered_task_by_task_without_retraining(tmp_path,
@@ -245,6 +245,23 @@ def test_the_plan_trains_changed_inputs_gates_what_was_never_gated_and_leaves_th
     plan = decide(_identity(), record, force=force)
     assert plan.action == action and plan.reasons[0].startswith(reason)
     assert plan.latest_version == (None if latest is None else 3)
+
+
+def test_a_config_set_back_to_an_earlier_value_names_that_version_and_trains_nothing():
+    """Not only the latest version: any registered version with tonight's identity is tonight's (the newest such)."""
+    from tasks.lifecycle.plan import VersionRecord, decide
+
+    latest = VersionRecord(number=3, identity=_identity(config_hash="new"), gated=True)
+    earlier = [VersionRecord(number=1, identity=_identity(), gated=True),
+               VersionRecord(number=2, identity=_identity(), gated=True)]
+    plan = decide(_identity(), latest, earlier=earlier)
+    assert plan.action == "unchanged" and plan.latest_version == 2
+    assert plan.reasons[0].startswith("same data, training config, base model and code as v2, an earlier version "
+                                      "than the latest (v3): nothing trained, no duplicate registered")
+    never_gated = decide(_identity(), latest, earlier=[VersionRecord(number=2, identity=_identity(), gated=False)])
+    assert (never_gated.action, never_gated.latest_version) == ("gate", 2)
+    assert decide(_identity(), latest, earlier=earlier, force=True).action == "train"  # --force still trains
+    assert decide(_identity(config_hash="other"), latest, earlier=earlier).action == "train"
 
 
 def test_the_plan_names_the_recipe_fields_that_changed_and_the_production_version_to_start_from():

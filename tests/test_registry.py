@@ -24,6 +24,8 @@ from mlflow.tracking import MlflowClient
 import red
 from registry.aliases import (PromotionPolicy, RollbackError, alias_history, alias_version, gate_and_promote,
                               move_alias, production_version, rollback)
+from registry.approval import ApprovalRefused, decide_approval
+from registry.decisions import person
 from registry.locks import LOCK_MODEL_PREFIX, LockTimeout, lock_kind, registry_lock
 from registry.models import (RegistrationError, download_edit, model_name_for, record_evaluation, register_edit,
                              resolve_version)
@@ -368,7 +370,9 @@ def test_gate_minimum_margin_worse_rollback_and_history(edits):
     # better by the margin
     d = gate(name, v3, PromotionPolicy(margin=0.05), scores)
     assert d.promoted and d.previous == 1 and d.previous_value == pytest.approx(0.70) and production_version(name) == 3
-    assert "same 200 rows" in d.reason and "stored scores from earlier runs" in d.reason
+    # one coherent sentence: the same rows; scores recorded on other rows are in the decision, not in its reason
+    assert "same 200 rows" in d.reason and "recorded test scores" not in d.reason and d.stored
+    assert d.outcome == "promoted" and "not significant" not in d.reason  # 0.80 vs 0.70 on 200 rows: significant
     tags = MlflowClient().get_model_version(name, "3").tags
     assert tags["redflow.gate.champion"] == "1" and float(tags["redflow.gate.difference"]) == pytest.approx(0.10)
     # worse than production: not promoted (also with margin 0)
@@ -376,6 +380,7 @@ def test_gate_minimum_margin_worse_rollback_and_history(edits):
     # without same-row scores, production is never replaced on numbers from other test sets
     d = gate_and_promote(name, v2, PromotionPolicy())
     assert not d.promoted and "not scored on the same rows" in d.reason and "--config" in d.reason
+    assert d.outcome == "kept out" and "recorded test scores, each on its own rows and so not compared" in d.reason
     # an explicit direction overrides the metric's (accuracy: higher is better)
     d = gate(name, v2, PromotionPolicy(higher_is_better=False), scores)
     assert d.promoted and d.metric == "accuracy" and production_version(name) == 2
@@ -397,17 +402,70 @@ def test_gate_minimum_margin_worse_rollback_and_history(edits):
     history = alias_history(name)
     assert [(e["alias"], e["action"], e["version"], e["from"]) for e in history] == [
         ("candidate", "candidate", 1, None), ("candidate", "candidate", 2, 1), ("candidate", "candidate", 3, 2),
-        ("production", "reject", 1, None), ("production", "promote", 1, None),
-        ("production", "reject", 2, 1), ("production", "promote", 3, 1),
-        ("production", "reject", 2, 3), ("production", "reject", 2, 3), ("production", "promote", 2, 3),
-        ("production", "rollback", 3, 2), ("production", "rollback", 1, 3),
-        ("production", "reject", 3, 1), ("production", "set", 3, 1)]
+        ("production", "kept out", 1, None), ("production", "promoted", 1, None),
+        ("production", "kept out", 2, 1), ("production", "promoted", 3, 1),
+        ("production", "kept out", 2, 3), ("production", "kept out", 2, 3), ("production", "promoted", 2, 3),
+        ("production", "rolled back", 3, 2), ("production", "rolled back", 1, 3),
+        ("production", "kept out", 3, 1), ("production", "set", 3, 1)]
     assert all(e["at"] and e["by"] and e["reason"] for e in history)
+    assert {e["by"] for e in history} == {person()} and re.fullmatch(r"[^:@]+@[^:@]+", person())  # no pid, thread
     assert alias_history(name, "candidate") == history[:3]
     per_version = json.loads(MlflowClient().get_model_version(name, "1").tags["redflow.alias_history"])
     assert [(e["action"], e["version"]) for e in per_version] == [
-        ("candidate", 1), ("candidate", 2), ("reject", 1), ("promote", 1), ("promote", 3), ("rollback", 1),
+        ("candidate", 1), ("candidate", 2), ("kept out", 1), ("promoted", 1), ("promoted", 3), ("rolled back", 1),
         ("set", 3)]
+
+
+def test_approval_required_keeps_a_passing_version_at_candidate_until_a_person_decides(edits, monkeypatch):
+    """promotion.approval: required: the gate's yes waits for a person; approve and reject are a compare-and-set on
+    the production the gate saw; a forced promotion shows as forced; a promotion inside the noise says so."""
+    from registry.views import history_rows, version_rows
+
+    name = "red-approve"
+    scores = {1: same_rows(0.70, 1), 2: same_rows(0.72, 2), 3: same_rows(0.90, 3)}
+    required = PromotionPolicy(approval="required")
+    assert gate(name, register(make_result(edits[0], 0.70), name=name), PromotionPolicy(), scores).promoted
+    register(make_result(edits[1], 0.72), name=name)
+    d = gate(name, 2, required, scores)  # +0.02 on 200 rows: passes margin 0, inside the noise
+    assert not d.promoted and d.outcome == "awaiting approval" and production_version(name) == 1
+    assert "redflow approve red-approve 2" in d.reason and re.search(r"not significant: 95% CI -0\.\d+\.\.\+0\.\d+ "
+                                                                    r"spans 0", d.reason)
+    assert int(alias_version(name, "candidate").version) == 2
+    rows = {r["version"]: r for r in version_rows(name)}
+    assert rows[2]["decision"] == "awaiting approval" and rows[1]["decision"] == "promoted"
+    with pytest.raises(ApprovalRefused, match=r"v1 is not awaiting approval \(its decision: promoted\)"):
+        decide_approval(name, 1, True)
+
+    monkeypatch.setenv("REDFLOW_USER", "alice@example.org")
+    a = decide_approval(name, 2, True, "read the disagreeing rows")
+    assert (a.decision, a.previous, a.by) == ("approved", 1, "alice@example.org") and production_version(name) == 2
+    last = history_rows(name)[0]
+    assert (last["action"], last["version"], last["from"], last["by"], last["reason"]) == (
+        "approved", 2, 1, "alice@example.org", "read the disagreeing rows")
+    with pytest.raises(ApprovalRefused, match="its decision: approved"):
+        decide_approval(name, 2, False)
+
+    # production moves after the gate: neither approve nor reject acts on a comparison that no longer holds
+    register(make_result(edits[0], 0.90), name=name)
+    assert gate(name, 3, required, scores).outcome == "awaiting approval"
+    move_alias(name, "production", 1, action="forced", reason="v2 misbehaves")
+    for approve in (True, False):
+        with pytest.raises(ApprovalRefused, match="production moved since the gate passed red-approve v3: it was v2 "
+                                                  "then and is v1 now"):
+            decide_approval(name, 3, approve)
+    assert production_version(name) == 1 and version_rows(name)[0]["decision"] == "awaiting approval"
+    # gated again against today's production, then rejected from the Prefect UI's approve-version flow run
+    assert gate(name, 3, required, scores).previous == 1
+    from flows.manage import approve_version
+
+    r = approve_version(name, 3, "reject", "not this week", approver="carol@ui",
+                        tracking_uri=mlflow.get_tracking_uri())
+    assert (r["decision"], r["previous"], r["by"]) == ("rejected", 1, "carol@ui")  # the form's name
+    assert production_version(name) == 1
+    rows = {r["version"]: r for r in version_rows(name)}
+    assert [rows[v]["decision"] for v in (3, 2, 1)] == ["rejected", "approved", "forced"]
+    assert rows[1]["reason"] == "v2 misbehaves" and rows[3]["reason"] == "by carol@ui: not this week"
+    assert [e["action"] for e in history_rows(name)[:3]] == ["rejected", "awaiting approval", "forced"]
 
 
 def test_loss_metrics_gate_lower_is_better_and_significance_can_be_required(edits):

@@ -1,10 +1,10 @@
-"""The ``redflow`` command line (typer): retrain, demo, promote, rollback, versions, history, evaluate, diff, serve,
-bundle, params, bench, config.
+"""The ``redflow`` command line (typer): retrain, demo, promote, approve, reject, rollback, versions, history,
+evaluate, diff, serve, bundle, params, bench, config.
 
 Exit codes (also in ``redflow --help`` and the README)::
 
     0  success
-    1  the command ran, and the answer is no: the gate rejected a promotion, or retrain tasks failed
+    1  the command ran, and the answer is no: the gate kept a version out, or retrain tasks failed
     2  a usage or configuration error you can fix: the message's last sentence says how
     3  an unexpected error (a bug or a broken environment): the traceback is in the log file it names
     130 interrupted (Ctrl-C)
@@ -18,12 +18,12 @@ Errors are one line on stderr; ``--debug`` also prints the traceback, which is a
 file under ``$REDFLOW_LOG_DIR`` (default: ``<temp dir>/redflow-logs``). Data (JSON, tables) goes to
 stdout, notes such as which MLflow store is used go to stderr.
 
-Registry commands (promote, rollback, versions, history, evaluate) run as plain functions unless a
-Prefect API is configured (then promote, rollback and evaluate run as flow runs); retrain and demo are
+Registry commands (promote, approve, reject, rollback, versions, history, evaluate) run as plain functions unless
+a Prefect API is configured (then all but versions and history run as flow runs); retrain and demo are
 Prefect flow runs, with a temporary server given time to start (``flows/orchestrator.py``).
 
 This package builds the root ``app`` from one module per command group: ``retraining`` (retrain, demo),
-``versions`` (promote, rollback, versions, history, evaluate), ``diffs`` (diff), ``serving`` (serve, bundle),
+``versions`` (promote, approve, reject, rollback, versions, history, evaluate), ``diffs`` (diff), ``serving`` (serve, bundle),
 ``benchmarks`` (params, bench), ``config`` (config schema, config docs),
 and ``common`` (consoles, exit codes, errors, the root options). A command imports its stack
 (torch, MLflow, Prefect) when it runs, so ``redflow --help`` stays instant.
@@ -36,7 +36,7 @@ from . import benchmarks, config, diffs, retraining, serving, versions
 from .common import main_options
 
 EPILOG = (
-    "Exit codes: 0 success; 1 the command ran and the answer is no (the gate rejected a promotion, "
+    "Exit codes: 0 success; 1 the command ran and the answer is no (the gate kept a version out, "
     "retrain tasks failed); 2 usage or configuration error, fixable (the message says how); "
     "3 unexpected error (traceback in the log file named; --debug prints it); 130 interrupted (Ctrl-C); "
     "143 terminated (SIGTERM). A retrain whose task another live run is training says 'busy' and exits 0.\n\n"
@@ -47,7 +47,8 @@ EPILOG = (
 app = typer.Typer(add_completion=False, no_args_is_help=True, epilog=EPILOG,
                   help="redflow: scheduled multi-task fine-tuning with RED edits (Prefect + MLflow).")
 app.callback()(main_options)
-for command in (retraining.retrain, retraining.demo, versions.promote, versions.rollback, versions.versions,
+for command in (retraining.retrain, retraining.demo, versions.promote, versions.approve, versions.reject,
+                versions.rollback, versions.versions,
                 versions.history, versions.evaluate, diffs.diff, serving.serve, serving.bundle, benchmarks.params):
     app.command()(command)
 app.add_typer(benchmarks.bench_app, name="bench")

@@ -171,7 +171,8 @@ def print_summary(summary: dict) -> None:
             notes.append((row["task"], row["reason"], "dim"))
             continue
         score = (lambda x: "" if x is None else f"{x:.3f}")
-        decision = Text("promoted", style="green") if row["promoted"] else Text("kept out")
+        decision = Text(row["decision"], style="green" if row["promoted"] else "yellow" if row["decision"] ==
+                        "awaiting approval" else "")
         table.add_row(task, status, str(row["steps_trained"]), Text(row["metric"] or ""), score(row.get("challenger")),
                       score(row.get("champion")), f"v{row['version']}", decision)
         notes.append((row["task"], f"{row['why']}. Gate: {row['reason']}", "dim"))

@@ -1,7 +1,7 @@
-"""Commands on registered versions: promote, rollback, versions, history, evaluate.
+"""Commands on registered versions: promote, approve, reject, rollback, versions, history, evaluate.
 
 They run as plain functions (``flows/operations.py``, ``flows/promotion.py``, ``flows/manage.py``) unless a Prefect
-API is configured; then promote, rollback and evaluate run as flow runs (``flows/manage.py``).
+API is configured; then promote, approve, reject, rollback and evaluate run as flow runs (``flows/manage.py``).
 """
 from __future__ import annotations
 
@@ -67,7 +67,10 @@ def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. r
             tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
             runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
             as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Move 'production' to VERSION if it passes the gate (compare-and-set; recorded). Exit 1 if rejected.
+    """Move 'production' to VERSION if it passes the gate (compare-and-set; recorded). Exit 1 if kept out.
+
+    With the config's ``promotion.approval: required`` a version that passes stays 'awaiting approval' (exit 0)
+    until ``redflow approve`` or ``redflow reject``.
 
     Prints the decision and where it was recorded; ``--json`` the gate's full decision (numbers, interval, policy).
     """
@@ -96,9 +99,12 @@ def promote(model_name: str = typer.Argument(..., help="Registered model, e.g. r
         previous = result.get("previous")
         if previous == version and not result.get("promoted"):  # the state asked for: success, nothing moved
             answer(result, [f"{model_name}: v{version} is already production (nothing moved)"], as_json)
+        elif not force and result.get("outcome") == "awaiting approval":
+            answer(result, [f"{model_name} v{version} awaiting approval: {result.get('reason')}",
+                            _recorded(model_name, prefect)], as_json)
         elif not force and not result.get("promoted"):
             stays = f"production stays v{previous}" if previous is not None else "no version is production"
-            answer(result, [_no(f"{model_name} v{version} not promoted: {result.get('reason')}; {stays}"),
+            answer(result, [_no(f"{model_name} v{version} kept out: {result.get('reason')}; {stays}"),
                             _recorded(model_name, prefect)], as_json)
             raise typer.Exit(EXIT_NO)
         else:
@@ -131,12 +137,67 @@ def rollback(model_name: str = typer.Argument(..., help="Registered model, e.g. 
                       f"(rolled back: {move.get('reason') or 'rollback'})", _recorded(model_name, prefect)], as_json)
 
 
+def _decide(model_name: str, version: int, approve: bool, reason: str, tracking_uri: Optional[str], runs_dir: str,
+            as_json: bool) -> None:
+    """``approve`` and ``reject``: a person's compare-and-set decision on a version awaiting approval."""
+    from registry.approval import decide_approval  # lazy: loads MLflow; --help stays instant
+    from registry.decisions import person  # lazy: registry's package loads MLflow; --help stays instant
+
+    with guard():
+        uri = _open(tracking_uri, runs_dir)
+        prefect = _prefect_api()
+        if prefect:
+            from ..manage import approve_version  # lazy: loads Prefect; --help stays instant
+
+            result = approve_version(model_name, version, "approve" if approve else "reject", reason,
+                                     approver=person(), tracking_uri=uri)
+        else:
+            result = decide_approval(model_name, version, approve, reason).to_dict()
+        previous = result.get("previous")
+        if approve:
+            moved = f"v{previous} -> v{version}" if previous is not None else f"-> v{version}"
+            verdict = f"{model_name}: production {moved} (approved by {result['by']}: {result['reason']})"
+        else:
+            stays = f"production stays v{previous}" if previous is not None else "no version is production"
+            verdict = f"{model_name} v{version} rejected by {result['by']}: {result['reason']}; {stays}"
+        answer(result, [verdict, _recorded(model_name, prefect)], as_json)
+
+
+def approve(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+            version: int = typer.Argument(..., help="The version awaiting approval."),
+            reason: str = typer.Option("", help="Why (recorded in the alias history with your user@host)."),
+            tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+            runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
+            as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Move 'production' to VERSION, which passed the gate and awaits approval (promotion.approval: required).
+
+    Refused (exit 2) when VERSION is not awaiting approval, or when production moved since the gate compared
+    VERSION with it: gate it again then (``redflow promote MODEL VERSION --config ...``). Recorded with who
+    ($REDFLOW_USER, else user@host) and why.
+    """
+    _decide(model_name, version, True, reason, tracking_uri, runs_dir, as_json)
+
+
+def reject(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+           version: int = typer.Argument(..., help="The version awaiting approval."),
+           reason: str = typer.Option("", help="Why (recorded in the alias history with your user@host)."),
+           tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+           runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
+           as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Keep VERSION, which passed the gate and awaits approval, out of production (recorded as rejected).
+
+    Refused (exit 2) as ``approve`` is: VERSION not awaiting approval, or production moved since the gate.
+    """
+    _decide(model_name, version, False, reason, tracking_uri, runs_dir, as_json)
+
+
 def _fmt(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
 def _who(by: Any) -> str:
-    """``user@host`` of a lock owner ``user@host:pid:thread:nonce``."""
+    """The person of a history entry's ``by``: ``user@host`` (entries written before redflow recorded the person
+    hold the lock owner ``user@host:pid:thread:nonce``)."""
     return str(by or "").split(":", 1)[0]
 
 
@@ -154,7 +215,8 @@ def versions(model_name: str = typer.Argument(..., help="Registered model, e.g. 
              tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
              runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
              as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """List the versions of MODEL_NAME: aliases, status, method, key metrics and the gate's decisions."""
+    """List the versions of MODEL_NAME: aliases, status, method, key metrics and each one's decision (promoted,
+    kept out, awaiting approval, approved, rejected, forced, rolled back) with its reason."""
     from registry.views import version_rows  # lazy: loads MLflow; --help stays instant
 
     with guard():
@@ -165,16 +227,16 @@ def versions(model_name: str = typer.Argument(..., help="Registered model, e.g. 
         table = Table(title=f"{escape(model_name)}: {len(rows)} version(s); test/val = {escape(metric)}",
                       box=box.SIMPLE_HEAD, padding=(0, 1))
         for col, justify in (("ver", "right"), ("aliases", "left"), ("method", "left"), ("test", "right"),
-                             ("val", "right"), ("gate", "left"), ("registered (UTC)", "left")):
+                             ("val", "right"), ("decision", "left"), ("registered (UTC)", "left")):
             table.add_column(col, justify=justify, no_wrap=col != "aliases")  # type: ignore[arg-type]
         for r in rows:
             labels = r["aliases"] + ([f"({r['status']})"] if r["status"] != "ready" else [])
             table.add_row(str(r["version"]), escape(", ".join(labels)), escape(r["method"]), _fmt(r["test"]),
-                          _fmt(r["validation"]), escape(r["gate"]), r["created"].removesuffix(" UTC"))
+                          _fmt(r["validation"]), escape(r["decision"]), r["created"].removesuffix(" UTC"))
         console.print(table)
         for r in rows:
-            if r["gate_reason"]:
-                console.print(Padding(Text(f"v{r['version']} {r['gate']}: {r['gate_reason']}"), (0, 0, 0, 2)),
+            if r["reason"]:
+                console.print(Padding(Text(f"v{r['version']} {r['decision']}: {r['reason']}"), (0, 0, 0, 2)),
                               highlight=False)
 
 
@@ -193,7 +255,7 @@ def history(model_name: str = typer.Argument(..., help="Registered model, e.g. r
         console.print(Text(f"{model_name}: alias history, newest first ({min(limit, len(rows))} of {len(rows)})",
                            style="bold"))
         for e in rows[:limit]:
-            if e.get("action") == "reject":
+            if e.get("action") in ("kept out", "awaiting approval", "rejected"):  # decisions that moved nothing
                 move = f"v{e.get('version')}" + (f" (stays v{e['from']})" if e.get("from") is not None else "")
             elif e.get("from") is None:
                 move = f"v{e.get('version')}"

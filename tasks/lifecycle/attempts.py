@@ -307,6 +307,20 @@ def _results(folder: Path, state: dict[str, Any]) -> dict[str, Path]:
     return {"": folder} if (folder / "result.json").is_file() else {}
 
 
+REUSED = "reusing finished attempt"
+
+
+def reuse_note(name: str) -> str:
+    """The note of a result taken from finished attempt ``name`` instead of training (:func:`finished_unregistered`):
+    what the log and the summary say in place of "trained N optimizer steps"."""
+    return f"{REUSED} {name}: it trained the same inputs and its run stopped before registering it"
+
+
+def reused_attempt(notes: list[str]) -> str | None:
+    """The :func:`reuse_note` among a result's ``notes``: this run trained nothing and registers that result."""
+    return next((n for n in notes if n.startswith(REUSED)), None)
+
+
 def finished_unregistered(task_dir: str | Path, identity: Identity, task: str | None = None) -> Path | None:
     """The folder of the newest result that trained exactly these inputs and was never registered (its run
     crashed or failed between training and registration): registering it beats training the same thing again.
