@@ -19,6 +19,8 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import TrainerCallback
 
+from .run_logs import TaskRunNaming
+
 
 class Reporter:
     """Receives step changes and training progress; the base class ignores them."""
@@ -152,7 +154,7 @@ def logging_to(path) -> Iterator[None]:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(TaskRunNaming("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))  # lines name tasks
     root = logging.getLogger()
     saved_levels: list[tuple[Any, int]] = [(root, root.level)]
     env = {k: os.environ.get(k) for k in ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "REDFLOW_PROGRESS")}

@@ -15,6 +15,7 @@ parameters against its annotations, and a served deployment ships the flow to it
 with only the globals its code uses: string annotations naming ``Path`` or ``RetrainConfig`` no longer resolve
 there (``RetrainModel is not fully defined``). Real annotations travel with the function.
 """
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,11 @@ from .artifacts import artifact_key, summary_markdown
 from .config import RetrainConfig, TaskSpec, load_config
 from .ephemeral_servers import record_ephemeral_server
 from .retries import retry_if_transient
+from .run_logs import decision_line, name_task_runs_in_api_logs
 from .runners import make_task_runner, subflow_task_runner
 from .tuning import tune_flow
+
+name_task_runs_in_api_logs()  # here too for Dask/Ray workers, which import this module to run its tasks
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="prepare-{task.name}",
@@ -336,6 +340,7 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
     ``only`` restricts to some task names; ``force`` retrains tasks whose inputs did not change.
     """
     cfg = load_config(config)
+    name_task_runs_in_api_logs()  # Prefect configured its logging after this module was imported
     record_ephemeral_server()  # so that the next command stops it if this process is SIGKILLed
     if only:
         unknown = sorted(set(only) - {t.name for t in cfg.tasks})
@@ -349,6 +354,9 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
     run_key = new_run_key()
     runner = make_task_runner(cfg.task_runner, cfg.max_workers, cfg.runs_dir)
     summary = retrain_tasks.with_options(task_runner=runner)(cfg, run_key, force)
+    logger = get_run_logger()  # each task's outcome in this run's own log too: the tasks' logs are the subflow's
+    for row in summary.values():
+        logger.log(logging.ERROR if row["status"] in ("failed", "diverged") else logging.INFO, decision_line(row))
     create_markdown_artifact(key=artifact_key("retrain", cfg.name), markdown=summary_markdown(cfg, summary, uri),
                              description=f"retrain {cfg.name}: per task trained/unchanged/failed, steps, "
                                          "champion vs challenger on the same rows, decision")

@@ -31,10 +31,9 @@ import pandas as pd
 from datasets.utils import logging as ds_logging
 
 from . import glue, glue_tasks, splits
-from .encoding import EncodedData, encode
 from .loading import Loaded, load
 from .sources import DataError
-from .spec import DataSpec, SyntheticOptions, TaskData
+from .spec import DataSpec, TaskData
 from .synthetic import SYNTHETIC_TASKS, write_synthetic
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 :class:`~tasks.lifecycle.identity.Identity` of training it on prepared data."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -140,8 +141,9 @@ def training_identity(data, config: TrainConfig, *, cache_dir: str | Path | None
     """The :class:`~tasks.lifecycle.identity.Identity` of training ``config`` on ``data``: equal means the same edit.
 
     ``co_train``: the co-training settings when the task is co-trained
-    (``tasks.training.cotrain.CoTrainConfig.recipe``); they are part of the recipe, so switching co-training on or off, or changing them, retrains the task. The
-    other tasks of the group are not: a task whose inputs did not change is not retrained because another did.
+    (``tasks.training.cotrain_settings.CoTrainConfig.recipe``); they are part of the recipe, so switching co-training
+    on or off, or changing them, retrains the task. The other tasks of the group are not: a task whose inputs did
+    not change is not retrained because another did.
     """
     recipe = config.recipe(data.task or data.name)
     if co_train is not None:
