@@ -313,7 +313,8 @@ def _decide(name: str, mv: ModelVersion, version: int, champion: int | None, pol
     elif champion is None and lost_production is not None:  # not a first version: production went missing
         held = lost_production["version"]
         decision.reason = (f"production has no version, but the alias history says v{held} held it (moved there "
-                           f"{lost_production.get('at', '?')} by {lost_production.get('action', '?')}): the alias was "
+                           f"{lost_production.get('at', '?')}, {decision_name(lost_production.get('action')) or '?'}): "
+                           "the alias was "
                            f"removed outside redflow, so v{version} is not promoted as if it were the first. Fix: "
                            f"restore it with `redflow promote {name} {held} --force`, then rerun the gate "
                            f"(`redflow promote {name} {version} --config <retrain config>`), or promote v{version} "
