@@ -28,7 +28,6 @@ _EXPORTS = {
     "prepare_data": "prepare",
 }
 
-__all__ = ["DataError", "DataSpec", "EncodedData", "PREPARE_VERSION", "SyntheticOptions", "TaskData", "data_hash",
-           "encode", "prepare_data"]
+__all__ = sorted(_EXPORTS)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

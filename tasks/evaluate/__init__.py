@@ -57,14 +57,6 @@ _EXPORTS = {
     "write_model_outputs": "alpaca",
 }
 
-__all__ = [
-    "ALPACA_TEMPLATE", "ChatJudge", "DegenerateScoresError", "EvalError", "EvalReport", "EvalUnavailableError",
-    "GLUE_TASK_METRICS", "Judge", "JudgeError", "JudgeUnavailableError", "LocalTask", "PAPER_DECODING",
-    "RewardModelJudge", "SUITES", "SuiteTask", "TokenizerError", "alpaca_report", "check_degenerate",
-    "evaluate_classification", "evaluate_lm", "format_prompt", "generate_answers", "glue_metrics",
-    "judge_outputs", "length_controlled_win_rate", "load_instruction_set", "logits_to_predictions",
-    "make_compute_metrics", "predict_classification", "prepare_tokenizer", "primary_metric", "resolve_tasks",
-    "run_alpaca_eval", "unwrap_model", "win_rate", "write_arc_task", "write_model_outputs",
-]
+__all__ = sorted(_EXPORTS)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -39,9 +39,6 @@ _EXPORTS = {
     "training_identity": "config",
 }
 
-__all__ = ["EDIT_METHODS", "CoTask", "CoTrainConfig", "Method", "TrainConfig", "TrainResult", "TrainingDiverged",
-           "TrainingError", "TrainingInterrupted", "clear_stop", "co_train", "family", "group_identity",
-           "request_stop", "shared_settings", "stop_training_when_interrupted", "stopped_a_training", "train",
-           "trainer_slot", "training_identity"]
+__all__ = sorted(_EXPORTS)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
