@@ -30,6 +30,7 @@ from registry import get_or_create_experiment
 from tasks.lifecycle.attempts import AttemptBusy, reused_attempt
 from tasks.training import TrainingDiverged, stop_training_when_interrupted
 from tasks.training.floors import did_not_learn_note
+from tasks.training.progress import quiet_unless_terminal
 
 from . import console, steps
 from .artifacts import artifact_key, summary_markdown
@@ -341,6 +342,7 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
     """
     cfg = load_config(config)
     name_task_runs_in_api_logs()  # Prefect configured its logging after this module was imported
+    quiet_unless_terminal()  # no tqdm bars or model-load reports in a worker's log
     record_ephemeral_server()  # so that the next command stops it if this process is SIGKILLed
     if only:
         unknown = sorted(set(only) - {t.name for t in cfg.tasks})

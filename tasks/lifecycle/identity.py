@@ -66,6 +66,7 @@ CODE_EXCLUDED: dict[str, str] = {
     "red/compare.py": "compares two finished edits layer by layer (redflow diff); never runs while training",
     "tasks/training/result.py": "the record of a finished training (what is logged), not how it trains",
     "tasks/training/floors.py": "judges a finished training against the majority-class floor ('did not learn')",
+    "tasks/training/progress.py": "whether progress bars and model-load reports are printed, not how it trains",
     "tasks/evaluate/": "scores a trained edit (metrics, suites, reports); the metric formulas are standard, "
                        "so a change there fixes a measurement rather than training a different edit",
     "tasks/lifecycle/": "bookkeeping of runs: identity, attempts, the nightly plan",

@@ -15,6 +15,7 @@ from tasks.lifecycle.gate import align_head
 
 from .config import EDIT_METHODS
 from .errors import TrainingError
+from .progress import quiet_unless_terminal
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ def load_base_model(model: str, task_type: str, *, revision: str | None = None, 
                     label_list: list[str] | None = None, dtype: torch.dtype | None = None, tokenizer=None):
     """``(model, fresh)``: the base model for a task type (red.pretrained's loader, which serving uses too)
     and the modules transformers initialised fresh for the task; offline-friendly errors."""
+    quiet_unless_terminal()  # its load report names the fresh head, expected: on a terminal only
     try:
         return pretrained.load_base_model(model, task_type, revision=revision, dtype=dtype, label_list=label_list,
                                           num_labels=num_labels, tokenizer=tokenizer)

@@ -20,6 +20,7 @@ from tasks.evaluate.metrics import make_compute_metrics, metric_set
 from .config import TrainConfig
 from .errors import TrainingError
 from .guards import nan_message
+from .progress import quiet_unless_terminal
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -86,7 +87,7 @@ class QuietProgress(ProgressCallback):
 
 def quiet_console_logging(trainer) -> None:
     """Training metrics go to the result (and MLflow), not as raw dicts on stdout: keep the tqdm bar
-    (``REDFLOW_PROGRESS=1``, the default for library use) but drop the callbacks that print log dicts."""
+    (on a terminal, or with ``REDFLOW_PROGRESS=1``: tasks/training/progress.py) but drop the callbacks that print log dicts."""
     trainer.remove_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgress)
@@ -129,7 +130,7 @@ def training_arguments(config: TrainConfig, hp: dict[str, Any], out_dir: Path, *
         label_names=["labels"],
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=not bool(os.environ.get("REDFLOW_PROGRESS", "1") == "1"),
+        disable_tqdm=quiet_unless_terminal(),  # a bar on a terminal only (tasks/training/progress.py)
         **_precision(config.precision),
     )
     values.update(overrides)
