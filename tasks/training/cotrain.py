@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +59,7 @@ from .config import TrainConfig, training_identity
 from .control import trainer_slot
 from .cotrain_settings import CoTrainConfig, family, shared_settings
 from .errors import TrainingDiverged, TrainingError
-from .finish import finish, result_params
+from .finish import epoch_of, finish, result_params
 from .guards import StopOnRequest, initial_loss
 from .mixing import Mixing
 from .models import center_regression_head, edit_config, head_for, load_base_model, load_tokenizer, precision_dtype
@@ -339,7 +338,7 @@ def _task_view(history: list[dict], k: int) -> list[dict]:
 
 def _restore_best(trainer, bank, k: int, view: list[dict], metric: str, best_epoch: int) -> None:
     """Load task k's tensors from the checkpoint written at the end of its best epoch."""
-    steps = [h["step"] for h in view if f"eval_{metric}" in h and (math.ceil(h["epoch"] - 1e-9) or 1) == best_epoch]
+    steps = [h["step"] for h in view if f"eval_{metric}" in h and epoch_of(h) == best_epoch]
     folder = Path(trainer.args.output_dir) / f"checkpoint-{steps[-1]}" if steps else None
     if folder is None or not (folder / "trainable.safetensors").is_file():
         log.warning("task %s: no checkpoint of its best epoch %d; keeping its last state", bank.names[k], best_epoch)

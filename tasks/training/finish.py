@@ -34,13 +34,18 @@ def quality_metrics(raw: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k[len(prefix):]: float(v) for k, v in raw.items() if _is_quality(k, v, prefix)}
 
 
+def epoch_of(entry: dict) -> int:
+    """The epoch (1-based) a log ``entry`` belongs to: the Trainer logs fractional epochs, ``1.0`` ending the first."""
+    return math.ceil(entry.get("epoch", 0) - 1e-9) or 1
+
+
 def epoch_table(history: list[dict], metric: str) -> list[dict[str, float]]:
     """One row per epoch of a log ``history``: ``epoch``, ``validation_<m>`` for every quality metric, and the
     epoch's mean ``train_loss``; only epochs that were evaluated on ``metric``."""
     epochs: dict[int, dict[str, float]] = {}
     losses: dict[int, list[float]] = {}
     for h in history:
-        ep = math.ceil(h.get("epoch", 0) - 1e-9) or 1
+        ep = epoch_of(h)
         if "loss" in h:
             losses.setdefault(ep, []).append(h["loss"])
         if f"eval_{metric}" in h:

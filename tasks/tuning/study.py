@@ -38,6 +38,7 @@ from transformers import TrainerCallback
 from red.utils import slug
 from tasks.lifecycle.attempts import TRAINED, AttemptBusy, open_attempt, read_state
 from tasks.training import TrainConfig, TrainingDiverged, TrainingError, TrainResult, train, training_identity
+from tasks.training.finish import epoch_of
 
 from .space import TuneConfig, in_space
 from .trials import trial_config
@@ -306,7 +307,7 @@ class PruningCallback(TrainerCallback):
         value = (metrics or {}).get(f"eval_{self.metric}")
         if not self._training or value is None or not math.isfinite(float(value)):
             return
-        step = max(1, math.ceil(float(state.epoch or 0) - 1e-9))
+        step = epoch_of({"epoch": float(state.epoch or 0)})  # the epoch numbering of the result's table
         if step in self.reported:
             return
         self.reported[step] = float(value)
