@@ -83,6 +83,11 @@ def route(model_input: Any, lookup: Mapping[str, ServedTask], served: Iterable[S
     name shared by several served models to those models' names.
     """
     frame = as_frame(model_input)
+    names = [str(c) for c in frame.columns]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # frame[name] would be a table, not a column
+        raise RequestError(f"the input names the column(s) {repeated} more than once: give each column once (one "
+                           f"{TASK_COLUMN!r} and one text per text column a task reads).")
     if len(frame) == 0:
         return RoutedRows(requested=[], tasks=[], texts=[])
     served = list(served)

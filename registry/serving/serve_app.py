@@ -5,7 +5,8 @@ The model is the bundle's pyfunc (``registry/serving/bundle_code.py`` with the s
 ``mlflow.pyfunc.load_model`` - exactly what ``mlflow models serve`` loads for a registered bundle. The
 HTTP app is ``mlflow.pyfunc.scoring_server.init(model)``, so ``/ping``, ``/health``, ``/version`` and
 ``/invocations`` (JSON ``dataframe_records``/``dataframe_split``/``instances``/``inputs``, CSV, Parquet;
-errors as MLflow's JSON with a 4xx/5xx status) are MLflow's own. Two routes are added:
+errors as MLflow's JSON with a 4xx/5xx status) are MLflow's own, behind a guard that refuses malformed bodies
+in one paragraph before MLflow parses them (``request_guard``: no 500s, no tracebacks). Two routes are added:
 
 * ``POST /reload``: read every model's alias now and swap in what moved (the poller does this every
   ``poll_interval`` seconds); answers what changed, what was refused and what is served.
@@ -22,12 +23,13 @@ from pathlib import Path
 
 import mlflow
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from mlflow.pyfunc import PyFuncModel, scoring_server
 
 from .bundle import BUNDLE_CODE
 from .multitask import bundle_signature
+from .request_guard import BadRequest, check_body, plain_refusal
 from .requirements import pip_requirements
 from .serving_config import ServingConfig, ServingConfigError
 
@@ -46,6 +48,22 @@ def create_app(pyfunc_model: PyFuncModel) -> FastAPI:
     """MLflow's scoring app for ``pyfunc_model`` with ``POST /reload`` and ``GET /tasks`` added."""
     app = scoring_server.init(pyfunc_model)
     model = pyfunc_model.unwrap_python_model()
+
+    @app.middleware("http")
+    async def guard_invocations(request: Request, call_next) -> Response:
+        """Bodies MLflow would answer with a 500 or a traceback are refused first; its own refusals are made
+        one paragraph (see ``request_guard``)."""
+        if request.url.path != "/invocations" or request.method != "POST":
+            return await call_next(request)
+        try:
+            await asyncio.to_thread(check_body, await request.body(), request.headers.get("content-type"))
+        except BadRequest as refused:
+            return Response(refused.body(), status_code=refused.status, media_type="application/json")
+        response = await call_next(request)
+        if not 400 <= response.status_code < 500 or "json" not in response.headers.get("content-type", ""):
+            return response
+        body = b"".join([chunk async for chunk in response.body_iterator])
+        return Response(plain_refusal(body), status_code=response.status_code, media_type="application/json")
 
     @app.post("/reload")
     async def reload() -> JSONResponse:
