@@ -128,7 +128,6 @@ def finish(data, config: TrainConfig, out_dir: Path, *, model, history: list[dic
     if restore_best is not None:
         restore_best(best)
     validation = quality_metrics(evaluate("eval"), "eval_")
-    test = quality_metrics(evaluate("test"), "test_")
     floor = validation_floor(data)
     did_learn = learned([e.get(f"validation_{metric}") for e in epochs] + [validation.get(metric)],
                         (floor or {}).get(metric), higher_is_better=greater)
@@ -136,6 +135,7 @@ def finish(data, config: TrainConfig, out_dir: Path, *, model, history: list[dic
         ended = ended_diverged(validation.get("loss"), start_loss, config.divergence_factor, learning_rate)
         if ended:
             raise TrainingDiverged(ended)
+    test = quality_metrics(evaluate("test"), "test_")  # after the verdict: a diverged training is not tested
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     edit_path = save_final(model, config, data, out_dir, tokenizer, validation, test)
