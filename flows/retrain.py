@@ -34,6 +34,7 @@ from tasks.training.progress import quiet_unless_terminal
 
 from . import console, steps
 from .artifacts import artifact_key, summary_markdown
+from .cancellation import cancelled_if_cancelling
 from .config import RetrainConfig, TaskSpec, load_config
 from .ephemeral_servers import record_ephemeral_server
 from .retries import retry_if_transient
@@ -355,7 +356,12 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
     get_or_create_experiment(cfg.experiment)
     run_key = new_run_key()
     runner = make_task_runner(cfg.task_runner, cfg.max_workers, cfg.runs_dir)
-    summary = retrain_tasks.with_options(task_runner=runner)(cfg, run_key, force)
+    try:
+        summary = retrain_tasks.with_options(task_runner=runner)(cfg, run_key, force)
+    except BaseException as exc:  # a cancel (TerminationSignal): Cancelled now that the trainings stopped
+        if not isinstance(exc, Exception):
+            cancelled_if_cancelling(flow_run.id)
+        raise
     logger = get_run_logger()  # each task's outcome in this run's own log too: the tasks' logs are the subflow's
     for row in summary.values():
         logger.log(logging.ERROR if row["status"] in ("failed", "diverged") else logging.INFO, decision_line(row))

@@ -80,6 +80,25 @@ def test_the_sigterm_message_says_a_training_stopped_only_when_one_was_running()
         clear_stop()
 
 
+def test_a_stop_request_stops_a_training_between_the_micro_batches_of_one_optimizer_step(caplog):
+    """With grad_accum > 1 an optimizer step is several micro-batches: the stop does not wait for all of them."""
+    from types import SimpleNamespace
+
+    from tasks.training.control import clear_stop, request_stop
+    from tasks.training.errors import TrainingInterrupted
+    from tasks.training.guards import StopOnRequest
+
+    state = SimpleNamespace(global_step=3, max_steps=57)
+    StopOnRequest().on_substep_end(None, state, None)  # no request: goes on
+    try:
+        request_stop()
+        with pytest.raises(TrainingInterrupted, match="stopped on request at step 3 of 57"):
+            StopOnRequest().on_substep_end(None, state, None)
+    finally:
+        clear_stop()
+    assert "training stopped on request at step 3 of 57" in caplog.text  # a worker's log says where it stopped
+
+
 def test_sigterm_stops_training_at_the_next_step_stops_every_child_and_leaves_it_resumable(tmp_path,
                                                                                           tiny_checkpoints):
     from tasks.lifecycle.attempts import open_attempt

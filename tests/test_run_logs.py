@@ -88,3 +88,27 @@ def test_a_line_that_begins_with_its_task_is_not_named_twice():
     assert not names_its_task("topic: trained", "train-sentiment")
     assert decision_line({"task": "topic", "status": "unchanged", "version": 1, "reason": "same inputs"}) == \
         "topic: unchanged, v1 (same inputs)"
+
+
+def test_an_interrupted_retrain_moves_its_cancelling_run_to_cancelled_and_leaves_any_other_state_alone():
+    """What the retrain flow does when a cancel's SIGTERM stopped its trainings: Cancelled at once, not after the
+    worker's own search for on_cancellation hooks (a fresh import of redflow, up to a minute)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling, Running
+
+    from flows.cancellation import cancelled_if_cancelling
+
+    @flow(name="cancel-probe")
+    def probe():
+        pass
+
+    client = get_client(sync_client=True)
+    cancelling = client.create_flow_run(probe, state=Running())
+    client.set_flow_run_state(cancelling.id, Cancelling(message="cancelled by an operator"), force=True)
+    assert cancelled_if_cancelling(cancelling.id)
+    assert client.read_flow_run(cancelling.id).state.is_cancelled()
+
+    running = client.create_flow_run(probe, state=Running())  # SIGTERM from systemd, not a cancel: not Cancelled
+    assert not cancelled_if_cancelling(running.id) and client.read_flow_run(running.id).state.is_running()
+    assert not cancelled_if_cancelling(None)

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -15,15 +16,22 @@ from transformers import TrainerCallback
 from .control import stop_requested
 from .errors import TrainingDiverged, TrainingInterrupted
 
+log = logging.getLogger(__name__)
+
 
 class StopOnRequest(TrainerCallback):
-    """Stops training at the next optimizer step once :func:`~tasks.training.control.request_stop` was called,
+    """Stops training at the next optimizer step (or micro-batch of one) once
+    :func:`~tasks.training.control.request_stop` was called,
     with :class:`~tasks.training.errors.TrainingInterrupted` (the last checkpoint is kept: the attempt resumes)."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if stop_requested():
-            raise TrainingInterrupted(f"stopped on request at step {state.global_step}; the last checkpoint "
-                                      "is kept and the next run of the same inputs resumes from it")
+            message = (f"stopped on request at step {state.global_step} of {state.max_steps}; the last checkpoint "
+                       "is kept and the next run of the same inputs resumes from it")
+            log.warning("training %s", message)  # Prefect's crash message of the task run replaces the exception's
+            raise TrainingInterrupted(message)
+
+    on_substep_end = on_step_end  # between the micro-batches of one optimizer step too (grad_accum > 1)
 
 
 class DivergenceGuard(TrainerCallback):
