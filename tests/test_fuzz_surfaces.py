@@ -88,6 +88,8 @@ def test_each_fuzzed_data_cause_is_a_data_error_naming_file_column_and_row(tmp_p
     ({"text_columns": ["text", "text"]}, "names the column 'text' twice"),
     ({"label_list": ["0", "1", "1"]}, "label_list names ['1'] more than once"),
     ({"columns": {"a": "text", "b": "text"}}, "columns renames several columns to ['text']"),
+    ({"label_column": "text"}, "the label column 'text' is also in text_columns"),
+    ({"text_columns": ["label"]}, "the label column 'label' is also in text_columns"),
 ])
 def test_specs_that_name_a_column_or_label_twice_are_refused_when_the_spec_is_read(fields, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):

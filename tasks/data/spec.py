@@ -165,6 +165,11 @@ class DataSpec(BaseModel):
             raise ValueError(f"response_column {self.response_column!r} is also in text_columns "
                              f"{self.text_columns}: the prompt (text_columns[0]) and the answer must be different "
                              "columns; name the answer column in response_column")
+        target = self.label_column or "label"
+        if self.response_column is None and target in (self.text_columns or []):
+            raise ValueError(f"the label column {target!r} is also in text_columns {self.text_columns}: the model "
+                             "would read its answer; set `label_column` to the target column and `text_columns` to the "
+                             "input(s)")
         if self.task_type is not None:
             allowed = _allowed_types(self)
             _need(self.task_type in allowed, f"task_type {self.task_type!r} does not fit this source/task; "
