@@ -266,8 +266,9 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     ``out_dir``; ``seconds`` is the co-training's) or the error that stopped that task alone: its data does not
     encode, its head cannot be trained, its start edit does not fit, its loss became NaN
     (:class:`TrainingError`) or ran away (:class:`TrainingDiverged`). Raises ``ValueError`` /
-    :class:`TrainingError` for what stops them all: settings the tasks must share that differ (:data:`.cotrain_settings.SHARED`),
-    tasks of different model families, a method other than RED, a base that cannot load.
+    :class:`TrainingError` for what stops them all: settings the tasks must share that differ
+    (:data:`.cotrain_settings.SHARED`), tasks of different model families, a method other than RED, a base that
+    cannot load.
     ``resume_from``: a complete checkpoint of a crashed co-training of the same inputs (see tasks.lifecycle.attempts).
     """
     shared, model_family = _check_group(tasks)
@@ -278,27 +279,29 @@ def co_train(tasks: list[CoTask], settings: CoTrainConfig | None, out_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     hps = {t.name: t.config.resolved(t.data.task or t.name) for t in tasks}
     first = tasks[0].config
-    set_seed(first.seed)
-    tokenizer = load_tokenizer(first.model, first.revision, tasks[0].data.task_type)
-    outcomes: dict[str, TrainResult | Exception] = {}  # failures first, then results
-    encoded = _encode_tasks(tasks, tokenizer, hps, outcomes)
-    fresh_heads: set[str] = set()
-    base, heads = _load_base_and_heads([t for t in tasks if t.name not in outcomes], tokenizer,
-                                       precision_dtype(first.precision), outcomes, fresh_heads=fresh_heads)
-    live = [t for t in tasks if t.name not in outcomes]
-    if not live:
-        return {name: outcomes[name] for name in names}
-    live_names = [t.name for t in live]
-    bank = TrainableBank(base, [edit_config("red", t.config.edit, list(heads[t.name])) for t in live], live_names,
-                         heads=[heads[t.name] for t in live], task_types=[t.data.task_type for t in live])
-    cannot_start = _warm_start(bank, live)
-    specs = _task_specs(live, encoded, hps)
-    live_hps = [hps[n] for n in live_names]
-    trains = [encoded[n].train for n in live_names]
-    mixing = _mixing(live, trains, live_hps, settings, first.seed)
-    collator = TaskCollator(DataCollatorWithPadding(tokenizer) if model_family == "sequence"
-                            else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
+    # the seed and the process's accelerate state are this co-training's until it ends, as in loop.train: the
+    # heads are initialised under each task's seed, which another thread's training would otherwise draw from
     with trainer_slot():
+        set_seed(first.seed)
+        tokenizer = load_tokenizer(first.model, first.revision, tasks[0].data.task_type)
+        outcomes: dict[str, TrainResult | Exception] = {}  # failures first, then results
+        encoded = _encode_tasks(tasks, tokenizer, hps, outcomes)
+        fresh_heads: set[str] = set()
+        base, heads = _load_base_and_heads([t for t in tasks if t.name not in outcomes], tokenizer,
+                                           precision_dtype(first.precision), outcomes, fresh_heads=fresh_heads)
+        live = [t for t in tasks if t.name not in outcomes]
+        if not live:
+            return {name: outcomes[name] for name in names}
+        live_names = [t.name for t in live]
+        bank = TrainableBank(base, [edit_config("red", t.config.edit, list(heads[t.name])) for t in live], live_names,
+                             heads=[heads[t.name] for t in live], task_types=[t.data.task_type for t in live])
+        cannot_start = _warm_start(bank, live)
+        specs = _task_specs(live, encoded, hps)
+        live_hps = [hps[n] for n in live_names]
+        trains = [encoded[n].train for n in live_names]
+        mixing = _mixing(live, trains, live_hps, settings, first.seed)
+        collator = TaskCollator(DataCollatorWithPadding(tokenizer) if model_family == "sequence"
+                                else DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
         trainer = _make_trainer(first, bank, live, live_hps, specs, trains, mixing, collator, shared["epochs"],
                                 out_dir, callbacks)
         for k, error in cannot_start.items():
