@@ -222,6 +222,8 @@ def test_co_trained_edits_equal_training_each_task_alone(kind, dropout_free, tmp
         assert [s["loss"] for s in together.steps] == pytest.approx([s["loss"] for s in alone.steps], rel=1e-4)
         assert together.co_trained_with == [t.name for t in tasks if t is not task]
         assert together.params["co_train.tasks"] == ",".join(t.name for t in tasks)
+        # the registry serves a version with the text columns its run's params record
+        assert together.params["text_columns"] == alone.params["text_columns"] == list(task.data.text_columns) != []
     # an ordinary edit file: attaches to a fresh base like any other
     first = results[tasks[0].name]
     from red.pretrained import load_pretrained_edit

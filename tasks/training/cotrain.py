@@ -359,7 +359,7 @@ def _task_result(trainer: MultiTaskTrainer, bank: TrainableBank, k: int, task: C
     edit saved under the task's ``out_dir``; raises TrainingDiverged as a training alone does."""
     view = _task_view(trainer.state.log_history, k)
     edit = bank.task_edit(k)
-    params = result_params(task.config, hp, bank.base_model)
+    params = result_params(task.config, hp, bank.base_model, task.data.text_columns)
     params.update({"co_train.tasks": ",".join(names), "co_train.temperature": settings.temperature,
                    "co_train.mixing": settings.mixing, "co_train.micro_batches": settings.micro_batches,
                    "co_train.batch_size": mixing.micro_batch,
