@@ -186,11 +186,12 @@ class MultiTaskTrainer(EditTrainer):
                 count = torch.clamp(_label_count(task.task_type, labels[rows]), min=1)
             loss_k = summed / count.to(summed.device)
             if training:
-                if not bool(torch.isfinite(loss_k)):
+                value = float(loss_k.detach())  # one device sync per task and micro-batch, for both uses
+                if not math.isfinite(value):
                     self.stop_task(k, TrainingError(f"task {task.name}: " + nan_message(
-                        loss_k.item(), self.state.global_step + 1, task.learning_rate)))
+                        value, self.state.global_step + 1, task.learning_rate)))
                     continue
-                self._loss_sums[k] += float(loss_k.detach())
+                self._loss_sums[k] += value
             total = total + loss_k
         return (total, outputs) if return_outputs else total
 
