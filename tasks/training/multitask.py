@@ -126,6 +126,7 @@ class MultiTaskTrainer(EditTrainer):
         self.tasks = tasks
         self.mixing = mixing
         self.stopped: dict[int, TrainingError] = {}
+        self._stopped_on: tuple[Any, torch.Tensor | None] = (None, None)  # (stopped ids, device), their tensor
         self.loss_is_scaled_for_ga = True   # compute_loss normalises over the whole optimizer step
         self._step_counts: dict[int, torch.Tensor] = {}
         self._loss_sums = [0.0] * len(tasks)
@@ -162,7 +163,7 @@ class MultiTaskTrainer(EditTrainer):
         ids = inputs["task_ids"]
         training = model.training
         if training and self.stopped:
-            keep = ~torch.isin(ids, torch.tensor(sorted(self.stopped), device=ids.device))
+            keep = ~torch.isin(ids, self._stopped_ids(ids.device))
             if not bool(keep.any()):
                 zero = torch.zeros((), device=labels.device, requires_grad=True)
                 return (zero, None) if return_outputs else zero
@@ -194,6 +195,14 @@ class MultiTaskTrainer(EditTrainer):
                 self._loss_sums[k] += value
             total = total + loss_k
         return (total, outputs) if return_outputs else total
+
+    def _stopped_ids(self, device) -> torch.Tensor:
+        """The stopped tasks' ids on ``device``: copied there when the stopped set changes, not every micro-batch
+        (a resumed run fills ``stopped`` directly, so the set itself is the key)."""
+        key = (tuple(sorted(self.stopped)), device)
+        if self._stopped_on[0] != key:
+            self._stopped_on = (key, torch.tensor(key[0], device=device))
+        return self._stopped_on[1]
 
     def stop_task(self, k: int, error: TrainingError) -> None:
         """Stop task k with ``error`` (its rows leave the batches, its parameters stop moving); the others go on."""
