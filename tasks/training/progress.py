@@ -13,6 +13,10 @@ operator acts on. So unless stderr is a terminal they are off:
   ``transformers.modeling_utils`` logger; a load that fails still raises its error). Idempotent; called where a
   training process loads a base model and builds its Trainer (``models.load_base_model``,
   ``trainer.training_arguments``) and by the retrain flow.
+
+The ``redflow`` command quiets the same libraries always, through their environment variables before they load
+(``flows/cli/common.quiet_libraries``): it draws its own per-task display. This module is for everything else
+that trains: a Prefect worker's flow runs, Dask/Ray workers, library use.
 """
 from __future__ import annotations
 
