@@ -248,9 +248,12 @@ def check_edit(original: Path, damage: tuple[str, Any, Any]) -> None:
                 for key in path[:-1]:
                     parent = parent[key]
                 parent[path[-1]] = value
-                meta["tensors_sha256"] = tensors_sha256(tensors)
-                meta["sha256"] = metadata_sha256(meta)
-                signed = True
+                try:  # a writer cannot sign NaN/inf (not JSON): such a file goes out unsigned and must be refused
+                    meta["sha256"] = metadata_sha256({**meta, "tensors_sha256": tensors_sha256(tensors)})
+                    meta["tensors_sha256"] = tensors_sha256(tensors)
+                    signed = True
+                except ValueError:
+                    pass
                 text = json.dumps(meta)
             else:
                 text = json.dumps(meta)[:-1] + ', "deep": ' + "[" * where + "]" * where + "}"

@@ -120,6 +120,7 @@ def edit_file(tmp_path_factory) -> Path:
 @given(damage=fs.edit_damage())
 @example(damage=("deep", 5000, None))
 @example(damage=("header", 0, ord("[")))
+@example(damage=("meta", 7, [float("-inf")]))  # cannot be signed: goes out unsigned, must be refused
 def test_a_damaged_edit_file_never_reads(edit_file, damage):
     fs.check_edit(edit_file, damage)
 
