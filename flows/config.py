@@ -106,7 +106,7 @@ class RetrainConfig(BaseModel):
                                "older finished ones are deleted.")
     retrain_on_dependency_change: StrictBool = Field(
         default=False, description="Retrain a task whose data, config, base model and code are unchanged when "
-        "Python, torch, transformers or peft differ from the versions recorded on its latest version (tags env.*). "
+        "Python, torch, transformers or peft differ from the versions recorded on its latest version (its identity.json). "
         "Off (default): the change is listed in the night's reasons ('recorded, not retraining') and the task "
         "stays unchanged.")
     defaults: dict[str, Any] = Field(default_factory=dict, description="Training settings (TrainConfig fields, "

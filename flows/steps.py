@@ -32,7 +32,7 @@ from registry import gate_and_promote, log_training, register_edit, setup_tracki
 from registry.aliases import CANDIDATE, alias_version, move_alias, production_version
 from registry.champion import load_trained, score_version, trained_max_length
 from registry.edit_diff import log_production_diff
-from registry.models import download_edit, ready_versions, registered_from, version_record
+from registry.models import download_edit, may_have_identity, ready_versions, registered_from, version_record
 from registry.tracking import log_gate_comparison
 from tasks.data import prepare_data
 from tasks.evaluate.paired import rows_report, score_split
@@ -91,7 +91,9 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
     identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base", co_train=co_train)
     name = cfg.model_name(task)
     recipe = json.loads(json.dumps(config.recipe(data.task or data.name), default=str))
-    versions = [version_record(mv) for mv in ready_versions(name, config=cfg.name)]
+    ready = ready_versions(name, config=cfg.name)
+    # the latest in full; an earlier one only where its identity digest could be tonight's (one artifact each)
+    versions = [version_record(mv) for i, mv in enumerate(ready) if i == 0 or may_have_identity(mv, identity)]
     return decide(identity, versions[0] if versions else None, earlier=versions[1:], force=force,
                   dependencies=cfg.retrain_on_dependency_change, recipe=recipe,
                   init_production=config.init == "production",
@@ -368,11 +370,22 @@ def gate_registered_step(cfg: RetrainConfig, task: TaskSpec, plan: Plan, data):
     work = task_dir(cfg, task) / "gate"
     _finish_registration(cfg, task, plan, name, version)
 
+    scored: dict[int, Any] = {}  # champion version -> its rows, for the comparison logged on the run
+
     def score(v: int):
         return score_version(name, v, data, metric=metric, suite=suite, max_length=max_length, work_dir=work)
 
-    return gate_and_promote(name, version, cfg.promotion_for(task).policy(), challenger=score(version),
-                            score_champion=score, once=True)
+    def score_champion(v: int):
+        scored[v] = score(v)
+        return scored[v]
+
+    challenger = score(version)
+    decision = gate_and_promote(name, version, cfg.promotion_for(task).policy(), challenger=challenger,
+                                score_champion=score_champion, once=True)
+    if decision.previous in scored and mv.run_id:  # decided now, not by a twin: its comparison on its run
+        _log_gate({"model_name": name, "version": version, "run_id": mv.run_id}, decision, challenger,
+                  scored[decision.previous], data if suite is None else None)
+    return decision
 
 
 def _finish_registration(cfg: RetrainConfig, task: TaskSpec, plan: Plan, name: str, version: int) -> None:

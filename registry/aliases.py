@@ -38,6 +38,7 @@ from .history import HISTORY_ENTRY, HISTORY_TAG, history_entries, json_list, upd
 from .locks import DEFAULT_TIMEOUT, registry_lock
 from .names import READY, STATUS_TAG
 from .policy import PromotionPolicy
+from .version_tags import GATE_DECISION_TAG, GATE_TAG, MAX_TAG, compact, gate_details, version_metrics
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
@@ -127,15 +128,9 @@ def alias_version(name: str, alias: str, client: MlflowClient | None = None) -> 
 
 
 def metric_value(mv: ModelVersion, key: str) -> float | None:
-    """A version's metric from its ``metric.<key>`` tag (set at registration), if any and numeric."""
-    raw = mv.tags.get(f"metric.{key}")
-    if raw is None and key == f"test_{mv.tags.get('primary_metric')}":
-        raw = mv.tags.get("score")
-    try:
-        value = float(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and math.isfinite(value) else None
+    """A version's final metric ``key`` as recorded at registration (tag ``metrics``; older versions: ``metric.<key>``
+    or ``score``), if any and finite."""
+    return version_metrics(mv.tags).get(key)
 
 
 def append_entry(client: MlflowClient, name: str, entry: dict[str, Any], versions: list[int | None]) -> None:
@@ -383,26 +378,26 @@ def _record_decision(client: MlflowClient, name: str, version: int, decision: Pr
         append_entry(client, name, {"at": decision.decided_at, "alias": PRODUCTION, "action": decision.outcome,
                                     "version": version, "from": decision.previous, "reason": decision.reason,
                                     "by": decision.decided_by, **extra}, [version])
-    mark_decision(client, name, version, decision.outcome, decision.reason, decision.decided_at)
-    tags = {"champion": str(decision.previous)}
+    details = {"champion": str(decision.previous)}
     if decision.comparison:
-        c = decision.comparison
-        tags.update({"metric": str(decision.metric),
-                     "challenger_score": repr(c["challenger"]), "champion_score": repr(c["champion"]),
-                     "difference": repr(c["difference"]), "ci": f"[{c['ci_low']!r}, {c['ci_high']!r}]",
-                     "rows": str(c["n"])})
-    for k, v in tags.items():
-        client.set_model_version_tag(name, str(version), f"redflow.gate.{k}", v[:5000])
+        details.update({"metric": str(decision.metric), "comparison": dict(decision.comparison)})
+    mark_decision(client, name, version, decision.outcome, decision.reason, decision.decided_at, details)
 
 
-def mark_decision(client: MlflowClient, name: str, version: int, outcome: str, reason: str, at: str) -> None:
-    """Version ``version``'s current decision (a name of ``registry.decisions``), why and when: what ``redflow
-    versions`` shows for it. The history keeps every earlier one."""
-    for key, value in (("decision", outcome), ("reason", reason), ("at", at)):
-        client.set_model_version_tag(name, str(version), f"redflow.gate.{key}", str(value)[:5000])
-
-
-GATE_DECISION_TAG = "redflow.gate.decision"
+def mark_decision(client: MlflowClient, name: str, version: int, outcome: str, reason: str, at: str,
+                  details: dict[str, Any] | None = None) -> None:
+    """Version ``version``'s current decision (a name of ``registry.decisions``, tag ``redflow.gate.decision``) and
+    in tag ``redflow.gate`` why and when, with ``details`` (the production the gate saw, its comparison); without
+    ``details`` the gate's earlier ones are kept (a rollback or an approval decides on the gate's comparison).
+    What ``redflow versions`` shows for it; the history keeps every earlier decision."""
+    record = dict(details) if details is not None else gate_details(client.get_model_version(name, str(version)).tags)
+    record.update({"reason": str(reason), "at": at})
+    text = compact(record)
+    if len(text) > MAX_TAG:  # a very long reason: shortened, the comparison kept
+        record["reason"] = record["reason"][:max(0, MAX_TAG - len(text) + len(record["reason"]) - 20)]
+        text = compact(record)
+    client.set_model_version_tag(name, str(version), GATE_TAG, text)
+    client.set_model_version_tag(name, str(version), GATE_DECISION_TAG, str(outcome))
 
 
 def is_gated(mv: ModelVersion | None) -> bool:
@@ -413,22 +408,19 @@ def is_gated(mv: ModelVersion | None) -> bool:
 
 
 def recorded_decision(name: str, mv: ModelVersion) -> PromotionDecision:
-    """The gate decision recorded on ``mv`` (its ``redflow.gate.*`` tags), as :func:`gate_and_promote` returned it."""
-    tags = mv.tags
-    outcome = decision_name(tags.get(GATE_DECISION_TAG))
-    decision = PromotionDecision(promoted=outcome in (PROMOTED, APPROVED, FORCED), previous=None, reason=tags.get(
-        "redflow.gate.reason", ""), version=int(mv.version), model_name=name, metric=tags.get("redflow.gate.metric"),
-        decided_at=tags.get("redflow.gate.at"), outcome=outcome)
-    if tags.get("redflow.gate.rows"):
-        low, high = json.loads(tags["redflow.gate.ci"])
-        decision.comparison = {"challenger": float(tags["redflow.gate.challenger_score"]),
-                               "champion": float(tags["redflow.gate.champion_score"]),
-                               "difference": float(tags["redflow.gate.difference"]), "ci_low": low, "ci_high": high,
-                               "n": int(tags["redflow.gate.rows"])}
+    """The gate decision recorded on ``mv`` (tags ``redflow.gate.decision`` and ``redflow.gate``; older versions:
+    ``redflow.gate.*``), as :func:`gate_and_promote` returned it."""
+    details = gate_details(mv.tags)
+    outcome = decision_name(mv.tags.get(GATE_DECISION_TAG))
+    decision = PromotionDecision(promoted=outcome in (PROMOTED, APPROVED, FORCED), previous=None,
+                                 reason=details.get("reason", ""), version=int(mv.version), model_name=name,
+                                 metric=details.get("metric"), decided_at=details.get("at"), outcome=outcome)
+    if details.get("comparison"):
+        decision.comparison = dict(details["comparison"])
         decision.value = decision.comparison["challenger"]
         decision.previous_value = decision.comparison["champion"]
-        decision.previous = int(tags["redflow.gate.champion"]) if tags.get("redflow.gate.champion", "None") != "None" \
-            else None
+        champion = str(details.get("champion", "None"))
+        decision.previous = int(champion) if champion != "None" else None
     return decision
 
 
@@ -465,8 +457,6 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
                            reason=reason or f"rollback from v{current}")
         client.set_model_version_tag(name, str(current), "redflow.rolled_back_at", move.at)
         mark_decision(client, name, current, ROLLED_BACK, f"rolled back to v{target}: {move.reason}", move.at)
-        if reason:
-            client.set_model_version_tag(name, str(current), "redflow.rolled_back_reason", reason)
         return move
 
 

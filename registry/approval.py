@@ -18,11 +18,11 @@ from mlflow.tracking import MlflowClient
 from red.utils import utc_now
 
 from .aliases import PRODUCTION, alias_version, append_entry, mark_decision, move_locked
+from .version_tags import GATE_DECISION_TAG, gate_details
 from .decisions import APPROVED, AWAITING_APPROVAL, REJECTED, decision_name, person
 from .locks import DEFAULT_TIMEOUT, registry_lock
 from .views import require_version
 
-GATE_CHAMPION_TAG = "redflow.gate.champion"  # production when the gate decided ("None": there was none)
 
 
 class ApprovalRefused(ValueError):
@@ -57,12 +57,12 @@ def decide_approval(name: str, version: int | str, approve: bool, reason: str = 
     require_version(name, version, client)
     with registry_lock(name, client=client, timeout=lock_timeout):
         mv = client.get_model_version(name, str(version))
-        status = decision_name(mv.tags.get("redflow.gate.decision")) or "not gated yet"
+        status = decision_name(mv.tags.get(GATE_DECISION_TAG)) or "not gated yet"
         if status != AWAITING_APPROVAL:
             raise ApprovalRefused(f"{name} v{version} is not awaiting approval (its decision: {status}), so there is "
                                   f"nothing to {verb}. Fix: `redflow versions {name}` shows which versions await "
                                   "approval")
-        seen = mv.tags.get(GATE_CHAMPION_TAG, "None")
+        seen = str(gate_details(mv.tags).get("champion", "None"))  # production when the gate decided
         prod = alias_version(name, PRODUCTION, client)
         now = str(prod.version) if prod is not None else "None"
         if now != seen:

@@ -1,9 +1,9 @@
 """Registered models: one per task (``red-<task>``), one version per registered edit.
 
 ``register_edit`` logs the edit as an MLflow pyfunc (``registry.serving.pyfunc.RedEditModel``) into the
-training run, creates a model version, tags it (base model id/revision/fingerprint, method,
-data hash, metrics, code version) and points ``candidate`` at it. ``record_evaluation`` stores
-a later evaluation on a version (tags + its own run).
+training run with the full identity (``identity.json``), creates a model version with the few tags an operator
+reads (``registry.version_tags``: task, method, base model id, metrics, identity digest) and points ``candidate``
+at it. ``record_evaluation`` stores a later evaluation on a version (one tag + its own run).
 
 Failure safety: the edit is checked (read, checksum, loaded and run on the input example) before
 anything is written. A version is created together with all its tags and
@@ -40,8 +40,10 @@ from .serving.pyfunc import load_in_process, shared_loads
 from .serving.requirements import pip_requirements
 from .serving.version_config import build_model_config, default_input_example, model_signature, version_settings
 from .tracking import (as_dict, code_revision, code_version, final_metric_key, get_or_create_experiment, is_finite,
-                       is_orphaned, log_batches, owner_tag, report_markdown, report_metrics, report_name,
-                       versioned_run_name)
+                       is_orphaned, log_batches, owner_tag, registered_checksum, report_markdown, report_metrics,
+                       report_name, versioned_run_name)
+from .version_tags import (EVALUATIONS_TAG, IDENTITY_ARTIFACT, IDENTITY_DIGEST_TAG, METRICS_TAG, compact,
+                           with_evaluation)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,6 +58,7 @@ REGISTRY_DIR = Path(__file__).resolve().parent
 MODEL_CODE = REGISTRY_DIR / "serving" / "model_code.py"  # the pyfunc, logged as models-from-code
 MODEL_ARTIFACT = "model"
 _MAX_VERSION_TAG = 5000
+OWNER_TAG = "redflow.owner"  # on a version while it is registering: the process registering it
 
 
 class RegistrationError(RuntimeError):
@@ -98,7 +101,7 @@ def download_edit(name: str, version_or_alias: int | str, out_dir: str | Path) -
         raise FileNotFoundError(f"{name} version {version}: expected one edit file in the model's artifacts, "
                                 f"found {[str(p) for p in found]}")
     _, meta = read_edit(found[0])
-    expected = mv.tags.get("edit_sha256")
+    expected = registered_checksum(mv, client)
     if expected and meta.get("tensors_sha256") != expected:
         raise ValueError(f"{name} version {version}: the downloaded edit's checksum {meta.get('tensors_sha256')} "
                          f"differs from the registered {expected}")
@@ -191,19 +194,41 @@ def _str(value: Any) -> str:
 
 
 def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) -> dict[str, str]:
-    """Tags identifying what a version is and how good it was (``base_model`` by name, ``base_model_path``)."""
+    """The tags an operator reads on a version (``registry.version_tags``): task, method, base model by id, the
+    primary metric, the final metrics (one JSON tag) and the identity's digest. The rest of what identifies it is
+    in the training run ``run_id`` (:func:`identity_document`, its tags and params)."""
     base = meta.get("base_model") or {}
+    metrics = {final_metric_key(split, k): v for split, values in (("validation", result.validation),
+                                                                   ("test", result.test))
+               for k, v in (values or {}).items() if is_finite(v)}
+    if is_finite(result.score):
+        metrics.setdefault(f"test_{result.primary_metric}", result.score)
+    identity = Identity.from_dict(result.identity or {})
     tags: dict[str, Any] = {
         "task": result.task,
         "method": result.method,
-        "task_type": result.task_type,
         "base_model": display_name(result.base_model or base.get("name")),
+        "primary_metric": result.primary_metric,
+        METRICS_TAG: compact(metrics),
+        IDENTITY_DIGEST_TAG: identity.digest() if identity is not None else None,
+    }
+    return {k: _str(v) for k, v in tags.items() if v is not None}
+
+
+def identity_document(result: "TrainResult", meta: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """What identifies a version in full (artifact ``identity.json`` on its training run): the training identity
+    (the four hashes), the environment that trained it, the resolved training config, the base model's path,
+    revision and fingerprint, the edit's checksums and sizes, and how it trained."""
+    base = meta.get("base_model") or {}
+    return {
+        "identity": dict(result.identity or {}),
+        "dependencies": dependency_versions(),  # one per deployment: shown when it differs next night
+        "training_config": getattr(result, "recipe", None),
+        "task_type": result.task_type,
         "base_model_path": result.base_model or base.get("name"),
         "base_revision": result.base_revision or base.get("revision") or "",
         "base_fingerprint": result.base_fingerprint or base.get("fingerprint") or "",
         "data_hash": result.data_hash,
-        "primary_metric": result.primary_metric,
-        "score": result.score,
         "code_version": code_version(),
         "code_revision": code_revision(),
         "edit_sha256": meta.get("tensors_sha256", ""),
@@ -211,20 +236,37 @@ def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) ->
         "edit_parameters": result.edit_parameters or meta.get("edit_parameters", 0),
         "trainable_parameters": result.trainable_parameters,
         "best_epoch": result.best_epoch,
-        "redflow.run_id": run_id,
+        "steps_trained": result.steps_trained,
+        "init": result.init,
+        "max_length": (result.params or {}).get("max_length"),
+        "run_id": run_id,
     }
-    for split, values in (("validation", result.validation), ("test", result.test)):
-        for k, v in (values or {}).items():
-            tags[f"metric.{final_metric_key(split, k)}"] = v
-    identity = result.identity or {}
-    tags.update({f"identity.{k}": v for k, v in identity.items()})
-    # the environment that trains and registers it (one per deployment): shown when it differs next night
-    tags.update({f"env.{k}": v for k, v in dependency_versions().items()})
-    if getattr(result, "recipe", None):
-        tags["training_config"] = json.dumps(result.recipe, sort_keys=True, default=str)
-    tags.update({"steps_trained": result.steps_trained, "init": result.init,
-                 "max_length": (result.params or {}).get("max_length")})
-    return {k: _str(v) for k, v in tags.items() if v is not None}
+
+
+def read_identity_document(mv, client: MlflowClient | None = None) -> dict[str, Any]:
+    """Version ``mv``'s ``identity.json`` (:func:`identity_document`) from its training run; for a version
+    registered before the artifact existed, the same fields from its older tags (``identity.*``, ``env.*``...)."""
+    tags = mv.tags or {}
+    if IDENTITY_DIGEST_TAG in tags and mv.run_id:
+        client = client or MlflowClient()
+        try:
+            return json.loads(Path(client.download_artifacts(mv.run_id, IDENTITY_ARTIFACT)).read_text())
+        except (MlflowException, OSError, ValueError) as exc:
+            _logger.warning("%s v%s: cannot read %s of run %s: %s", mv.name, mv.version, IDENTITY_ARTIFACT,
+                            mv.run_id, exc)
+            return {}
+    document: dict[str, Any] = {k: v for k, v in tags.items() if "." not in k}
+    document["identity"] = {k[len("identity."):]: v for k, v in tags.items() if k.startswith("identity.")}
+    document["dependencies"] = {k[len("env."):]: v for k, v in tags.items() if k.startswith("env.")}
+    document["training_config"] = _json_or_none(tags.get("training_config"))
+    return document
+
+
+def _json_or_none(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def ready_versions(name: str, client: MlflowClient | None = None, *, config: str | None = None) -> list:
@@ -265,23 +307,34 @@ def registered_from(name: str, run_id: str, client: MlflowClient | None = None) 
 
 
 def version_record(mv) -> VersionRecord | None:
-    """What the nightly plan needs of version ``mv`` (``tasks.lifecycle.plan.VersionRecord``); None for None."""
+    """What the nightly plan needs of version ``mv`` (``tasks.lifecycle.plan.VersionRecord``); None for None.
+    Reads its ``identity.json`` (one artifact): :func:`may_have_identity` tells which versions need no reading."""
     if mv is None:
         return None
-    try:
-        recipe = json.loads(mv.tags["training_config"]) if mv.tags.get("training_config") else None
-    except ValueError:
-        recipe = None
-    return VersionRecord(number=int(mv.version), identity=version_identity(mv), gated=is_gated(mv), recipe=recipe)
+    document = read_identity_document(mv)
+    recipe = document.get("training_config")
+    return VersionRecord(number=int(mv.version), identity=_identity_of(document), gated=is_gated(mv),
+                         recipe=recipe if isinstance(recipe, dict) else None)
+
+
+def may_have_identity(mv, identity: Identity) -> bool:
+    """False when version ``mv``'s ``identity_digest`` shows it was trained from other inputs than ``identity``
+    (no artifact read); True when it is the same digest or the version records none (read it in full)."""
+    digest = (mv.tags or {}).get(IDENTITY_DIGEST_TAG)
+    return digest is None or digest == identity.digest()
+
+
+def _identity_of(document: Mapping[str, Any]) -> Identity | None:
+    return Identity.from_dict(document.get("identity") or {}, dependencies=document.get("dependencies") or {})
 
 
 def version_identity(mv) -> Identity | None:
     """The :class:`tasks.lifecycle.identity.Identity` a version was trained from (None for versions registered without),
-    with the dependency versions of its tags ``env.*`` (none for versions registered before they were recorded)."""
+    with the dependency versions it recorded (none for versions registered before they were recorded); from its
+    training run's ``identity.json`` (older versions: tags ``identity.*`` and ``env.*``)."""
     if mv is None:
         return None
-    return Identity.from_dict({k[len("identity."):]: v for k, v in mv.tags.items() if k.startswith("identity.")},
-                              dependencies={k[len("env."):]: v for k, v in mv.tags.items() if k.startswith("env.")})
+    return _identity_of(read_identity_document(mv))
 
 
 def remove_stale_versions(name: str, client: MlflowClient | None = None, *, stale_after: float = 3600.0) -> list[int]:
@@ -302,7 +355,7 @@ def remove_stale_versions(name: str, client: MlflowClient | None = None, *, stal
     for mv in versions:
         if mv.tags.get(STATUS_TAG) != "registering":
             continue
-        if is_orphaned(mv.tags.get("redflow.owner"), mv.creation_timestamp, stale_after=stale_after):
+        if is_orphaned(mv.tags.get(OWNER_TAG), mv.creation_timestamp, stale_after=stale_after):
             try:
                 client.delete_model_version(name, mv.version)
                 removed.append(int(mv.version))
@@ -399,6 +452,7 @@ def _create_candidate_version(client: MlflowClient, name: str, result: TrainResu
                         f"({result.primary_metric}={result.score:.4g} on test)")
         version = str(mv.version)
         client.set_model_version_tag(name, version, STATUS_TAG, READY)
+        client.delete_model_version_tag(name, version, OWNER_TAG)  # only a half-registered version needs its owner
         with registry_lock(name, client=client, timeout=lock_timeout):
             move_locked(client, name, CANDIDATE, int(version), action="candidate",
                         reason=f"registered from run {run_id}")
@@ -456,12 +510,15 @@ def register_edit(
 
     _ensure_registered_model(client, name, result)
     all_tags = version_tags(result, meta, run_id)
-    all_tags["redflow.model_id"] = info.model_id or ""
+    # the full identity, beside the edit on the training run; the version keeps its digest
+    client.log_dict(run_id, identity_document(result, meta, run_id), IDENTITY_ARTIFACT)
+    if meta.get("tensors_sha256"):  # what serving and download_edit check the stored edit against
+        client.set_tag(run_id, "edit_sha256", meta["tensors_sha256"])
     all_tags.update({k: _str(v) for k, v in (tags or {}).items()})
     stale = remove_stale_versions(name, client)
     if stale:
         _logger.warning("%s: removed version(s) %s left half-registered by a crashed registration", name, stale)
-    all_tags["redflow.owner"] = owner_tag()
+    all_tags[OWNER_TAG] = owner_tag()
     version = _create_candidate_version(client, name, result, run_id, info, all_tags,
                                         display_name(result.base_model or version_settings(config)["base_model"]),
                                         lock_timeout)
@@ -495,8 +552,8 @@ def record_evaluation(
     experiment: str | None = None,
 ) -> str:
     """Store a (re-)evaluation of a version: a run with the report's metrics (linked to the version's
-    logged model) and artifacts, plus version tags ``eval.<report>.<metric>``, ``eval.<report>.run_id``
-    and ``eval.<report>.at``. Returns the evaluation run id.
+    logged model) and artifacts, and on the version the report's entry in its one ``redflow.evaluations`` tag
+    (run id, when, metrics; ``registry.version_tags.evaluations`` reads it). Returns the evaluation run id.
 
     ``report``: a dict (or dataclass/pydantic model) with a name (``name``/``benchmark``/``dataset``/
     ``task``) and ``metrics`` (or numeric top-level fields). ``experiment`` defaults to
@@ -524,10 +581,10 @@ def record_evaluation(
         client.log_dict(run_id, json.loads(json.dumps(data, default=str)), f"evaluation/{rname}.json")
         client.log_text(run_id, report_markdown(rname, data, report), f"evaluation/{rname}.md")
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        for k, v in metrics.items():
-            client.set_model_version_tag(name, str(version), f"eval.{rname}.{k}", repr(v) if is_finite(v) else str(v))
-        client.set_model_version_tag(name, str(version), f"eval.{rname}.run_id", run_id)
-        client.set_model_version_tag(name, str(version), f"eval.{rname}.at", at)
+        with registry_lock(name, client=client):  # read-modify-write of one tag: two evaluations keep both
+            tags = client.get_model_version(name, str(version)).tags
+            client.set_model_version_tag(name, str(version), EVALUATIONS_TAG,
+                                         with_evaluation(tags, rname, run_id, at, metrics))
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

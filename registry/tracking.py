@@ -509,3 +509,15 @@ def log_gate_comparison(run_id: str, comparison: Mapping[str, Any], challenger: 
 
 def is_finite(value: Any) -> bool:
     return _is_number(value) and math.isfinite(float(value))
+
+
+def registered_checksum(mv, client: MlflowClient | None = None) -> str | None:
+    """The ``edit_sha256`` version ``mv`` was registered with: its tag (older versions), else its training run's."""
+    if mv.tags.get("edit_sha256"):
+        return mv.tags["edit_sha256"]
+    if not mv.run_id:
+        return None
+    try:
+        return (client or MlflowClient()).get_run(mv.run_id).data.tags.get("edit_sha256") or None
+    except MlflowException:
+        return None

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from .decisions import decision_name
 from .history import history_entries
 from .names import LOCK_MODEL_PREFIX, STATUS_TAG
+from .version_tags import GATE_DECISION_TAG, gate_details, version_metrics
 
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
@@ -59,13 +60,6 @@ def require_version(name: str, version: int | str, client: MlflowClient | None =
                         f"Fix: pick one of them; `redflow versions {name}` lists them")
 
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
 def _when(ms: int | None) -> str:
     if not ms:
         return ""
@@ -87,16 +81,17 @@ def version_rows(name: str, client: MlflowClient | None = None) -> list[dict[str
     for mv in client.search_model_versions(f"name='{name}'"):
         tags = mv.tags or {}
         metric = tags.get("primary_metric", "")
+        metrics = version_metrics(tags)
         rows.append({
             "version": int(mv.version),
             "aliases": sorted(aliases.get(int(mv.version), [])),
             "status": tags.get(STATUS_TAG, "ready"),
             "method": tags.get("method", ""),
             "metric": metric,
-            "test": _float(tags.get(f"metric.test_{metric}", tags.get("score"))),
-            "validation": _float(tags.get(f"metric.validation_{metric}")),
-            "decision": decision_name(tags.get("redflow.gate.decision")),
-            "reason": tags.get("redflow.gate.reason", ""),
+            "test": metrics.get(f"test_{metric}"),
+            "validation": metrics.get(f"validation_{metric}"),
+            "decision": decision_name(tags.get(GATE_DECISION_TAG)),
+            "reason": gate_details(tags).get("reason", ""),
             "created": _when(mv.creation_timestamp),
             "run_id": mv.run_id or "",
         })

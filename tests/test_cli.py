@@ -10,6 +10,7 @@ from test_registry import build_edits, fresh_runs_dir, make_result
 from typer.testing import CliRunner
 
 from flows.cli import app
+from registry.version_tags import evaluations
 
 runner = CliRunner()
 
@@ -209,16 +210,14 @@ def test_evaluate_names_the_version_it_resolved_and_where_it_recorded_the_result
     out = _cli("evaluate", "red-sst2", "--config", str(config))
     assert out.exit_code == 0 and len(out.output.strip().splitlines()) <= 3, out.output
     assert "red-sst2@production is v1: " in out.stdout and "accuracy=" in out.stdout
-    [run_id] = [v for k, v in MlflowClient().get_model_version("red-sst2", "1").tags.items()
-                if k.startswith("eval.") and k.endswith(".run_id")]
-    assert f"recorded on red-sst2 v1 (tags eval.<suite>.*) and as MLflow run(s) {run_id}" in out.stdout
+    [run_id] = [e["run_id"] for e in evaluations(MlflowClient().get_model_version("red-sst2", "1").tags).values()]
+    assert f"recorded on red-sst2 v1 (tag redflow.evaluations) and as MLflow run(s) {run_id}" in out.stdout
 
     out = _cli("evaluate", "red-sst2", "--version", "2", "--config", str(config), "--json")
     document = json.loads(out.stdout)  # nothing else on stdout
     assert out.exit_code == 0 and document["version"] == 2 and document["requested"] == "2"
     tags = MlflowClient().get_model_version("red-sst2", "2").tags
-    assert list(document["runs"].values()) == [v for k, v in tags.items() if k.startswith("eval.")
-                                               and k.endswith(".run_id")]
+    assert list(document["runs"].values()) == [e["run_id"] for e in evaluations(tags).values()]
     [(suite, metrics)] = document["metrics"].items()
     assert suite in document["runs"] and "accuracy" in metrics
     assert "recorded on red-sst2 v2" in out.stderr

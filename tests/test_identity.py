@@ -210,10 +210,17 @@ def test_nights_after_a_tokenizer_change_or_a_dependency_upgrade(tmp_path, tiny_
     task = cfg.tasks[0]
     data = prepare_step(cfg, task)
     v1 = latest_version(cfg.model_name(task), config=cfg.name)
-    assert {k: v for k, v in v1.tags.items() if k.startswith("env.")} == {
-        f"env.{k}": v for k, v in dependency_versions().items()}
-    assert version_identity(v1).dependencies == dependency_versions()
-    assert MlflowClient().get_model_version(cfg.model_name(task), "1").tags["env.torch"] == dependency_versions()["torch"]
+    # what an operator reads on the version (issue 27): at most 12 tags; the full identity in identity.json
+    assert len(v1.tags) <= 12, sorted(v1.tags)
+    assert {"task", "method", "base_model", "primary_metric", "metrics", "identity_digest", "retrain_config",
+            "redflow.status", "redflow.gate.decision", "redflow.gate"} <= set(v1.tags)
+    assert not [k for k in v1.tags if k.startswith(("env.", "identity.", "metric.", "eval."))]
+    document = json.loads(Path(MlflowClient().download_artifacts(v1.run_id, "identity.json")).read_text())
+    assert document["dependencies"] == dependency_versions() and document["training_config"]["learning_rate"]
+    identity = version_identity(v1)
+    assert document["identity"] == identity.to_dict() and v1.tags["identity_digest"] == identity.digest()
+    assert identity == plan_step(cfg, task, data).identity and identity.dependencies == dependency_versions()
+    assert document["edit_sha256"] == MlflowClient().get_run(v1.run_id).data.tags["edit_sha256"]
 
     recorded = dependency_versions()["torch"]
     real = identity_module.installed_version

@@ -19,6 +19,7 @@ from conftest import synthetic_task, write_retrain_config
 from mlflow import MlflowClient
 
 from flows.config import load_config
+from registry.tracking import registered_checksum
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -165,7 +166,7 @@ def test_a_co_training_killed_before_registering_is_registered_task_by_task_with
     client = _client(cfg_path)
     for name, result in results.items():
         (mv,) = client.search_model_versions(f"name='red-{name}'")
-        assert mv.tags["edit_sha256"] == __import__("red").read_edit(result.edit_path)[1]["tensors_sha256"]
+        assert registered_checksum(mv) == __import__("red").read_edit(result.edit_path)[1]["tensors_sha256"]
     attempts = [p for p in (tmp_path / "runs" / "test" / "@cotrain" / group / "attempts").iterdir() if p.is_dir()]
     assert len(attempts) == 1  # no second co-training
     state = read_state(attempts[0])

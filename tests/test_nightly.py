@@ -15,6 +15,9 @@ from conftest import write_retrain_config
 from mlflow import MlflowClient
 
 from flows.config import load_config
+from registry.models import read_identity_document
+from registry.tracking import registered_checksum
+from registry.version_tags import evaluations, gate_details
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -88,12 +91,13 @@ def test_four_nights_of_a_growing_csv(tmp_path, minilm_path):
     assert set(first.test["sentence"]) <= set(grown.test["sentence"])  # no test row moved
     assert not set(first.train["sentence"]) & set(grown.test["sentence"])  # no training row became a test row
     v1, v2 = (client.get_model_version("red-reviews", v) for v in ("1", "2"))
-    assert v1.tags["edit_sha256"] != v2.tags["edit_sha256"]
+    assert registered_checksum(v1) != registered_checksum(v2)
     # the champion was re-scored on tonight's rows, not taken from night 1's record
     assert night3["rows"] == len(grown.test) and night3["champion_version"] == 1
     rescored = score_version("red-reviews", 1, grown, metric="accuracy", max_length=48, work_dir=tmp_path / "check")
     assert night3["champion"] == pytest.approx(rescored.value())
-    assert v2.tags["redflow.gate.champion"] == "1" and v2.tags["redflow.gate.rows"] == str(len(grown.test))
+    gated = gate_details(v2.tags)
+    assert gated["champion"] == "1" and gated["comparison"]["n"] == len(grown.test)
     run2 = client.get_run(v2.run_id)  # the MLflow UI: the comparison on the challenger's run, which names v2
     assert re.search(r"\bv2\b", run2.data.tags["mlflow.runName"])
     assert run2.data.metrics["gate/champion"] == pytest.approx(night3["champion"])
@@ -132,8 +136,8 @@ def test_causal_lm_gate_prefers_the_lower_loss(tmp_path, tiny_checkpoints):
 
     first = night(learning_rate=1e-2)
     assert first["promoted"] and first["metric"] == "loss"
-    frozen = night(learning_rate=0.0)  # the edit stays the identity: a higher loss than v1's
-    assert frozen["status"] == "trained" and "training config changed: learning_rate 0.01 -> 0.0" in frozen["why"]
+    frozen = night(learning_rate=1e-30)  # the edit stays the identity (below fp32 resolution): a higher loss than v1's
+    assert frozen["status"] == "trained" and "training config changed: learning_rate 0.01 -> 1e-30" in frozen["why"]
     assert not frozen["promoted"] and frozen["challenger"] > frozen["champion"] and frozen["difference"] < 0
     assert "lower is better" in frozen["reason"]
     better = night(learning_rate=3e-2, epochs=3)
@@ -238,11 +242,12 @@ def test_warm_start_from_production_and_a_diverged_run_is_not_registered(tmp_pat
                                     [{**task, "train": train}])
 
     assert retrain(config=str(config()))["sentiment"]["version"] == 1
-    warm = retrain(config=str(config(init="production", learning_rate=0.0)))["sentiment"]
+    warm = retrain(config=str(config(init="production", learning_rate=1e-30)))["sentiment"]
     assert warm["init"] == "production v1" and warm["version"] == 2
     client = _client(config())
     v1, v2 = (client.get_model_version("red-sentiment", v) for v in ("1", "2"))
-    assert v2.tags["init"] == "production v1" and v1.tags["edit_sha256"] == v2.tags["edit_sha256"]  # lr 0: v1 kept
+    assert read_identity_document(v2)["init"] == "production v1"
+    assert registered_checksum(v1) == registered_checksum(v2)  # lr 1e-30: v1 kept
 
     with pytest.raises(RetrainFailed, match=r"sentiment: train: TrainingDiverged: the training loss rose"):
         retrain(config=str(config(learning_rate=1e6, epochs=3)))
@@ -269,8 +274,9 @@ def test_weekly_reevaluation_scores_causal_lms_by_loss_at_their_length_and_isola
                                                  r"red-chat2 v1: .*checksum"):
         reevaluate(config=str(cfg_path))
     tags = client.get_model_version("red-chat", "1").tags
-    loss = float(tags["eval.chat-test.loss"])
-    assert float(tags["eval.chat-test.perplexity"]) == pytest.approx(__import__("math").exp(loss))
+    recorded = evaluations(tags)["chat-test"]["metrics"]
+    loss = recorded["loss"]
+    assert recorded["perplexity"] == pytest.approx(__import__("math").exp(loss))
     assert loss == pytest.approx(trained["chat"]["challenger"], rel=1e-6)  # scored at the trained max length (24)
 
 
@@ -292,7 +298,7 @@ def test_a_finished_training_whose_run_died_before_registering_is_registered_not
     assert row["status"] == "trained" and row["version"] == 1 and row["steps_trained"] == 0
     assert "reusing finished attempt" in row["why"]
     client = _client(cfg_path)
-    assert client.get_model_version("red-sentiment", "1").tags["edit_sha256"] == \
+    assert registered_checksum(client.get_model_version("red-sentiment", "1")) == \
         __import__("red").read_edit(trained.edit_path)[1]["tensors_sha256"]
     assert retrain(config=str(cfg_path))["sentiment"]["status"] == "unchanged"
 

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 import red
 from registry.aliases import (PromotionPolicy, RollbackError, alias_history, alias_version, gate_and_promote,
-                              move_alias, production_version, rollback)
+                              metric_value, move_alias, production_version, rollback)
 from registry.approval import ApprovalRefused, decide_approval
 from registry.decisions import person
 from registry.locks import LOCK_MODEL_PREFIX, LockTimeout, lock_kind, registry_lock
@@ -33,7 +33,8 @@ from conftest import probability_matrix
 from registry.serving.pyfunc import load_in_process
 from registry.serving.version_config import build_model_config
 from registry.tracking import (GATE_TABLE, default_tracking_uri, get_or_create_experiment, log_gate_comparison,
-                               log_training, setup_tracking, sqlite_path)
+                               log_training, registered_checksum, setup_tracking, sqlite_path)
+from registry.version_tags import evaluations, gate_details
 from tasks.training import TrainResult
 
 LABELS = ["negative", "positive"]
@@ -262,15 +263,19 @@ def test_register_edit_tags_candidate_and_pyfunc_predicts_like_the_edit(edits, m
     assert "on sentence-transformers/all-MiniLM-L6-v2 (" in mv.description  # the base by its id, not a venv path
     assert "site-packages" not in mv.description and result.base_model not in mv.description
     t = mv.tags
-    assert t["redflow.status"] == "ready" and t["method"] == "red"
-    assert t["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert t["base_model_path"] == result.base_model
-    assert t["base_fingerprint"] == result.base_fingerprint and t["data_hash"] == "d4t4h45h"
-    assert t["primary_metric"] == "accuracy" and float(t["score"]) == pytest.approx(0.81)
-    assert float(t["metric.test_accuracy"]) == pytest.approx(0.81) and "metric.validation_accuracy" in t
-    assert t["code_version"].startswith("src:") and t["redflow.run_id"] == run_id
-    assert t["code_revision"].startswith(("git:", "redflow=="))
-    assert "base_revision" in t and t["edit_sha256"] == red.read_edit(edits[0])[1]["tensors_sha256"]
+    assert t["redflow.status"] == "ready" and t["method"] == "red" and len(t) <= 12, sorted(t)
+    assert t["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and "redflow.owner" not in t  # ready
+    metrics = json.loads(t["metrics"])
+    assert t["primary_metric"] == "accuracy" and metrics["test_accuracy"] == pytest.approx(0.81)
+    assert "validation_accuracy" in metrics and metric_value(mv, "test_accuracy") == pytest.approx(0.81)
+    # the rest of what identifies it: the training run's identity.json
+    document = json.loads(Path(client.download_artifacts(run_id, "identity.json")).read_text())
+    assert document["base_model_path"] == result.base_model and document["run_id"] == run_id
+    assert document["base_fingerprint"] == result.base_fingerprint and document["data_hash"] == "d4t4h45h"
+    assert document["code_version"].startswith("src:")
+    assert document["code_revision"].startswith(("git:", "redflow=="))
+    assert "base_revision" in document and document["edit_sha256"] == red.read_edit(edits[0])[1]["tensors_sha256"]
+    assert registered_checksum(mv) == document["edit_sha256"]
     assert int(alias_version(name, "candidate").version) == 1 and mv.run_id == run_id
     assert [e["action"] for e in alias_history(name)] == ["candidate"]
     assert resolve_version(name, "candidate") == resolve_version(name, "v1") == 1
@@ -374,7 +379,8 @@ def test_gate_minimum_margin_worse_rollback_and_history(edits):
     assert "same 200 rows" in d.reason and "recorded test scores" not in d.reason and d.stored
     assert d.outcome == "promoted" and "not significant" not in d.reason  # 0.80 vs 0.70 on 200 rows: significant
     tags = MlflowClient().get_model_version(name, "3").tags
-    assert tags["redflow.gate.champion"] == "1" and float(tags["redflow.gate.difference"]) == pytest.approx(0.10)
+    gated = json.loads(tags["redflow.gate"])  # one tag: the production it saw and the paired comparison
+    assert gated["champion"] == "1" and gated["comparison"]["difference"] == pytest.approx(0.10)
     # worse than production: not promoted (also with margin 0)
     assert not gate(name, v2, PromotionPolicy(), scores).promoted
     # without same-row scores, production is never replaced on numbers from other test sets
@@ -385,14 +391,16 @@ def test_gate_minimum_margin_worse_rollback_and_history(edits):
     d = gate(name, v2, PromotionPolicy(higher_is_better=False), scores)
     assert d.promoted and d.metric == "accuracy" and production_version(name) == 2
     tags = MlflowClient().get_model_version(name, "2").tags
-    assert tags["redflow.gate.decision"] == "promoted" and "lower is better" in tags["redflow.gate.reason"]
+    assert tags["redflow.gate.decision"] == "promoted" and "lower is better" in json.loads(tags["redflow.gate"])["reason"]
 
     # rollback follows promotions back: 2 -> 3 -> 1, then nothing left
     assert rollback(name).version == 3 and production_version(name) == 3
     assert rollback(name, reason="bad outputs").version == 1 and production_version(name) == 1
     with pytest.raises(RollbackError, match="first"):
         rollback(name)
-    assert MlflowClient().get_model_version(name, "3").tags["redflow.rolled_back_reason"] == "bad outputs"
+    rolled = MlflowClient().get_model_version(name, "3").tags
+    assert rolled["redflow.gate.decision"] == "rolled back" and "bad outputs" in gate_details(rolled)["reason"]
+    assert gate_details(rolled)["comparison"]  # the gate's comparison stays beside the rollback's reason
     # a rolled-back version is not re-promoted by the gate; an explicit move is recorded too
     d = gate(name, v3, PromotionPolicy(), scores)
     assert not d.promoted and "rolled back" in d.reason
@@ -641,8 +649,9 @@ def test_record_evaluation_and_download_edit(edits, tmp_path):
     run_id = record_evaluation(name, "production", report)
     client = MlflowClient()
     tags = client.get_model_version(name, str(v1)).tags
-    assert float(tags["eval.sst2-contrast.accuracy"]) == pytest.approx(0.66)
-    assert tags["eval.sst2-contrast.run_id"] == run_id and tags["eval.sst2-contrast.at"]
+    recorded = evaluations(tags)["sst2-contrast"]  # one tag, redflow.evaluations, whatever the reports
+    assert recorded["metrics"]["accuracy"] == pytest.approx(0.66)
+    assert recorded["run_id"] == run_id and recorded["at"] and not [k for k in tags if k.startswith("eval.")]
     run = client.get_run(run_id)
     assert run.data.metrics["accuracy"] == pytest.approx(0.66) and run.data.tags["model_version"] == str(v1)
     assert run.info.status == "FINISHED" and run.data.tags["redflow.run_kind"] == "evaluation"
@@ -653,7 +662,8 @@ def test_record_evaluation_and_download_edit(edits, tmp_path):
         "evaluation/sst2-contrast.json", "evaluation/sst2-contrast.md"}
     assert Path(client.download_artifacts(run_id, "evaluation/sst2-contrast.md")).read_text() == report.to_markdown()
     record_evaluation(name, v1, {"name": "weekly", "accuracy": 0.7, "n": 500})  # a plain dict works too
-    assert float(client.get_model_version(name, str(v1)).tags["eval.weekly.n"]) == 500
+    both = evaluations(client.get_model_version(name, str(v1)).tags)
+    assert both["weekly"]["metrics"]["n"] == 500 and both["sst2-contrast"]["run_id"] == run_id
 
 
 def test_a_version_left_registering_by_a_dead_process_is_removed_by_the_next_registration(edits):

@@ -280,12 +280,13 @@ def evaluate(model_name: str = typer.Argument(..., help="Registered model, e.g. 
     """Re-evaluate a version or alias on suites and record the result on that version.
 
     Prints which version VERSION resolved to with its scores, and where the result was recorded (the version's
-    ``eval.*`` tags and one MLflow run per suite); ``--json`` all of it as one document.
+    ``redflow.evaluations`` tag and one MLflow run per suite); ``--json`` all of it as one document.
     """
     from mlflow import MlflowClient  # lazy: loads MLflow; --help stays instant
 
     from registry.models import resolve_version  # lazy: loads MLflow; --help stays instant
     from registry.tracking import report_name  # lazy: loads MLflow; --help stays instant
+    from registry.version_tags import evaluations  # lazy: the CLI's modules load nothing at import
     from registry.views import require_model  # lazy: loads MLflow; --help stays instant
 
     with guard():
@@ -310,7 +311,8 @@ def evaluate(model_name: str = typer.Argument(..., help="Registered model, e.g. 
             metrics = {r.name: r.metrics for r in reports}
         client = MlflowClient()
         tags = client.get_model_version(model_name, str(number)).tags
-        runs = {name: tags.get(f"eval.{report_name({'name': name})}.run_id", "") for name in metrics}
+        recorded = evaluations(tags)
+        runs = {name: recorded.get(report_name({"name": name}), {}).get("run_id", "") for name in metrics}
         experiments = sorted({client.get_experiment(client.get_run(r).info.experiment_id).name
                               for r in runs.values() if r})
         document = {"model_name": model_name, "requested": version, "version": number, "metrics": metrics,
@@ -319,7 +321,7 @@ def evaluate(model_name: str = typer.Argument(..., help="Registered model, e.g. 
             f"{model_name} v{number}"
         scores = "; ".join(f"{name}: " + ", ".join(f"{k}={_score(v)}" for k, v in m.items())
                            for name, m in metrics.items())
-        where = (f"recorded on {model_name} v{number} (tags eval.<suite>.*) and as MLflow run(s) "
+        where = (f"recorded on {model_name} v{number} (tag redflow.evaluations) and as MLflow run(s) "
                  f"{', '.join(r for r in runs.values() if r)} in experiment {', '.join(experiments)}")
         if prefect:
             where += f"; it ran as a flow run on the Prefect API {prefect}"

@@ -29,6 +29,7 @@ from red import EditFileError, read_edit
 
 from ..aliases import READY, STATUS_TAG
 from ..locks import LOCK_MODEL_PREFIX
+from ..tracking import registered_checksum
 from .serving_config import ServingConfig, ServingConfigError
 from .version_config import head_num_labels, version_settings
 
@@ -183,7 +184,7 @@ def fetch_task(client: MlflowClient, name: str, version: int, dest: str | Path, 
     except EditFileError as exc:
         raise VersionRefused(f"{name} v{version}: its edit file fails its checks: {exc}") from exc
     refuse_method(name, version, meta["method"], uri)
-    registered = mv.tags.get("edit_sha256")
+    registered = registered_checksum(mv, client)
     if not registered or registered != meta["tensors_sha256"]:
         raise VersionRefused(f"{name} v{version}: the edit's checksum {meta['tensors_sha256'][:12]}... differs from "
                              f"the edit_sha256 it was registered with ({(registered or 'none')[:12]}...): the stored "

@@ -141,7 +141,7 @@ def normalised(source: bytes) -> bytes:
     return ast.unparse(tree).encode()
 
 
-# The packages whose versions are recorded on every version (tags ``env.*``).
+# The packages whose versions are recorded on every version (its training run's ``identity.json``).
 DEPENDENCIES = ("torch", "transformers", "peft")
 
 
@@ -267,15 +267,20 @@ class Identity:
     dependencies: dict[str, str] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, str]:
-        """The four hashes (tags ``identity.*``, attempt files, study names); dependencies travel apart."""
+        """The four hashes (a version's ``identity.json``, attempt files, study names); dependencies travel apart."""
         return {key: getattr(self, key) for key in _HASHES}
+
+    def digest(self) -> str:
+        """A short digest of the four hashes (a version's tag ``identity_digest``): equal digests, equal identities,
+        so the full identity (an artifact) is read only for a version whose digest differs."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, *,
                   dependencies: Mapping[str, str] | None = None) -> "Identity | None":
         """The identity in ``data`` (e.g. a version's tags), or None when any hash is missing.
 
-        ``dependencies``: the versions recorded with it (a version's ``env.*`` tags; empty when not recorded).
+        ``dependencies``: the versions recorded with it (a version's ``identity.json``; empty when not recorded).
         """
         if not data:
             return None
