@@ -34,7 +34,7 @@ SKIP = [  # (pattern at the start of a command, why this test does not run it)
     (r"prefect server start", "a Prefect server that runs until stopped; the flows run under the test's harness"),
     (r"prefect config set PREFECT_API_URL", "writes the user's Prefect profile; tests use their own server "
                                             "(bench/cancel.py runs this block's server, pool, deployment and worker)"),
-    (r"until curl -sf http://127.0.0.1:4200/api/health", "waits for the skipped `prefect server start`"),
+    (r"until curl -sf http://127.0.0.1:\d+/api/health", "waits for the skipped `prefect server start`"),
     (r"(prefect work-pool|prefect --no-prompt deploy|REDFLOW_HOME=\S+ prefect worker)",
      "a work pool, deployments and a worker: test_flows.py::test_deployments_in_prefect_yaml_deploy_with_their_schedules"),
     (r"redflow retrain configs/(roberta-base-glue|llama2-ultrafeedback)\.yaml",
