@@ -107,7 +107,8 @@ def evaluations(tags: Mapping[str, str]) -> dict[str, dict[str, Any]]:
 def with_evaluation(tags: Mapping[str, str], report: str, run_id: str, at: str,
                     metrics: Mapping[str, float]) -> str:
     """The ``redflow.evaluations`` tag with ``report``'s latest evaluation added: within the tag's limit, the
-    oldest reports' metrics are dropped first (their runs keep them), then whole oldest entries."""
+    older reports' metrics are dropped first (their runs keep them), then the oldest reports, then, only if
+    this report's metrics alone are too long, those."""
     found = _json(tags.get(EVALUATIONS_TAG))
     entries: dict[str, dict[str, Any]] = dict(found) if isinstance(found, dict) else {}
     entries.pop(report, None)
@@ -115,12 +116,18 @@ def with_evaluation(tags: Mapping[str, str], report: str, run_id: str, at: str,
                        "metrics": {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else str(v))
                                    for k, v in metrics.items()}}
     text = compact(entries)
-    for name in sorted(entries, key=lambda r: str(entries[r].get("at", ""))):
+    older = sorted((r for r in entries if r != report), key=lambda r: str(entries[r].get("at", "")))
+    for name in older:  # the older reports' metrics first: their runs keep them
         if len(text) <= MAX_TAG:
             break
         entries[name] = {k: v for k, v in entries[name].items() if k != "metrics"}
         text = compact(entries)
-    while len(text) > MAX_TAG and len(entries) > 1:
-        entries.pop(min(entries, key=lambda r: str(entries[r].get("at", ""))))
+    for name in older:  # then the oldest reports
+        if len(text) <= MAX_TAG:
+            break
+        entries.pop(name)
+        text = compact(entries)
+    if len(text) > MAX_TAG:  # this report's metrics alone are too long: its run holds them
+        entries[report].pop("metrics")
         text = compact(entries)
     return text

@@ -666,6 +666,34 @@ def test_record_evaluation_and_download_edit(edits, tmp_path):
     assert both["weekly"]["metrics"]["n"] == 500 and both["sst2-contrast"]["run_id"] == run_id
 
 
+def test_versions_registered_by_an_older_redflow_are_read_from_their_one_tag_per_field_layout():
+    from registry.version_tags import version_metrics, with_evaluation
+
+    old = {"primary_metric": "accuracy", "score": "0.8", "metric.validation_accuracy": "0.75",
+           "redflow.gate.decision": "promoted", "redflow.gate.reason": "better", "redflow.gate.at": "2026-01-01",
+           "redflow.gate.champion": "2", "redflow.gate.metric": "accuracy", "redflow.gate.rows": "108",
+           "redflow.gate.challenger_score": "0.8", "redflow.gate.champion_score": "0.7",
+           "redflow.gate.difference": "0.1", "redflow.gate.ci": "[0.02, 0.18]",
+           "eval.weekly.accuracy": "0.7", "eval.weekly.run_id": "r1", "eval.weekly.at": "2026-01-02"}
+    assert version_metrics(old) == {"test_accuracy": 0.8, "validation_accuracy": 0.75}
+    details = gate_details(old)
+    assert details["reason"] == "better" and details["champion"] == "2" and details["at"] == "2026-01-01"
+    assert details["comparison"] == {"challenger": 0.8, "champion": 0.7, "difference": 0.1, "ci_low": 0.02,
+                                     "ci_high": 0.18, "n": 108}
+    assert evaluations(old) == {"weekly": {"metrics": {"accuracy": 0.7}, "run_id": "r1", "at": "2026-01-02"}}
+    # a new evaluation of such a version joins the old ones in the one tag; the tag stays within MLflow's limit
+    tag = with_evaluation(old, "contrast", "r2", "2026-01-03", {"accuracy": 0.6})
+    assert set(evaluations({"redflow.evaluations": tag})) == {"contrast"}  # old eval.* entries stay as they are
+    many: dict = {}
+    for i in range(300):
+        many["redflow.evaluations"] = with_evaluation(many, f"report{i}", f"run{i}", f"2026-01-{i:04d}",
+                                                      {f"metric{j}": 0.5 for j in range(20)})
+    assert len(many["redflow.evaluations"]) <= 5000
+    kept = evaluations(many)
+    assert kept["report299"]["metrics"]["metric0"] == 0.5 and kept["report299"]["run_id"] == "run299"
+    assert "report0" not in kept or "metrics" not in kept["report0"]  # the oldest lose their metrics first
+
+
 def test_a_version_left_registering_by_a_dead_process_is_removed_by_the_next_registration(edits):
     import subprocess
     import sys
