@@ -83,6 +83,8 @@ def test_a_version_registered_by_a_run_killed_before_its_gate_is_gated_by_the_ne
     test_rows = len(steps.prepare_step(load_config(cfg_path), load_config(cfg_path).tasks[0]).test)
     assert row["champion_version"] == 1 and row["rows"] == test_rows  # against production, on the same rows
     assert client.get_model_version("red-sentiment", "2").tags["redflow.gate.decision"] == row["decision"]
+    gate = client.get_run(v2.run_id).data.metrics  # the rerun's comparison on v2's run, as a night's gate logs it
+    assert gate["gate/champion"] == pytest.approx(row["champion"]) and gate["gate/rows"] == test_rows
     assert len(client.search_model_versions("name='red-sentiment'")) == 2  # nothing registered twice
 
     again = retrain(config=str(cfg_path))["sentiment"]  # gated now: the night after has nothing to do
