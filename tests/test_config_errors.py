@@ -27,7 +27,7 @@ def _write(tmp_path: Path, **fields) -> Path:
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("learning_rate", -0.001, "greater than or equal to 0"),
+    ("learning_rate", -0.001, "greater than 0"), ("learning_rate", 0, "greater than 0"),
     ("learning_rate", float("nan"), "finite"), ("epochs", 0, "greater than or equal to 1"),
     ("batch_size", 0, "greater than or equal to 1"), ("eval_batch_size", 0, "greater than or equal to 1"),
     ("grad_accum", 0, "greater than or equal to 1"), ("max_length", 0, "greater than or equal to 1"),

@@ -338,7 +338,7 @@ def test_a_task_that_nans_diverges_or_cannot_encode_stops_alone_and_the_others_a
     good = _data(tmp_path, "good", "sentiment", seed=1)
     poisoned = _data(tmp_path, "poisoned", "sentiment", seed=2)
     wild = _data(tmp_path, "wild", "paraphrase", seed=3)
-    start = {k: v.clone() for k, v in red.read_edit(train(poisoned, _config(model, learning_rate=0.0, epochs=1),
+    start = {k: v.clone() for k, v in red.read_edit(train(poisoned, _config(model, learning_rate=1e-30, epochs=1),
                                                           tmp_path / "start").edit_path)[0].items()}
     start["head.classifier.weight"][0, 0] = float("nan")  # a NaN loss from its first step, for this task only
     results = co_train([CoTask(good, _config(model, epochs=3), tmp_path / "co" / "good"),

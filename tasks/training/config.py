@@ -33,8 +33,9 @@ class TrainConfig(BaseModel):
                                  "position, kind, layers, rank, positions (see the Edit section).")
     preset: str | None = Field(default=None, description="A hyperparameter table from the RED/ReFT papers "
                                "(tasks/training/presets.py, e.g. glue-roberta-base); explicit fields win over it.")
-    learning_rate: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="Peak learning "
-                                        "rate (finite, >= 0; 0 keeps the starting point: a frozen baseline). "
+    learning_rate: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="Peak learning "
+                                        "rate (finite, > 0; a rate of 0 would train nothing: measure an untrained "
+                                        "baseline with `redflow evaluate` instead). "
                                         "Default: the preset's, else 1e-3.")
     epochs: float | None = Field(default=None, ge=1, allow_inf_nan=False, description="Passes over the training "
                                  "rows (>= 1). Default: the preset's, else 3.")
