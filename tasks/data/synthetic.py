@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from filelock import FileLock
+
 GENERATOR_VERSION = 1
 
 
@@ -260,6 +262,14 @@ def write_synthetic(task: str, out_dir: Path | str, n_train: int = 300, n_dev: i
     train = generate_rows(task, n_train, seed, seen)
     dev = generate_rows(task, n_dev, seed + 1_000_003, seen)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir / f".{task}.lock")):  # two tasks of one night on one folder: one writes, one reads
+        return _write_locked(spec, target, meta, train, dev)
+
+
+def _write_locked(spec: SyntheticTask, target: Path, meta: dict, train: list, dev: list) -> Path:
+    """Write the folder under the writers' lock, so a second writer of the same files finds the first's folder
+    and keeps it (without the lock it could remove that folder while the first job reads it)."""
+    task, out_dir = meta["task"], target.parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{task}-", dir=out_dir))
     try:
         ext = "json" if spec.file_format == "alpaca" else "csv"
