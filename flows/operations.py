@@ -60,4 +60,4 @@ def rollback_version(model_name: str, to_version: int | None = None, reason: str
     require_model(model_name)
     if to_version is not None:
         require_version(model_name, to_version)
-    return rollback(model_name, to_version=to_version, reason=reason or "rollback")
+    return rollback(model_name, to_version=to_version, reason=reason)

@@ -378,7 +378,7 @@ def _record_decision(client: MlflowClient, name: str, version: int, decision: Pr
         append_entry(client, name, {"at": decision.decided_at, "alias": PRODUCTION, "action": decision.outcome,
                                     "version": version, "from": decision.previous, "reason": decision.reason,
                                     "by": decision.decided_by, **extra}, [version])
-    details = {"champion": str(decision.previous)}
+    details = {"champion": None if decision.previous is None else str(decision.previous)}  # JSON null: no champion
     if decision.comparison:
         details.update({"metric": str(decision.metric), "comparison": dict(decision.comparison)})
     mark_decision(client, name, version, decision.outcome, decision.reason, decision.decided_at, details)
@@ -456,7 +456,8 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
         move = move_locked(client, name, PRODUCTION, target, action=ROLLED_BACK,
                            reason=reason or f"rollback from v{current}")
         client.set_model_version_tag(name, str(current), "redflow.rolled_back_at", move.at)
-        mark_decision(client, name, current, ROLLED_BACK, f"rolled back to v{target}: {move.reason}", move.at)
+        mark_decision(client, name, current, ROLLED_BACK, f"production rolled back to v{target}" + (f": {reason}" if reason else ""),
+                      move.at)
         return move
 
 

@@ -66,7 +66,7 @@ def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
 
 def gate_details(tags: Mapping[str, str]) -> dict[str, Any]:
     """The gate's record on a version besides its decision: ``reason``, ``at``, ``champion`` (the production
-    version it saw, "None" when there was none), ``metric`` and ``comparison`` (challenger, champion, difference,
+    version it saw, None (JSON null) when there was none; "None" in versions gated before 2026-12-07), ``metric`` and ``comparison`` (challenger, champion, difference,
     ci_low, ci_high, n) where recorded; from tag ``redflow.gate`` or the older ``redflow.gate.<key>`` tags."""
     found = _json(tags.get(GATE_TAG))
     if isinstance(found, dict):

@@ -561,3 +561,12 @@ def test_real_alpaca_prompts_reproduce_the_alpaca_text_field(shared_data):
     feedback_path = shared_data / "instructions" / "ultrafeedback_1k.json"  # JSON Lines despite the name
     feedback = prepare_data(DataSpec(source="ultrafeedback", path=feedback_path))
     assert sum(feedback.sizes().values()) == 1000
+
+
+@pytest.mark.parametrize("ext, sep", [("csv", ","), ("tsv", "\t")])
+def test_a_header_that_repeats_a_column_name_is_refused_not_silently_renamed(tmp_path, ext, sep):
+    """pandas reads ``text,text,label`` as ``text``, ``text.1``: a spec naming ``text`` would train on one of the two."""
+    path = tmp_path / f"dup.{ext}"
+    path.write_text(sep.join(["text", "text", "label"]) + "\n" + "\n".join(sep.join([f"a{i}", f"b{i}", "pos" if i % 2 else "neg"]) for i in range(20)) + "\n")
+    with pytest.raises(DataError, match=r"dup\.\w+: its header names column\(s\) \['text'\] more than once"):
+        prepare_data(DataSpec(source=ext, path=path, text_columns=["text"]))

@@ -98,7 +98,7 @@ def _run_retrain(config: Path, overrides: dict, only: Optional[list[str]], force
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
         config = tmp
-    log_path = Path(cfg.runs_dir) / cfg.name / "logs" / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path = Path(cfg.runs_dir) / cfg.name / "logs" / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     failure: RetrainFailed | None = None
     with logging_to(log_path), ephemeral_server_grace(), reporting(err), \
             _stop_training_on_interrupt(trains_in_process=cfg.task_runner == "threads"):
@@ -167,7 +167,7 @@ def print_summary(summary: dict) -> None:
             continue
         if status in ("unchanged", "busy"):
             version = f"v{row['version']}" if row.get("version") else ""
-            table.add_row(task, status, "0", "", "", "", version, "nothing new")
+            table.add_row(task, status, "0", "", "", "", version, "")  # no decision: nothing was gated
             notes.append((row["task"], row["reason"], "dim"))
             continue
         score = (lambda x: "" if x is None else f"{x:.3f}")

@@ -226,11 +226,15 @@ def versions(model_name: str = typer.Argument(..., help="Registered model, e.g. 
         metric = next((r["metric"] for r in rows if r["metric"]), "metric")
         table = Table(title=f"{escape(model_name)}: {len(rows)} version(s); test/val = {escape(metric)}",
                       box=box.SIMPLE_HEAD, padding=(0, 1))
+        labels_of = {r["version"]: r["aliases"] + ([f"({r['status']})"] if r["status"] != "ready" else []) for r in rows}
+        widest = max((len(label) + 1 for labels in labels_of.values() for label in labels), default=7)
         for col, justify in (("ver", "right"), ("aliases", "left"), ("method", "left"), ("test", "right"),
                              ("val", "right"), ("decision", "left"), ("registered (UTC)", "left")):
-            table.add_column(col, justify=justify, no_wrap=col != "aliases")  # type: ignore[arg-type]
+            # at 80 columns the date wraps first: an alias ("production") is never cut to "pro…"
+            table.add_column(col, justify=justify, no_wrap=col not in ("aliases", "registered (UTC)"),  # type: ignore[arg-type]
+                             min_width=max(widest, 7) if col == "aliases" else None)
         for r in rows:
-            labels = r["aliases"] + ([f"({r['status']})"] if r["status"] != "ready" else [])
+            labels = labels_of[r["version"]]
             table.add_row(str(r["version"]), escape(", ".join(labels)), escape(r["method"]), _fmt(r["test"]),
                           _fmt(r["validation"]), escape(r["decision"]), r["created"].removesuffix(" UTC"))
         console.print(table)

@@ -68,15 +68,29 @@ def read_tsv(path: Path, header: bool = True, names: list[str] | None = None) ->
     """
     _check_file(path)
     try:
-        return pd.read_csv(
+        frame = pd.read_csv(
             path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig", dtype=str,
             keep_default_na=False, header=0 if header else None, names=names,
         )
+        if header and names is None:
+            _require_unique_header(path, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return frame
     except UnicodeDecodeError as exc:
         raise DataError(f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         raise DataError(f"cannot read {path}: {_one_line(exc)}. Fix: the file must be tab-separated, "
                         f"one row per line, the same number of fields on every line.") from exc
+
+
+def _require_unique_header(path: Path, *, delimiter: str, quoting: int) -> None:
+    """pandas renames a repeated header name (``text,text`` -> ``text``, ``text.1``) and a spec naming it would
+    silently read one of the two columns: refuse the file instead, naming the name."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        names = next(csv.reader(handle, delimiter=delimiter, quoting=quoting), [])
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"cannot read {path}: its header names column(s) {repeated} more than once. Fix: give every "
+                        "column of the header row its own name.")
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -86,7 +100,9 @@ def read_csv(path: Path) -> pd.DataFrame:
     """
     _check_file(path)
     try:
-        return pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_values=[""])
+        frame = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_values=[""])
+        _require_unique_header(path, delimiter=",", quoting=csv.QUOTE_MINIMAL)
+        return frame
     except UnicodeDecodeError as exc:
         raise DataError(f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
