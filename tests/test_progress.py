@@ -34,7 +34,10 @@ train(data, config, root + "/worker")
 
 def test_a_training_whose_stderr_is_not_a_terminal_logs_no_bars_and_no_load_report(tmp_path, tiny_checkpoints):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("REDFLOW_PROGRESS", None)
+    # a CLI test earlier in this process (quiet_libraries) leaves the libraries' own switches in os.environ
+    for key in ("REDFLOW_PROGRESS", "TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS",
+                "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        env.pop(key, None)
     done = subprocess.run([sys.executable, "-c", SCRIPT, tiny_checkpoints["bert"], str(tmp_path)], env=env,
                           capture_output=True, timeout=300)  # bytes: text mode would turn \r into \n
     stdout, stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
