@@ -17,9 +17,6 @@ for _k, _v in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
-    # the suite runs one worker per core and most slow tests start processes (CLI runs, servers, workers): one
-    # intra-op thread each, or two workers' children oversubscribe the 2 cores with spinning OpenMP threads
-    "OMP_NUM_THREADS": "1",
 }.items():
     os.environ.setdefault(_k, _v)
 for _k in ("MLFLOW_TRACKING_URI", "REDFLOW_TRACKING_URI", "PREFECT_API_URL"):
