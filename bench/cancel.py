@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,19 +39,14 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
-from tasks.lifecycle.attempts import open_attempt
+from registry.serving.server import free_port
+from tasks.lifecycle.attempts import open_attempt, read_state
 from tasks.lifecycle.identity import Identity
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 POOL = "redflow-process"
 SETTLE_S = 8.0  # seconds after the first training started (loading MiniLM, a few steps) before the cancel
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until(check, timeout: float, what: str, poll: float = 0.2):
@@ -102,7 +96,7 @@ def _train_runs(client, flow_run_id) -> list:
 
 
 def measure(root: Path) -> dict:
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": api,
            "REDFLOW_HOME": str(REPO), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -124,7 +118,8 @@ def measure(root: Path) -> dict:
         config = demo_config(root)
         flow_run = client.create_flow_run_from_deployment(deployment.id, parameters={"config": str(config)})
         attempts = root / "runs" / "demo" / "sentiment" / "attempts"
-        _wait_until(lambda: any(_status(p) == "training" for p in attempts.glob("*/attempt.json")), 600,
+        _wait_until(lambda: any((read_state(p.parent) or {}).get("status") == "training"
+                                for p in attempts.glob("*/attempt.json")), 600,
                     "the first training to start")
         time.sleep(SETTLE_S)
         cancelled_at = time.time()
@@ -132,14 +127,14 @@ def measure(root: Path) -> dict:
                        timeout=60)
         state = _wait_until(lambda: (s := client.read_flow_run(flow_run.id).state).is_final() and s, 300,
                             "the flow run to end")
-        first_cancelled = min(s.timestamp.timestamp() for s in client.read_flow_run_states(flow_run.id)
-                              if s.is_cancelled())  # the worker sets Cancelled again once it finished
+        first_cancelled = min((s.timestamp.timestamp() for s in client.read_flow_run_states(flow_run.id)
+                               if s.is_cancelled()), default=None)  # the worker sets Cancelled again once it finished
         trains = _train_runs(client, flow_run.id)
         ended = [r.state.timestamp.timestamp() for r in trains if r.state and r.state.is_final()]
         text = logs["worker"].read_text()
         return {
             "final_state": state.type.value, "final_message": state.message,
-            "to_cancelled_s": round(first_cancelled - cancelled_at, 1),
+            "to_cancelled_s": None if first_cancelled is None else round(first_cancelled - cancelled_at, 1),
             "to_final_state_s": round(state.timestamp.timestamp() - cancelled_at, 1),
             "to_training_stopped_s": round(max(ended) - cancelled_at, 1) if ended else None,  # the last to end
             "train_task_states": {r.name: f"{r.state.type.value}: {r.state.message}" for r in trains},
@@ -157,13 +152,6 @@ def measure(root: Path) -> dict:
                 proc.kill()
 
 
-def _status(attempt_json: Path) -> str | None:
-    try:
-        return json.loads(attempt_json.read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
 def _stopped_at(log: str) -> str | None:
     """``N of M``: the optimizer step a stop request stopped the training at (StopOnRequest's warning in the
     worker's log), if it did."""
@@ -177,14 +165,17 @@ def _store(root: Path, tasks_dir: Path) -> dict:
     versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models() if Path(
         f"{root}/runs/mlflow.db").exists() else []
     folders = sorted(p for p in tasks_dir.glob("*/attempts/*") if p.is_dir())
-    states = [json.loads((p / "attempt.json").read_text()) for p in folders]
+    states = [read_state(p) or {} for p in folders]
     reopened = []
     for folder, state in zip(folders, states):
+        if "identity" not in state:  # unreadable record: not reopened (read_state said why)
+            reopened.append(False)
+            continue
         attempt = open_attempt(folder.parent.parent, Identity.from_dict(state["identity"]), "next-night")
         reopened.append(attempt.folder == folder)
         attempt.close()
     return {"registered_models": [m.name for m in versions],
-            "attempts": {f"{p.parent.parent.name}/{p.name}": s["status"] for p, s in zip(folders, states)},
+            "attempts": {f"{p.parent.parent.name}/{p.name}": s.get("status") for p, s in zip(folders, states)},
             "results_written": [p.name for p in folders if (p / "result.json").exists()],
             "attempts_reopened_by_next_night": all(reopened) if reopened else None}
 

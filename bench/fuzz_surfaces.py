@@ -318,8 +318,8 @@ def http_bodies(draw: Any) -> tuple[bytes, str | None]:
 
 
 def check_http(server: Any, case: tuple[bytes, str | None]) -> None:
-    """2xx: one answer per row of a JSON request; 4xx: a short body with no traceback and no site-packages path;
-    never 5xx."""
+    """2xx: a JSON object with a ``predictions`` list; 4xx: a body with no traceback, no ``stack_trace`` and no
+    site-packages path; never 5xx."""
     body, content_type = case
     status, _, text = post(server, "/invocations", body, {"Content-Type": content_type} if content_type else {})
     if status >= 500:

@@ -684,6 +684,7 @@ def test_versions_registered_by_an_older_redflow_are_read_from_their_one_tag_per
     # a new evaluation of such a version joins the old ones in the one tag; the tag stays within MLflow's limit
     tag = with_evaluation(old, "contrast", "r2", "2026-01-03", {"accuracy": 0.6})
     assert set(evaluations({"redflow.evaluations": tag})) == {"contrast"}  # old eval.* entries stay as they are
+    assert set(evaluations({**old, "redflow.evaluations": tag})) == {"weekly", "contrast"}  # and both are read
     many: dict = {}
     for i in range(300):
         many["redflow.evaluations"] = with_evaluation(many, f"report{i}", f"run{i}", f"2026-01-{i:04d}",
