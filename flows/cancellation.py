@@ -27,11 +27,12 @@ def cancelled_if_cancelling(flow_run_id: UUID | str | None) -> bool:
     if flow_run_id is None:
         return False
     try:
-        client = get_client(sync_client=True)
-        state = client.read_flow_run(UUID(str(flow_run_id))).state
-        if state is None or not state.is_cancelling():
-            return False
-        result = client.set_flow_run_state(UUID(str(flow_run_id)), Cancelled(message=MESSAGE))
+        run_id = UUID(str(flow_run_id))
+        with get_client(sync_client=True) as client:  # closes its HTTP connections; a bare client leaks them
+            state = client.read_flow_run(run_id).state
+            if state is None or not state.is_cancelling():
+                return False
+            result = client.set_flow_run_state(run_id, Cancelled(message=MESSAGE))
         return result.state is not None and result.state.is_cancelled()
     except Exception:  # noqa: BLE001 - the worker finishes the cancellation anyway
         log.warning("could not mark flow run %s cancelled; the worker will", flow_run_id, exc_info=True)

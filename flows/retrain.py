@@ -89,8 +89,8 @@ def cotrain_task(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
     for name, result in results.items():
         if isinstance(result, BaseException):
             logger.error("%s: stopped, the other tasks went on: %s: %s", name, type(result).__name__, result)
-        elif reused_attempt(result.notes):
-            logger.info("%s: trained nothing: %s", name, reused_attempt(result.notes))
+        elif reused := reused_attempt(result.notes):
+            logger.info("%s: trained nothing: %s", name, reused)
         else:
             logger.info("%s: co-trained %d optimizer steps (%s start) with %s", name, result.steps_trained,
                         result.init, ", ".join(result.co_trained_with))

@@ -3,14 +3,22 @@
 Python's ``json`` recurses once per nested ``[``/``{``; ~1,000 levels raise RecursionError (a crash, not an
 answer) and each surface that reads JSON from outside (edit-file metadata, data files, HTTP bodies) must
 answer with its own error instead. No real document redflow reads nests deeper than a few levels, so the
-limit is low and checked before parsing, by one linear scan that skips string literals.
+limit is low and checked before parsing, by one linear scan that skips string literals (regular expressions drop
+the strings and everything but brackets; Python walks the brackets only).
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_DEPTH = 64
+
+
+# a string literal (an unterminated one runs to the end), and a run of characters that are no bracket: what the
+# depth scan drops before it walks the brackets left, so its Python loop sees a few characters per record
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
 def json_depth(text: str | bytes) -> int:
@@ -18,21 +26,11 @@ def json_depth(text: str | bytes) -> int:
     if isinstance(text, (bytes, bytearray)):
         text = text.decode("utf-8", errors="replace")
     depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+    for ch in _NOT_BRACKET.sub("", _STRING.sub("", text)):
+        if ch in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif ch in "]}":
+        else:
             depth -= 1
     return deepest
 

@@ -177,6 +177,7 @@ class MultiTaskTrainer(EditTrainer):
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         total = torch.zeros((), device=logits.device, requires_grad=True)
+        losses: list[tuple[int, torch.Tensor]] = []
         for k in ids.unique().tolist():
             rows = (ids == k).nonzero(as_tuple=True)[0]
             task = self.tasks[k]
@@ -185,10 +186,14 @@ class MultiTaskTrainer(EditTrainer):
             count = self._step_counts.get(k) if training else None
             if count is None:
                 count = torch.clamp(_label_count(task.task_type, labels[rows]), min=1)
-            loss_k = summed / count.to(summed.device)
+            losses.append((k, summed / count.to(summed.device)))
+        # training: every task's loss read back in one device sync per micro-batch, for the NaN check and the sums
+        values = torch.stack([loss.detach().float() for _, loss in losses]).tolist() if training and losses else []
+        for i, (k, loss_k) in enumerate(losses):
             if training:
-                value = float(loss_k.detach())  # one device sync per task and micro-batch, for both uses
+                value = values[i]
                 if not math.isfinite(value):
+                    task = self.tasks[k]
                     self.stop_task(k, TrainingError(f"task {task.name}: " + nan_message(
                         value, self.state.global_step + 1, task.learning_rate)))
                     continue
