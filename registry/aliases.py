@@ -38,7 +38,8 @@ from .history import HISTORY_ENTRY, HISTORY_TAG, history_entries, json_list, upd
 from .locks import DEFAULT_TIMEOUT, registry_lock
 from .names import READY, STATUS_TAG
 from .policy import PromotionPolicy
-from .version_tags import GATE_DECISION_TAG, GATE_TAG, MAX_TAG, compact, gate_details, version_metrics
+from .version_tags import (GATE_DECISION_TAG, GATE_TAG, MAX_TAG, compact, gate_champion, gate_details,
+                           version_metrics)
 
 CANDIDATE = "candidate"
 PRODUCTION = "production"
@@ -419,8 +420,7 @@ def recorded_decision(name: str, mv: ModelVersion) -> PromotionDecision:
         decision.comparison = dict(details["comparison"])
         decision.value = decision.comparison["challenger"]
         decision.previous_value = decision.comparison["champion"]
-        champion = str(details.get("champion", "None"))
-        decision.previous = int(champion) if champion != "None" else None
+        decision.previous = gate_champion(details)
     return decision
 
 
@@ -456,8 +456,8 @@ def rollback(name: str, *, to_version: int | str | None = None, reason: str = ""
         move = move_locked(client, name, PRODUCTION, target, action=ROLLED_BACK,
                            reason=reason or f"rollback from v{current}")
         client.set_model_version_tag(name, str(current), "redflow.rolled_back_at", move.at)
-        mark_decision(client, name, current, ROLLED_BACK, f"production rolled back to v{target}" + (f": {reason}" if reason else ""),
-                      move.at)
+        mark_decision(client, name, current, ROLLED_BACK,
+                      f"production rolled back to v{target}" + (f": {reason}" if reason else ""), move.at)
         return move
 
 
@@ -478,6 +478,6 @@ def production_version(name: str, client: MlflowClient | None = None) -> int | N
     return int(mv.version) if mv is not None else None
 
 
-__all__ = ["AliasMove", "CANDIDATE", "append_entry", "mark_decision", "PRODUCTION", "PromotionDecision", "PromotionPolicy", "RollbackError",
-           "alias_history", "alias_version", "gate_and_promote", "is_gated", "metric_value", "move_alias",
-           "production_version", "rollback"]
+__all__ = ["AliasMove", "CANDIDATE", "append_entry", "mark_decision", "PRODUCTION", "PromotionDecision",
+           "PromotionPolicy", "RollbackError", "alias_history", "alias_version", "gate_and_promote", "is_gated",
+           "metric_value", "move_alias", "production_version", "rollback"]

@@ -18,11 +18,10 @@ from mlflow.tracking import MlflowClient
 from red.utils import utc_now
 
 from .aliases import PRODUCTION, alias_version, append_entry, mark_decision, move_locked
-from .version_tags import GATE_DECISION_TAG, gate_details
 from .decisions import APPROVED, AWAITING_APPROVAL, REJECTED, decision_name, person
 from .locks import DEFAULT_TIMEOUT, registry_lock
+from .version_tags import GATE_DECISION_TAG, gate_champion, gate_details
 from .views import require_version
-
 
 
 class ApprovalRefused(ValueError):
@@ -62,18 +61,17 @@ def decide_approval(name: str, version: int | str, approve: bool, reason: str = 
             raise ApprovalRefused(f"{name} v{version} is not awaiting approval (its decision: {status}), so there is "
                                   f"nothing to {verb}. Fix: `redflow versions {name}` shows which versions await "
                                   "approval")
-        seen = str(gate_details(mv.tags).get("champion", "None"))  # production when the gate decided
+        seen = gate_champion(gate_details(mv.tags))  # production when the gate decided
         prod = alias_version(name, PRODUCTION, client)
-        now = str(prod.version) if prod is not None else "None"
-        if now != seen:
-            shown = (lambda v: "none" if v == "None" else f"v{v}")
+        previous = int(prod.version) if prod is not None else None
+        if previous != seen:
+            shown = (lambda v: "none" if v is None else f"v{v}")
             raise ApprovalRefused(
                 f"production moved since the gate passed {name} v{version}: it was {shown(seen)} then and is "
-                f"{shown(now)} now, so the comparison to {verb} no longer holds. Fix: gate it again against today's "
-                f"production (`redflow promote {name} {version} --config <retrain config>`), then {verb} it")
+                f"{shown(previous)} now, so the comparison to {verb} no longer holds. Fix: gate it again against "
+                f"today's production (`redflow promote {name} {version} --config <retrain config>`), then {verb} it")
         decision = APPROVED if approve else REJECTED
         by, why = by or person(), reason or f"{decision} by hand (no reason given)"
-        previous = int(prod.version) if prod is not None else None
         if approve:
             at = move_locked(client, name, PRODUCTION, version, action=APPROVED, reason=why, by=by).at
         else:

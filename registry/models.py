@@ -42,8 +42,8 @@ from .serving.version_config import build_model_config, default_input_example, m
 from .tracking import (as_dict, code_revision, code_version, final_metric_key, get_or_create_experiment, is_finite,
                        is_orphaned, log_batches, owner_tag, registered_checksum, report_markdown, report_metrics,
                        report_name, versioned_run_name)
-from .version_tags import (EVALUATIONS_TAG, IDENTITY_ARTIFACT, IDENTITY_DIGEST_TAG, METRICS_TAG, compact,
-                           with_evaluation)
+from .version_tags import (EVALUATIONS_TAG, IDENTITY_ARTIFACT, IDENTITY_DIGEST_TAG, MAX_TAG, METRICS_TAG, compact,
+                           json_or_none, with_evaluation)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,7 +57,6 @@ RED_DIR = REPO_ROOT / "red"
 REGISTRY_DIR = Path(__file__).resolve().parent
 MODEL_CODE = REGISTRY_DIR / "serving" / "model_code.py"  # the pyfunc, logged as models-from-code
 MODEL_ARTIFACT = "model"
-_MAX_VERSION_TAG = 5000
 OWNER_TAG = "redflow.owner"  # on a version while it is registering: the process registering it
 
 
@@ -190,7 +189,7 @@ def _resumed_run(run_id: str) -> Iterator[None]:
 
 def _str(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:_MAX_VERSION_TAG]
+    return text[:MAX_TAG]
 
 
 def version_tags(result: "TrainResult", meta: Mapping[str, Any], run_id: str) -> dict[str, str]:
@@ -258,15 +257,8 @@ def read_identity_document(mv, client: MlflowClient | None = None) -> dict[str, 
     document: dict[str, Any] = {k: v for k, v in tags.items() if "." not in k}
     document["identity"] = {k[len("identity."):]: v for k, v in tags.items() if k.startswith("identity.")}
     document["dependencies"] = {k[len("env."):]: v for k, v in tags.items() if k.startswith("env.")}
-    document["training_config"] = _json_or_none(tags.get("training_config"))
+    document["training_config"] = json_or_none(tags.get("training_config"))
     return document
-
-
-def _json_or_none(text: str | None) -> Any:
-    try:
-        return json.loads(text) if text else None
-    except ValueError:
-        return None
 
 
 def ready_versions(name: str, client: MlflowClient | None = None, *, config: str | None = None) -> list:
@@ -394,7 +386,7 @@ def _discard_version(client: MlflowClient, name: str, version: str, why: BaseExc
         pass
     try:
         client.set_model_version_tag(name, version, STATUS_TAG, "failed")
-        client.set_model_version_tag(name, version, "redflow.error", f"{type(why).__name__}: {why}"[:_MAX_VERSION_TAG])
+        client.set_model_version_tag(name, version, "redflow.error", f"{type(why).__name__}: {why}"[:MAX_TAG])
         for alias in client.get_model_version(name, version).aliases:
             client.delete_registered_model_alias(name, alias)
         return "marked failed"

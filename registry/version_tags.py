@@ -31,7 +31,8 @@ _OLD_GATE = "redflow.gate."
 _OLD_EVAL = "eval."
 
 
-def _json(text: str | None) -> Any:
+def json_or_none(text: str | None) -> Any:
+    """``text`` parsed as JSON; None when empty or not JSON."""
     try:
         return json.loads(text) if text else None
     except ValueError:
@@ -47,7 +48,7 @@ def compact(value: Any) -> str:
 def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
     """A version's final metrics by key (``test_accuracy``, ``validation_f1``...): its ``metrics`` tag, else its
     older ``metric.<key>`` tags and ``score`` (the test primary metric)."""
-    found = _json(tags.get(METRICS_TAG))
+    found = json_or_none(tags.get(METRICS_TAG))
     if not isinstance(found, dict):
         found = {k[len("metric."):]: v for k, v in tags.items() if k.startswith("metric.")}
         primary = tags.get("primary_metric")
@@ -66,9 +67,10 @@ def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
 
 def gate_details(tags: Mapping[str, str]) -> dict[str, Any]:
     """The gate's record on a version besides its decision: ``reason``, ``at``, ``champion`` (the production
-    version it saw, None (JSON null) when there was none; "None" in versions gated before 2026-12-07), ``metric`` and ``comparison`` (challenger, champion, difference,
-    ci_low, ci_high, n) where recorded; from tag ``redflow.gate`` or the older ``redflow.gate.<key>`` tags."""
-    found = _json(tags.get(GATE_TAG))
+    version it saw, None (JSON null) when there was none; "None" in versions gated before 2026-12-07: read it with
+    :func:`gate_champion`), ``metric`` and ``comparison`` (challenger, champion, difference, ci_low, ci_high, n)
+    where recorded; from tag ``redflow.gate`` or the older ``redflow.gate.<key>`` tags."""
+    found = json_or_none(tags.get(GATE_TAG))
     if isinstance(found, dict):
         return found
     old = {k[len(_OLD_GATE):]: v for k, v in tags.items() if k.startswith(_OLD_GATE) and k != GATE_DECISION_TAG}
@@ -85,10 +87,17 @@ def gate_details(tags: Mapping[str, str]) -> dict[str, Any]:
     return details
 
 
+def gate_champion(details: Mapping[str, Any]) -> int | None:
+    """The production version the gate compared with (``gate_details(...)["champion"]``): None when there was none
+    (JSON null, or "None" in versions gated before 2026-12-07) or none was recorded."""
+    champion = details.get("champion")
+    return None if champion in (None, "None") else int(champion)
+
+
 def evaluations(tags: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """A version's recorded re-evaluations by report name: ``run_id``, ``at`` and ``metrics`` (empty when they did
     not fit the tag: the evaluation run holds them); from tag ``redflow.evaluations`` or older ``eval.*`` tags."""
-    found = _json(tags.get(EVALUATIONS_TAG))
+    found = json_or_none(tags.get(EVALUATIONS_TAG))
     out: dict[str, dict[str, Any]] = found if isinstance(found, dict) else {}
     for key, value in tags.items():  # older versions: eval.<report>.<metric|run_id|at>
         if key.startswith(_OLD_EVAL) and key.count(".") >= 2:
@@ -109,7 +118,7 @@ def with_evaluation(tags: Mapping[str, str], report: str, run_id: str, at: str,
     """The ``redflow.evaluations`` tag with ``report``'s latest evaluation added: within the tag's limit, the
     older reports' metrics are dropped first (their runs keep them), then the oldest reports, then, only if
     this report's metrics alone are too long, those."""
-    found = _json(tags.get(EVALUATIONS_TAG))
+    found = json_or_none(tags.get(EVALUATIONS_TAG))
     entries: dict[str, dict[str, Any]] = dict(found) if isinstance(found, dict) else {}
     entries.pop(report, None)
     entries[report] = {"run_id": run_id, "at": at,

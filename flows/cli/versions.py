@@ -163,32 +163,33 @@ def _decide(model_name: str, version: int, approve: bool, reason: str, tracking_
         answer(result, [verdict, _recorded(model_name, prefect)], as_json)
 
 
-def approve(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
-            version: int = typer.Argument(..., help="The version awaiting approval."),
-            reason: str = typer.Option("", help="Why (recorded in the alias history with your user@host)."),
-            tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
-            runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
-            as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Move 'production' to VERSION, which passed the gate and awaits approval (promotion.approval: required).
+def _decision_command(approve: bool, doc: str):
+    """The ``approve`` or ``reject`` command: one signature, ``_decide`` with ``approve`` fixed."""
+    def command(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
+                version: int = typer.Argument(..., help="The version awaiting approval."),
+                reason: str = typer.Option("", help="Why (recorded in the alias history with your user@host)."),
+                tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+                runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
+                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+        _decide(model_name, version, approve, reason, tracking_uri, runs_dir, as_json)
+
+    command.__name__ = command.__qualname__ = "approve" if approve else "reject"  # the command's name in typer
+    command.__doc__ = doc
+    return command
+
+
+approve = _decision_command(True, """
+    Move 'production' to VERSION, which passed the gate and awaits approval (promotion.approval: required).
 
     Refused (exit 2) when VERSION is not awaiting approval, or when production moved since the gate compared
     VERSION with it: gate it again then (``redflow promote MODEL VERSION --config ...``). Recorded with who
     ($REDFLOW_USER, else user@host) and why.
-    """
-    _decide(model_name, version, True, reason, tracking_uri, runs_dir, as_json)
-
-
-def reject(model_name: str = typer.Argument(..., help="Registered model, e.g. red-sentiment."),
-           version: int = typer.Argument(..., help="The version awaiting approval."),
-           reason: str = typer.Option("", help="Why (recorded in the alias history with your user@host)."),
-           tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
-           runs_dir: str = typer.Option("runs", help=RUNS_DIR_HELP),
-           as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Keep VERSION, which passed the gate and awaits approval, out of production (recorded as rejected).
+    """)
+reject = _decision_command(False, """
+    Keep VERSION, which passed the gate and awaits approval, out of production (recorded as rejected).
 
     Refused (exit 2) as ``approve`` is: VERSION not awaiting approval, or production moved since the gate.
-    """
-    _decide(model_name, version, False, reason, tracking_uri, runs_dir, as_json)
+    """)
 
 
 def _fmt(value: Optional[float]) -> str:

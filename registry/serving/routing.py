@@ -23,6 +23,7 @@ the request has are left out.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,8 +84,7 @@ def route(model_input: Any, lookup: Mapping[str, ServedTask], served: Iterable[S
     name shared by several served models to those models' names.
     """
     frame = as_frame(model_input)
-    names = [str(c) for c in frame.columns]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted(n for n, k in Counter(str(c) for c in frame.columns).items() if k > 1)  # linear in columns
     if repeated:  # frame[name] would be a table, not a column
         raise RequestError(f"the input names the column(s) {repeated} more than once: give each column once (one "
                            f"{TASK_COLUMN!r} and one text per text column a task reads).")
