@@ -77,17 +77,27 @@ def test_a_config_error_is_told_before_the_heavy_stack_loads(tmp_path):
     assert report["heavy"] == [], report  # nothing of torch, transformers, MLflow or Prefect was imported
 
 
-def test_a_config_error_of_the_cli_costs_little_cpu(tmp_path):
-    """The issue's bound is 2 s of CPU (it was ~6.5 s); 4 s leaves room for a loaded CI machine."""
-    path = _write(tmp_path, defaults={"learning_rate": -1e-3})
-    code = ("import resource, subprocess, sys; "
-            "r = subprocess.run([sys.executable, '-m', 'flows.cli', 'retrain', sys.argv[1]], capture_output=True); "
+def _child_cpu(tmp_path: Path, *argv: str) -> tuple[int, float]:
+    """(exit code, CPU seconds) of ``python argv...`` run in a fresh process."""
+    code = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, *sys.argv[1:]], capture_output=True); "
             "u = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.returncode, u.ru_utime + u.ru_stime)")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     returncode, cpu = out.stdout.split()
-    assert int(returncode) == 2
-    assert float(cpu) < 4.0, f"a config error cost {cpu} s of CPU"
+    return int(returncode), float(cpu)
+
+
+def test_a_config_error_of_the_cli_costs_little_cpu(tmp_path):
+    """The issue's bound is 2 s of CPU (it was ~6.5 s, the heavy stack's imports; ~1.2 s now on an idle machine).
+
+    CPU seconds grow on a loaded machine (one clean-clone CI run measured 4.3 s), so the bound is a ratio measured
+    in the same run: a config error costs under half of importing the stack it used to load first.
+    """
+    path = _write(tmp_path, defaults={"learning_rate": -1e-3})
+    returncode, cpu = _child_cpu(tmp_path, "-m", "flows.cli", "retrain", str(path))
+    assert returncode == 2
+    _, stack = _child_cpu(tmp_path, "-c", "import torch, transformers, mlflow, prefect")
+    assert cpu < 0.5 * stack, f"a config error cost {cpu:.2f} s of CPU, importing the stack {stack:.2f} s"
 
 
 # ---- texts the issue-28 fuzz found crashing the loader, each now a ConfigError naming the file and the place ----
