@@ -11,8 +11,13 @@ nesting.
 from __future__ import annotations
 
 import json
+import select
+import socket
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
@@ -185,3 +190,67 @@ def test_a_refused_row_is_answered_in_one_paragraph_and_openapi_and_docs_work(se
 @example(case=(b"task,sentence\n\"x", "text/csv"))
 def test_any_http_body_is_answered_2xx_or_4xx_without_a_traceback(server, case):
     fs.check_http(server, case)
+
+
+def _raw_post(server, body_parts, headers: dict[str, str]) -> tuple[int, dict]:
+    """POST ``body_parts`` to /invocations over a plain socket, stopping as soon as the server answers (a client
+    that sends 50 MB into a closed connection would only see a reset); ``(status, JSON answer)``."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "127.0.0.1", "Content-Type": "application/json",
+                                                **headers}.items())
+    with socket.create_connection((server.host, server.port), timeout=60) as sock:
+        sock.sendall(f"POST /invocations HTTP/1.1\r\n{head}\r\n".encode())
+        for part in body_parts:
+            if select.select([sock], [], [], 0.02)[0]:
+                break  # answered: stop sending
+            sock.sendall(part)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                answer.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    return status, json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.slow
+def test_100k_rows_and_50_mb_are_refused_naming_the_limit_while_small_requests_keep_answering(server):
+    """Issue 21, item 3: over-limit requests beside small ones: both refused with 413 naming the limit; the small
+    ones keep answering (each within 20 s, a generous bound for two shared cores) and the RSS stays bounded."""
+    process = psutil.Process(server.process.pid)
+    assert post(server, "/invocations", RECORDS, {"Content-Type": "application/json"})[0] == 200   # warm
+    rss = process.memory_info().rss
+    small: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def ask_small() -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            status = post(server, "/invocations", RECORDS, {"Content-Type": "application/json"})[0]
+            small.append((status, time.monotonic() - began))
+
+    asker = threading.Thread(target=ask_small)
+    asker.start()
+    try:
+        rows = json.dumps({"dataframe_records": [{"task": "sentiment", "sentence": "a fine film"}] * 100_000}).encode()
+        status, _, text = post(server, "/invocations", rows, {"Content-Type": "application/json"})
+        assert status == 413, text
+        message = json.loads(text)["message"]
+        assert "the request has 100,000 rows" in message and "max_rows = 10,000" in message
+        assert "--max-rows" in message and "REDFLOW_SERVE_MAX_ROWS" in message
+        mb = b" " * 1_000_000
+        status, answer = _raw_post(server, [mb] * 50, {"Content-Length": str(50_000_000)})
+        assert status == 413 and "50,000,000 bytes (its Content-Length)" in answer["message"], answer
+        assert "max_body_mb = 20 MB" in answer["message"] and "REDFLOW_SERVE_MAX_BODY_MB" in answer["message"]
+        chunked = [b"f4240\r\n" + mb + b"\r\n"] * 50   # 50 chunks of 1,000,000 bytes, no Content-Length
+        status, answer = _raw_post(server, chunked, {"Transfer-Encoding": "chunked"})
+        assert status == 413 and "more than 20,000,000 bytes" in answer["message"], answer
+        time.sleep(1.0)  # small requests after the big ones too
+    finally:
+        stop.set()
+        asker.join(timeout=120)
+    grown = process.memory_info().rss - rss
+    assert len(small) >= 3 and {s for s, _ in small} == {200}, small
+    assert max(t for _, t in small) < 20.0, small
+    assert grown < 300 * 2**20, f"RSS grew {grown / 2**20:.0f} MB"

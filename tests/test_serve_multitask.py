@@ -135,8 +135,9 @@ def test_a_bundle_under_mlflow_models_serve_answers_every_row_as_its_tasks_own_p
     assert '"uri": "models:/serving@production"' in out.output
     mixed = _rows("sentiment", 3) + _rows("topic", 4, 1, name="red-topic") + _rows("paraphrase", 2, 2)
     mixed = [mixed[i] for i in (0, 3, 7, 1, 4, 8, 2, 5, 6)]  # tasks interleaved
-    with start_model_server("models:/serving@production", tracking_uri=store["uri"], env=SERVER_ENV, timeout=240,
-                            log_path=tmp_path / "serve.log") as server:
+    limits = {"REDFLOW_SERVE_MAX_ROWS": "20", "REDFLOW_SERVE_MAX_TEXT_CHARS": "1000"}  # the bundle has none set
+    with start_model_server("models:/serving@production", tracking_uri=store["uri"], env={**SERVER_ENV, **limits},
+                            timeout=240, log_path=tmp_path / "serve.log") as server:
         assert_answers(invoke(server, mixed), mixed, expected)                              # dataframe_records
         assert_answers(invoke(server, frame=pd.DataFrame(mixed)), mixed, expected)          # dataframe_split
         status, body = _post(server, pd.DataFrame(mixed).to_csv(index=False).encode(), "text/csv")
@@ -154,6 +155,16 @@ def test_a_bundle_under_mlflow_models_serve_answers_every_row_as_its_tasks_own_p
         assert "row 1 (task 'sentiment'): empty or missing 'sentence'" in message and "nothing was predicted" in message
         message = _error(server, [{"sentence": "no task"}])
         assert "the input has no 'task' column" in message
+        # over the limits (issue 21): 413 naming the limit and the variable that raises it
+        status, body = _post(server, json.dumps({"dataframe_records": _rows("sentiment", 21)}).encode(),
+                             "application/json")
+        assert status == 413 and body["error_code"] == "REQUEST_LIMIT_EXCEEDED", body
+        assert "the request has 21 rows" in body["message"] and "max_rows = 20" in body["message"]
+        assert "REDFLOW_SERVE_MAX_ROWS" in body["message"]
+        status, body = _post(server, json.dumps({"dataframe_records": [{"task": "sentiment", "sentence": "x" * 1001}]}
+                                                ).encode(), "application/json")
+        assert status == 413 and "holds 1,001 characters" in body["message"], body
+        assert "max_text_chars = 1,000" in body["message"] and "REDFLOW_SERVE_MAX_TEXT_CHARS" in body["message"]
 
         # many clients at once get what one client gets
         requests = [_rows(task, 1 + i % 5, i) + _rows(other, 1 + (i * 3) % 4, i + 1)

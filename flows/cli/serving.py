@@ -37,6 +37,17 @@ def serve(config: Optional[Path] = typer.Argument(None, help="YAML serving confi
                                                                     "(default: 30). POST /reload checks at once."),
           batch_size: Optional[int] = typer.Option(None, help="Rows per forward pass (default: 16)."),
           device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N (default: auto)."),
+          max_rows: Optional[int] = typer.Option(None, help="Most rows per request; more: HTTP 413 (default: "
+                                                            "$REDFLOW_SERVE_MAX_ROWS, else 10000)."),
+          max_body_mb: Optional[float] = typer.Option(None, help="Largest request body in MB; larger: HTTP 413 "
+                                                                 "(default: $REDFLOW_SERVE_MAX_BODY_MB, else 20)."),
+          max_text_chars: Optional[int] = typer.Option(None, help="Most characters per text field; more: HTTP 413 "
+                                                                  "(default: $REDFLOW_SERVE_MAX_TEXT_CHARS, else "
+                                                                  "100000)."),
+          request_timeout: Optional[float] = typer.Option(None, help="Seconds a request may compute; past them it "
+                                                                     "stops at its next batch, HTTP 504 (default: "
+                                                                     "$REDFLOW_SERVE_REQUEST_TIMEOUT, else MLflow's "
+                                                                     "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, 60)."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           port: int = typer.Option(5001, help="Port to listen on."),
           tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
@@ -44,6 +55,7 @@ def serve(config: Optional[Path] = typer.Argument(None, help="YAML serving confi
     """Serve many registered tasks from one base model, following their 'production' alias.
 
     Answers /ping, /health and /invocations as `mlflow models serve` does; each request row names its `task`.
+    Requests over --max-rows, --max-body-mb or --max-text-chars are refused (HTTP 413).
     Also POST /reload (check the registry now) and GET /tasks (what is served). See docs/serving.md.
     """
     # lazy: loads MLflow; --help stays instant
@@ -51,7 +63,9 @@ def serve(config: Optional[Path] = typer.Argument(None, help="YAML serving confi
 
     with guard():
         cfg = _serving_config(config, models=split_commas(models), alias=alias, poll_interval=poll_interval,
-                              batch_size=batch_size, device=device)
+                              batch_size=batch_size, device=device, max_rows=max_rows, max_body_mb=max_body_mb,
+                              max_text_chars=max_text_chars, request_timeout=request_timeout)
+        cfg.request_limits()  # a bad REDFLOW_SERVE_* value is refused before anything loads
         check_port(host, port)
         cfg = cfg.model_copy(update={"tracking_uri": _serving_store(tracking_uri, runs_dir, cfg)})
         follow = f"checks the registry every {cfg.poll_interval:g} s" if cfg.poll_interval else "does not poll"

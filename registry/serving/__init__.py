@@ -7,6 +7,8 @@
 * ``multitask``      - ``MultiTaskModel``: many RED edits on shared bases, following their alias; built from
   ``serving_config`` (which models, which alias), ``served_tasks`` (each version fetched and checked),
   ``snapshot`` (loaded bases, banks, the snapshot a request reads) and ``routing`` (rows to tasks).
+* ``limits``         - how large a request may be (rows, body, characters per text field; HTTP 413 past them) and
+  how long it may compute (its deadline, checked per batch); ``request_guard`` checks a body before MLflow parses it.
 * ``bundle``         - ``register_bundle``: a serving config registered as a model; ``serve_app`` is ``redflow serve``.
 * ``model_code`` / ``bundle_code`` - the models-from-code entry points MLflow copies into each version.
 * ``requirements``   - the pip requirements a pyfunc is logged with.

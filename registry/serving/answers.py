@@ -6,7 +6,11 @@
 * ``generate``: a generation task's answers (greedy unless ``do_sample``), after ``max_new_tokens`` is checked.
 
 A tokenizer is used under the caller's lock: a fast tokenizer keeps its truncation length in shared state,
-and requests run on many threads at once (MLflow's scoring server answers each on a worker thread).
+and requests run on many threads at once (MLflow's scoring server answers each on a worker thread). The lock is
+held for one chunk of ``ENCODE_CHUNK`` rows (or one batch) at a time, never for a whole request, so a large
+request does not keep the small ones beside it waiting; and between chunks and batches the request's deadline is
+checked (``registry.serving.limits``): past it, the request stops instead of computing for a client that MLflow
+already answered with a 504.
 
 ``max_new_tokens`` comes from the request (MLflow's ``params``); unchecked, ``100000`` ran past a GPT-2's
 1,024 positions into an ``IndexError`` answered as a stack trace, and ``-1`` into a transformers error.
@@ -25,6 +29,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from .limits import check_deadline
 from .version_config import REGRESSION
 
 
@@ -39,23 +44,34 @@ class RequestError(MlflowException):
 # ---------------------------------------------------------------------------------------------
 # tokens and batches
 # ---------------------------------------------------------------------------------------------
+ENCODE_CHUNK = 64
+"""Rows tokenized per hold of the tokenizer's lock (a row's tokens do not depend on its neighbours: no padding)."""
+
+
 def encode(tokenizer: Any, columns: Sequence[Sequence[str]], max_length: int,
            lock: threading.Lock) -> list[dict[str, Any]]:
     """Token ids of each row: ``columns`` holds one list of texts per text column (1, or 2 for a pair task),
     all of one length n; returns n feature dicts (``input_ids``, ``attention_mask``...), truncated at
-    ``max_length`` and not padded."""
-    if not len(columns[0]):
-        return []
-    with lock:
-        enc = tokenizer(*[list(c) for c in columns], truncation=True, max_length=int(max_length))
-    return [{k: v[j] for k, v in enc.items()} for j in range(len(columns[0]))]
+    ``max_length`` and not padded. ``lock`` is held per ``ENCODE_CHUNK`` rows; the deadline is checked before
+    each chunk."""
+    n = len(columns[0])
+    features: list[dict[str, Any]] = []
+    for start in range(0, n, ENCODE_CHUNK):
+        check_deadline(start, n)
+        chunk = [list(c[start:start + ENCODE_CHUNK]) for c in columns]
+        with lock:
+            enc = tokenizer(*chunk, truncation=True, max_length=int(max_length))
+        features += [{k: v[j] for k, v in enc.items()} for j in range(len(chunk[0]))]
+    return features
 
 
 def padded_batches(tokenizer: Any, features: list[dict[str, Any]], batch_size: int, device: Any,
                    lock: threading.Lock) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """``(positions, batch)`` of ``batch_size`` rows at a time, in order: ``positions`` index ``features``;
-    ``batch`` is padded (on the tokenizer's padding side) and on ``device``."""
+    ``batch`` is padded (on the tokenizer's padding side) and on ``device``. The deadline is checked before each
+    batch: a request past it stops here (``limits.DeadlineExceeded``)."""
     for start in range(0, len(features), batch_size):
+        check_deadline(start, len(features))
         positions = list(range(start, min(start + batch_size, len(features))))
         with lock:
             batch = tokenizer.pad([features[p] for p in positions], return_tensors="pt")

@@ -48,6 +48,7 @@ from red.bank import BankState
 from red.utils import default_device, utc_now
 
 from .answers import encode, generate, logits, padded_batches, position_limit, scores
+from .limits import request_deadline
 from .routing import RoutedRows, answer_frame, route
 from .served_tasks import ServedTask, VersionRefused, fetch_task, wanted_versions
 from .serving_config import ServingConfig, ServingConfigError, serving_config
@@ -87,6 +88,7 @@ class MultiTaskModel(PythonModel):
         """Load every task (``ServingConfigError``/``VersionRefused`` if any cannot serve) and, with ``follow``
         and a positive ``poll_interval``, start following the alias on a background thread."""
         self.config = config
+        self.limits = config.request_limits()  # ServingConfigError for a bad REDFLOW_SERVE_* value, before loading
         self.tracking_uri = config.tracking_uri or mlflow.get_tracking_uri()
         self.registry_uri = config.tracking_uri or mlflow.get_registry_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
@@ -235,7 +237,14 @@ class MultiTaskModel(PythonModel):
 
     # ---- predicting ------------------------------------------------------------------------
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Answer every row of ``model_input`` from one snapshot (see ``registry.serving.routing`` for the formats)."""
+        """Answer every row of ``model_input`` from one snapshot (see ``registry.serving.routing`` for the formats);
+        a request over the server's limits is refused whole, one past its deadline stops at its next batch
+        (``registry.serving.limits``)."""
+        with request_deadline(self.limits.timeout_s()):
+            self.limits.check_frame(model_input)
+            return self._answer(model_input, params)
+
+    def _answer(self, model_input: pd.DataFrame, params: dict[str, Any] | None) -> pd.DataFrame:
         snap = self._snapshot
         rows = route(model_input, snap.lookup, snap.tasks.values(), snap.ambiguous)
         outputs: list[dict[str, Any]] = [{} for _ in range(len(rows))]

@@ -16,7 +16,9 @@ Predictions (tokenized, batched and shaped by ``registry.serving.answers``, as t
   ``probabilities`` (``{label: p}``);
 * regression: output ``score`` (``label`` and ``probabilities`` null);
 * causal LM / seq2seq: input ``prompt``; output ``generation`` (greedy unless ``do_sample``;
-  ``max_new_tokens`` is a serving param).
+  ``max_new_tokens`` is a serving param);
+* a request over the ``REDFLOW_SERVE_*`` limits (rows, characters per text field) is refused whole with HTTP 413,
+  and one past its deadline stops at its next batch (``registry.serving.limits``).
 
 Which version answers (``registered_as``): a version's number exists only once it is registered, after its
 model (and model config) was logged, so it cannot be written into the model. MLflow writes it beside the model
@@ -54,6 +56,7 @@ from red.utils import default_device
 from ..baselines import ARTIFACT_KEYS, load_baseline
 from ..reachability import server_error
 from .answers import RequestError, encode, generate, logits, padded_batches, scores
+from .limits import RequestLimits, request_deadline
 from .version_config import CLASSIFICATION, GENERATIVE, version_settings
 
 _logger = logging.getLogger(__name__)
@@ -130,6 +133,7 @@ class RedEditModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         cfg = version_settings(context.model_config)
+        self.limits = RequestLimits.resolve()  # the REDFLOW_SERVE_* variables: a bad value fails the load, naming it
         self.model_name, self.version = registered_as(dict(context.artifacts), cfg)
         if "edit" not in context.artifacts:  # LoRA adapter, BitFit tensors or a full checkpoint
             self._load_baseline(cfg, dict(context.artifacts))
@@ -206,10 +210,14 @@ class RedEditModel(PythonModel):
         return [frame[c].astype(str).tolist() for c in cols]
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        texts = self._texts(model_input)
-        if self.config.get("task_type") in GENERATIVE:
-            return self._generate(texts[0], params or {})
-        return self._classify(texts)
+        """Answer every row; a request over the limits is refused whole (HTTP 413), one past its deadline stops at
+        its next batch (``registry.serving.limits``)."""
+        with request_deadline(self.limits.timeout_s()):
+            self.limits.check_frame(model_input)
+            texts = self._texts(model_input)
+            if self.config.get("task_type") in GENERATIVE:
+                return self._generate(texts[0], params or {})
+            return self._classify(texts)
 
     def _batches(self, texts: list[list[str]]) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
         features = encode(self.tokenizer, texts, int(self.config.get("max_length", 256)), self.tokenize_lock)

@@ -9,7 +9,12 @@ others with a 400 whose JSON carries a Python ``stack_trace``, the whole body ec
   not parse or nests deeper than :data:`red.bounded_json.MAX_DEPTH`, column names that are not strings or repeat,
   and CSV that pandas cannot read; what passes goes to MLflow unchanged;
 * ``plain_refusal`` rewrites every 4xx JSON answer MLflow gives to its one-paragraph message: no ``stack_trace``,
-  no echoed body or frame (the full detail goes to the server log).
+  no echoed body or frame (the full detail goes to the server log);
+* ``BoundedBody`` (ASGI middleware, outermost) refuses a body over ``max_body_mb`` with HTTP 413 before MLflow
+  buffers it: from its Content-Length before a byte is read, else (chunked) as soon as the bytes read pass the limit,
+  so a 50 MB body is never held; it also starts the request's deadline (``registry.serving.limits``);
+* ``check_body`` refuses a JSON or CSV request of more than ``max_rows`` rows (413) once it has parsed it, before
+  MLflow builds a DataFrame of it.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 from red import bounded_json
+
+from .limits import RequestLimits, RequestTooLarge, request_deadline
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +45,41 @@ class BadRequest(Exception):
         self.message, self.status = message, status
 
     def body(self) -> bytes:
-        code = "UNSUPPORTED_MEDIA_TYPE" if self.status == 415 else "BAD_REQUEST"
+        code = {413: "REQUEST_LIMIT_EXCEEDED", 415: "UNSUPPORTED_MEDIA_TYPE"}.get(self.status, "BAD_REQUEST")
         return json.dumps({"error_code": code, "message": self.message}).encode()
 
 
-def check_body(body: bytes, content_type: str | None) -> None:
-    """``BadRequest`` for a body MLflow would answer with a 500 or a traceback; None when it may go on."""
+def check_body(body: bytes, content_type: str | None, limits: RequestLimits | None = None) -> None:
+    """``BadRequest`` for a body MLflow would answer with a 500 or a traceback, or (status 413) of more rows than
+    ``limits`` allow; None when it may go on."""
     if not content_type or not content_type.strip():
         raise BadRequest(f"the request has no Content-Type header. Fix: send one of {FORMATS}.", status=415)
     mime = content_type.split(";")[0].strip().lower()
-    if mime == "application/json":
-        _check_json(body)
-    elif mime == "text/csv":
-        _check_csv(body)
+    rows = _check_json(body) if mime == "application/json" else _check_csv(body) if mime == "text/csv" else None
+    if limits is not None and rows is not None:
+        try:
+            limits.check_rows(rows)
+        except RequestTooLarge as exc:
+            raise BadRequest(exc.message, status=413) from None
 
 
-def _check_json(body: bytes) -> None:
+def _rows(parsed: Any) -> int | None:
+    """How many rows a parsed JSON request holds (MLflow's four layouts), or None if it is none of them."""
+    if not isinstance(parsed, dict):
+        return len(parsed) if isinstance(parsed, list) else None
+    for key in ("dataframe_records", "instances", "inputs"):
+        value = parsed.get(key)
+        if isinstance(value, list):
+            return len(value)
+        if isinstance(value, dict):  # columns: the longest one
+            return max((len(v) for v in value.values() if isinstance(v, list)), default=None)
+    split = parsed.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("data"), list):
+        return len(split["data"])
+    return None
+
+
+def _check_json(body: bytes) -> int | None:
     try:
         parsed = bounded_json.loads(body)
     except UnicodeDecodeError as exc:
@@ -71,6 +97,7 @@ def _check_json(body: bytes) -> None:
         columns = parsed["dataframe_split"].get("columns")
         if columns is not None:
             _check_columns(columns)
+    return _rows(parsed)
 
 
 def _check_columns(columns: Any) -> None:
@@ -84,14 +111,14 @@ def _check_columns(columns: Any) -> None:
                          "column once: a row has one task and one text per text column.")
 
 
-def _check_csv(body: bytes) -> None:
+def _check_csv(body: bytes) -> int:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the CSV body is not UTF-8 text (byte {exc.start}). Fix: encode the body as UTF-8.") \
             from None
     try:
-        pd.read_csv(io.StringIO(text))
+        return len(pd.read_csv(io.StringIO(text)))
     except Exception as exc:  # noqa: BLE001 - every reader failure is the body's: say what pandas said, in one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BadRequest(f"the CSV body cannot be read: {_clip(first, 200)}. Fix: a header row (task and the text "
@@ -120,3 +147,55 @@ def plain_refusal(body: bytes) -> bytes:
 def _clip(value: Any, limit: int = 80) -> str:
     text = repr(value) if not isinstance(value, str) else value
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class BoundedBody:
+    """ASGI middleware for ``POST /invocations``: refuses a body over ``limits.max_body_mb`` with HTTP 413 before
+    MLflow reads it (from Content-Length before reading; while reading when there is none), hands the rest on
+    whole, and starts the request's deadline where the request arrives (see the module docstring)."""
+
+    def __init__(self, app: Any, limits: RequestLimits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/invocations" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(send, self.limits.body_refusal(int(declared), declared=True))
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left: nothing to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _refuse(send, self.limits.body_refusal(size, declared=False))
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, handed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal handed
+            if handed:
+                return await receive()
+            handed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        with request_deadline(self.limits.timeout_s()):
+            await self.app(scope, replay, send)
+
+
+async def _refuse(send: Any, message: str) -> None:
+    """A 413 answer; the connection is closed after it (the rest of the body is never read)."""
+    payload = BadRequest(message, status=413).body()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})

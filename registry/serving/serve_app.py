@@ -16,6 +16,8 @@ in one paragraph before MLflow parses them (``request_guard``: no 500s, no trace
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import socket
 import tempfile
 import warnings
@@ -29,7 +31,8 @@ from mlflow.pyfunc import PyFuncModel, scoring_server
 
 from .bundle import BUNDLE_CODE
 from .multitask import bundle_signature
-from .request_guard import BadRequest, check_body, plain_refusal
+from .limits import MLFLOW_TIMEOUT
+from .request_guard import BadRequest, BoundedBody, check_body, plain_refusal
 from .requirements import pip_requirements
 from .serving_config import ServingConfig, ServingConfigError
 
@@ -45,7 +48,8 @@ def build_model(config: ServingConfig) -> PyFuncModel:
 
 
 def create_app(pyfunc_model: PyFuncModel) -> FastAPI:
-    """MLflow's scoring app for ``pyfunc_model`` with ``POST /reload`` and ``GET /tasks`` added."""
+    """MLflow's scoring app for ``pyfunc_model`` with ``POST /reload`` and ``GET /tasks`` added, behind the request
+    guard and the body limit (``BoundedBody``, outermost: a body over the limit never reaches MLflow)."""
     app = scoring_server.init(pyfunc_model)
     model = pyfunc_model.unwrap_python_model()
 
@@ -56,14 +60,18 @@ def create_app(pyfunc_model: PyFuncModel) -> FastAPI:
         if request.url.path != "/invocations" or request.method != "POST":
             return await call_next(request)
         try:
-            await asyncio.to_thread(check_body, await request.body(), request.headers.get("content-type"))
+            await asyncio.to_thread(check_body, await request.body(), request.headers.get("content-type"),
+                                    model.limits)
         except BadRequest as refused:
             return Response(refused.body(), status_code=refused.status, media_type="application/json")
         response = await call_next(request)
-        if not 400 <= response.status_code < 500 or "json" not in response.headers.get("content-type", ""):
+        stopped = response.status_code == 504  # DeadlineExceeded: one paragraph too
+        if not (400 <= response.status_code < 500 or stopped) or "json" not in response.headers.get("content-type", ""):
             return response
         body = b"".join([chunk async for chunk in response.body_iterator])
         return Response(plain_refusal(body), status_code=response.status_code, media_type="application/json")
+
+    app.add_middleware(BoundedBody, limits=model.limits)  # added last: the outermost
 
     @app.post("/reload")
     async def reload() -> JSONResponse:
@@ -94,6 +102,9 @@ def check_port(host: str, port: int) -> None:
 def serve(config: ServingConfig, *, host: str = "127.0.0.1", port: int = 5001, log_level: str = "info") -> None:
     """Load the tasks and serve them until interrupted (SIGINT/SIGTERM end it cleanly)."""
     check_port(host, port)
+    timeout = config.request_limits().request_timeout
+    if timeout:  # MLflow answers 504 at its own timeout: make it redflow's, so --request-timeout raises both
+        os.environ[MLFLOW_TIMEOUT] = str(math.ceil(timeout))
     pyfunc_model = build_model(config)
     try:
         uvicorn.run(create_app(pyfunc_model), host=host, port=port, log_level=log_level, workers=1)

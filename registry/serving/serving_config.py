@@ -10,6 +10,10 @@ of a serving *bundle* (a registered model whose versions are serving configs, ``
     max_new_tokens: 64         # generation tasks: default for requests that do not say
     device: auto               # auto = cuda when available, else cpu
     tracking_uri: null         # default: the server's MLFLOW_TRACKING_URI (what `mlflow models serve` is given)
+    max_rows: null             # request limits (``registry.serving.limits``); null: the REDFLOW_SERVE_* variable,
+    max_body_mb: null          #   else the default (10,000 rows, 20 MB, 100,000 characters per text field,
+    max_text_chars: null       #   MLflow's request timeout); a request over one is refused with HTTP 413
+    request_timeout: null
 
 A name is followed exactly (it must exist and carry the alias when the server starts); a pattern
 matches every redflow task model (tag ``redflow.managed``) whose name fits it, including models
@@ -24,6 +28,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .limits import ENV as LIMIT_FIELDS, LimitsError, RequestLimits
 
 GLOB_CHARS = "*?["
 
@@ -44,6 +50,10 @@ class ServingConfig(BaseModel):
     max_new_tokens: int = Field(default=64, ge=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     tracking_uri: str | None = None
+    max_rows: int | None = Field(default=None, ge=1)
+    max_body_mb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_text_chars: int | None = Field(default=None, ge=1)
+    request_timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -69,6 +79,13 @@ class ServingConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+    def request_limits(self) -> RequestLimits:
+        """The limits this server keeps: these fields, else the ``REDFLOW_SERVE_*`` variables, else the defaults."""
+        try:
+            return RequestLimits.resolve(self.model_dump(include=set(LIMIT_FIELDS)))
+        except LimitsError as exc:
+            raise ServingConfigError(str(exc)) from exc
 
 
 def is_pattern(name: str) -> bool:
