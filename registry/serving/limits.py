@@ -16,9 +16,9 @@ seconds per request             ``request_timeout`` / ``--request-timeout`` ``RE
 A limit set in the serving config (or by a ``redflow serve`` option) wins over its environment variable; the single-task
 pyfunc has no serving config and reads the environment only. The deadline is the smaller of redflow's
 ``request_timeout`` and MLflow's ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`` (60 s unless set), counted from when the
-request arrived (``redflow serve``) or from when ``predict`` began (``mlflow models serve``): past it MLflow has
-answered 504 already, so the request stops at its next batch (``check_deadline``, called per tokenized chunk and per
-forward pass) instead of computing for nobody.
+request's body was read (``redflow serve``, as MLflow's timeout) or from when ``predict`` began (``mlflow models
+serve``): past it MLflow has answered 504 already, so the request stops at its next batch (``check_deadline``,
+called per tokenized chunk and per forward pass) instead of computing for nobody.
 
 A request over a limit is refused whole, with HTTP 413 (``RequestTooLarge``) naming the limit and how to raise it; a
 request stopped at its deadline raises ``DeadlineExceeded`` (HTTP 504).

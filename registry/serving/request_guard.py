@@ -12,7 +12,8 @@ others with a 400 whose JSON carries a Python ``stack_trace``, the whole body ec
   no echoed body or frame (the full detail goes to the server log);
 * ``BoundedBody`` (ASGI middleware, outermost) refuses a body over ``max_body_mb`` with HTTP 413 before MLflow
   buffers it: from its Content-Length before a byte is read, else (chunked) as soon as the bytes read pass the limit,
-  so a 50 MB body is never held; it also starts the request's deadline (``registry.serving.limits``);
+  so a 50 MB body is never held; once the body is read it starts the request's deadline (``registry.serving.limits``),
+  where MLflow's own request timeout starts too;
 * ``check_body`` refuses a JSON or CSV request of more than ``max_rows`` rows (413) once it has parsed it, before
   MLflow builds a DataFrame of it.
 """
@@ -152,7 +153,7 @@ def _clip(value: Any, limit: int = 80) -> str:
 class BoundedBody:
     """ASGI middleware for ``POST /invocations``: refuses a body over ``limits.max_body_mb`` with HTTP 413 before
     MLflow reads it (from Content-Length before reading; while reading when there is none), hands the rest on
-    whole, and starts the request's deadline where the request arrives (see the module docstring)."""
+    whole, and starts the request's deadline once its body is read (see the module docstring)."""
 
     def __init__(self, app: Any, limits: RequestLimits):
         self.app, self.limits = app, limits
