@@ -273,6 +273,11 @@ def test_serve_refuses_unknown_models_reft_edits_and_bad_settings_before_listeni
     assert out.exit_code == 2 and "needs `models`" in out.output
     out = serve("--models", "red-*", "--batch-size", "0")
     assert out.exit_code == 2 and "batch_size" in out.output
+    out = serve("--models", "red-*", "--max-rows", "0")
+    assert out.exit_code == 2 and "max_rows" in out.output
+    out = runner.invoke(app, ["serve", "--models", "red-*", "--port", str(free_port()), "--tracking-uri", store["uri"]],
+                        env={"REDFLOW_SERVE_MAX_BODY_MB": "lots"}, terminal_width=200)
+    assert out.exit_code == 2 and "REDFLOW_SERVE_MAX_BODY_MB='lots' is not a number above 0" in out.output
     config = tmp_path / "serving.yaml"
     config.write_text("models: ['red-*']\npoll_interval: -1\n")
     out = serve(str(config))
