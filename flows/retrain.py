@@ -54,9 +54,9 @@ def prepare_data_task(cfg: RetrainConfig, task: TaskSpec):
 
 @task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2, task_run_name="plan-{task.name}",
       retry_condition_fn=retry_if_transient)
-def plan_task(cfg: RetrainConfig, task: TaskSpec, data, force: bool):
+def plan_task(cfg: RetrainConfig, task: TaskSpec, data, force: bool, registered=None):
     console.report(task.name, "plan")
-    plan = steps.plan_step(cfg, task, data, force=force)
+    plan = steps.plan_step(cfg, task, data, force=force, registered=registered)
     get_run_logger().info("%s: %s (%s)", task.name, plan.action, "; ".join(plan.reasons))
     if plan.action == steps.UNCHANGED:
         console.report(task.name, "unchanged", f"same inputs as v{plan.latest_version}")
@@ -168,9 +168,10 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
     logger = get_run_logger()
     chains = {}
     waiting, tuned = [], []
+    registered = _registered_versions(cfg)
     for t in cfg.tasks:
         data = prepare_data_task.submit(cfg, t)
-        plan = plan_task.submit(cfg, t, data, force)
+        plan = plan_task.submit(cfg, t, data, force, registered.get(cfg.model_name(t)))
         if cfg.train_config(t).tune is not None:  # searched below, once the untuned chains are all under way
             chains[t.name] = {"prepare": data, "plan": plan}
             tuned.append(t)
@@ -191,6 +192,17 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
             console.report(name, summary[name]["status"], f"at {summary[name]['step']}")
             logger.error("task %s %s: %s", name, summary[name]["status"], summary[name]["error"])
     return summary
+
+
+def _registered_versions(cfg: RetrainConfig) -> dict[str, Any]:
+    """What every task's plan reads from the registry, read once for all (``steps.registered_versions``: a few calls
+    whatever the number of tasks); empty when that fails, and each plan then reads its own (with its retries)."""
+    try:
+        return steps.registered_versions(cfg)
+    except Exception as exc:  # noqa: BLE001 - the plans look up their own and report what fails there
+        get_run_logger().warning("reading the registry for all %d tasks at once failed (%s: %s); each task's plan "
+                                 "reads its own", len(cfg.tasks), type(exc).__name__, exc)
+        return {}
 
 
 def _chain(cfg: RetrainConfig, t: TaskSpec, data, plan, result) -> dict[str, Any]:

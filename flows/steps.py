@@ -32,7 +32,8 @@ from registry import gate_and_promote, log_training, register_edit, setup_tracki
 from registry.aliases import CANDIDATE, alias_version, move_alias, production_version
 from registry.champion import load_trained, score_version, trained_max_length
 from registry.edit_diff import log_production_diff
-from registry.models import download_edit, may_have_identity, ready_versions, registered_from, version_record
+from registry.models import download_edit, registered_from
+from registry.plan_lookup import ModelVersions, experiment_id, model_versions, plan_records, production_in
 from registry.tracking import log_gate_comparison
 from tasks.data import prepare_data
 from tasks.evaluate.paired import rows_report, score_split
@@ -75,9 +76,24 @@ def prepare_step(cfg: RetrainConfig, task: TaskSpec):
     return prepare_data(spec, seed=spec.split_seed, cache_dir=Path(cfg.runs_dir) / "cache" / "data")
 
 
-def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) -> Plan:
+def registered_versions(cfg: RetrainConfig, tasks: list[TaskSpec] | None = None) -> dict[str, ModelVersions]:
+    """What the plans of ``tasks`` (default: all the config's) read from the registry, by model name: one search
+    over the versions of all their models and one over their latest versions' training runs
+    (``registry.plan_lookup``), so that an unchanged night makes no registry call per task."""
+    setup_store(cfg)
+    client = MlflowClient()
+    experiment = experiment_id(cfg.experiment, client)
+    return model_versions([cfg.model_name(t) for t in (cfg.tasks if tasks is None else tasks)], client,
+                          experiment_ids=[experiment] if experiment else [], config=cfg.name)
+
+
+def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False,
+              registered: ModelVersions | None = None) -> Plan:
     """Tonight's action for ``task`` (``tasks.lifecycle.plan.decide``): train, ``unchanged`` when the inputs equal
-    those of the latest registered version and the gate decided on it, ``gate`` when it never did."""
+    those of the latest registered version and the gate decided on it, ``gate`` when it never did.
+
+    ``registered``: the task's entry of :func:`registered_versions` read once for the whole night (the flow does);
+    without it this task's own lookup, the same calls for one task."""
     setup_store(cfg)
     config = cfg.train_config(task)
     metric = cfg.promotion_for(task).metric
@@ -91,13 +107,14 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False) 
     identity = training_identity(data, config, cache_dir=Path(cfg.runs_dir) / "cache" / "base", co_train=co_train)
     name = cfg.model_name(task)
     recipe = json.loads(json.dumps(config.recipe(data.task or data.name), default=str))
-    ready = ready_versions(name, config=cfg.name)
-    # the latest in full; an earlier one only where its identity digest could be tonight's (one artifact each)
-    versions = [version_record(mv) for i, mv in enumerate(ready) if i == 0 or may_have_identity(mv, identity)]
+    if registered is None:
+        registered = registered_versions(cfg, [task])[name]
+    # the latest version, and an earlier one only where its identity digest could be tonight's
+    versions = plan_records(registered, identity, config=cfg.name)
     return decide(identity, versions[0] if versions else None, earlier=versions[1:], force=force,
                   dependencies=cfg.retrain_on_dependency_change, recipe=recipe,
                   init_production=config.init == "production",
-                  production=production_version(name) if config.init == "production" else None)
+                  production=production_in(registered) if config.init == "production" else None)
 
 
 @contextlib.contextmanager

@@ -42,8 +42,8 @@ from .serving.version_config import build_model_config, default_input_example, m
 from .tracking import (as_dict, code_revision, code_version, final_metric_key, get_or_create_experiment, is_finite,
                        is_orphaned, log_batches, owner_tag, registered_checksum, report_markdown, report_metrics,
                        report_name, versioned_run_name)
-from .version_tags import (EVALUATIONS_TAG, IDENTITY_ARTIFACT, IDENTITY_DIGEST_TAG, MAX_TAG, METRICS_TAG, compact,
-                           json_or_none, with_evaluation)
+from .version_tags import (DEPENDENCIES_RUN_TAG, EVALUATIONS_TAG, IDENTITY_ARTIFACT, IDENTITY_DIGEST_TAG, MAX_TAG,
+                           METRICS_TAG, compact, json_or_none, with_evaluation)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -503,7 +503,10 @@ def register_edit(
     _ensure_registered_model(client, name, result)
     all_tags = version_tags(result, meta, run_id)
     # the full identity, beside the edit on the training run; the version keeps its digest
-    client.log_dict(run_id, identity_document(result, meta, run_id), IDENTITY_ARTIFACT)
+    document = identity_document(result, meta, run_id)
+    client.log_dict(run_id, document, IDENTITY_ARTIFACT)
+    # its dependencies on the run too: a night's plans read them for all tasks in one search (registry/plan_lookup)
+    client.set_tag(run_id, DEPENDENCIES_RUN_TAG, compact(document["dependencies"]))
     if meta.get("tensors_sha256"):  # what serving and download_edit check the stored edit against
         client.set_tag(run_id, "edit_sha256", meta["tensors_sha256"])
     all_tags.update({k: _str(v) for k, v in (tags or {}).items()})

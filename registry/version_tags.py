@@ -25,6 +25,8 @@ GATE_DECISION_TAG = "redflow.gate.decision"
 GATE_TAG = "redflow.gate"                # {"reason", "at", "champion", "metric", "comparison"}
 EVALUATIONS_TAG = "redflow.evaluations"  # {report: {"run_id", "at", "metrics"}}
 IDENTITY_ARTIFACT = "identity.json"     # on the training run: identity, dependencies, training config, ...
+DEPENDENCIES_RUN_TAG = "redflow.dependencies"  # on the training run: identity.json's dependencies, so a
+#                                              plan reads them for many versions in one search (registry/plan_lookup.py)
 MAX_TAG = 5000                          # a model version tag's value limit in MLflow's SQL stores
 
 _OLD_GATE = "redflow.gate."

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import synthetic_task, write_retrain_config
 
+from registry.version_tags import DEPENDENCIES_RUN_TAG
 from tasks.lifecycle import identity as identity_module
 from tasks.lifecycle.identity import (CODE_EXCLUDED, CODE_MODULES, Identity, base_id, code_files, code_version,
                                       dependency_versions, source_hash)
@@ -221,6 +222,8 @@ def test_nights_after_a_tokenizer_change_or_a_dependency_upgrade(tmp_path, tiny_
     assert document["identity"] == identity.to_dict() and v1.tags["identity_digest"] == identity.digest()
     assert identity == plan_step(cfg, task, data).identity and identity.dependencies == dependency_versions()
     assert document["edit_sha256"] == MlflowClient().get_run(v1.run_id).data.tags["edit_sha256"]
+    # the run repeats the dependencies, so a night's plans read them in one search (tests/test_plan_batching.py)
+    assert json.loads(MlflowClient().get_run(v1.run_id).data.tags[DEPENDENCIES_RUN_TAG]) == document["dependencies"]
 
     recorded = dependency_versions()["torch"]
     real = identity_module.installed_version
