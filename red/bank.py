@@ -10,18 +10,21 @@ as ``RedEdit`` does): the result equals running each task alone. Works in
 ``generate()``: when a batch is expanded for beams or several return sequences,
 the task ids are expanded the same way.
 
-Task heads. Each task keeps its own copy of every head module it trained (a
-classifier per task), loaded with its own tensors, so tasks may have heads of
-different shapes: 2, 3 or 4 labels, or a regression head, in one bank. The base
-model's head module computes nothing for the bank: a forward hook replaces its
-output by running each task's copy on that task's rows. When the tasks' head
+Task heads. Each task keeps its own version of every head module it trained (a
+classifier per task), with its own tensors, so tasks may have heads of different
+shapes: 2, 3 or 4 labels, or a regression head, in one bank. The base model's head
+module's output is not used by the bank: a forward hook replaces it by each row's
+task's version. An ``EditBank`` state stacks the tasks' head tensors by shape and
+applies each shape in one batched operation, with no loop over the tasks present
+(``red.bank_heads``); a ``TrainableBank`` runs each task's own (trained) module on
+that task's rows. When the tasks' head
 outputs differ in width, the output is padded on the last dimension to the widest
 task with NaN (``EditBank.PAD``), so a row's first ``output_widths[task]`` values
 are exactly what the task alone gives and the rest can never be mistaken for a
 score; ``split_outputs`` returns each row's own part. Loss computation by the base
 model (``labels=``) is refused when the tasks' heads differ: compute it per task.
 
-State and swaps. Everything that describes the K tasks (names, stacks, head copies,
+State and swaps. Everything that describes the K tasks (names, stacks, stacked heads,
 widths) is one ``BankState``, built beside the serving one and never changed
 afterwards. The bank's hooks sit on the base model once; each call captures the
 bank's current state when it starts (``tasks()``), and ``swap(new_state)`` replaces
@@ -30,8 +33,8 @@ started with, the next call sees the new one, and no call ever mixes the two (a
 second bank on the same base would apply its edits on top instead: one bank per base).
 
 Thread safety: the task ids and state of a call are kept per thread (``threading.local``),
-so concurrent calls from a server's threads each get their own result; the per-task
-head copies are applied without swapping any module's parameters.
+so concurrent calls from a server's threads each get their own result; no module shared
+between threads has its parameters swapped (stacked heads run a per-thread skeleton).
 """
 from __future__ import annotations
 
@@ -39,13 +42,15 @@ import contextlib
 import copy
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .bank_heads import StackedHead
 from .config import EditConfig
 from .errors import EditConfigError
 from .fingerprint import fingerprint, weight_sample
@@ -98,37 +103,52 @@ class TaskSet:
                 zip(self.names, self.task_types, self.output_widths)]
 
 
+def _file_key(path: str | Path) -> tuple:
+    """What identifies an edit file's content without reading it: its resolved path, size and modification time."""
+    path = Path(path).resolve()
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path),)  # read_edit names the problem
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 class BankState(TaskSet, nn.Module):
-    """The K tasks of a bank: names, (K, H) scale/bias stacks per target layer, per-task head copies.
+    """The K tasks of a bank: names, (K, H) scale/bias stacks per target layer, stacked per-task heads.
 
     Built from edit files for one base model (checked: method, architecture, weight fingerprint)
     and not modified afterwards: a change of tasks or versions builds a new state and
     ``EditBank.swap`` puts it in place. ``fingerprints`` caches the base's fingerprint per target
-    set (the base is frozen, so it is computed once per bank, not once per state).
+    set (the base is frozen, so it is computed once per bank, not once per state). ``known``: the
+    ``sources`` of an earlier state of the same bank: a file unchanged since (same path, size and
+    modification time) is not read and checked again, so a state of K tasks where one moved costs one
+    read, not K. Heads are stacked from the files' tensors (``red.bank_heads``), not copied per task.
     """
 
     def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None, *,
-                 check_fingerprint: bool = True, fingerprints: dict | None = None):
+                 check_fingerprint: bool = True, fingerprints: dict | None = None,
+                 known: Mapping[tuple, tuple] | None = None):
         super().__init__()
         if not edits:
             raise EditConfigError("an EditBank needs at least one edit file")
         self.names = list(names or [Path(e).stem for e in edits])
         if len(self.names) != len(edits):
             raise EditConfigError(f"{len(edits)} edit files but {len(self.names)} names")
-        files = [read_edit(e) for e in edits]
         cache = {} if fingerprints is None else fingerprints
-        for (_, meta), name in zip(files, self.names):
-            if meta["method"] != "red":
-                raise EditConfigError(f"EditBank serves RED edits; {name!r} is a {meta['method']} edit")
-            check_compatible(model, meta)
-            if check_fingerprint:
-                key = tuple(sorted(meta["targets"]))
-                if key not in cache:
-                    cache[key] = (fingerprint(model, key), weight_sample(model, key))
-                fp, sample = cache[key]
-                check_weights(model, meta, base_fingerprint=fp, sample=sample, where=f"edit {name!r}")
+        self.sources: dict[tuple, tuple] = {}  # file key -> (tensors, meta, fingerprint checked)
+        files = []
+        for path, name in zip(edits, self.names):
+            key = _file_key(path)
+            record = (known or {}).get(key)
+            if record is None or (check_fingerprint and not record[2]):
+                tensors, meta = read_edit(path)
+                self._check(model, meta, name, check_fingerprint, cache)
+                record = (tensors, meta, check_fingerprint)
+            self.sources[key] = record
+            files.append(record[:2])
         self.task_types = [str((meta.get("extra") or {}).get("task_type", "")) or None for _, meta in files]
-        self.targets = union_targets(model, [EditConfig(**meta["config"]) for _, meta in files])
+        configs = {json.dumps(meta["config"], sort_keys=True): meta["config"] for _, meta in files}
+        self.targets = union_targets(model, [EditConfig(**c) for c in configs.values()])
         order = list(dict(model.named_modules()))
         k = len(files)
         self.scales = nn.ParameterDict()
@@ -142,34 +162,63 @@ class BankState(TaskSet, nn.Module):
             self.scales[module_key(t.name)] = nn.Parameter(s, requires_grad=False)
             self.biases[module_key(t.name)] = nn.Parameter(b, requires_grad=False)
         self.head_names = sorted({h for _, meta in files for h in meta["head"]}, key=order.index)
-        self.heads = nn.ModuleList(self._task_heads(model, files))
-        self.output_widths: list[int | None] = [self._width(heads) for heads in self.heads]
+        modules = dict(model.named_modules())
+        self.stacked = nn.ModuleDict({module_key(head): StackedHead(modules[head], [
+            self._own_tensors(modules[head], head, tensors, name) for (tensors, _), name in zip(files, self.names)])
+            for head in self.head_names})
+        self.output_widths: list[int | None] = [self._stacked_width(modules, k) for k in range(len(files))]
         self.to(next(model.parameters()).device)
         object.__setattr__(self, "_base", weakref.ref(model))  # not a submodule: the base is the bank's
 
-    def _task_heads(self, model: nn.Module, files) -> list[nn.ModuleDict]:
-        """Per task, a copy of every head module with that task's tensors (the base module's where it has none)."""
-        modules = dict(model.named_modules())
-        heads = []
-        for (tensors, _), name in zip(files, self.names):
-            copies = nn.ModuleDict()
-            for head in self.head_names:
-                module = head_copy(modules[head])
-                prefix = f"head.{head}."
-                for key, tensor in tensors.items():
-                    if not key.startswith(prefix):
-                        continue
-                    owner, _, pname = key[len(prefix):].rpartition(".")
-                    try:
-                        sub = module.get_submodule(owner) if owner else module
-                    except AttributeError as exc:
-                        raise EditConfigError(f"edit {name!r}: head tensor {key} has no module in this model") from exc
-                    old = getattr(sub, pname, None)
-                    like = old if isinstance(old, torch.Tensor) else next(module.parameters())
-                    sub.register_parameter(pname, nn.Parameter(tensor.to(like.dtype), requires_grad=False))
-                copies[module_key(head)] = module
-            heads.append(copies)
-        return heads
+    @staticmethod
+    def _check(model: nn.Module, meta: dict, name: str, check_fingerprint: bool, cache: dict) -> None:
+        """Refuse an edit this bank cannot serve: not RED, another architecture, other base weights."""
+        if meta["method"] != "red":
+            raise EditConfigError(f"EditBank serves RED edits; {name!r} is a {meta['method']} edit")
+        check_compatible(model, meta)
+        if check_fingerprint:
+            key = tuple(sorted(meta["targets"]))
+            if key not in cache:
+                cache[key] = (fingerprint(model, key), weight_sample(model, key))
+            fp, sample = cache[key]
+            check_weights(model, meta, base_fingerprint=fp, sample=sample, where=f"edit {name!r}")
+
+    @staticmethod
+    def _own_tensors(module: nn.Module, head: str, tensors: Mapping[str, torch.Tensor], name: str
+                     ) -> dict[str, torch.Tensor]:
+        """A task's tensors of head module ``head`` by parameter name, in the module's dtype."""
+        prefix, own = f"head.{head}.", {}
+        fallback = next(module.parameters(), None)
+        for key, tensor in tensors.items():
+            if not key.startswith(prefix):
+                continue
+            pname = key[len(prefix):]
+            owner, _, leaf = pname.rpartition(".")
+            try:
+                sub = module.get_submodule(owner) if owner else module
+            except AttributeError as exc:
+                raise EditConfigError(f"edit {name!r}: head tensor {key} has no module in this model") from exc
+            old = getattr(sub, leaf, None)
+            like = old if isinstance(old, torch.Tensor) else fallback
+            own[pname] = tensor.to(like.dtype) if like is not None else tensor
+        return own
+
+    def _stacked_width(self, modules: dict[str, nn.Module], task: int) -> int | None:
+        """Output width of a task's last head module: rows of its last 2-D weight (classes, or 1 for regression)."""
+        if not self.head_names:
+            return None
+        last = self.head_names[-1]
+        tensors = self.stacked[module_key(last)].tensors(modules[last], task)
+        weights = [t for n, t in tensors.items() if n.endswith("weight") and t.ndim == 2]
+        return int(weights[-1].shape[0]) if weights else None
+
+    @property
+    def heads(self) -> list[dict[str, nn.Module]]:
+        """Per task, a standalone copy of each of its head modules, built on each access (to inspect a task's
+        head; calls run the stacked tensors and never build these)."""
+        modules = dict(self._base().named_modules())
+        return [{module_key(h): self.stacked[module_key(h)].module_for(modules[h], k) for h in self.head_names}
+                for k in range(len(self.names))]
 
     def stacks(self, key: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(K, hidden) scaling and bias vectors of target ``key``; (None, None) where no task edits it."""
@@ -273,7 +322,10 @@ class RoutedBank(nn.Module):
             if head_name not in state.head_names:
                 return None
             ids = ids.to(x.device)
-            groups = []
+            stacked = getattr(state, "stacked", None)
+            if stacked is not None:  # an EditBank's state: one batched op per head signature, no loop over tasks
+                return stacked[key].run(module, x, ids, rest_args, extra)
+            groups = []  # a TrainableBank's own head modules, trained per task
             for task in ids.unique().tolist():
                 rows = (ids == task).nonzero(as_tuple=True)[0]
                 groups.append((rows, state.heads[task][key](x[rows], *rest_args, **extra)))
@@ -348,21 +400,26 @@ class EditBank(RoutedBank):
     """K RED edits (with their task heads) on one frozen base model; route rows with ``task_ids``."""
 
     def __init__(self, model: nn.Module, edits: Sequence[str | Path], names: Sequence[str] | None = None,
-                 *, check_fingerprint: bool = True):
+                 *, check_fingerprint: bool = True, fingerprints: dict | None = None,
+                 known: Mapping[tuple, tuple] | None = None):
+        """``fingerprints``/``known``: as for ``BankState`` (a caller that checked the files beside this bank)."""
         super().__init__()
         self._route(model)
-        self._fingerprints: dict = {}
+        self._fingerprints: dict = {} if fingerprints is None else fingerprints
         self._swap_lock = threading.Lock()
-        state = self.load_state(edits, names, check_fingerprint=check_fingerprint)
+        state = self.load_state(edits, names, check_fingerprint=check_fingerprint, known=known)
         self._install_hooks(state)
         self.state = state
 
     # ---- the current state ------------------------------------------------------------
     def load_state(self, edits: Sequence[str | Path], names: Sequence[str] | None = None, *,
-                   check_fingerprint: bool = True) -> BankState:
-        """A new ``BankState`` for this bank's base model (checked; not yet serving: see ``swap``)."""
+                   check_fingerprint: bool = True, known: Mapping[tuple, tuple] | None = None) -> BankState:
+        """A new ``BankState`` for this bank's base model (checked; not yet serving: see ``swap``). Files the
+        current state (or ``known``) read and checked, unchanged since, are not read again."""
+        current = self._modules.get("state")  # None while the bank's first state is built
+        reuse = {**(current.sources if current is not None else {}), **(known or {})}
         return BankState(self.base_model, edits, names, check_fingerprint=check_fingerprint,
-                         fingerprints=self._fingerprints)
+                         fingerprints=self._fingerprints, known=reuse)
 
     def swap(self, state: BankState) -> BankState:
         """Serve ``state`` from the next call on and return the previous state; calls in flight keep theirs.

@@ -1,6 +1,8 @@
 """EditBank: K tasks in one batch give the same results as each task alone."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -82,14 +84,16 @@ def test_bank_errors_are_clear(make_tiny, tmp_path):
 
 
 # ---- tasks with different heads in one bank ------------------------------------------------------
-def _head_edit(base_path, tmp_path, name, *, num_labels=None, regression=False, seed=0):
-    """A RED edit + head trained (perturbed) on a classification or regression model loaded from ``base_path``."""
+def _head_edit(base_path, tmp_path, name, *, num_labels=None, regression=False, seed=0, loaded=None):
+    """A RED edit + head trained (perturbed) on a classification or regression model loaded from ``base_path``
+    (or a copy of ``loaded``, that model already loaded with these settings)."""
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {"num_labels": 1, "problem_type": "regression"} if regression else {"num_labels": num_labels}
     kwargs["ignore_mismatched_sizes"] = True
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(base_path, **kwargs).eval()
+    model = (copy.deepcopy(loaded) if loaded is not None
+             else AutoModelForSequenceClassification.from_pretrained(base_path, **kwargs).eval())
     edited = attach(model, EditConfig())
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -125,3 +129,53 @@ def test_tasks_with_2_4_labels_and_regression_share_a_bank(make_tiny, tmp_path, 
         assert torch.isnan(logits[row, want.shape[0]:]).all()  # padding can never be mistaken for a score
     with pytest.raises(red.EditConfigError, match="different heads"):
         bank(**batch, task_ids=task_ids, labels=torch.zeros(6, dtype=torch.long))
+
+
+def test_sixteen_tasks_of_four_head_widths_in_one_batch_equal_each_task_alone(make_tiny, tmp_path, monkeypatch):
+    """K = 16 (2, 3, 4 labels and regression, RoBERTa's two-layer head: the stacked, vmapped path): every row as its
+    task alone; and the host syncs of a call do not grow with the number of tasks in it (issue 21: one batched
+    op per head shape, no per-task loop)."""
+    from transformers import AutoModelForSequenceClassification
+
+    base_path = tmp_path / "base"
+    make_tiny("roberta", head="cls").save_pretrained(base_path)
+    kinds = [dict(num_labels=2), dict(num_labels=3), dict(num_labels=4), dict(regression=True)]
+    loaded = []  # one load per head shape; each task's edit and its "alone" model are copies of it
+    for kind in kinds:
+        path, kwargs = _head_edit(base_path, tmp_path, "probe", **kind)
+        loaded.append(AutoModelForSequenceClassification.from_pretrained(base_path, **kwargs).eval())
+    files = [_head_edit(base_path, tmp_path, f"t{k}", seed=k, loaded=loaded[k % 4], **kinds[k % 4]) for k in range(16)]
+    bank = EditBank(AutoModelForSequenceClassification.from_pretrained(base_path).eval(), [p for p, _ in files])
+    assert bank.output_widths == [2, 3, 4, 1] * 4
+    g = torch.Generator().manual_seed(2)
+    batch = {"input_ids": torch.randint(3, 90, (16, 5), generator=g), "attention_mask": torch.ones(16, 5, dtype=torch.long)}
+    every = list(range(15, -1, -1))             # all 16 tasks, one row each
+    four = [0, 1, 2, 3] * 4                      # 4 tasks, the same four head shapes
+    syncs = {"n": 0}
+    for method in ("tolist", "item", "nonzero", "unique"):
+        original = getattr(torch.Tensor, method)
+
+        def counted(self, *args, _original=original, **kwargs):
+            syncs["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counted)
+    counts = []
+    with torch.no_grad():
+        for ids in (every, four):
+            syncs["n"] = 0
+            logits = bank(**batch, task_ids=ids).logits
+            counts.append(syncs["n"])
+    monkeypatch.undo()
+    assert counts[0] == counts[1], f"host syncs per call: {counts} for 16 vs 4 tasks present"
+    with torch.no_grad():
+        logits = bank(**batch, task_ids=every).logits
+    for task in range(16):
+        rows = [r for r, t in enumerate(every) if t == task]
+        path, kwargs = files[task]
+        alone = load_edit(copy.deepcopy(loaded[task % 4]), path)
+        with torch.no_grad():
+            want = alone(**{k: v[rows] for k, v in batch.items()}).logits
+        got = logits[rows]
+        torch.testing.assert_close(got[:, : want.shape[1]], want, atol=1e-5, rtol=0)
+        assert torch.isnan(got[:, want.shape[1]:]).all()

@@ -358,6 +358,45 @@ def test_classification_regression_and_generation_tasks_share_one_model(store, t
                 assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
 
 
+def test_a_poll_reads_every_served_models_alias_in_one_registry_call(store):
+    """K served models cost one registry search per poll, not K reads (issue 21: alias moves picked up within the
+    poll interval + 1 s at K = 128); a registry that cannot list its models is read name by name."""
+    from collections import Counter
+
+    from mlflow.protos.databricks_pb2 import ENDPOINT_NOT_FOUND
+
+    from registry.serving.served_tasks import wanted_versions
+    from registry.serving.serving_config import serving_config
+
+    calls: Counter = Counter()
+
+    class Counting(MlflowClient):
+        searchable = True
+
+        def search_registered_models(self, *args, **kwargs):
+            calls["search"] += 1
+            if not self.searchable:
+                raise MlflowException("search is not offered here", error_code=ENDPOINT_NOT_FOUND)
+            return super().search_registered_models(*args, **kwargs)
+
+        def get_registered_model(self, *args, **kwargs):
+            calls["get"] += 1
+            return super().get_registered_model(*args, **kwargs)
+
+    client = Counting(store["uri"])
+    want = {n: int(MlflowClient().get_registered_model(n).aliases["production"]) for n in MODELS.values()}
+    named = serving_config({"models": ["red-sentiment", "red-topic", "red-paraphrase"]})
+    assert wanted_versions(serving_config({"models": ["red-sentiment", "red-*"]}), client) == want
+    assert wanted_versions(named, client) == want
+    assert calls == {"search": 2}  # one per poll, whatever the number of models; no per-model read
+    client.searchable = False
+    calls.clear()
+    assert wanted_versions(named, client) == want
+    assert calls == {"search": 1, "get": 3}
+    with pytest.raises(MlflowException, match="not offered"):  # a pattern needs the listing: no guess
+        wanted_versions(serving_config({"models": ["red-*"]}), client)
+
+
 def test_rows_route_by_task_or_model_name_and_a_shared_task_name_must_name_the_model():
     from registry.serving.routing import RequestError, route
     from registry.serving.served_tasks import ServedTask

@@ -32,6 +32,7 @@ import logging
 import shutil
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,6 +56,7 @@ from .serving_config import ServingConfig, ServingConfigError, serving_config
 from .snapshot import BaseGroup, Snapshot
 
 _log = logging.getLogger(__name__)
+FETCH_THREADS = 4  # versions downloaded at once when several moved (a start): registry and file I/O overlap
 
 
 def bundle_signature(config: ServingConfig | dict | None = None) -> ModelSignature:
@@ -143,14 +145,16 @@ class MultiTaskModel(PythonModel):
             self._gone = {name for name in current if name not in wanted}
             changed, refused = [], []
             tasks = dict(current)
+            todo = []
             for name, version in sorted(wanted.items()):
                 if name in current and current[name].version == version:
                     self._refused.pop(name, None)
-                    continue
-                if self._refused.get(name, {}).get("version") == version:
-                    continue  # refused before: not retried until the alias moves again
+                elif self._refused.get(name, {}).get("version") != version:  # refused: not retried until it moves
+                    todo.append((name, version))
+            fetched = self._fetch_all(todo)
+            for name, version in todo:
                 try:
-                    task = self._load(name, version)
+                    task = self._load(name, version, fetched[name])
                 except VersionRefused as exc:
                     if strict and name in self.config.names:  # asked for by name: the operator must know now
                         raise ServingConfigError(str(exc)) from exc
@@ -179,9 +183,26 @@ class MultiTaskModel(PythonModel):
             self.checked_at = utc_now("seconds")
             return {"changed": changed, "refused": refused, **self.status()}
 
-    def _load(self, name: str, version: int) -> ServedTask:
-        task = fetch_task(self.client, name, version, self._cache / name / str(version),
-                          tracking_uri=self.registry_uri)
+    def _fetch_all(self, todo: list[tuple[str, int]]) -> dict[str, ServedTask | Exception]:
+        """Download and check the versions of ``todo``, ``FETCH_THREADS`` at a time (a start with a hundred tasks
+        is mostly waiting on the registry and the artifact store): ``{name: its ServedTask or what it raised}``."""
+        def fetch(item: tuple[str, int]) -> tuple[str, ServedTask | Exception]:
+            name, version = item
+            try:
+                return name, fetch_task(self.client, name, version, self._cache / name / str(version),
+                                        tracking_uri=self.registry_uri)
+            except Exception as exc:  # noqa: BLE001 - raised again by _load, in order
+                return name, exc
+
+        if len(todo) < 2:
+            return dict(map(fetch, todo))
+        with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(todo)), thread_name_prefix="redflow-fetch") as pool:
+            return dict(pool.map(fetch, todo))
+
+    def _load(self, name: str, version: int, fetched: ServedTask | Exception) -> ServedTask:
+        if isinstance(fetched, Exception):
+            raise fetched
+        task = fetched
         group = self._groups.get(task.base_key)
         if group is None:  # a base not loaded yet: load it beside the serving ones, keep it only if the task passes
             try:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from red import EditFileError, read_edit
@@ -39,6 +39,7 @@ REFT_METHODS = ("loreft", "direft", "nodireft")
 BASELINES = {"lora": "a LoRA adapter", "bitfit": "BitFit biases", "full": "a fully fine-tuned checkpoint"}
 BUNDLE_KIND_TAG = "redflow.kind"
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+_NO_SEARCH = ("ENDPOINT_NOT_FOUND", "FEATURE_DISABLED", "NOT_IMPLEMENTED", "PERMISSION_DENIED")  # cannot list models
 
 
 class VersionRefused(RuntimeError):
@@ -97,21 +98,44 @@ def _is_task_model(model) -> bool:
             and tags.get(BUNDLE_KIND_TAG) != "bundle")
 
 
+def _listing(client: MlflowClient, config: ServingConfig) -> dict[str, Any] | None:
+    """Every registered model with its aliases, by name, in one search (a page per 1000 models), so a poll costs
+    one registry call whatever the number of served models; ``None`` where the registry cannot list its models
+    and the config names its models only (they are then read one by one)."""
+    try:
+        return {m.name: m for m in _all_models(client)}
+    except MlflowException as exc:
+        if config.patterns or exc.error_code not in _NO_SEARCH:
+            raise  # a pattern needs the listing; an unreachable or failing registry is not retried per model
+        _log.info("the registry does not list its models (%s); reading the %d named models one by one",
+                  exc.error_code, len(config.names))
+        return None
+
+
+def _one_model(client: MlflowClient, name: str) -> Any:
+    """Registered model ``name`` (with its aliases), or None if there is none."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in _MISSING:
+            raise
+        return None
+
+
 def wanted_versions(config: ServingConfig, client: MlflowClient, *, strict: bool = True) -> dict[str, int]:
     """``{model: version}`` that ``config.alias`` points to, for the named models and those fitting a pattern.
 
+    The registry is read with one search for all models (``_listing``), not one call per model.
     ``strict`` (at start-up): a named model that does not exist or lacks the alias, or a pattern that
     matches no model with the alias, raises ``ServingConfigError``. Otherwise (polling) such models are
     left out and logged, and the server keeps what it serves.
     """
     wanted: dict[str, int] = {}
     problems = []
+    listed = _listing(client, config)
     for name in config.names:
-        try:
-            model = client.get_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code not in _MISSING:
-                raise
+        model = listed.get(name) if listed is not None else _one_model(client, name)
+        if model is None:
             problems.append(f"no registered model {name!r}")
             continue
         version = (model.aliases or {}).get(config.alias)
@@ -120,7 +144,7 @@ def wanted_versions(config: ServingConfig, client: MlflowClient, *, strict: bool
             continue
         wanted[name] = int(version)
     if config.patterns:
-        matched = [m for m in _all_models(client) if _is_task_model(m)
+        matched = [m for m in listed.values() if _is_task_model(m)
                    and any(fnmatch.fnmatchcase(m.name, p) for p in config.patterns)]
         for model in matched:
             version = (model.aliases or {}).get(config.alias)
@@ -159,6 +183,17 @@ def refuse_method(name: str, version: int, method: str, tracking_uri: str | None
         raise VersionRefused(f"{name} v{version} has method {method!r}; the multi-task server serves RED edits only")
 
 
+def _flavors(local: Path) -> dict[str, Any]:
+    """The flavors of a downloaded version's MLmodel. Parsed with libyaml where PyYAML has it: MLflow's
+    ``Model.load`` parses in pure Python, about 40 ms a version, seconds of a server's start at a hundred tasks."""
+    try:
+        with open(local / "MLmodel", encoding="utf-8") as f:
+            flavors = (yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("flavors")
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise VersionRefused(f"{local.name}: its MLmodel cannot be read ({type(exc).__name__}: {exc})") from exc
+    return flavors if isinstance(flavors, dict) else {}
+
+
 def fetch_task(client: MlflowClient, name: str, version: int, dest: str | Path, *,
                tracking_uri: str | None = None) -> ServedTask:
     """Download version ``version`` of ``name`` into ``dest`` and check it (see the module docstring).
@@ -173,7 +208,7 @@ def fetch_task(client: MlflowClient, name: str, version: int, dest: str | Path, 
     refuse_method(name, version, mv.tags.get("method") or "red", uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest),
                                                      tracking_uri=uri, registry_uri=uri))
-    flavor = Model.load(str(local)).flavors.get("python_function") or {}
+    flavor = _flavors(local).get("python_function") or {}
     cfg = version_settings(flavor.get("config"))
     artifact = ((flavor.get("artifacts") or {}).get("edit") or {}).get("path")
     if not artifact or not (local / artifact).is_file():

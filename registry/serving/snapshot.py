@@ -39,6 +39,8 @@ class BaseGroup:
             tokenizer=self.tokenizer)
         self.model.to(device).eval()
         self.bank = None
+        self._fingerprints: dict = {}   # the base's weight fingerprint per target set: computed once per base
+        self._checked: dict = {}        # edit files read and checked by ``check`` since the last state
         self.tokenize_lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
@@ -53,27 +55,34 @@ class BaseGroup:
         if task.generative != self.generative:
             raise VersionRefused(f"{task.model} v{task.version}: a {task.task_type} task cannot share a base loaded "
                                  f"for {'generation' if self.generative else 'scoring'}")
-        tensors, _ = read_edit(task.edit_path)
+        state, failed = None, None
+        try:
+            if self.bank is None:
+                state = BankState(self.model, [task.edit_path], [task.model], fingerprints=self._fingerprints,
+                                  known=self._checked)
+            else:
+                state = self.bank.load_state([task.edit_path], [task.model], known=self._checked)
+        except RedError as exc:
+            failed = exc
+        # the file as the state read it (read once); the fresh-head check is reported first
+        tensors = next(iter(state.sources.values()))[0] if state is not None else read_edit(task.edit_path)[0]
         uncovered = sorted({m for m in self.fresh for p, _ in self.model.get_submodule(m).named_parameters()
                             if f"head.{m}.{p}" not in tensors})
         if uncovered:
             raise VersionRefused(f"{task.model} v{task.version}: loading {task.base_model} initialises {uncovered[:4]} "
                                  "randomly and the edit does not hold them; retrain it with this redflow")
-        try:
-            if self.bank is None:
-                BankState(self.model, [task.edit_path], [task.model])
-            else:
-                self.bank.load_state([task.edit_path], [task.model])
-        except RedError as exc:
-            raise VersionRefused(f"{task.model} v{task.version}: {exc}") from exc
+        if failed is not None:
+            raise VersionRefused(f"{task.model} v{task.version}: {failed}") from failed
+        self._checked.update(state.sources)  # the next state reads this file from here
 
     def state_for(self, tasks: list[ServedTask]) -> BankState:
         """A ``BankState`` holding ``tasks`` in this order (the bank is created with the first one)."""
         paths, names = [t.edit_path for t in tasks], [t.model for t in tasks]
+        checked, self._checked = self._checked, {}
         if self.bank is None:
-            self.bank = EditBank(self.model, paths, names)
+            self.bank = EditBank(self.model, paths, names, fingerprints=self._fingerprints, known=checked)
             return self.bank.state
-        return self.bank.load_state(paths, names)
+        return self.bank.load_state(paths, names, known=checked)
 
 
 @dataclass(frozen=True)
