@@ -53,6 +53,42 @@ class Promotion(BaseModel):
         return PromotionPolicy(**self.model_dump())
 
 
+class Resources(BaseModel):
+    """What one training of a task asks the cluster for (``resources:`` on a task or in ``defaults``).
+
+    The engine of the config's ``task_runner`` honours it: Ray gets them as the training's task options
+    (``num_gpus``, ``num_cpus``, ``memory``) and sets ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned; Dask runs the
+    training on a worker that declares a ``GPU`` resource (redflow's local cluster gives each such worker its own
+    devices). The threads runner ignores them: one process sees every device, and its trainings take turns anyway
+    (``tasks.training.control.trainer_slot``). They are not part of a training's identity: changing them retrains
+    nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    gpus: float = Field(default=0, ge=0, description="GPUs one training uses: 0 (none), a whole number, or a "
+                        "fraction below 1 (to 0.0001) for trainings that share a GPU (Ray only; Dask rounds up).")
+    cpus: float | None = Field(default=None, gt=0, description="CPUs one training uses (Ray's num_cpus; null: 1, "
+                               "Ray's default). Dask ignores it: each Dask worker runs one step at a time.")
+    memory_gb: float | None = Field(default=None, gt=0, description="Memory one training needs, in GiB (Ray's "
+                                    "memory, which Ray schedules by but does not enforce). Dask ignores it: its "
+                                    "workers' memory_limit decides.")
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_ray_can_schedule(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"{value} GPUs: above 1, GPUs come whole (Ray and Dask cannot split a training over "
+                             f"part of a GPU). Fix: use {int(value)} or {int(value) + 1}, or a fraction below 1")
+        if 0 < value < 1 and round(value, 4) != value:
+            raise ValueError(f"{value} GPUs: a fraction of a GPU goes to 0.0001 at most (Ray's precision). "
+                             f"Fix: use {round(value, 4) or 0.0001}")
+        return value
+
+    def merged_over(self, base: "Resources") -> "Resources":
+        """These settings over ``base`` (``defaults.resources``), field by field: a task sets only what differs."""
+        return base.model_copy(update=self.model_dump(exclude_unset=True))
+
+
 class TaskSpec(BaseModel):
     """One task of a retrain: its data, training overrides, evaluation suites and promotion policy."""
 
@@ -76,6 +112,9 @@ class TaskSpec(BaseModel):
     tune: dict[str, Any] | StrictBool | None = Field(
         default=None, description="tasks.tuning.space.TuneConfig fields: search the learning rate with Optuna (merged key by "
         "key over defaults.tune); true: the default search; false: no search for this task even if defaults has one.")
+    resources: Resources | None = Field(default=None, description="What one training of this task asks the "
+                                        "cluster for (gpus, cpus, memory_gb), merged key by key over "
+                                        "defaults.resources; see the resources section.")
 
 
 class RetrainConfig(BaseModel):
@@ -110,7 +149,9 @@ class RetrainConfig(BaseModel):
         "Off (default): the change is listed in the night's reasons ('recorded, not retraining') and the task "
         "stays unchanged.")
     defaults: dict[str, Any] = Field(default_factory=dict, description="Training settings (TrainConfig fields, "
-                                     "with edit and tune) for every task; a task's train overrides them.")
+                                     "with edit and tune) for every task; a task's train overrides them. Its "
+                                     "resources (gpus, cpus, memory_gb) are every training's cluster request, which "
+                                     "a task's own resources override key by key.")
     promotion: Promotion = Field(default_factory=Promotion, description="The gate for every task (a task's own "
                                  "promotion block overrides it key by key).")
     co_train: bool | CoTrainConfig = Field(
@@ -133,7 +174,8 @@ class RetrainConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"task names must be unique; repeated: {dupes}")
-        issues = [issue for i, t in enumerate(self.tasks) for issue in self._task_issues(i, t)]
+        issues = _resources_issues(self.defaults.get("resources"))
+        issues += [issue for i, t in enumerate(self.tasks) for issue in self._task_issues(i, t)]
         issues += [(f"tasks.{i}.co_train", "a tuned task trains alone (its study searches its own "
                     "learning rate); remove co_train from this task or set tune: false on it")
                    for i, t in enumerate(self.tasks) if t.co_train not in (None, False) and t.tune not in (None, False)]
@@ -168,7 +210,8 @@ class RetrainConfig(BaseModel):
         return self.co_train if isinstance(self.co_train, CoTrainConfig) else CoTrainConfig()
 
     def _merged(self, task: TaskSpec) -> dict[str, Any]:
-        merged = {"model": resolve_model(self.base_model), "revision": self.revision, **self.defaults, **task.train}
+        defaults = {k: v for k, v in self.defaults.items() if k != "resources"}  # the cluster's, not the training's
+        merged = {"model": resolve_model(self.base_model), "revision": self.revision, **defaults, **task.train}
         edits = {"defaults.edit": self.defaults.get("edit", {}), f"tasks.{task.name}.train.edit": task.train.get("edit", {})}
         odd = [(where, e) for where, e in edits.items() if not isinstance(e, dict)]
         if odd:  # `edit:` left empty, or a list/number: say where rather than fail merging it
@@ -244,6 +287,11 @@ class RetrainConfig(BaseModel):
             where = f"tasks.{i}.train" if own or not keys or keys[0] not in self.defaults else "defaults"
         return ".".join([where, *keys])
 
+    def resources_for(self, task: TaskSpec) -> Resources:
+        """What one training of ``task`` asks the cluster for: ``defaults.resources``, then the task's own."""
+        base = Resources(**self.defaults.get("resources") or {})
+        return base if task.resources is None else task.resources.merged_over(base)
+
     def promotion_for(self, task: TaskSpec) -> Promotion:
         if task.promotion is None:
             return self.promotion
@@ -251,6 +299,21 @@ class RetrainConfig(BaseModel):
 
     def model_name(self, task: TaskSpec) -> str:
         return task.model_name or f"red-{task.name}"
+
+
+def _resources_issues(raw: Any) -> list[tuple[str, str]]:
+    """Problems in ``defaults.resources`` (a task's own ``resources`` is a typed field, checked by pydantic)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        return [("defaults.resources", f"must be a mapping such as `resources: {{gpus: 1, cpus: 4, memory_gb: 16}}`, "
+                 f"not {raw!r}")]
+    try:
+        Resources(**raw)
+    except ValidationError as exc:
+        return [(".".join(["defaults.resources", *(str(k) for k in e["loc"])]), _msg(e, Resources))
+                for e in exc.errors()]
+    return []
 
 
 def _known_task_type(task: TaskSpec) -> str | None:

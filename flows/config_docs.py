@@ -31,7 +31,7 @@ from tasks.training.config import TrainConfig
 from tasks.training.cotrain_settings import CoTrainConfig
 from tasks.tuning.space import TuneConfig
 
-from .config import Promotion, RetrainConfig, TaskSpec
+from .config import Promotion, Resources, RetrainConfig, TaskSpec
 
 #: Where the page lives in a checkout, and the command that rewrites it (named by the staleness test).
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -77,6 +77,13 @@ SECTIONS: tuple[Section, ...] = (
             "same run, and production moves only on the paired difference (see [lifecycle.md](lifecycle.md#the-"
             "gate-champion-vs-challenger-on-the-same-rows)). A task's block is merged key by key over the top "
             "level's."),
+    Section("Resources", ("defaults.resources", "tasks[].resources"), Resources,
+            "What one training asks the cluster for; a task's block is merged key by key over `defaults`'. The "
+            "task runner's engine honours it: Ray gets `num_gpus`, `num_cpus` and `memory` and sets each training's "
+            "`CUDA_VISIBLE_DEVICES` to the GPUs it assigned; Dask runs the training on a worker that declares a "
+            "`GPU` resource (the local cluster redflow starts gives each of its first workers its own GPUs). The "
+            "threads runner ignores it (one process: its trainings take turns). Not part of a training's identity "
+            "(see [lifecycle.md](lifecycle.md#gpus-and-other-resources))."),
     Section("Co-training", ("co_train",), CoTrainConfig,
             "`co_train: true` trains the tasks that need training in one pass over one copy of the base; these "
             "are the mixing settings when `co_train` is a mapping (see [lifecycle.md](lifecycle.md#co-training-"
@@ -302,6 +309,12 @@ def json_schema() -> dict[str, Any]:
         where["properties"][name] = {**(switch if held is TuneConfig else
                                         {"$ref": ref.format(model=held.__name__)}), **described}
     train["properties"]["tune"] = {**switch, "description": TrainConfig.model_fields["tune"].description}
+    # defaults holds the training fields and, beside them, every training's resources (not a TrainConfig field)
+    defaults = json.loads(json.dumps(train))
+    defaults["properties"]["resources"] = {"$ref": ref.format(model=Resources.__name__),
+                                           "description": "What every training asks the cluster for."}
+    defs["Defaults"] = defaults
+    schema["properties"]["defaults"]["$ref"] = ref.format(model="Defaults")
     return schema
 
 

@@ -36,6 +36,7 @@ from . import console
 from .artifacts import artifact_key
 from .config import RetrainConfig, TaskSpec
 from .retries import retry_if_transient
+from .runners import requesting
 from .steps import Plan, prepare_step, setup_store, task_dir
 
 log = logging.getLogger(__name__)
@@ -195,10 +196,11 @@ def _tune(cfg: RetrainConfig, task: TaskSpec, plan: Plan, run_key: str) -> Train
             console.report(task.name, "tune", f"trial {number} {state}" + (f" {value:.4f}" if value is not None
                                                                              else ""))
 
-        run_study(opened, parallel=tune.parallel or cfg.max_workers,
-                  submit=lambda number, params: trial_task.submit(cfg, task, data, opened.ref, number, params,
-                                                                  run_key),
-                  as_completed=as_completed, outcome=_outcome, on_told=told)
+        with requesting(cfg.task_runner, cfg.resources_for(task)):  # each trial is a training: it asks for them
+            run_study(opened, parallel=tune.parallel or cfg.max_workers,
+                      submit=lambda number, params: trial_task.submit(cfg, task, data, opened.ref, number, params,
+                                                                      run_key),
+                      as_completed=as_completed, outcome=_outcome, on_told=told)
         result = finish_step(cfg, task, plan, opened, parent, data)
         best_number = result.tuning["best_trial"]
         return result
