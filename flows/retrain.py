@@ -35,11 +35,11 @@ from tasks.training.progress import quiet_unless_terminal
 from . import console, steps
 from .artifacts import artifact_key, summary_markdown
 from .cancellation import cancelled_if_cancelling
-from .config import RetrainConfig, TaskSpec, load_config
+from .config import Resources, RetrainConfig, TaskSpec, load_config
 from .ephemeral_servers import record_ephemeral_server
 from .retries import retry_if_transient
 from .run_logs import decision_line, name_task_runs_in_api_logs
-from .runners import make_task_runner, subflow_task_runner
+from .runners import make_task_runner, requesting, subflow_task_runner
 from .tuning import tune_flow
 
 name_task_runs_in_api_logs()  # here too for Dask/Ray workers, which import this module to run its tasks
@@ -176,7 +176,7 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
             chains[t.name] = {"prepare": data, "plan": plan}
             tuned.append(t)
         elif cfg.co_train_group(t) is None:
-            chains[t.name] = _chain(cfg, t, data, plan, train_task.submit(cfg, t, data, plan, run_key))
+            chains[t.name] = _chain(cfg, t, data, plan, _submit_training(cfg, t, data, plan, run_key))
         else:
             waiting.append((t, data, plan))
     chains.update(_co_train_chains(cfg, waiting, run_key))
@@ -192,6 +192,19 @@ def run_tasks(cfg: RetrainConfig, run_key: str, force: bool = False) -> dict[str
             console.report(name, summary[name]["status"], f"at {summary[name]['step']}")
             logger.error("task %s %s: %s", name, summary[name]["status"], summary[name]["error"])
     return summary
+
+
+def _submit_training(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str):
+    """``t``'s training, asking the task runner's engine for what one training of ``t`` needs (its resources)."""
+    with requesting(cfg.task_runner, cfg.resources_for(t)):
+        return train_task.submit(cfg, t, data, plan, run_key)
+
+
+def _largest(requests: list[Resources]) -> Resources:
+    """One co-training of several tasks: the most each field of their resources asks for."""
+    fields = {name: [getattr(r, name) for r in requests if getattr(r, name) is not None]
+              for name in Resources.model_fields}
+    return Resources(**{name: max(values) for name, values in fields.items() if values})
 
 
 def _registered_versions(cfg: RetrainConfig) -> dict[str, Any]:
@@ -226,16 +239,17 @@ def _co_train_chains(cfg: RetrainConfig, waiting: list, run_key: str) -> dict[st
         if not plan.state.is_completed():
             chains[t.name] = {"prepare": data, "plan": plan}
         elif plan.result().action != steps.TRAIN:
-            chains[t.name] = _chain(cfg, t, data, plan, train_task.submit(cfg, t, data, plan, run_key))
+            chains[t.name] = _chain(cfg, t, data, plan, _submit_training(cfg, t, data, plan, run_key))
         else:
             groups.setdefault(steps.co_train_key(cfg, t, data.result()), []).append((t, data, plan))
     for group, members in groups.items():
         if len(members) == 1:
             t, data, plan = members[0]
-            chains[t.name] = _chain(cfg, t, data, plan, train_task.submit(cfg, t, data, plan, run_key))
+            chains[t.name] = _chain(cfg, t, data, plan, _submit_training(cfg, t, data, plan, run_key))
             continue
-        trained = cotrain_task.submit(cfg, group, [m[0] for m in members], [m[1] for m in members],
-                                      [m[2] for m in members], run_key)
+        with requesting(cfg.task_runner, _largest([cfg.resources_for(m[0]) for m in members])):
+            trained = cotrain_task.submit(cfg, group, [m[0] for m in members], [m[1] for m in members],
+                                          [m[2] for m in members], run_key)
         for t, data, plan in members:
             chains[t.name] = _chain(cfg, t, data, plan, cotrained_task.submit(t, allow_failure(trained)))
     return chains
@@ -269,7 +283,8 @@ def _tuned_chain(cfg: RetrainConfig, t: TaskSpec, data, plan, run_key: str) -> d
         return chain
     console.report(t.name, "tune")
     parallel = cfg.train_config(t).tune.parallel or cfg.max_workers
-    runner = subflow_task_runner(cfg.task_runner, parallel, cfg.runs_dir)  # the retrain's Dask cluster / Ray
+    runner = subflow_task_runner(cfg.task_runner, parallel, cfg.runs_dir,  # the retrain's Dask cluster / Ray
+                                 [cfg.resources_for(t)])
     state = tune_flow.with_options(task_runner=runner)(cfg, t, plan.result(), run_key, return_state=True)
     chain["train"] = _Settled(state)
     if not state.is_completed():
@@ -367,7 +382,8 @@ def retrain(config: str | Path = "configs/demo.yaml", only: list[str] | None = N
     uri = steps.setup_store(cfg)
     get_or_create_experiment(cfg.experiment)
     run_key = new_run_key()
-    runner = make_task_runner(cfg.task_runner, cfg.max_workers, cfg.runs_dir)
+    runner = make_task_runner(cfg.task_runner, cfg.max_workers, cfg.runs_dir,
+                              [cfg.resources_for(t) for t in cfg.tasks])
     try:
         summary = retrain_tasks.with_options(task_runner=runner)(cfg, run_key, force)
     except BaseException as exc:  # a cancel (TerminationSignal): Cancelled now that the trainings stopped

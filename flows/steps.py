@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,10 +160,20 @@ def train_step(cfg: RetrainConfig, task: TaskSpec, data, plan: Plan, run_key: st
         result = train(data, config, attempt.folder, resume_from=attempt.resume_from, init_state=init_state,
                        init_note=init_note, identity=plan.identity, callbacks=callbacks)
     result.notes = plan.reasons + attempt.notes
+    record_devices(result)
     result.save(attempt.folder / "result.json")
     attempt.finish()
     prune(task_dir(cfg, task), keep=cfg.keep_attempts)
     return result
+
+
+def record_devices(result: TrainResult) -> None:
+    """Which GPUs the training saw, as the engine set them (Ray for ``num_gpus``, redflow's local Dask workers):
+    the ``cuda_visible_devices`` param of its run ("none": hidden from every GPU). Nothing when no engine set
+    ``CUDA_VISIBLE_DEVICES`` (the threads runner: every device of the machine)."""
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if devices is not None:
+        result.params["cuda_visible_devices"] = devices or "none"
 
 
 def finished_training(cfg: RetrainConfig, task: TaskSpec, identity) -> Path | None:
@@ -241,6 +252,7 @@ def cotrain_step(cfg: RetrainConfig, group: str, tasks: list[TaskSpec], datas: l
         if isinstance(result, TrainResult):
             result.notes = plan.reasons + attempt.notes + [
                 f"co-trained with {', '.join(result.co_trained_with)} in one pass (group {group})"]
+            record_devices(result)
             result.save(Path(result.output_dir) / "result.json")
         outcomes[task.name] = result
     attempt.finish()

@@ -161,3 +161,37 @@ def probability_matrix(answers, labels) -> np.ndarray:
 def synthetic_task(name: str, task: str, root: Path, n_train: int = 48, n_dev: int = 24) -> dict:
     return {"name": name, "data": {"source": "synthetic", "task": task, "path": str(root / "data" / name),
                                    "synthetic": {"n_train": n_train, "n_dev": n_dev}}}
+
+
+def ask_for_resources(cfg_path: Path, resources: dict) -> Path:
+    """The retrain YAML at ``cfg_path`` with ``defaults.resources`` set: what each of its trainings asks for."""
+    import yaml
+
+    config = yaml.safe_load(cfg_path.read_text())
+    config["defaults"]["resources"] = resources
+    cfg_path.write_text(yaml.safe_dump(config))
+    return cfg_path
+
+
+def trainings(runs: Path, tasks: list[str]) -> dict[str, tuple[float, float, str | None]]:
+    """Per task of the ``test`` config, its training's (start, end, CUDA_VISIBLE_DEVICES), as the training saw
+    them (its result.json: ``started_at``, ``seconds``, param ``cuda_visible_devices``)."""
+    import json
+
+    out = {}
+    for task in tasks:
+        (found,) = (runs / "test" / task).rglob("result.json")
+        result = json.loads(found.read_text())
+        out[task] = (result["started_at"], result["started_at"] + result["seconds"],
+                     result["params"].get("cuda_visible_devices"))
+    return out
+
+
+def assert_gpu_slots_honoured(trained: dict[str, tuple[float, float, str | None]], gpus: set[str]) -> None:
+    """Never more trainings at once than ``gpus``; each saw one GPU of them, and trainings side by side saw
+    different ones."""
+    assert {devices for _, _, devices in trained.values()} <= gpus, trained
+    for name, (start, _, devices) in trained.items():  # the trainings running when this one started
+        running = [other for other, (s, e, _) in trained.items() if other != name and s <= start < e]
+        assert len(running) < len(gpus), (name, running, trained)
+        assert devices not in {trained[other][2] for other in running}, (name, running, trained)

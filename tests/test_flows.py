@@ -5,7 +5,8 @@ Flow runs cost about a second each, so each test here checks a whole story.
 from __future__ import annotations
 
 import pytest
-from conftest import synthetic_task, write_retrain_config
+from conftest import (ask_for_resources, assert_gpu_slots_honoured, synthetic_task, trainings,
+                      write_retrain_config)
 from mlflow import MlflowClient
 
 from flows.config import ConfigError, load_config
@@ -81,20 +82,27 @@ def test_bad_config_names_the_field(tmp_path, tiny_checkpoints):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_dask_task_runner_against_a_real_mlflow_server(tmp_path, tiny_checkpoints):
+def test_dask_task_runner_against_a_real_mlflow_server(tmp_path, tiny_checkpoints, monkeypatch):
     """Scale-out path: tasks run in Dask worker processes and log to a remote tracking server;
-    one task trains LoReFT instead of RED with nothing else changed."""
+    one task trains LoReFT instead of RED with nothing else changed. Resources: four trainings asking for a GPU
+    each on a local cluster of three workers, two of which declare one (logical) GPU each: at most two train at
+    once, each on its own worker's GPU (CUDA_VISIBLE_DEVICES), none on the third worker."""
     from flows.retrain import retrain
     from registry import start_tracking_server
 
+    monkeypatch.setenv("REDFLOW_GPUS", "2")  # the local cluster's GPU workers: two, on this GPU-less machine
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    names = ["sentiment", "topic", "sentiment2", "topic2"]
     with start_tracking_server(tmp_path / "server") as server:
         cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], tmp_path / "runs", [
             synthetic_task("sentiment", "sentiment", tmp_path),
             {**synthetic_task("topic", "topic", tmp_path),  # ReFT goes through the same pipeline, no special case
-             "train": {"method": "loreft", "edit": {"rank": 2, "positions": "f2+l2"}}}],
-            tracking_uri=server.url, task_runner="dask")
-        summary = retrain(config=str(cfg_path))
+             "train": {"method": "loreft", "edit": {"rank": 2, "positions": "f2+l2"}}},
+            *(synthetic_task(name, name.rstrip("2"), tmp_path, n_train=32, n_dev=16) for name in names[2:])],
+            tracking_uri=server.url, task_runner="dask", max_workers=3)
+        summary = retrain(config=str(ask_for_resources(cfg_path, {"gpus": 1})))
         assert {row["status"] for row in summary.values()} == {"trained"}
+        assert_gpu_slots_honoured(trainings(tmp_path / "runs", names), {"0", "1"})
         client = MlflowClient(server.url)
         for task in ("sentiment", "topic"):
             mv = client.get_model_version_by_alias(f"red-{task}", "production")

@@ -6,7 +6,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_task, write_retrain_config
+from conftest import (ask_for_resources, assert_gpu_slots_honoured, synthetic_task, trainings,
+                      write_retrain_config)
 
 pytest.importorskip("prefect_ray")
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -14,29 +15,44 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def test_ray_runs_the_flow_with_max_workers_cpus_and_keeps_its_files_out_of_home(tmp_path, tiny_checkpoints,
                                                                                  monkeypatch):
+    """Also resources: four trainings asking for one GPU each on a Ray with two (logical) GPUs and room (CPUs) for
+    four at once: at most two train at once, each on its own GPU (Ray's CUDA_VISIBLE_DEVICES)."""
     from mlflow import MlflowClient
 
+    from flows.config import Resources
     from flows.retrain import retrain
     from flows.runners import make_task_runner
 
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_TMPDIR", "REDFLOW_RAY_ADDRESS"):
+    monkeypatch.setenv("REDFLOW_GPUS", "2")  # what ray.init declares: two logical GPUs on this GPU-less machine
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_TMPDIR", "REDFLOW_RAY_ADDRESS",
+                "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(var, raising=False)
     short = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))  # Ray's Unix sockets need a short session path
     try:
         runs = short / "runs"
-        runner = make_task_runner("ray", 2, runs)
+        runner = make_task_runner("ray", 2, runs, [Resources(gpus=1, cpus=0.5)])
         assert runner.init_kwargs["num_cpus"] == 2 and runner.init_kwargs["_temp_dir"] == str((runs / "ray").resolve())
+        assert runner.init_kwargs["num_gpus"] == 2
+        with pytest.raises(ValueError, match=r"asks for 3 GPU\(s\) .* has 2 .*Fix: lower resources.gpus"):
+            make_task_runner("ray", 2, runs, [Resources(gpus=3)])
 
-        cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], runs, [
-            synthetic_task("sentiment", "sentiment", tmp_path, n_train=32, n_dev=16),
-            synthetic_task("topic", "topic", tmp_path, n_train=32, n_dev=16)], task_runner="ray", max_workers=2)
+        names = ["sentiment", "topic", "sentiment2", "topic2"]
+        tasks = [synthetic_task(name, name.rstrip("2"), tmp_path, n_train=32, n_dev=16) for name in names]
+        tasks[1]["resources"] = {"memory_gb": 0.25}  # merged over defaults.resources key by key
+        cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], runs, tasks,
+                                        task_runner="ray", max_workers=2)
+        # cpus: 0.5 leaves CPUs for four trainings at once: only the GPUs hold them to two
+        ask_for_resources(cfg_path, {"gpus": 1, "cpus": 0.5})
         summary = retrain(config=str(cfg_path))
         assert {row["status"] for row in summary.values()} == {"trained"}, summary
+        assert_gpu_slots_honoured(trainings(runs, names), {"0", "1"})
         client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
         assert [int(v.version) for v in client.search_model_versions("name='red-topic'")] == [1]
+        version = client.get_model_version_by_alias("red-topic", "production")
+        assert client.get_run(version.run_id).data.params["cuda_visible_devices"] in ("0", "1")
         assert list((runs / "ray").glob("session_*")), "Ray's session files belong under runs_dir"
         assert not (home / ".ray").exists(), "Ray wrote into the home folder"
     finally:
