@@ -1,8 +1,10 @@
 """The Ray task runner on a real local Ray instance (prefect-ray), like the Dask test in test_flows.py."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -15,13 +17,20 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def test_ray_runs_the_flow_with_max_workers_cpus_and_keeps_its_files_out_of_home(tmp_path, tiny_checkpoints,
                                                                                  monkeypatch):
-    """Also resources: four trainings asking for one GPU each on a Ray with two (logical) GPUs and room (CPUs) for
-    four at once: at most two train at once, each on its own GPU (Ray's CUDA_VISIBLE_DEVICES)."""
+    """Also resources, on one Ray instance (two logical GPUs, $REDFLOW_GPUS) started here with the arguments the
+    flow's runner builds, which the flow then joins: four tasks submitted as a training is (``requesting``), each
+    asking for a GPU and half a CPU (room in CPUs for four at once), never run more than two at once and each sees
+    its own CUDA_VISIBLE_DEVICES; the flow's two trainings, asking for a GPU each, train on GPU 0 or 1.
+
+    The four are tiny tasks rather than four more trainings: Ray runs each GPU task in a fresh worker process
+    (max_calls=1), and a training's worker imports the whole training stack."""
+    import ray
     from mlflow import MlflowClient
+    from prefect import flow, task
 
     from flows.config import Resources
     from flows.retrain import retrain
-    from flows.runners import make_task_runner
+    from flows.runners import make_task_runner, requesting
 
     home = tmp_path / "home"
     home.mkdir()
@@ -33,22 +42,35 @@ def test_ray_runs_the_flow_with_max_workers_cpus_and_keeps_its_files_out_of_home
     short = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))  # Ray's Unix sockets need a short session path
     try:
         runs = short / "runs"
-        runner = make_task_runner("ray", 2, runs, [Resources(gpus=1, cpus=0.5)])
+        one_gpu = Resources(gpus=1, cpus=0.5)
+        runner = make_task_runner("ray", 2, runs, [one_gpu])
         assert runner.init_kwargs["num_cpus"] == 2 and runner.init_kwargs["_temp_dir"] == str((runs / "ray").resolve())
         assert runner.init_kwargs["num_gpus"] == 2
         with pytest.raises(ValueError, match=r"asks for 3 GPU\(s\) .* has 2 .*Fix: lower resources.gpus"):
             make_task_runner("ray", 2, runs, [Resources(gpus=3)])
+        ray.init(**runner.init_kwargs)  # the instance both flows below use (prefect-ray joins a running one)
 
-        names = ["sentiment", "topic", "sentiment2", "topic2"]
-        tasks = [synthetic_task(name, name.rstrip("2"), tmp_path, n_train=32, n_dev=16) for name in names]
+        @task
+        def hold_a_gpu(seconds: float) -> tuple[float, float, str | None]:
+            start = time.time()
+            time.sleep(seconds)
+            return start, time.time(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+        @flow(task_runner=runner)
+        def four_trainings() -> list:
+            with requesting("ray", one_gpu):
+                futures = [hold_a_gpu.submit(1.0) for _ in range(4)]
+            return [future.result() for future in futures]
+
+        assert_gpu_slots_honoured(dict(enumerate(four_trainings())), {"0", "1"})
+
+        tasks = [synthetic_task(name, name, tmp_path, n_train=32, n_dev=16) for name in ("sentiment", "topic")]
         tasks[1]["resources"] = {"memory_gb": 0.25}  # merged over defaults.resources key by key
         cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], runs, tasks,
                                         task_runner="ray", max_workers=2)
-        # cpus: 0.5 leaves CPUs for four trainings at once: only the GPUs hold them to two
-        ask_for_resources(cfg_path, {"gpus": 1, "cpus": 0.5})
-        summary = retrain(config=str(cfg_path))
+        summary = retrain(config=str(ask_for_resources(cfg_path, {"gpus": 1})))
         assert {row["status"] for row in summary.values()} == {"trained"}, summary
-        assert_gpu_slots_honoured(trainings(runs, names), {"0", "1"})
+        assert_gpu_slots_honoured(trainings(runs, ["sentiment", "topic"]), {"0", "1"})
         client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
         assert [int(v.version) for v in client.search_model_versions("name='red-topic'")] == [1]
         version = client.get_model_version_by_alias("red-topic", "production")
@@ -56,4 +78,5 @@ def test_ray_runs_the_flow_with_max_workers_cpus_and_keeps_its_files_out_of_home
         assert list((runs / "ray").glob("session_*")), "Ray's session files belong under runs_dir"
         assert not (home / ".ray").exists(), "Ray wrote into the home folder"
     finally:
+        ray.shutdown()
         shutil.rmtree(short, ignore_errors=True)
