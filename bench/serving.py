@@ -27,7 +27,9 @@ Measured, in this order:
    model in a uvicorn child of its CLI process; ``redflow serve`` is one process): VmRSS and PSS;
 5. alias moves under a steady load: a client sends mixed requests back to back; ``bench-0``'s production is
    moved to v2 (``move_alias``), and later rolled back; for each move the time until the first answer that
-   names the new version, and the failed requests (any non-200) and requests answered by two versions.
+   names the new version (it includes up to two requests' duration: the one in flight and the next), the time
+   until ``/tasks`` lists it (the swap itself, watched every 50 ms), and the failed requests (any non-200) and
+   requests answered by two versions.
 
 Re-render a result without measuring: ``python bench/serving.py --render result.json --markdown``.
 """
@@ -42,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -185,22 +188,37 @@ def alias_moves(multi, tasks: list[TaskSpec], rows: int, rng: random.Random, pol
             time.sleep(0.02)
         raise TimeoutError(f"bench-0 v{version} did not serve within {timeout} s")
 
+    def served(version: int, since: float, timeout: float = 120.0) -> float:
+        """Seconds until the server's ``/tasks`` lists ``version``: when the swap happened, without the answer's
+        own duration (a request in flight finishes on the old version, and the next one takes a whole request)."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            with urllib.request.urlopen(multi.url + "/tasks", timeout=30) as response:
+                tasks = json.loads(response.read())["tasks"]
+            if any(t["model"] == "bench-0" and t["version"] == version for t in tasks):
+                return time.perf_counter() - since
+            time.sleep(0.05)
+        raise TimeoutError(f"/tasks did not list bench-0 v{version} within {timeout} s")
+
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     try:
         time.sleep(max(1.0, 2 * poll))
         t_promote = time.perf_counter()
         move_alias("bench-0", "production", 2, reason="benchmark: promotion under load")
+        promote_served = served(2, t_promote)
         promote_s = until(2, t_promote)
         time.sleep(max(1.0, 2 * poll))
         t_rollback = time.perf_counter()
         rollback("bench-0", reason="benchmark: rollback under load")
+        rollback_served = served(1, t_rollback)
         rollback_s = until(1, t_rollback)
     finally:
         stop.set()
         thread.join(timeout=300)
     mixed = sum(1 for _, _, v in log if len(v) > 1)
-    return {"promote_seconds": promote_s, "rollback_seconds": rollback_s, "requests": len(log) + len(failures),
+    return {"promote_seconds": promote_s, "rollback_seconds": rollback_s, "promote_served_seconds": promote_served,
+            "rollback_served_seconds": rollback_served, "requests": len(log) + len(failures),
             "failed_requests": len(failures), "failures": failures[:5], "requests_with_two_versions": mixed,
             "poll_interval": poll, "request_seconds_median": common.quantile([b - a for a, b, _ in log], 0.5)}
 
@@ -212,7 +230,11 @@ def run(args) -> dict:
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="redflow-bench-serving-"))
     t = time.perf_counter()
-    uri = build_store(work, args.tasks)
+    db = work / "runs" / "mlflow.db"
+    if args.reuse_store and db.is_file():  # built by an earlier run with the same --tasks (its moves were rolled back)
+        uri = setup_tracking(f"sqlite:///{db}")
+    else:
+        uri = build_store(work, args.tasks)
     setup_seconds = time.perf_counter() - t
     tasks = specs(args.tasks)
     env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
@@ -301,11 +323,16 @@ def render(result: dict, markdown: bool) -> str:
           f"{lat[big]['multi']['p50'] / lat[big]['single']['p50']:.2f}"],
          ["cold start to /ping (s)", f"{cold['multi']:.1f}", f"{cold['single']:.1f}", f"{cold['multi'] / cold['single']:.2f}"]],
         markdown))
+    def served(key: str) -> str:  # runs before the /tasks watch have no such entry
+        return f"{moves[key]:.2f}" if key in moves else "-"
+
     lines += ["", common.table(
-        ["alias move under load", "time to take effect (s)", "requests during", "failed", "answered by two versions"],
-        [["promotion bench-0 v1 -> v2", f"{moves['promote_seconds']:.2f}", str(moves["requests"]),
-          str(moves["failed_requests"]), str(moves["requests_with_two_versions"])],
-         ["rollback bench-0 v2 -> v1", f"{moves['rollback_seconds']:.2f}", "(same stream)", "", ""]],
+        ["alias move under load", "time to take effect (s): first answer naming it", "swapped in (/tasks lists it)",
+         "requests during", "failed", "answered by two versions"],
+        [["promotion bench-0 v1 -> v2", f"{moves['promote_seconds']:.2f}", served("promote_served_seconds"),
+          str(moves["requests"]), str(moves["failed_requests"]), str(moves["requests_with_two_versions"])],
+         ["rollback bench-0 v2 -> v1", f"{moves['rollback_seconds']:.2f}", served("rollback_served_seconds"),
+          "(same stream)", "", ""]],
         markdown),
         "", f"poll interval {moves['poll_interval']:g} s; a request took {1000 * moves['request_seconds_median']:.0f} ms "
             "(median) during the moves"]
@@ -323,6 +350,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16, help="the multi-task server's rows per forward pass")
     ap.add_argument("--poll-interval", type=float, default=1.0, help="the multi-task server's registry poll (s)")
     ap.add_argument("--work-dir", default=None, help="folder for the store and logs (default: a new temp folder)")
+    ap.add_argument("--reuse-store", action="store_true",
+                    help="use the store an earlier run left in --work-dir (same --tasks) instead of building one: "
+                         "building takes about 2 s a task")
     ap.add_argument("--out", default=None, help="write the result JSON here")
     ap.add_argument("--render", default=None, help="print the tables of a result JSON and exit")
     ap.add_argument("--markdown", action="store_true")
