@@ -195,3 +195,31 @@ def assert_gpu_slots_honoured(trained: dict[str, tuple[float, float, str | None]
         running = [other for other, (s, e, _) in trained.items() if other != name and s <= start < e]
         assert len(running) < len(gpus), (name, running, trained)
         assert devices not in {trained[other][2] for other in running}, (name, running, trained)
+
+
+def run_four_gpu_probes(task_runner, kind: str) -> dict[int, tuple[float, float, str | None]]:
+    """Four tiny Prefect tasks submitted through ``task_runner`` the way a training is (``flows.runners.requesting``,
+    one GPU and half a CPU each): each holds its slot a second and returns (start, end, CUDA_VISIBLE_DEVICES).
+
+    Tiny on purpose: a training's worker imports the whole stack, and Ray runs every GPU task in a fresh worker.
+    The task is local, so it travels by value: a worker imports only what it uses, not this file."""
+    import time
+
+    from prefect import flow, task
+
+    from flows.config import Resources
+    from flows.runners import requesting
+
+    @task
+    def hold_a_gpu(seconds: float) -> tuple[float, float, str | None]:
+        start = time.time()
+        time.sleep(seconds)
+        return start, time.time(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    @flow(task_runner=task_runner)
+    def four_trainings() -> list:
+        with requesting(kind, Resources(gpus=1, cpus=0.5)):
+            futures = [hold_a_gpu.submit(1.0) for _ in range(4)]
+        return [future.result() for future in futures]
+
+    return dict(enumerate(four_trainings()))

@@ -5,8 +5,8 @@ Flow runs cost about a second each, so each test here checks a whole story.
 from __future__ import annotations
 
 import pytest
-from conftest import (ask_for_resources, assert_gpu_slots_honoured, synthetic_task, trainings,
-                      write_retrain_config)
+from conftest import (ask_for_resources, assert_gpu_slots_honoured, run_four_gpu_probes, synthetic_task,
+                      trainings, write_retrain_config)
 from mlflow import MlflowClient
 
 from flows.config import ConfigError, load_config
@@ -84,25 +84,31 @@ def test_bad_config_names_the_field(tmp_path, tiny_checkpoints):
 
 def test_dask_task_runner_against_a_real_mlflow_server(tmp_path, tiny_checkpoints, monkeypatch):
     """Scale-out path: tasks run in Dask worker processes and log to a remote tracking server;
-    one task trains LoReFT instead of RED with nothing else changed. Resources: four trainings asking for a GPU
-    each on a local cluster of three workers, two of which declare one (logical) GPU each: at most two train at
-    once, each on its own worker's GPU (CUDA_VISIBLE_DEVICES), none on the third worker."""
+    one task trains LoReFT instead of RED with nothing else changed. Resources, on the local cluster redflow starts
+    for trainings asking for a GPU (make_task_runner: three workers, two of which hold one logical GPU each; the
+    flow joins it by $REDFLOW_DASK_ADDRESS): four tasks submitted as a training is, each asking for a GPU, never run
+    more than two at once, each on its own worker's GPU (CUDA_VISIBLE_DEVICES); the flow's two trainings ask for
+    one each too."""
+    from flows.config import Resources
     from flows.retrain import retrain
+    from flows.runners import make_task_runner
     from registry import start_tracking_server
 
     monkeypatch.setenv("REDFLOW_GPUS", "2")  # the local cluster's GPU workers: two, on this GPU-less machine
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    names = ["sentiment", "topic", "sentiment2", "topic2"]
-    with start_tracking_server(tmp_path / "server") as server:
+    monkeypatch.delenv("REDFLOW_DASK_ADDRESS", raising=False)
+    with make_task_runner("dask", 3, requests=[Resources(gpus=1)]) as cluster, \
+            start_tracking_server(tmp_path / "server") as server:
+        monkeypatch.setenv("REDFLOW_DASK_ADDRESS", cluster.client.scheduler.address)
+        assert_gpu_slots_honoured(run_four_gpu_probes(make_task_runner("dask"), "dask"), {"0", "1"})
         cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], tmp_path / "runs", [
             synthetic_task("sentiment", "sentiment", tmp_path),
             {**synthetic_task("topic", "topic", tmp_path),  # ReFT goes through the same pipeline, no special case
-             "train": {"method": "loreft", "edit": {"rank": 2, "positions": "f2+l2"}}},
-            *(synthetic_task(name, name.rstrip("2"), tmp_path, n_train=32, n_dev=16) for name in names[2:])],
-            tracking_uri=server.url, task_runner="dask", max_workers=3)
+             "train": {"method": "loreft", "edit": {"rank": 2, "positions": "f2+l2"}}}],
+            tracking_uri=server.url, task_runner="dask")
         summary = retrain(config=str(ask_for_resources(cfg_path, {"gpus": 1})))
         assert {row["status"] for row in summary.values()} == {"trained"}
-        assert_gpu_slots_honoured(trainings(tmp_path / "runs", names), {"0", "1"})
+        assert_gpu_slots_honoured(trainings(tmp_path / "runs", ["sentiment", "topic"]), {"0", "1"})
         client = MlflowClient(server.url)
         for task in ("sentiment", "topic"):
             mv = client.get_model_version_by_alias(f"red-{task}", "production")

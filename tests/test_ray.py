@@ -1,15 +1,13 @@
 """The Ray task runner on a real local Ray instance (prefect-ray), like the Dask test in test_flows.py."""
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from conftest import (ask_for_resources, assert_gpu_slots_honoured, synthetic_task, trainings,
-                      write_retrain_config)
+from conftest import (ask_for_resources, assert_gpu_slots_honoured, run_four_gpu_probes, synthetic_task,
+                      trainings, write_retrain_config)
 
 pytest.importorskip("prefect_ray")
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -26,11 +24,10 @@ def test_ray_runs_the_flow_with_max_workers_cpus_and_keeps_its_files_out_of_home
     (max_calls=1), and a training's worker imports the whole training stack."""
     import ray
     from mlflow import MlflowClient
-    from prefect import flow, task
 
     from flows.config import Resources
     from flows.retrain import retrain
-    from flows.runners import make_task_runner, requesting
+    from flows.runners import make_task_runner
 
     home = tmp_path / "home"
     home.mkdir()
@@ -42,27 +39,13 @@ def test_ray_runs_the_flow_with_max_workers_cpus_and_keeps_its_files_out_of_home
     short = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))  # Ray's Unix sockets need a short session path
     try:
         runs = short / "runs"
-        one_gpu = Resources(gpus=1, cpus=0.5)
-        runner = make_task_runner("ray", 2, runs, [one_gpu])
+        runner = make_task_runner("ray", 2, runs, [Resources(gpus=1, cpus=0.5)])
         assert runner.init_kwargs["num_cpus"] == 2 and runner.init_kwargs["_temp_dir"] == str((runs / "ray").resolve())
         assert runner.init_kwargs["num_gpus"] == 2
         with pytest.raises(ValueError, match=r"asks for 3 GPU\(s\) .* has 2 .*Fix: lower resources.gpus"):
             make_task_runner("ray", 2, runs, [Resources(gpus=3)])
         ray.init(**runner.init_kwargs)  # the instance both flows below use (prefect-ray joins a running one)
-
-        @task
-        def hold_a_gpu(seconds: float) -> tuple[float, float, str | None]:
-            start = time.time()
-            time.sleep(seconds)
-            return start, time.time(), os.environ.get("CUDA_VISIBLE_DEVICES")
-
-        @flow(task_runner=runner)
-        def four_trainings() -> list:
-            with requesting("ray", one_gpu):
-                futures = [hold_a_gpu.submit(1.0) for _ in range(4)]
-            return [future.result() for future in futures]
-
-        assert_gpu_slots_honoured(dict(enumerate(four_trainings())), {"0", "1"})
+        assert_gpu_slots_honoured(run_four_gpu_probes(runner, "ray"), {"0", "1"})
 
         tasks = [synthetic_task(name, name, tmp_path, n_train=32, n_dev=16) for name in ("sentiment", "topic")]
         tasks[1]["resources"] = {"memory_gb": 0.25}  # merged over defaults.resources key by key
