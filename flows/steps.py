@@ -34,7 +34,7 @@ from registry.aliases import CANDIDATE, alias_version, move_alias, production_ve
 from registry.champion import load_trained, score_version, trained_max_length
 from registry.edit_diff import log_production_diff
 from registry.models import download_edit, registered_from
-from registry.plan_lookup import ModelVersions, experiment_id, model_versions, plan_records, production_in
+from registry.plan_lookup import ModelVersions, experiment_id, model_versions, plan_records
 from registry.tracking import log_gate_comparison
 from tasks.data import prepare_data
 from tasks.evaluate.paired import rows_report, score_split
@@ -115,7 +115,7 @@ def plan_step(cfg: RetrainConfig, task: TaskSpec, data, *, force: bool = False,
     return decide(identity, versions[0] if versions else None, earlier=versions[1:], force=force,
                   dependencies=cfg.retrain_on_dependency_change, recipe=recipe,
                   init_production=config.init == "production",
-                  production=production_in(registered) if config.init == "production" else None)
+                  production=production_version(name) if config.init == "production" else None)
 
 
 @contextlib.contextmanager

@@ -1,12 +1,13 @@
 """What tonight's plans read from the registry, for every task of a config in a few calls (issue 21).
 
-Each task's plan (``flows.steps.plan_step``) needs its model's ``ready`` versions, the ``production`` alias (for
-``init: production``) and, for the versions that may have been trained from tonight's inputs, their training
-identity with the dependency versions they recorded. Read task by task that was a search, an alias lookup and
-one ``identity.json`` download per task, so an unchanged night of a hundred tasks made some 300 registry calls.
-Here it is one ``search_model_versions`` over all the config's models (``name IN (...)``, in chunks of
-:data:`CHUNK`; the aliases come with the versions) and one ``search_runs`` over the latest versions' training
-runs for their ``redflow.dependencies`` tag (written at registration beside ``identity.json``).
+Each task's plan (``flows.steps.plan_step``) needs its model's ``ready`` versions and, for the versions that may
+have been trained from tonight's inputs, their training identity with the dependency versions they recorded.
+Read task by task that was a search and one ``identity.json`` download per task, so an unchanged night of a
+hundred tasks made some 300 registry calls. Here it is one ``search_model_versions`` over all the config's models
+(``name IN (...)``, in chunks of :data:`CHUNK`) and one ``search_runs`` over the latest versions' training runs
+for their ``redflow.dependencies`` tag (written at registration beside ``identity.json``). (The ``production``
+alias of an ``init: production`` task is still read per such task: MLflow's SQL store leaves a searched
+version's aliases empty.)
 
 A version whose ``identity_digest`` tag equals tonight's identity's digest was trained from the same four hashes
 (the digest is a hash of them): its record is built from its tags and its run's dependency tag, without reading
@@ -25,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from tasks.lifecycle.identity import Identity
 from tasks.lifecycle.plan import VersionRecord
 
-from .aliases import PRODUCTION, is_gated
+from .aliases import is_gated
 from .models import may_have_identity, version_record
 from .names import READY, STATUS_TAG
 from .version_tags import DEPENDENCIES_RUN_TAG, IDENTITY_DIGEST_TAG, json_or_none
@@ -47,10 +48,6 @@ class ModelVersions:
         found = [mv for mv in self.versions if mv.tags.get(STATUS_TAG, READY) == READY
                  and (config is None or mv.tags.get("retrain_config", config) == config)]
         return sorted(found, key=lambda mv: -int(mv.version))
-
-    def alias(self, alias: str) -> int | None:
-        """The version ``alias`` points to, or None."""
-        return next((int(mv.version) for mv in self.versions if alias in (mv.aliases or [])), None)
 
 
 def _quoted(values: Iterable[str]) -> str:
@@ -124,7 +121,3 @@ def plan_records(entry: ModelVersions, identity: Identity, config: str | None = 
     return [record_from_tags(mv, identity, entry.run_tags.get(mv.run_id)) or version_record(mv)
             for i, mv in enumerate(ready) if i == 0 or may_have_identity(mv, identity)]
 
-
-def production_in(entry: ModelVersions) -> int | None:
-    """The version ``production`` points to, as the search found it."""
-    return entry.alias(PRODUCTION)
