@@ -127,6 +127,28 @@ def tiny_checkpoints(tmp_path_factory, minilm_path) -> dict[str, str]:
     return {"bert": str(root / "bert"), "gpt2": str(root / "gpt2"), "t5": str(root / "t5")}
 
 
+# The files that take longest, longest first (per-file totals of `pytest --durations=0` on the CI's 2 cores,
+# December 2026). Under `-n auto --dist loadfile` each file is a unit of work: started first, the long ones
+# overlap the many short ones instead of running alone at the end (xdist's own order is by test count, which put
+# the one-test README and twin files last). A file not listed runs after these, in collection order.
+LONGEST_FILES = [
+    "test_bench_smoke.py", "test_lifecycle.py", "test_tune.py", "test_nightly.py", "test_cancel.py",
+    "test_twins.py", "test_regression_methods.py", "test_readme.py", "test_flows.py", "test_serve_multitask.py",
+    "test_deployment.py", "test_registry.py", "test_registry_server.py", "test_identity.py", "test_console.py",
+    "test_ray.py", "test_cli.py", "test_bench_tune.py", "test_label_spaces.py", "test_train.py", "test_cotrain.py",
+]
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # keep the order below (longest files first) for xdist's loadfile
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order in a file
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for the whole session (starting one costs seconds)."""
@@ -136,8 +158,40 @@ def prefect_harness():
         yield
 
 
-def write_retrain_config(path: Path, base_model: str, runs_dir: Path, tasks: list[dict], **extra) -> Path:
-    """A small retrain YAML for flow tests: one quick epoch per task on a tiny model."""
+_STORE_TEMPLATE: list[Path] = []
+
+
+def seed_store(runs_dir: Path) -> Path:
+    """``runs_dir/mlflow.db`` with MLflow's schema already in it, copied from one made per test process.
+
+    Running MLflow's migrations on a new SQLite file costs 3-4 s of CPU; dozens of tests each start from an
+    empty store, so they copy the migrated schema instead (the same bytes MLflow would write). Tests of what
+    happens when no store exists yet do not call this.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if not (_STORE_TEMPLATE and _STORE_TEMPLATE[0].is_file()):
+        folder = Path(tempfile.mkdtemp(prefix="redflow-store-template-"))
+        atexit.register(shutil.rmtree, folder, True)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()  # runs the migrations once
+        _STORE_TEMPLATE[:] = [folder / "mlflow.db"]
+    shutil.copy(_STORE_TEMPLATE[0], runs_dir / "mlflow.db")
+    return runs_dir
+
+
+def write_retrain_config(path: Path, base_model: str, runs_dir: Path, tasks: list[dict], *, fresh_store: bool = False,
+                         **extra) -> Path:
+    """A small retrain YAML for flow tests: one quick epoch per task on a tiny model.
+
+    Its local SQLite store starts with MLflow's schema in place (:func:`seed_store`) unless ``fresh_store``
+    (no store yet) or ``tracking_uri`` points elsewhere, or a store is already there.
+    """
     import yaml
 
     config = {
@@ -149,6 +203,8 @@ def write_retrain_config(path: Path, base_model: str, runs_dir: Path, tasks: lis
         "tasks": tasks,
     }
     config.update(extra)
+    if not fresh_store and "tracking_uri" not in extra and not (Path(runs_dir) / "mlflow.db").exists():
+        seed_store(Path(runs_dir))
     path.write_text(yaml.safe_dump(config))
     return path
 

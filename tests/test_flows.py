@@ -5,8 +5,8 @@ Flow runs cost about a second each, so each test here checks a whole story.
 from __future__ import annotations
 
 import pytest
-from conftest import (ask_for_resources, assert_gpu_slots_honoured, run_four_gpu_probes, synthetic_task,
-                      trainings, write_retrain_config)
+from conftest import (ask_for_resources, assert_gpu_slots_honoured, run_four_gpu_probes, seed_store,
+                      synthetic_task, trainings, write_retrain_config)
 from mlflow import MlflowClient
 
 from flows.config import ConfigError, load_config
@@ -98,7 +98,7 @@ def test_dask_task_runner_against_a_real_mlflow_server(tmp_path, tiny_checkpoint
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("REDFLOW_DASK_ADDRESS", raising=False)
     with make_task_runner("dask", 3, requests=[Resources(gpus=1)]) as cluster, \
-            start_tracking_server(tmp_path / "server") as server:
+            start_tracking_server(seed_store(tmp_path / "server")) as server:
         monkeypatch.setenv("REDFLOW_DASK_ADDRESS", cluster.client.scheduler.address)
         assert_gpu_slots_honoured(run_four_gpu_probes(make_task_runner("dask"), "dask"), {"0", "1"})
         cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], tmp_path / "runs", [

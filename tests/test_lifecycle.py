@@ -78,7 +78,7 @@ def test_a_version_registered_by_a_run_killed_before_its_gate_is_gated_by_the_ne
     assert int(client.get_model_version_by_alias("red-sentiment", "production").version) == 1
 
     row = retrain(config=str(cfg_path))["sentiment"]  # the rerun: nothing to train, v2 still to gate
-    assert row["status"] == "gated" and row["version"] == 2 and row["steps_trained"] == 0
+    assert row["status"] == "gated" and row["version"] == 2 and row["steps_trained"] == 0, row
     assert "never gated" in row["why"]
     test_rows = len(steps.prepare_step(load_config(cfg_path), load_config(cfg_path).tasks[0]).test)
     assert row["champion_version"] == 1 and row["rows"] == test_rows  # against production, on the same rows

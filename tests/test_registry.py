@@ -29,7 +29,7 @@ from registry.decisions import person
 from registry.locks import LOCK_MODEL_PREFIX, LockTimeout, lock_kind, registry_lock
 from registry.models import (RegistrationError, download_edit, model_name_for, record_evaluation, register_edit,
                              resolve_version)
-from conftest import probability_matrix
+from conftest import probability_matrix, seed_store
 from registry.serving.pyfunc import load_in_process
 from registry.serving.version_config import build_model_config
 from registry.tracking import (GATE_TABLE, default_tracking_uri, get_or_create_experiment, log_gate_comparison,
@@ -114,23 +114,11 @@ def edits(minilm_path, tmp_path_factory) -> list[Path]:
     return list(_EDITS)
 
 
-_TEMPLATE_DB: list[Path] = []
-
-
 def fresh_runs_dir(runs: Path) -> Path:
-    """``runs/mlflow.db`` with MLflow's schema, copied from the first one made in this session
-    (running MLflow's migrations on a new SQLite file takes seconds)."""
-    import shutil
-
-    runs.mkdir(parents=True, exist_ok=True)
-    if _TEMPLATE_DB and _TEMPLATE_DB[0].is_file():
-        shutil.copy(_TEMPLATE_DB[0], runs / "mlflow.db")
-        return runs
+    """``runs/`` with an empty MLflow store (its schema copied, :func:`conftest.seed_store`), MLflow's tracking
+    URI pointing at it."""
+    seed_store(runs)
     setup_tracking(None, runs)
-    MlflowClient().search_experiments()  # creates the schema
-    template = runs.parent / f"{runs.name}-template.db"
-    shutil.copy(runs / "mlflow.db", template)
-    _TEMPLATE_DB.append(template)
     return runs
 
 

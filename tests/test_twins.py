@@ -72,7 +72,7 @@ def _versions(tracking_uri: str) -> list:
 def test_twin_retrains_on_a_fresh_then_an_existing_store_one_trains_the_other_is_busy(tmp_path, tiny_checkpoints):
     runs = tmp_path / "runs"
     cfg = write_retrain_config(tmp_path / "c.yaml", tiny_checkpoints["bert"], runs,
-                               [synthetic_task("sentiment", "sentiment", tmp_path, n_train=64)],
+                               [synthetic_task("sentiment", "sentiment", tmp_path, n_train=64)], fresh_store=True,
                                defaults={"method": "red", "epochs": 150, "batch_size": 16, "max_length": 32,
                                          "learning_rate": 1e-3})
     uri = f"sqlite:///{runs}/mlflow.db"
