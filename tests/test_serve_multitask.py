@@ -397,6 +397,30 @@ def test_a_poll_reads_every_served_models_alias_in_one_registry_call(store):
         wanted_versions(serving_config({"models": ["red-*"]}), client)
 
 
+def test_a_poll_that_finds_no_alias_moved_lists_nothing_and_one_that_does_swaps(store):
+    """On a local SQLite registry the poller reads the alias rows (a millisecond) and lists the models through
+    MLflow only when they moved (issue 21: the listing cost requests 10-15 % at 128 models)."""
+    from registry.serving.multitask import load_multitask
+
+    model = load_multitask({"models": ["red-sentiment", "red-paraphrase"], "tracking_uri": store["uri"],
+                            "poll_interval": 0})
+    searches = []
+    search = model.client.search_registered_models
+    model.client.search_registered_models = lambda *a, **k: searches.append(1) or search(*a, **k)
+    try:
+        assert model.poll() is not None and len(searches) == 1  # the poller's first check lists
+        assert model.poll() is None and model.poll() is None and len(searches) == 1  # nothing moved: no listing
+        move_alias("red-sentiment", "production", 2, reason="test: a move the poller must see")
+        try:
+            assert model.poll()["changed"] == [{"model": "red-sentiment", "from": 1, "to": 2}] and len(searches) == 2
+            assert {t["model"]: t["version"] for t in model.status()["tasks"]}["red-sentiment"] == 2
+        finally:
+            move_alias("red-sentiment", "production", 1, reason="test: back")
+        assert model.poll()["changed"] == [{"model": "red-sentiment", "from": 2, "to": 1}]
+    finally:
+        model.close()
+
+
 def test_rows_route_by_task_or_model_name_and_a_shared_task_name_must_name_the_model():
     from registry.serving.routing import RequestError, route
     from registry.serving.served_tasks import ServedTask
