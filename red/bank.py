@@ -39,18 +39,17 @@ between threads has its parameters swapped (stacked heads run a per-thread skele
 from __future__ import annotations
 
 import contextlib
-import copy
+import json
 import threading
 import weakref
-import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .bank_heads import StackedHead
+from .bank_heads import StackedHead, head_copy  # noqa: F401 - head_copy: red.bank's name for it
 from .config import EditConfig
 from .errors import EditConfigError
 from .fingerprint import fingerprint, weight_sample
@@ -70,13 +69,10 @@ def union_targets(model: nn.Module, configs: Sequence[EditConfig]) -> list[Targe
     return [targets[n] for n in sorted(targets, key=order.index)]
 
 
-def head_copy(module: nn.Module) -> nn.Module:
-    """A copy of a head module that runs for a bank only: no hooks of the base module."""
-    module = copy.deepcopy(module)
-    for m in module.modules():
-        m._forward_hooks.clear()
-        m._forward_pre_hooks.clear()
-    return module
+def _last_weight_rows(named: Iterable[tuple[str, torch.Tensor]]) -> int | None:
+    """Rows of the last 2-D ``...weight`` among a head module's ``(name, tensor)`` pairs: its output width."""
+    weights = [t for n, t in named if n.endswith("weight") and t.ndim == 2]
+    return int(weights[-1].shape[0]) if weights else None
 
 
 class TaskSet:
@@ -91,9 +87,7 @@ class TaskSet:
         """Output width of a task's last head module: rows of its last 2-D weight (classes, or 1 for regression)."""
         if not self.head_names:
             return None
-        last = heads[module_key(self.head_names[-1])]
-        weights = [p for n, p in last.named_parameters() if n.endswith("weight") and p.ndim == 2]
-        return int(weights[-1].shape[0]) if weights else None
+        return _last_weight_rows(heads[module_key(self.head_names[-1])].named_parameters())
 
     def heads_differ(self) -> bool:
         return len({(w, t) for w, t in zip(self.output_widths, self.task_types)}) > 1
@@ -208,9 +202,7 @@ class BankState(TaskSet, nn.Module):
         if not self.head_names:
             return None
         last = self.head_names[-1]
-        tensors = self.stacked[module_key(last)].tensors(modules[last], task)
-        weights = [t for n, t in tensors.items() if n.endswith("weight") and t.ndim == 2]
-        return int(weights[-1].shape[0]) if weights else None
+        return _last_weight_rows(self.stacked[module_key(last)].tensors(modules[last], task).items())
 
     @property
     def heads(self) -> list[dict[str, nn.Module]]:

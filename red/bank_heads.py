@@ -24,6 +24,7 @@ so each thread calls its own copy of the skeleton; nothing shared is modified.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,17 +38,23 @@ from .targets import module_key
 GATHER_LIMIT = 1 << 24  # elements gathered per call (rows x a task's own tensors) before a group goes task by task
 
 
+def head_copy(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
+    """A copy of a head module that runs for a bank only: no hooks of the base module (``memo``: as
+    ``copy.deepcopy``'s, tensors to put in place of the module's own)."""
+    module = copy.deepcopy(module, memo)
+    for m in module.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return module
+
+
 def skeleton(module: nn.Module) -> nn.Module:
     """A copy of ``module`` without its hooks whose parameters and buffers are empty placeholders (never read:
     ``functional_call`` is always given every tensor)."""
     memo: dict[int, Any] = {id(p): nn.Parameter(torch.empty(0, dtype=p.dtype, device="meta"), requires_grad=False)
                             for p in module.parameters()}
     memo.update({id(b): torch.empty(0, dtype=b.dtype, device="meta") for b in module.buffers()})
-    module = copy.deepcopy(module, memo)
-    for m in module.modules():
-        m._forward_hooks.clear()
-        m._forward_pre_hooks.clear()
-    return module
+    return head_copy(module, memo)
 
 
 class HeadGroup(nn.Module):
@@ -92,6 +99,17 @@ class StackedHead(nn.Module):
         self.register_buffer("group_of", group_of, persistent=False)
         self.register_buffer("local", local, persistent=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copied or pickled without the per-thread skeletons (a ``threading.local`` cannot be: a ``BankState``
+        was deep-copyable before its heads were stacked)."""
+        state = self.__dict__.copy()
+        state.pop("_threads", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._threads = threading.local()
+
     def tensors(self, base: nn.Module, task: int) -> dict[str, torch.Tensor]:
         """Every tensor of task ``task``'s version of the module: its own, else the base module ``base``'s."""
         group = self.groups[int(self.group_of[task])]
@@ -127,7 +145,8 @@ class StackedHead(nn.Module):
         counts = torch.bincount(gid, minlength=len(self.groups)).tolist()  # the call's one host sync
         order = torch.argsort(gid, stable=True)
         parts = [(rows, self._run_group(group, base, shared, x[rows], self.local[ids[rows]], args, kwargs))
-                 for group, rows, n in zip(self.groups, order.split(counts), counts) if n]
+                 for group, rows, n in zip(self.groups, order.split(counts), counts) if n or not x.shape[0]]
+        # (an empty batch runs every group on no rows: its output has the widest group's width, not an IndexError)
         like = parts[0][1]
         if len(parts) == 1:
             return like  # one group present: its rows are all rows, in call order (a stable sort of equal keys)
@@ -146,11 +165,12 @@ class StackedHead(nn.Module):
         own = group.rows(local)
         if group.linear and not args and not kwargs:
             weight = own["weight"]                                   # (rows, out, in)
-            flat = x.reshape(x.shape[0], -1, x.shape[-1])
-            y = torch.matmul(flat, weight.transpose(1, 2))
+            flat = x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])  # not -1: ambiguous for 0 rows
             bias = own["bias"][:, None] if "bias" in own else shared.get("bias")
-            if bias is not None:
-                y = y + bias
+            # bias added inside the product (one rounding, as nn.Linear's addmm): matmul then + bias rounds twice,
+            # a bf16/fp16 row then differed from its task alone by an ulp
+            y = torch.matmul(flat, weight.transpose(1, 2)) if bias is None \
+                else torch.baddbmm(bias, flat, weight.transpose(1, 2))
             return y.reshape(tuple(x.shape[:-1]) + (weight.shape[1],))
         module = self._skeleton(base.training)
 

@@ -274,6 +274,11 @@ def ready_versions(name: str, client: MlflowClient | None = None, *, config: str
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
             return []
         raise
+    return ready_of(versions, config=config)
+
+
+def ready_of(versions, *, config: str | None = None) -> list:
+    """The ``ready`` versions among ``versions`` (one model's), newest first; ``config``: as :func:`ready_versions`."""
     ready = [mv for mv in versions if mv.tags.get(STATUS_TAG, READY) == READY
              and (config is None or mv.tags.get("retrain_config", config) == config)]
     return sorted(ready, key=lambda mv: -int(mv.version))

@@ -27,8 +27,7 @@ from tasks.lifecycle.identity import Identity
 from tasks.lifecycle.plan import VersionRecord
 
 from .aliases import is_gated
-from .models import may_have_identity, version_record
-from .names import READY, STATUS_TAG
+from .models import may_have_identity, ready_of, version_record
 from .version_tags import DEPENDENCIES_RUN_TAG, IDENTITY_DIGEST_TAG, json_or_none
 
 CHUNK = 100  # names (or run ids) per search: the filter stays far below SQL's and HTTP's length limits
@@ -45,9 +44,7 @@ class ModelVersions:
     def ready(self, config: str | None = None) -> list:
         """The ``ready`` versions, newest first; ``config``: those registered by that retrain config or by none
         (the rule of ``registry.models.ready_versions``)."""
-        found = [mv for mv in self.versions if mv.tags.get(STATUS_TAG, READY) == READY
-                 and (config is None or mv.tags.get("retrain_config", config) == config)]
-        return sorted(found, key=lambda mv: -int(mv.version))
+        return ready_of(self.versions, config=config)
 
 
 def _quoted(values: Iterable[str]) -> str:

@@ -179,3 +179,23 @@ def test_sixteen_tasks_of_four_head_widths_in_one_batch_equal_each_task_alone(ma
         got = logits[rows]
         torch.testing.assert_close(got[:, : want.shape[1]], want, atol=1e-5, rtol=0)
         assert torch.isnan(got[:, want.shape[1]:]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stacked_linear_heads_round_as_the_task_alone_and_an_empty_batch_of_mixed_widths_answers(dtype):
+    """A half-precision linear head adds its bias inside the product (one rounding, as ``nn.Linear``), so each row equals
+    its task alone exactly; an empty batch of heads of several widths gives an empty output of the widest width; a
+    state's stacked head can be deep-copied (its per-thread skeletons are not copied)."""
+    from red.bank_heads import StackedHead
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.Linear(64, 3).to(dtype)
+    own = [{"weight": torch.randn(3, 64, generator=g).to(dtype), "bias": torch.randn(3, generator=g).to(dtype)}
+           for _ in range(2)] + [{"weight": torch.randn(2, 64, generator=g).to(dtype), "bias": torch.randn(2).to(dtype)}]
+    head = StackedHead(base, own)
+    x, ids = torch.randn(4, 5, 64, generator=g).to(dtype), torch.tensor([0, 1, 1, 0])
+    alone = torch.stack([torch.nn.functional.linear(x[i], own[t]["weight"], own[t]["bias"]) for i, t in enumerate(ids)])
+    assert torch.equal(head.run(base, x, ids, (), {}), alone)
+    empty = head.run(base, x[:0], ids[:0], (), {})
+    assert empty.shape == (0, 5, 3)
+    assert torch.equal(copy.deepcopy(head).run(base, x, ids, (), {}), alone)
