@@ -96,3 +96,36 @@ def test_an_unchanged_nights_registry_calls_do_not_grow_with_its_tasks(tmp_path,
     strict = cfg.model_copy(update={"retrain_on_dependency_change": True})
     assert plan_step(strict, strict.tasks[1], datas["t1"], registered=registered_versions(strict)["red-t1"]).action \
         == "train"
+
+
+def test_the_lookup_follows_pages_chunks_names_and_gives_a_model_not_registered_yet_no_versions():
+    """``model_versions`` against a fake registry: 250 models read in chunks of ``CHUNK`` names, each search's pages
+    followed, a model with 150 versions kept whole (newest ready first), and a name with no model an empty entry."""
+    from types import SimpleNamespace
+
+    from registry import plan_lookup
+
+    class Page(list):
+        token = None
+
+    versions = {f"m{i}": [SimpleNamespace(name=f"m{i}", version=str(v), tags={}, run_id=None) for v in range(1, 3)]
+                for i in range(250)}
+    versions["m7"] = [SimpleNamespace(name="m7", version=str(v), tags={}, run_id=None) for v in range(1, 151)]
+    searches = []
+
+    class Client:
+        def search_model_versions(self, filter_string, page_token=None):
+            names = [n.strip().strip("'") for n in filter_string[len("name IN ("):-1].split(",")]
+            found = [mv for n in names for mv in versions.get(n, [])]
+            searches.append((len(names), page_token))
+            start = int(page_token or 0)
+            page = Page(found[start:start + 40])
+            page.token = str(start + 40) if start + 40 < len(found) else None
+            return page
+
+    names = [*versions, "not-registered-yet"]
+    found = plan_lookup.model_versions(names, Client())
+    assert {n for n, _ in searches} == {100, 51} and len([s for s in searches if s[1] is None]) == 3
+    assert found["not-registered-yet"].versions == [] and found["not-registered-yet"].ready() == []
+    assert [int(mv.version) for mv in found["m7"].ready()] == list(range(150, 0, -1))
+    assert all(len(found[f"m{i}"].versions) == 2 for i in range(250) if i != 7)
