@@ -15,8 +15,9 @@ A call gathers every row's tensors by task id and applies each group in one batc
 ``torch.func.functional_call`` under ``torch.func.vmap`` (each row its own parameters). A group with no tensors
 of its own (an untrained pooler) runs the base's module. Rows are split among groups with one ``bincount``
 (one host sync per call, and only when the bank holds heads of more than one signature). Gathering costs the
-head's own size per row; a group whose gather would exceed ``GATHER_LIMIT`` elements (an LM head) is applied
-task by task instead.
+head's own size per row: rows are gathered in chunks of at most ``GATHER_LIMIT`` elements (a RoBERTa-base head,
+0.6 M per row, goes 28 rows at a time, still one op per chunk whatever the tasks in it); a head whose one row
+alone exceeds it (an LM head) is applied task by task.
 
 Thread safety: ``functional_call`` swaps the tensors of the module it is given for the duration of the call,
 so each thread calls its own copy of the skeleton; nothing shared is modified.
@@ -160,8 +161,19 @@ class StackedHead(nn.Module):
                args: tuple, kwargs: dict) -> torch.Tensor:
         if not group.names:  # no task of this group holds its own tensors: the base's module
             return functional_call(self._skeleton(base.training), shared, (x,) + args, kwargs)
-        if x.shape[0] * group.size > GATHER_LIMIT:
+        if group.size > GATHER_LIMIT:  # one row's copy alone is too large (an LM head)
             return self._task_by_task(group, base, shared, x, local, args, kwargs)
+        chunk = GATHER_LIMIT // group.size
+        if x.shape[0] > chunk and not args and not kwargs:  # a large head (RoBERTa's dense + out_proj): rows in chunks
+            return torch.cat([self._gathered(group, base, shared, x[i:i + chunk], local[i:i + chunk], args, kwargs)
+                              for i in range(0, x.shape[0], chunk)])
+        if x.shape[0] > chunk:
+            return self._task_by_task(group, base, shared, x, local, args, kwargs)
+        return self._gathered(group, base, shared, x, local, args, kwargs)
+
+    def _gathered(self, group: HeadGroup, base: nn.Module, shared: dict, x: torch.Tensor, local: torch.Tensor,
+                  args: tuple, kwargs: dict) -> torch.Tensor:
+        """Each row with its own task's tensors gathered: one batched op for all rows, whatever their tasks."""
         own = group.rows(local)
         if group.linear and not args and not kwargs:
             weight = own["weight"]                                   # (rows, out, in)

@@ -199,3 +199,24 @@ def test_stacked_linear_heads_round_as_the_task_alone_and_an_empty_batch_of_mixe
     empty = head.run(base, x[:0], ids[:0], (), {})
     assert empty.shape == (0, 5, 3)
     assert torch.equal(copy.deepcopy(head).run(base, x, ids, (), {}), alone)
+
+
+def test_a_large_non_linear_head_goes_in_row_chunks_each_row_as_its_task_alone(monkeypatch):
+    """A head whose per-row copy would pass ``GATHER_LIMIT`` for the whole batch (RoBERTa-base's dense + out_proj at
+    29 rows and more) is gathered in chunks of rows, still one batched op per chunk whatever the tasks in it: never
+    one call (and host sync) per task."""
+    import red.bank_heads as bank_heads
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).eval()
+    own = [{name: torch.randn(p.shape, generator=g) for name, p in base.named_parameters()} for _ in range(3)]
+    head = bank_heads.StackedHead(base, own)
+    size = sum(t.numel() for t in own[0].values())
+    monkeypatch.setattr(bank_heads, "GATHER_LIMIT", 2 * size)  # two rows per chunk
+    monkeypatch.setattr(bank_heads.StackedHead, "_task_by_task", lambda *a, **k: pytest.fail("went task by task"))
+    x, ids = torch.randn(7, 8, generator=g), torch.tensor([2, 0, 1, 1, 0, 2, 2])
+    with torch.no_grad():
+        got = head.run(base, x, ids, (), {})
+        want = torch.stack([torch.func.functional_call(base, own[t], (x[i:i + 1],))[0] for i, t in enumerate(ids)])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
