@@ -69,14 +69,15 @@ def test_every_argument_and_option_has_help():
 
 def test_config_errors_are_one_line_with_the_yaml_path_and_brackets_survive(tmp_path, tiny_checkpoints):
     path = write_retrain_config(tmp_path / "c.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
-                                [{**synthetic_task("a", "sentiment", tmp_path), "train": {"edit": {"kindd": "scale"}}}])
+                                [{**synthetic_task("a", "sentiment", tmp_path), "train": {"edit": {"kindd": "scale"}}}],
+                                fresh_store=True)
     out = _cli("retrain", str(path))
     assert out.exit_code == 2 and "tasks.0.train.edit.kindd: Extra inputs are not permitted" in out.output
     assert "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1
     assert out.output.rstrip().endswith(f"Fix: correct the named field(s) in {path}")
 
     good = write_retrain_config(tmp_path / "g.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
-                                [synthetic_task("a", "sentiment", tmp_path)])
+                                [synthetic_task("a", "sentiment", tmp_path)], fresh_store=True)
     out = _cli("retrain", str(good), "--only", "nosuchtask,b[1]")
     assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1
     assert "['nosuchtask', 'b[1]']" in out.output and out.output.rstrip().endswith("names from that list")

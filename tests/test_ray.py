@@ -6,8 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import (ask_for_resources, assert_gpu_slots_honoured, run_four_gpu_probes, synthetic_task,
-                      trainings, write_retrain_config)
+from conftest import assert_gpu_slots_honoured, run_four_gpu_probes, synthetic_task, write_retrain_config
 
 pytest.importorskip("prefect_ray")
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -18,10 +17,12 @@ def test_ray_runs_the_flow_with_max_workers_cpus_and_keeps_its_files_out_of_home
     """Also resources, on one Ray instance (two logical GPUs, $REDFLOW_GPUS) started here with the arguments the
     flow's runner builds, which the flow then joins: four tasks submitted as a training is (``requesting``), each
     asking for a GPU and half a CPU (room in CPUs for four at once), never run more than two at once and each sees
-    its own CUDA_VISIBLE_DEVICES; the flow's two trainings, asking for a GPU each, train on GPU 0 or 1.
+    its own CUDA_VISIBLE_DEVICES; the flow's trainings pass their resources through Ray (one asks for memory).
 
-    The four are tiny tasks rather than four more trainings: Ray runs each GPU task in a fresh worker process
-    (max_calls=1), and a training's worker imports the whole training stack."""
+    The four are tiny tasks, and the flow's trainings ask for no GPU here: Ray runs each GPU task in a fresh worker
+    process (max_calls=1), and a training's worker imports the whole training stack (the test took 305 s instead of
+    about 100 s with them). Trainings that ask for GPUs in a real flow, with the GPU recorded on the MLflow run:
+    test_flows.py's Dask test, through the same ``requesting``."""
     import ray
     from mlflow import MlflowClient
 
@@ -51,13 +52,10 @@ def test_ray_runs_the_flow_with_max_workers_cpus_and_keeps_its_files_out_of_home
         tasks[1]["resources"] = {"memory_gb": 0.25}  # merged over defaults.resources key by key
         cfg_path = write_retrain_config(tmp_path / "retrain.yaml", tiny_checkpoints["bert"], runs, tasks,
                                         task_runner="ray", max_workers=2)
-        summary = retrain(config=str(ask_for_resources(cfg_path, {"gpus": 1})))
+        summary = retrain(config=str(cfg_path))
         assert {row["status"] for row in summary.values()} == {"trained"}, summary
-        assert_gpu_slots_honoured(trainings(runs, ["sentiment", "topic"]), {"0", "1"})
         client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
         assert [int(v.version) for v in client.search_model_versions("name='red-topic'")] == [1]
-        version = client.get_model_version_by_alias("red-topic", "production")
-        assert client.get_run(version.run_id).data.params["cuda_visible_devices"] in ("0", "1")
         assert list((runs / "ray").glob("session_*")), "Ray's session files belong under runs_dir"
         assert not (home / ".ray").exists(), "Ray wrote into the home folder"
     finally:

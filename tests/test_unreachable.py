@@ -41,7 +41,7 @@ def _no_configured_servers(monkeypatch):
 def test_registry_commands_and_retrain_with_a_dead_tracking_server_exit_2_naming_it(tmp_path, tiny_checkpoints):
     uri = f"http://127.0.0.1:{_dead_port()}"
     config = write_retrain_config(tmp_path / "c.yaml", tiny_checkpoints["bert"], tmp_path / "runs",
-                                  [synthetic_task("a", "sentiment", tmp_path)])
+                                  [synthetic_task("a", "sentiment", tmp_path)], fresh_store=True)
     for command in (["versions", "red-x", "--tracking-uri", uri], ["history", "red-x", "--tracking-uri", uri],
                     ["rollback", "red-x", "--tracking-uri", uri], ["retrain", str(config), "--tracking-uri", uri]):
         out, seconds = _cli(*command)
