@@ -54,6 +54,8 @@ for _k, _v in {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TRANSFORMERS_VE
                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(_k, _v)
 
+from mlflow.tracking import MlflowClient  # noqa: E402
+
 from bench import common  # noqa: E402
 from bench.task_edits import TaskSpec, register_task, task_edits  # noqa: E402
 from flows.cli.common import quiet_libraries  # noqa: E402
@@ -233,6 +235,10 @@ def run(args) -> dict:
     db = work / "runs" / "mlflow.db"
     if args.reuse_store and db.is_file():  # built by an earlier run with the same --tasks (its moves were rolled back)
         uri = setup_tracking(f"sqlite:///{db}")
+        built = {m.name for m in MlflowClient(uri, uri).search_registered_models("name LIKE 'bench-%'", max_results=1000)}
+        if built != {spec.name for spec in specs(args.tasks)}:
+            raise SystemExit(f"--reuse-store: the store in {work} holds {len(built)} bench tasks, not --tasks "
+                             f"{args.tasks}. Fix: pass --tasks {len(built)}, or another --work-dir (or drop --reuse-store)")
     else:
         uri = build_store(work, args.tasks)
     setup_seconds = time.perf_counter() - t
